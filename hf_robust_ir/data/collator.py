@@ -1,0 +1,196 @@
+"""Collate canonical rows into tokenized queries, deduplicated documents and the target matrix over the batch.
+
+For a batch of ``B`` queries the collator samples, per query, positives and negatives from its candidate list, puts
+every sampled document once into the batch (``C`` unique documents, in-batch documents included) and emits
+
+- ``labels[B, C]``: the relevance of document ``c`` for query ``i`` *from query i's full candidate list*, so a document
+  that is a positive for query ``i`` is a positive for it even when it arrived as another query's positive or negative;
+- ``mask[B, C]``: which documents take part in query ``i``'s softmax (repeated document ids are kept once);
+- ``teacher[B, C]``: teacher scores, ``NaN`` where query ``i`` has none for document ``c``.
+
+It also emits what is needed to rebuild the matrix over documents gathered from several processes
+(``doc_keys``, ``candidate_keys``, ``candidate_labels``, ``candidate_teacher``; see :func:`build_targets`), and the
+batch's document ids in column order (``doc_ids``).
+Sampling is deterministic in ``(seed, epoch, query_id)``: a new sample each epoch, the same one after a resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+PAD_KEY = -1
+
+
+def document_key(doc_id: str) -> int:
+    """A stable non-negative 63-bit integer for a document id, comparable across processes."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def _stable_seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def build_targets(
+    candidate_keys: torch.Tensor,
+    candidate_labels: torch.Tensor,
+    candidate_teacher: torch.Tensor,
+    doc_keys: torch.Tensor,
+    in_batch_negatives: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The target matrix of queries over batch documents, from each query's full labeled candidate list.
+
+    ``candidate_keys[B, K]`` / ``candidate_labels[B, K]`` / ``candidate_teacher[B, K]`` list each query's candidates
+    (padded with ``PAD_KEY``); ``doc_keys[C]`` are the documents in the batch (``PAD_KEY`` for padding). Returns
+    ``labels[B, C]``, ``mask[B, C]`` and ``teacher[B, C]``. A key repeated in ``doc_keys`` is masked after its first
+    occurrence. Without in-batch negatives, a query only sees documents from its own candidate list.
+    """
+    match = candidate_keys.unsqueeze(-1) == doc_keys.view(1, 1, -1)  # [B, K, C]
+    match &= (candidate_keys != PAD_KEY).unsqueeze(-1)
+    listed = match.any(1)
+    neg_inf = torch.full_like(candidate_labels, float("-inf"))
+    labels = torch.where(match, candidate_labels.unsqueeze(-1), neg_inf.unsqueeze(-1)).amax(1)
+    labels = torch.where(listed, labels, torch.zeros_like(labels))
+    teacher_known = torch.where(torch.isnan(candidate_teacher), neg_inf, candidate_teacher)
+    teacher = torch.where(match, teacher_known.unsqueeze(-1), neg_inf.unsqueeze(-1)).amax(1)
+    teacher = torch.where(torch.isinf(teacher), torch.full_like(teacher, float("nan")), teacher)
+
+    same = doc_keys.view(-1, 1) == doc_keys.view(1, -1)
+    earlier_copy = torch.tril(same, diagonal=-1).any(1)
+    valid_doc = (doc_keys != PAD_KEY) & ~earlier_copy
+    mask = valid_doc.unsqueeze(0).expand_as(labels)
+    if not in_batch_negatives:
+        mask = mask & listed
+    return labels, mask.clone(), teacher
+
+
+class RetrievalCollator:
+    """Turn canonical rows into a bi-encoder training batch (see the module docstring for the outputs).
+
+    Args:
+        tokenizer: the model's tokenizer.
+        corpus: document id -> text.
+        group_size: documents sampled per query (positives + hard negatives); fewer when the list is shorter.
+        positives_per_query: positives sampled per query (at most the number it has).
+        query_max_length / document_max_length: truncation lengths; padding is dynamic (to the longest in the batch).
+        query_prefix / document_prefix: strings put before queries / documents (e.g. ``"query: "``).
+        in_batch_negatives: let each query see the other queries' documents as candidates.
+        seed: sampling seed; the sample of a query depends only on ``(seed, epoch, query_id)``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        corpus: Mapping[str, str],
+        group_size: int = 8,
+        positives_per_query: int = 1,
+        query_max_length: int = 64,
+        document_max_length: int = 256,
+        query_prefix: str = "",
+        document_prefix: str = "",
+        in_batch_negatives: bool = True,
+        seed: int = 42,
+        pad_to_multiple_of: int | None = None,
+    ):
+        if group_size < 1 or positives_per_query < 1:
+            raise ValueError("group_size and positives_per_query must be >= 1")
+        if positives_per_query > group_size:
+            raise ValueError(f"positives_per_query ({positives_per_query}) > group_size ({group_size})")
+        self.tokenizer = tokenizer
+        self.corpus = corpus
+        self.group_size = group_size
+        self.positives_per_query = positives_per_query
+        self.query_max_length = query_max_length
+        self.document_max_length = document_max_length
+        self.query_prefix = query_prefix
+        self.document_prefix = document_prefix
+        self.in_batch_negatives = in_batch_negatives
+        self.seed = seed
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.epoch = 0
+
+    @classmethod
+    def for_model(cls, model: Any, corpus: Mapping[str, str], **kwargs: Any) -> RetrievalCollator:
+        """A collator with the prefixes, max lengths and tokenizer of a :class:`~hf_robust_ir.modeling.BiEncoder`."""
+        config = model.retrieval_config
+        defaults = {
+            "query_max_length": config.query_max_length,
+            "document_max_length": config.document_max_length,
+            "query_prefix": config.query_prefix,
+            "document_prefix": config.document_prefix,
+        }
+        defaults.update({k: v for k, v in kwargs.items() if v is not None})
+        return cls(model.tokenizer, corpus, **defaults)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def sample(self, row: Mapping[str, Any]) -> list[int]:
+        """Indices into the row's candidate list: positives first, then negatives, without repeats."""
+        labels = np.asarray(row["labels"], dtype=np.float32)
+        rng = np.random.default_rng(_stable_seed(self.seed, self.epoch, row["query_id"]))
+        positives = np.flatnonzero(labels > 0)
+        negatives = np.flatnonzero(labels <= 0)
+        n_pos = min(self.positives_per_query, len(positives))
+        chosen_pos = rng.choice(positives, size=n_pos, replace=False) if n_pos else positives[:0]
+        n_neg = min(self.group_size - n_pos, len(negatives))
+        chosen_neg = rng.choice(negatives, size=n_neg, replace=False) if n_neg else negatives[:0]
+        return [int(i) for i in chosen_pos] + [int(i) for i in chosen_neg]
+
+    def _tokenize(self, texts: list[str], prefix: str, max_length: int) -> dict[str, torch.Tensor]:
+        texts = [prefix + t for t in texts] if prefix else texts
+        return dict(
+            self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                pad_to_multiple_of=self.pad_to_multiple_of,
+                return_tensors="pt",
+            )
+        )
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        doc_ids: list[str] = []
+        seen: set[str] = set()
+        longest = max(len(row["doc_ids"]) for row in rows)
+        candidate_keys = torch.full((len(rows), longest), PAD_KEY, dtype=torch.long)
+        candidate_labels = torch.zeros((len(rows), longest))
+        candidate_teacher = torch.full((len(rows), longest), float("nan"))
+        for i, row in enumerate(rows):
+            for j in self.sample(row):
+                doc_id = row["doc_ids"][j]
+                if doc_id not in seen:
+                    seen.add(doc_id)
+                    doc_ids.append(doc_id)
+            n = len(row["doc_ids"])
+            candidate_keys[i, :n] = torch.tensor([document_key(d) for d in row["doc_ids"]], dtype=torch.long)
+            candidate_labels[i, :n] = torch.tensor(row["labels"], dtype=torch.float)
+            teacher_scores = row.get("teacher_scores") or []
+            if len(teacher_scores):
+                candidate_teacher[i, :n] = torch.tensor(teacher_scores, dtype=torch.float)
+        doc_keys = torch.tensor([document_key(d) for d in doc_ids], dtype=torch.long)
+        labels, mask, teacher = build_targets(
+            candidate_keys, candidate_labels, candidate_teacher, doc_keys, self.in_batch_negatives
+        )
+        try:
+            doc_texts = [self.corpus[d] for d in doc_ids]
+        except KeyError as err:
+            raise KeyError(f"document id {err.args[0]!r} of a training row is not in the corpus") from None
+        return {
+            "query": self._tokenize([row["query"] for row in rows], self.query_prefix, self.query_max_length),
+            "document": self._tokenize(doc_texts, self.document_prefix, self.document_max_length),
+            "labels": labels,
+            "mask": mask,
+            "teacher": teacher,
+            "doc_keys": doc_keys,
+            "candidate_keys": candidate_keys,
+            "candidate_labels": candidate_labels,
+            "candidate_teacher": candidate_teacher,
+            "doc_ids": doc_ids,
+        }

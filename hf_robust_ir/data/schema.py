@@ -1,0 +1,71 @@
+"""The canonical training row: a query with a labeled candidate list, by id, over a separate corpus.
+
+```
+query_id: str          query: str
+doc_ids: list[str]     candidates (positives and negatives, any order)
+labels: list[float]    relevance per candidate: 0 = negative, > 0 = relevant (graded allowed)
+teacher_scores: list[float]  soft supervision per candidate; empty list when there is none
+label_source: list[str]      provenance per candidate: "qrels", "relabeled:<judge>", "synthetic", "noise", ...
+```
+
+The corpus is a plain ``dict[str, str]`` from document id to the text a model reads (``title + " " + text``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import datasets
+
+ROW_FEATURES = datasets.Features(
+    {
+        "query_id": datasets.Value("string"),
+        "query": datasets.Value("string"),
+        "doc_ids": datasets.Sequence(datasets.Value("string")),
+        "labels": datasets.Sequence(datasets.Value("float32")),
+        "teacher_scores": datasets.Sequence(datasets.Value("float32")),
+        "label_source": datasets.Sequence(datasets.Value("string")),
+    }
+)
+
+
+class DataFormatError(ValueError):
+    """Bad input data. The message names the file (or dataset), the line (or row) and the field."""
+
+    def __init__(self, source: str, line: int | None, field: str | None, problem: str):
+        self.source, self.line, self.field, self.problem = source, line, field, problem
+        where = str(source)
+        if line is not None:
+            where += f", line {line}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {problem}")
+
+
+def document_text(title: str | None, text: str | None) -> str:
+    """The text a model reads for a document, as MTEB and BEIR build it: ``title + " " + text``, stripped."""
+    return f"{title or ''} {text or ''}".strip()
+
+
+@dataclass
+class RetrievalCorpus:
+    """A BEIR-style collection: documents, queries and graded relevance judgments (qrels) of one split."""
+
+    corpus: dict[str, str]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]] = field(default_factory=dict)
+    name: str = ""
+
+    def __repr__(self) -> str:  # the dicts are large; say their sizes instead
+        return (
+            f"RetrievalCorpus(name={self.name!r}, documents={len(self.corpus)}, queries={len(self.queries)}, "
+            f"judged_queries={len(self.qrels)})"
+        )
+
+
+@dataclass
+class TrainingData:
+    """Canonical training rows plus the corpus their ``doc_ids`` point into."""
+
+    rows: datasets.Dataset
+    corpus: dict[str, str]

@@ -1,0 +1,74 @@
+"""The loss contract and the registry of losses by name.
+
+Every loss is an ``nn.Module`` with ``forward(scores[B, C], labels[B, C], mask[B, C], teacher=None) -> scalar``:
+
+- ``scores``: similarity logits, already divided by the temperature;
+- ``labels``: relevance per (query, candidate), 0 = negative, > 0 = relevant (graded allowed);
+- ``mask``: ``True`` where the candidate takes part in the query's softmax (padding, duplicates and, optionally,
+  other queries' documents are ``False``);
+- ``teacher``: soft supervision scores, ``NaN`` where the teacher has no score.
+
+Losses know nothing about models, tokenizers or devices. Each exposes ``config()`` (for the model card) and
+``citation``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+LOSS_REGISTRY: dict[str, type[RetrievalLoss]] = {}
+
+
+def register_loss(name: str):
+    """Class decorator: make a loss available by ``name`` in recipes (``loss: name``)."""
+
+    def decorator(cls: type[RetrievalLoss]) -> type[RetrievalLoss]:
+        if name in LOSS_REGISTRY:
+            raise ValueError(f"a loss named {name!r} is already registered ({LOSS_REGISTRY[name].__name__})")
+        cls.registry_name = name
+        LOSS_REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_loss(name: str, **kwargs: Any) -> RetrievalLoss:
+    """Build a registered loss by name, e.g. ``get_loss("infonce")``."""
+    if name not in LOSS_REGISTRY:
+        raise KeyError(f"unknown loss {name!r}; registered losses: {sorted(LOSS_REGISTRY)}")
+    return LOSS_REGISTRY[name](**kwargs)
+
+
+class RetrievalLoss(nn.Module):
+    """Base class: stores constructor arguments so ``config()`` can report them."""
+
+    registry_name: str = ""
+    citation: str = ""
+
+    def config(self) -> dict[str, Any]:
+        """Name and hyperparameters, as they should appear in a model card."""
+        params = inspect.signature(type(self).__init__).parameters
+        values = {name: getattr(self, name) for name in params if name != "self" and hasattr(self, name)}
+        return {"name": self.registry_name or type(self).__name__, **values}
+
+    def forward(
+        self, scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, teacher: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def masked_log_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise log-softmax over the masked-in candidates; ``-inf`` where ``mask`` is ``False``."""
+    return torch.log_softmax(scores.float().masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def positive_target(labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target distribution over each row's positives, proportional to their grades, and which rows have one."""
+    relevance = torch.where(mask, labels.float().clamp(min=0), torch.zeros_like(labels, dtype=torch.float))
+    total = relevance.sum(-1, keepdim=True)
+    has_positive = total.squeeze(-1) > 0
+    return relevance / total.clamp(min=1e-12), has_positive

@@ -1,0 +1,345 @@
+"""BiEncoder: a dense retriever made of one shared (or two separate) transformer towers, a pooling and a temperature.
+
+A saved BiEncoder folder is at once:
+
+- a ``transformers`` model folder (``config.json`` + ``model.safetensors`` + tokenizer at the top level), so
+  ``AutoModel.from_pretrained(folder)`` loads the encoder;
+- a ``sentence-transformers`` folder (``modules.json``, ``1_Pooling``, ``2_Normalize``, prompts for the query and
+  document prefixes), so ``SentenceTransformer(folder)`` gives the same embeddings;
+- ``hf_robust_ir_config.json`` with the rest (temperature, max lengths, towers), read back by ``from_pretrained``.
+
+With separate towers the two encoders go to ``query_encoder/`` and ``document_encoder/``, each a full folder as above.
+With a LoRA adapter (peft) only the adapter is saved, next to the name of its base model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from .pooling import POOLING_MODES, SENTENCE_TRANSFORMERS_POOLING_FLAGS, pool, pooling_mode_from_sentence_transformers
+
+CONFIG_NAME = "hf_robust_ir_config.json"
+QUERY_TOWER, DOCUMENT_TOWER = "query_encoder", "document_encoder"
+
+
+@dataclass
+class BiEncoderConfig:
+    """How a BiEncoder turns texts into vectors and vectors into scores (``score = q·d / temperature``)."""
+
+    pooling: str = "mean"
+    normalize: bool = True
+    query_prefix: str = ""
+    document_prefix: str = ""
+    temperature: float = 0.05
+    separate_towers: bool = False
+    query_max_length: int = 256
+    document_max_length: int = 256
+    base_model: str | None = None
+
+    def __post_init__(self):
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> BiEncoderConfig:
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _load_transformer(path: str, trust_remote_code: bool, torch_dtype: Any = None) -> nn.Module:
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    try:
+        # BERT's pooler is never used for retrieval, and an unused parameter breaks DDP.
+        return AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
+    except TypeError:
+        return AutoModel.from_pretrained(path, **kwargs)
+
+
+def _config_from_sentence_transformers(path: Path) -> dict[str, Any]:
+    """Pooling, normalization, prefixes and max length of a sentence-transformers folder (empty if it is not one)."""
+    modules_file = path / "modules.json"
+    if not modules_file.exists():
+        return {}
+    found: dict[str, Any] = {}
+    modules = json.loads(modules_file.read_text())
+    types = [m.get("type", "") for m in modules]
+    found["normalize"] = any(t.endswith("Normalize") for t in types)
+    for module in modules:
+        if module.get("type", "").endswith("Pooling"):
+            pooling_config = path / module["path"] / "config.json"
+            if pooling_config.exists():
+                found["pooling"] = pooling_mode_from_sentence_transformers(json.loads(pooling_config.read_text()))
+    bert_config = path / "sentence_bert_config.json"
+    if bert_config.exists():
+        max_length = json.loads(bert_config.read_text()).get("max_seq_length")
+        if max_length:
+            found["query_max_length"] = found["document_max_length"] = int(max_length)
+    st_config = path / "config_sentence_transformers.json"
+    if st_config.exists():
+        prompts = json.loads(st_config.read_text()).get("prompts") or {}
+        found["query_prefix"] = prompts.get("query", "")
+        found["document_prefix"] = prompts.get("document", prompts.get("passage", ""))
+    return found
+
+
+class BiEncoder(nn.Module):
+    """Dense retriever: ``q = pool(E_q(prefix_q + query))``, ``d = pool(E_d(prefix_d + doc))``, ``s = q·d / τ``.
+
+    ``forward(query=..., document=...)`` takes tokenized batches and returns their embeddings; losses live outside the
+    model (see ``hf_robust_ir.losses``). ``encode_queries`` / ``encode_documents`` embed raw texts for search.
+    """
+
+    def __init__(
+        self,
+        query_encoder: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        config: BiEncoderConfig | None = None,
+        document_encoder: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.retrieval_config = config or BiEncoderConfig()
+        self.query_encoder = query_encoder
+        if self.retrieval_config.separate_towers:
+            if document_encoder is None:
+                raise ValueError("separate_towers=True needs a document_encoder")
+            self.document_encoder = document_encoder
+        elif document_encoder is not None:
+            raise ValueError("a document_encoder was given but separate_towers is False")
+        self.tokenizer = tokenizer
+
+    # ---------------------------------------------------------------- loading and saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        trust_remote_code: bool = False,
+        torch_dtype: Any = None,
+        **overrides: Any,
+    ) -> BiEncoder:
+        """Load a BiEncoder folder, a sentence-transformers folder, a plain transformers folder or a LoRA adapter.
+
+        Keyword ``overrides`` replace fields of :class:`BiEncoderConfig` (``pooling="cls"``, ``temperature=0.02``, ...).
+        Setting ``separate_towers=True`` on a shared model starts two towers from the same weights.
+        """
+        folder = Path(path)
+        if not folder.exists():
+            raise FileNotFoundError(
+                f"model folder {str(path)!r} does not exist (Hub names need network access; pass a local folder)"
+            )
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(BiEncoderConfig)}
+        if unknown:
+            raise TypeError(f"unknown BiEncoder option(s): {sorted(unknown)}")
+        if (folder / CONFIG_NAME).exists():
+            settings = dataclasses.asdict(BiEncoderConfig.from_json_file(folder / CONFIG_NAME))
+        else:
+            settings = _config_from_sentence_transformers(folder)
+        settings.update(overrides)
+        settings.setdefault("base_model", str(path))
+        config = BiEncoderConfig(**settings)
+
+        if (folder / "adapter_config.json").exists():
+            return cls._from_adapter(folder, config, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype)
+
+        if (folder / QUERY_TOWER).exists():
+            query_folder, document_folder = folder / QUERY_TOWER, folder / DOCUMENT_TOWER
+        else:
+            query_folder = document_folder = folder
+        tokenizer = AutoTokenizer.from_pretrained(str(query_folder), trust_remote_code=trust_remote_code)
+        query_encoder = _load_transformer(str(query_folder), trust_remote_code, torch_dtype)
+        document_encoder = None
+        if config.separate_towers:
+            document_encoder = _load_transformer(str(document_folder), trust_remote_code, torch_dtype)
+        return cls(query_encoder, tokenizer, config, document_encoder)
+
+    @classmethod
+    def _from_adapter(cls, folder: Path, config: BiEncoderConfig, trust_remote_code: bool, torch_dtype: Any):
+        from peft import PeftModel
+
+        adapter_config = json.loads((folder / "adapter_config.json").read_text())
+        base = adapter_config.get("base_model_name_or_path") or config.base_model
+        if not base or not Path(base).exists():
+            raise FileNotFoundError(f"{folder}: the adapter's base model {base!r} is not a local folder")
+        base_encoder = _load_transformer(base, trust_remote_code, torch_dtype)
+        encoder = PeftModel.from_pretrained(base_encoder, str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        config = dataclasses.replace(config, base_model=base, separate_towers=False)
+        return cls(encoder, tokenizer, config)
+
+    def save_pretrained(self, path: str | os.PathLike, safe_serialization: bool = True) -> None:
+        """Write a folder that loads in ``transformers``, ``sentence-transformers`` and :meth:`from_pretrained`."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = self.retrieval_config
+        if config.separate_towers:
+            self._save_tower(self.query_encoder, folder / QUERY_TOWER, config.query_max_length, safe_serialization)
+            self._save_tower(
+                self.document_encoder, folder / DOCUMENT_TOWER, config.document_max_length, safe_serialization
+            )
+        else:
+            self._save_tower(self.query_encoder, folder, config.document_max_length, safe_serialization)
+        (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+    def _save_tower(self, encoder: nn.Module, folder: Path, max_length: int, safe_serialization: bool) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        encoder.save_pretrained(str(folder), safe_serialization=safe_serialization)
+        self.tokenizer.save_pretrained(str(folder))
+        config = self.retrieval_config
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if config.normalize:
+            modules.append(
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+            )
+            (folder / "2_Normalize").mkdir(exist_ok=True)
+        (folder / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+        (folder / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": max_length, "do_lower_case": False}, indent=2) + "\n"
+        )
+        hidden = getattr(getattr(encoder, "config", None), "hidden_size", None)
+        pooling = {"word_embedding_dimension": hidden, "pooling_mode": config.pooling, "include_prompt": True}
+        pooling.update({flag: mode == config.pooling for mode, flag in SENTENCE_TRANSFORMERS_POOLING_FLAGS.items()})
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
+        prompts = {"query": config.query_prefix, "document": config.document_prefix}
+        st_config = {
+            "prompts": prompts,
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine" if config.normalize else "dot",
+        }
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2) + "\n")
+
+    # ---------------------------------------------------------------- LoRA (peft)
+    def add_lora(self, lora_config: Any) -> BiEncoder:
+        """Wrap the tower(s) with a peft adapter (e.g. ``peft.LoraConfig(r=8, target_modules=["query", "value"])``)."""
+        from peft import get_peft_model
+
+        self.query_encoder = get_peft_model(self.query_encoder, lora_config)
+        if self.retrieval_config.separate_towers:
+            self.document_encoder = get_peft_model(self.document_encoder, lora_config)
+        return self
+
+    def merge_lora(self) -> BiEncoder:
+        """Fold the adapter into the base weights (``merge_and_unload``); the result saves as a full model."""
+        self.query_encoder = self.query_encoder.merge_and_unload()
+        if self.retrieval_config.separate_towers:
+            self.document_encoder = self.document_encoder.merge_and_unload()
+        return self
+
+    # ---------------------------------------------------------------- forward
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def tower(self, kind: str) -> nn.Module:
+        if kind == "query" or not self.retrieval_config.separate_towers:
+            return self.query_encoder
+        return self.document_encoder
+
+    def embed(self, features: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+        """Pooled (and, if configured, L2-normalized) embeddings of a tokenized batch."""
+        inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        hidden = self.tower(kind)(**inputs).last_hidden_state
+        embeddings = pool(hidden, features["attention_mask"], self.retrieval_config.pooling)
+        if self.retrieval_config.normalize:
+            embeddings = nn.functional.normalize(embeddings.float(), dim=-1)
+        return embeddings
+
+    def forward(
+        self, query: dict[str, torch.Tensor] | None = None, document: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Embeddings of a tokenized query batch and/or document batch, in one call (one DDP forward)."""
+        out = {}
+        if query is not None:
+            out["query_embeddings"] = self.embed(query, "query")
+        if document is not None:
+            out["document_embeddings"] = self.embed(document, "document")
+        return out
+
+    def similarity(self, query_embeddings: torch.Tensor, document_embeddings: torch.Tensor) -> torch.Tensor:
+        """Score logits ``q·d / τ`` of shape ``[queries, documents]``."""
+        return query_embeddings @ document_embeddings.T / self.retrieval_config.temperature
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        for kind in ("query", "document"):
+            self.tower(kind).gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    # ---------------------------------------------------------------- tokenization and encoding of raw texts
+    def prefixed(self, texts: list[str], kind: str) -> list[str]:
+        prefix = self.retrieval_config.query_prefix if kind == "query" else self.retrieval_config.document_prefix
+        return [prefix + t for t in texts] if prefix else list(texts)
+
+    def max_length(self, kind: str) -> int:
+        config = self.retrieval_config
+        return config.query_max_length if kind == "query" else config.document_max_length
+
+    def tokenize(self, texts: list[str], kind: str, max_length: int | None = None, padding: bool = True):
+        """Tokenize with the prefix and max length of ``kind`` ("query" or "document")."""
+        return self.tokenizer(
+            self.prefixed(texts, kind),
+            padding=padding,
+            truncation=True,
+            max_length=max_length or self.max_length(kind),
+            return_tensors="pt" if padding else None,
+        )
+
+    def encode(
+        self,
+        texts: list[str],
+        kind: str = "document",
+        batch_size: int = 64,
+        bf16: bool = False,
+        show_progress_bar: bool = False,
+        max_length: int | None = None,
+    ) -> np.ndarray:
+        """Embed raw texts as float32 ``[n, dim]``. Texts are tokenized once and batched by token length
+        (longest first) so each batch pads as little as possible; ``bf16`` runs under bfloat16 autocast."""
+        if len(texts) == 0:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        encoded = self.tokenize(list(texts), kind, max_length=max_length, padding=False)
+        order = np.argsort([-len(ids) for ids in encoded["input_ids"]], kind="stable")
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+        device = self.device
+        autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        was_training = self.training
+        self.eval()
+        out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        starts = range(0, len(texts), batch_size)
+        with torch.inference_mode(), autocast:
+            for start in tqdm(starts, desc=f"encode {kind}s", disable=not show_progress_bar, unit="batch"):
+                index = order[start : start + batch_size]
+                batch = self.tokenizer.pad({k: [encoded[k][i] for i in index] for k in keys}, return_tensors="pt")
+                batch = {k: v.to(device) for k, v in batch.items()}
+                out[index] = self.embed(batch, kind).float().cpu().numpy()
+        self.train(was_training)
+        return out
+
+    def encode_queries(self, texts: list[str], batch_size: int = 64, bf16: bool = False, **kwargs) -> np.ndarray:
+        return self.encode(texts, "query", batch_size=batch_size, bf16=bf16, **kwargs)
+
+    def encode_documents(self, texts: list[str], batch_size: int = 64, bf16: bool = False, **kwargs) -> np.ndarray:
+        return self.encode(texts, "document", batch_size=batch_size, bf16=bf16, **kwargs)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.query_encoder.config.hidden_size)

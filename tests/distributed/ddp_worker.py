@@ -1,0 +1,45 @@
+"""Run by ``torchrun --nproc_per_node 2``: each process holds half of the batch, computes the loss with cross-device
+negatives under DDP, and rank 0 saves the averaged loss and the parameter gradients for comparison."""
+
+import argparse
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from hf_robust_ir.data.collator import RetrievalCollator
+from hf_robust_ir.losses import InfoNCELoss
+from hf_robust_ir.modeling import BiEncoder
+from hf_robust_ir.trainer import loss_from_embeddings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--rows", required=True, help="torch.save'd list of rows and the corpus")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rows, corpus, group_size = torch.load(args.rows, weights_only=False)
+    model = BiEncoder.from_pretrained(args.model)
+    ddp_model = DistributedDataParallel(model)
+    share = len(rows) // world
+    batch = RetrievalCollator.for_model(model, corpus, group_size=group_size)(rows[rank * share : (rank + 1) * share])
+    out = ddp_model(query=batch["query"], document=batch["document"])
+    loss = loss_from_embeddings(
+        InfoNCELoss(), model.similarity, out["query_embeddings"], out["document_embeddings"], batch
+    )
+    loss.backward()
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    mean_loss /= world
+    if rank == 0:
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        torch.save({"loss": mean_loss.item(), "grads": grads, "world": world}, args.out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

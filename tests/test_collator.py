@@ -1,0 +1,174 @@
+"""The collator's sampling and its target matrix, checked against matrices written out by hand."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from hf_robust_ir.data.collator import PAD_KEY, RetrievalCollator, build_targets, document_key
+
+NAN = float("nan")
+CORPUS = {f"d{i}": f"text of document {i}" for i in range(1, 8)}
+
+
+def _row(qid, doc_ids, labels, teacher=()):
+    return {
+        "query_id": qid,
+        "query": f"question {qid}",
+        "doc_ids": doc_ids,
+        "labels": labels,
+        "teacher_scores": list(teacher),
+        "label_source": ["qrels"] * len(doc_ids),
+    }
+
+
+# q1 has two positives (d1 grade 1, d4 grade 2); d4 also arrives as q2's negative.
+# q2's positive d3 is nobody else's candidate; d2 is a negative of both q1 and q2 (a duplicate in the batch).
+# q3 lists d6 twice.
+ROWS = [
+    _row("q1", ["d1", "d4", "d2"], [1, 2, 0]),
+    _row("q2", ["d3", "d4", "d2"], [1, 0, 0], teacher=[0.9, 0.5, 0.1]),
+    _row("q3", ["d5", "d6", "d6"], [1, 0, 0]),
+]
+# Expected relevance of every document for every query, from each query's own candidate list.
+EXPECTED = {
+    "q1": {"d1": 1, "d4": 2, "d2": 0, "d3": 0, "d5": 0, "d6": 0},
+    "q2": {"d3": 1, "d4": 0, "d2": 0, "d1": 0, "d5": 0, "d6": 0},
+    "q3": {"d5": 1, "d6": 0, "d1": 0, "d2": 0, "d3": 0, "d4": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_path):
+    return AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+def _collate(tokenizer, **kwargs):
+    collator = RetrievalCollator(tokenizer, CORPUS, group_size=3, positives_per_query=1, **kwargs)
+    return collator, collator(ROWS)
+
+
+def test_documents_appear_once_and_positives_are_never_negatives(tokenizer):
+    collator, batch = _collate(tokenizer)
+    doc_ids = batch["doc_ids"]
+    assert len(doc_ids) == len(set(doc_ids))
+    # every sampled document is in the batch: q1 samples one of its positives and d2, q2 all three, q3 d5 + d6
+    assert {"d2", "d3", "d4", "d5", "d6"} <= set(doc_ids) <= {"d1", "d2", "d3", "d4", "d5", "d6"}
+    expected = torch.tensor([[EXPECTED[q][d] for d in doc_ids] for q in ("q1", "q2", "q3")], dtype=torch.float)
+    torch.testing.assert_close(batch["labels"], expected)
+    assert batch["mask"].all()
+    assert batch["document"]["input_ids"].shape[0] == len(doc_ids)
+    assert batch["query"]["input_ids"].shape[0] == 3
+
+
+def test_exact_target_matrices_for_a_fixed_column_order(tokenizer):
+    # The same batch seen through build_targets with the column order written out:
+    # columns d1, d2, d3, d4, d5, d6, d2 (a repeat), padding.
+    _, batch = _collate(tokenizer)
+    order = ["d1", "d2", "d3", "d4", "d5", "d6", "d2"]
+    doc_keys = torch.tensor([document_key(d) for d in order] + [PAD_KEY])
+    labels, mask, teacher = build_targets(
+        batch["candidate_keys"], batch["candidate_labels"], batch["candidate_teacher"], doc_keys
+    )
+    torch.testing.assert_close(
+        labels,
+        torch.tensor(
+            [
+                [1, 0, 0, 2, 0, 0, 0, 0],
+                [0, 0, 1, 0, 0, 0, 0, 0],
+                [0, 0, 0, 0, 1, 0, 0, 0],
+            ],
+            dtype=torch.float,
+        ),
+    )
+    row_mask = [True, True, True, True, True, True, False, False]  # the repeat and the padding are masked
+    assert mask.tolist() == [row_mask] * 3
+    torch.testing.assert_close(
+        teacher,
+        torch.tensor(
+            [
+                [NAN] * 8,
+                [NAN, 0.1, 0.9, 0.5, NAN, NAN, 0.1, NAN],
+                [NAN] * 8,
+            ]
+        ),
+        equal_nan=True,
+    )
+    _, own_mask, _ = build_targets(
+        batch["candidate_keys"], batch["candidate_labels"], batch["candidate_teacher"], doc_keys, False
+    )
+    assert own_mask.tolist() == [
+        [True, True, False, True, False, False, False, False],
+        [False, True, True, True, False, False, False, False],
+        [False, False, False, False, True, True, False, False],
+    ]
+
+
+def test_without_in_batch_negatives_a_query_sees_only_its_own_candidates(tokenizer):
+    _, batch = _collate(tokenizer, in_batch_negatives=False)
+    for i, qid in enumerate(("q1", "q2", "q3")):
+        own = set(ROWS[i]["doc_ids"])
+        assert {d for d, m in zip(batch["doc_ids"], batch["mask"][i].tolist()) if m} == own & set(batch["doc_ids"])
+
+
+def test_teacher_matrix_is_nan_where_unknown(tokenizer):
+    _, batch = _collate(tokenizer)
+    for c, doc in enumerate(batch["doc_ids"]):
+        expected = {"d3": 0.9, "d4": 0.5, "d2": 0.1}.get(doc)
+        value = batch["teacher"][1, c].item()
+        assert (math.isnan(value) and expected is None) or value == pytest.approx(expected)
+        assert math.isnan(batch["teacher"][0, c].item())
+
+
+def test_sampling_is_deterministic_per_seed_epoch_and_query(tokenizer):
+    row = _row("q", [f"d{i}" for i in range(1, 8)], [1, 1, 0, 0, 0, 0, 0])
+    collator = RetrievalCollator(tokenizer, CORPUS, group_size=3, positives_per_query=1, seed=7)
+    first = collator.sample(row)
+    assert collator.sample(row) == first
+    assert RetrievalCollator(tokenizer, CORPUS, group_size=3, seed=7).sample(row) == first
+    assert row["labels"][first[0]] == 1 and all(row["labels"][j] == 0 for j in first[1:])
+    assert len(set(first)) == 3
+    samples = set()
+    for epoch in range(8):
+        collator.set_epoch(epoch)
+        samples.add(tuple(collator.sample(row)))
+    assert len(samples) > 1  # a new sample each epoch
+    collator.set_epoch(3)
+    again = collator.sample(row)
+    collator.set_epoch(3)
+    assert collator.sample(row) == again
+
+
+def test_group_larger_than_list_takes_everything(tokenizer):
+    collator = RetrievalCollator(tokenizer, CORPUS, group_size=10, positives_per_query=2)
+    row = _row("q", ["d1", "d2", "d3"], [1, 0, 0])
+    assert sorted(collator.sample(row)) == [0, 1, 2]
+
+
+def test_dynamic_padding_and_separate_max_lengths(tokenizer):
+    corpus = {"a": "short", "b": " ".join(["long"] * 100)}
+    rows = [_row("q", ["a", "b"], [1, 0])]
+    rows[0]["query"] = " ".join(["word"] * 50)
+    batch = RetrievalCollator(tokenizer, corpus, group_size=2, query_max_length=8, document_max_length=16)(rows)
+    assert batch["query"]["input_ids"].shape == (1, 8)
+    assert batch["document"]["input_ids"].shape == (2, 16)
+    short = RetrievalCollator(tokenizer, {"a": "short", "b": "tiny"}, group_size=2)([_row("q", ["a", "b"], [1, 0])])
+    assert short["document"]["input_ids"].shape[1] == 3  # [CLS] word [SEP]: padded to the longest, not to max
+
+
+def test_prefixes_are_added(tokenizer):
+    rows = [_row("q", ["d1"], [1])]
+    batch = RetrievalCollator(tokenizer, CORPUS, group_size=1, query_prefix="query: ", document_prefix="passage: ")(rows)
+    assert tokenizer.decode(batch["query"]["input_ids"][0], skip_special_tokens=True).startswith("query :")
+    assert tokenizer.decode(batch["document"]["input_ids"][0], skip_special_tokens=True).startswith("passage :")
+
+
+def test_unknown_document_id_is_a_clear_error(tokenizer):
+    with pytest.raises(KeyError, match="not in the corpus"):
+        RetrievalCollator(tokenizer, CORPUS, group_size=2)([_row("q", ["d1", "zzz"], [1, 0])])
+
+
+def test_invalid_sizes(tokenizer):
+    with pytest.raises(ValueError):
+        RetrievalCollator(tokenizer, CORPUS, group_size=1, positives_per_query=2)

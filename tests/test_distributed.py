@@ -1,0 +1,99 @@
+"""Two gloo processes with half the batch each give the loss and gradients of one process with the whole batch."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from hf_robust_ir.data.collator import RetrievalCollator
+from hf_robust_ir.losses import InfoNCELoss
+from hf_robust_ir.modeling import BiEncoder
+from hf_robust_ir.trainer import loss_from_embeddings
+
+pytestmark = pytest.mark.distributed
+WORKER = Path(__file__).parent / "distributed" / "ddp_worker.py"
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model(tmp_path_factory, tiny_model_path):
+    path = tmp_path_factory.mktemp("tiny-no-dropout")
+    torch.manual_seed(1)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(path)
+    return str(path)
+
+
+def free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def _rows():
+    """8 queries with 1 positive + 3 hard negatives each. Documents repeat across queries (and across the two halves):
+    q0's positive d0 is a hard negative of q5 (other half); d20 is a negative of q1 and q6; q3 has a second positive
+    d9 that arrives as q4's hard negative."""
+    corpus = {f"d{i}": f"passage {i} on subject {i % 4} with words " + "x " * (i % 5) for i in range(30)}
+    rows = []
+    for i in range(8):
+        doc_ids = [f"d{i}", f"d{10 + i}", f"d{20 + i % 5}", f"d{(i + 5) % 8}"]
+        labels = [1.0, 0.0, 0.0, 0.0]
+        if i == 3:
+            doc_ids.append("d9")
+            labels.append(1.0)
+        if i == 4:
+            doc_ids[1] = "d9"
+        rows.append(
+            {
+                "query_id": f"q{i}",
+                "query": f"question about subject {i % 4} number {i}",
+                "doc_ids": doc_ids,
+                "labels": labels,
+                "teacher_scores": [],
+                "label_source": ["qrels"] * len(doc_ids),
+            }
+        )
+    return rows, corpus
+
+
+def test_two_processes_match_one_process(tmp_path, no_dropout_model):
+    rows, corpus = _rows()
+    group_size = 4
+    torch.save((rows, corpus, group_size), tmp_path / "rows.pt")
+
+    model = BiEncoder.from_pretrained(no_dropout_model)
+    batch = RetrievalCollator.for_model(model, corpus, group_size=group_size)(rows)
+    assert len(batch["doc_ids"]) < sum(min(group_size, len(r["doc_ids"])) for r in rows)  # repeats were merged
+    out = model(query=batch["query"], document=batch["document"])
+    loss = loss_from_embeddings(InfoNCELoss(), model.similarity, out["query_embeddings"], out["document_embeddings"], batch)
+    loss.backward()
+    reference = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), str(WORKER),
+        "--model", no_dropout_model, "--rows", str(tmp_path / "rows.pt"), "--out", str(tmp_path / "ddp.pt"),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp.pt")
+    assert ddp["world"] == 2
+    assert ddp["loss"] == pytest.approx(loss.item(), abs=1e-5)
+    assert set(ddp["grads"]) == set(reference)
+    for name, grad in reference.items():
+        torch.testing.assert_close(ddp["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -1,0 +1,171 @@
+"""RetrievalTrainer: training runs, gradient accumulation, resuming, evaluation and best-model selection."""
+
+import datasets
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from hf_robust_ir.data.schema import ROW_FEATURES
+from hf_robust_ir.modeling import BiEncoder
+from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
+
+CORPUS = {f"d{i}": f"document number {i} about topic {i % 5} " + "filler " * (i % 7) for i in range(40)}
+
+
+def _rows(n=16):
+    rows = []
+    for i in range(n):
+        doc_ids = [f"d{i}", f"d{(i + 7) % 40}", f"d{(i + 13) % 40}", f"d{(i + 21) % 40}", f"d{(i + 30) % 40}"]
+        rows.append(
+            {
+                "query_id": f"q{i}",
+                "query": f"topic {i % 5} question {i}",
+                "doc_ids": doc_ids,
+                "labels": [1.0, 0.0, 0.0, 0.0, 0.0],
+                "teacher_scores": [],
+                "label_source": ["qrels"] * 5,
+            }
+        )
+    return datasets.Dataset.from_list(rows, features=ROW_FEATURES)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory, tiny_model_path):
+    """Tiny BERT without dropout, so runs that see the same data in different micro-batches agree exactly."""
+    path = tmp_path_factory.mktemp("tiny-trainer")
+    torch.manual_seed(3)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(path)
+    return str(path)
+
+
+def _args(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        max_steps=6,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        group_size=3,
+        use_cpu=True,
+        seed=11,
+        disable_tqdm=True,
+    )
+    defaults.update(overrides)
+    return RetrievalTrainingArguments(**defaults)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+
+
+def test_training_lowers_the_loss_and_changes_weights(tmp_path, model_path):
+    model = BiEncoder.from_pretrained(model_path)
+    before = _state(model)
+    trainer = RetrievalTrainer(model, _args(tmp_path, max_steps=12), train_dataset=_rows(), corpus=CORPUS)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 12
+    assert sum(losses[-4:]) < sum(losses[:4])
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_gradient_accumulation_matches_the_large_batch(tmp_path, model_path):
+    # Without in-batch negatives each query's loss depends only on its own group, so 2 micro-batches of 2 accumulated
+    # give the same update as one batch of 4.
+    common = dict(max_steps=2, in_batch_negatives=False, group_size=5)
+    big = BiEncoder.from_pretrained(model_path)
+    RetrievalTrainer(big, _args(tmp_path / "a", per_device_train_batch_size=4, **common), _rows(), CORPUS).train()
+    small = BiEncoder.from_pretrained(model_path)
+    args = _args(tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=2, **common)
+    RetrievalTrainer(small, args, _rows(), CORPUS).train()
+    _assert_same_weights(_state(big), _state(small), atol=1e-5)
+    untouched = BiEncoder.from_pretrained(model_path)
+    assert any(not torch.equal(v, _state(big)[k]) for k, v in untouched.state_dict().items())
+
+
+def test_resume_from_a_mid_run_checkpoint_gives_the_uninterrupted_weights(tmp_path, model_path):
+    args = _args(tmp_path / "full", max_steps=10, save_strategy="steps", save_steps=3)
+    full = BiEncoder.from_pretrained(model_path)
+    RetrievalTrainer(full, args, _rows(), CORPUS).train()  # 4 steps per epoch: the run crosses 2 epoch boundaries
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+    assert (checkpoint / "model.safetensors").exists() and (checkpoint / "optimizer.pt").exists()
+
+    resumed = BiEncoder.from_pretrained(model_path)
+    args = _args(tmp_path / "full", max_steps=10, save_strategy="no")
+    RetrievalTrainer(resumed, args, _rows(), CORPUS).train(resume_from_checkpoint=str(checkpoint))
+    _assert_same_weights(_state(full), _state(resumed))
+
+
+def test_saved_checkpoint_is_a_bi_encoder_folder(tmp_path, model_path):
+    model = BiEncoder.from_pretrained(model_path, query_prefix="query: ", temperature=0.02)
+    trainer = RetrievalTrainer(model, _args(tmp_path, max_steps=2), _rows(), CORPUS)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    loaded = BiEncoder.from_pretrained(tmp_path / "final")
+    assert loaded.retrieval_config.query_prefix == "query: " and loaded.retrieval_config.temperature == 0.02
+    _assert_same_weights(_state(model), _state(loaded))
+
+
+class ScriptedEvaluator:
+    """Returns scripted nDCG@10 values and remembers the weights it saw at each evaluation."""
+
+    def __init__(self, values):
+        self.values, self.seen = list(values), []
+
+    def __call__(self, model):
+        self.seen.append(_state(model))
+        value = self.values[len(self.seen) - 1]
+        return {"ndcg@10": value, "recall@100": value, "mrr@10": value, "map": value}
+
+
+def test_evaluation_metrics_and_best_model_at_end(tmp_path, model_path):
+    evaluator = ScriptedEvaluator([0.2, 0.9, 0.4, 0.5])
+    args = _args(
+        tmp_path,
+        max_steps=6,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="ndcg@10",
+    )
+    model = BiEncoder.from_pretrained(model_path)
+    trainer = RetrievalTrainer(model, args, _rows(), CORPUS, evaluator=evaluator)
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_ndcg@10" in h]
+    assert [h["eval_ndcg@10"] for h in evals] == [0.2, 0.9, 0.4]
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-4")
+    _assert_same_weights(_state(model), evaluator.seen[1])  # the weights of the best evaluation were loaded back
+    assert set(trainer.evaluate()) == {"eval_ndcg@10", "eval_recall@100", "eval_mrr@10", "eval_map"}
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path, model_path):
+    with pytest.raises(ValueError, match="corpus"):
+        RetrievalTrainer(BiEncoder.from_pretrained(model_path), _args(tmp_path), _rows())
+
+
+def test_loss_by_name_and_kwargs_from_arguments(tmp_path, model_path):
+    trainer = RetrievalTrainer(
+        BiEncoder.from_pretrained(model_path), _args(tmp_path, loss="infonce", loss_kwargs="{}"), _rows(), CORPUS
+    )
+    assert trainer.loss.config() == {"name": "infonce"}
