@@ -1,6 +1,7 @@
 """`hf-robust-ir` command line: one subcommand per module in ``hf_robust_ir.commands``.
 
-Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``; a module with
+``ACCEPTS_OVERRIDES = True`` receives unknown ``--key value`` pairs as ``args.overrides``.
 Progress goes to stderr; machine-readable results (JSON) go to stdout.
 """
 
@@ -20,12 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"hf_robust_ir.commands.{name}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+        sub.set_defaults(_run=module.run, _accepts_overrides=getattr(module, "ACCEPTS_OVERRIDES", False))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not args._accepts_overrides:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     return int(args._run(args) or 0)
 
 

@@ -72,6 +72,20 @@ def _load_transformer(path: str, trust_remote_code: bool, torch_dtype: Any = Non
         return AutoModel.from_pretrained(path, **kwargs)
 
 
+def _fit_max_lengths(config: BiEncoderConfig, encoder: nn.Module, tokenizer: PreTrainedTokenizerBase):
+    """Cap the max lengths at what the model can read (its position embeddings and the tokenizer's limit)."""
+    limits = [getattr(getattr(encoder, "config", None), "max_position_embeddings", None)]
+    limits.append(tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None)
+    limit = min((x for x in limits if x), default=None)
+    if limit is None:
+        return config
+    return dataclasses.replace(
+        config,
+        query_max_length=min(config.query_max_length, limit),
+        document_max_length=min(config.document_max_length, limit),
+    )
+
+
 def _config_from_sentence_transformers(path: Path) -> dict[str, Any]:
     """Pooling, normalization, prefixes and max length of a sentence-transformers folder (empty if it is not one)."""
     modules_file = path / "modules.json"
@@ -167,7 +181,7 @@ class BiEncoder(nn.Module):
         document_encoder = None
         if config.separate_towers:
             document_encoder = _load_transformer(str(document_folder), trust_remote_code, torch_dtype)
-        return cls(query_encoder, tokenizer, config, document_encoder)
+        return cls(query_encoder, tokenizer, _fit_max_lengths(config, query_encoder, tokenizer), document_encoder)
 
     @classmethod
     def _from_adapter(cls, folder: Path, config: BiEncoderConfig, trust_remote_code: bool, torch_dtype: Any):

