@@ -1,0 +1,98 @@
+"""`hf-robust-ir eval`: zero-shot retrieval metrics of a model on one split of a BEIR folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+HELP = "Evaluate a retriever on a BEIR folder: nDCG@10, Recall@100, MRR@10, MAP as one JSON object on stdout."
+
+logger = logging.getLogger("hf_robust_ir.eval")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="model folder (BiEncoder, sentence-transformers or transformers)"
+    )
+    parser.add_argument("--data", required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    parser.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
+    parser.add_argument("--batch_size", type=int, default=64, help="encoding batch size (default: 64)")
+    parser.add_argument("--bf16", action="store_true", help="encode under bfloat16 autocast")
+    parser.add_argument(
+        "--max_length", type=int, default=None, help="token limit for queries and documents (default: the model's own)"
+    )
+    parser.add_argument("--top_k", type=int, default=1000, help="documents retrieved per query (default: 1000)")
+    parser.add_argument("--chunk_size", type=int, default=50_000, help="documents encoded per chunk (default: 50000)")
+    parser.add_argument(
+        "--index_factory",
+        default="Flat",
+        help="faiss index-factory string, e.g. IVF4096,Flat or HNSW32 (default: Flat)",
+    )
+    parser.add_argument("--search_params", default=None, help="faiss search parameters, e.g. nprobe=64 or efSearch=256")
+    parser.add_argument(
+        "--keep_identical_ids",
+        action="store_true",
+        help="keep retrieved documents whose id equals the query id (dropped by default, as in MTEB and BEIR)",
+    )
+    parser.add_argument("--output", default=None, help="also write the JSON object to this file")
+    parser.add_argument("--run_output", default=None, help="write the run as a TREC run file (qid Q0 docid rank score)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def write_trec_run(run: dict[str, dict[str, float]], path: str | Path, tag: str = "hf_robust_ir") -> None:
+    """Write ``{query_id: {doc_id: score}}`` as a TREC run file, best first per query."""
+    with open(path, "w", encoding="utf-8") as f:
+        for qid, docs in run.items():
+            ranked = sorted(docs.items(), key=lambda item: item[1], reverse=True)
+            for rank, (doc_id, score) in enumerate(ranked, 1):
+                f.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("hf_robust_ir").setLevel(logging.INFO)
+    data_dir = Path(args.data)
+    if not data_dir.is_dir():
+        print(f"error: --data {str(data_dir)!r} is not a folder (expected a BEIR folder)", file=sys.stderr)
+        return 2
+    if not Path(args.model).exists():
+        print(f"error: --model {args.model!r} does not exist (pass a local model folder)", file=sys.stderr)
+        return 2
+
+    from hf_robust_ir.data.beir import load_beir
+    from hf_robust_ir.evaluation import RetrievalEvaluator
+    from hf_robust_ir.modeling import BiEncoder
+
+    start = time.perf_counter()
+    data = load_beir(data_dir, split=args.split)
+    logger.info("Loaded %r", data)
+    overrides = (
+        {} if args.max_length is None else {"query_max_length": args.max_length, "document_max_length": args.max_length}
+    )
+    model = BiEncoder.from_pretrained(args.model, **overrides)
+    evaluator = RetrievalEvaluator(
+        data,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        bf16=args.bf16,
+        chunk_size=args.chunk_size,
+        index_factory=args.index_factory,
+        search_params=args.search_params,
+        ignore_identical_ids=not args.keep_identical_ids,
+        show_progress_bar=not args.quiet,
+        name=f"{data.name}/{args.split}",
+    )
+    metrics = evaluator(model)
+    logger.info("Evaluated %d queries in %.1f s", len(evaluator.last_run), time.perf_counter() - start)
+    if args.run_output:
+        write_trec_run(evaluator.last_run, args.run_output)
+    text = json.dumps(metrics)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    return 0

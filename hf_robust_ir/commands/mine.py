@@ -1,0 +1,115 @@
+"""`hf-robust-ir mine`: training rows from qrels plus hard negatives mined with a model's faiss top-k."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+HELP = "Mine hard negatives with a retriever: canonical training rows (qrels positives + filtered top-k negatives)."
+
+DATA_INFO_NAME = "hf_robust_ir_data.json"
+
+logger = logging.getLogger("hf_robust_ir.mine")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="model folder (BiEncoder, sentence-transformers or transformers)"
+    )
+    parser.add_argument("--data", required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    parser.add_argument("--split", default="train", help="qrels split to mine for (default: train)")
+    parser.add_argument("--output", required=True, help="output folder (datasets save_to_disk + rows.jsonl)")
+    parser.add_argument("--num_negatives", type=int, default=15, help="negatives per query (default: 15)")
+    parser.add_argument("--range_min", type=int, default=0, help="skip the first non-positive ranks (default: 0)")
+    parser.add_argument(
+        "--range_max", type=int, default=100, help="consider non-positive ranks below this (default: 100)"
+    )
+    parser.add_argument("--absolute_margin", type=float, default=None, help="keep a negative if score <= pos - margin")
+    parser.add_argument(
+        "--relative_margin",
+        type=float,
+        default=None,
+        help="keep a negative if score <= pos - |pos| * margin (e.g. 0.05)",
+    )
+    parser.add_argument("--max_score", type=float, default=None, help="keep a negative if score <= max_score")
+    parser.add_argument("--min_score", type=float, default=None, help="keep a negative if score >= min_score")
+    parser.add_argument("--batch_size", type=int, default=64, help="encoding batch size (default: 64)")
+    parser.add_argument("--chunk_size", type=int, default=50_000, help="documents encoded per chunk (default: 50000)")
+    parser.add_argument("--max_length", type=int, default=None, help="token limit (default: the model's own)")
+    parser.add_argument(
+        "--index_factory",
+        default="Flat",
+        help="faiss index-factory string, e.g. IVF4096,Flat or HNSW32 (default: Flat)",
+    )
+    parser.add_argument("--search_params", default=None, help="faiss search parameters, e.g. nprobe=64 or efSearch=256")
+    parser.add_argument("--bf16", action="store_true", help="encode under bfloat16 autocast")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("hf_robust_ir").setLevel(logging.INFO)
+    data_dir = Path(args.data)
+    if not data_dir.is_dir():
+        print(f"error: --data {str(data_dir)!r} is not a folder (expected a BEIR folder)", file=sys.stderr)
+        return 2
+    if not Path(args.model).exists():
+        print(f"error: --model {args.model!r} does not exist (pass a local model folder)", file=sys.stderr)
+        return 2
+
+    from hf_robust_ir.data.beir import load_beir
+    from hf_robust_ir.mining import MiningStats, mine_hard_negatives
+    from hf_robust_ir.modeling import BiEncoder
+
+    start = time.perf_counter()
+    data = load_beir(data_dir, split=args.split)
+    logger.info("Loaded %r", data)
+    overrides = (
+        {} if args.max_length is None else {"query_max_length": args.max_length, "document_max_length": args.max_length}
+    )
+    model = BiEncoder.from_pretrained(args.model, **overrides)
+    stats = MiningStats()
+    rows = mine_hard_negatives(
+        model,
+        data,
+        num_negatives=args.num_negatives,
+        range_min=args.range_min,
+        range_max=args.range_max,
+        absolute_margin=args.absolute_margin,
+        relative_margin=args.relative_margin,
+        max_score=args.max_score,
+        min_score=args.min_score,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        index_factory=args.index_factory,
+        search_params=args.search_params,
+        bf16=args.bf16,
+        show_progress_bar=not args.quiet,
+        stats=stats,
+    )
+
+    out = Path(args.output)
+    rows.save_to_disk(str(out))
+    rows.to_json(str(out / "rows.jsonl"), lines=True)
+    # the rows hold document ids only: record where their texts are
+    (out / DATA_INFO_NAME).write_text(
+        json.dumps({"corpus": str(data_dir.resolve()), "split": args.split, "model": str(args.model)}, indent=2) + "\n"
+    )
+    negatives = [sum(1 for label in labels if label == 0) for labels in rows["labels"]]
+    summary = {
+        "output": str(out),
+        "rows": len(rows),
+        "negatives_per_row": {
+            "mean": sum(negatives) / len(negatives) if negatives else 0.0,
+            "min": min(negatives, default=0),
+            "max": max(negatives, default=0),
+        },
+        **stats.as_dict(),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    print(json.dumps(summary))
+    return 0

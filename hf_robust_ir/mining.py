@@ -1,0 +1,219 @@
+"""Hard-negative mining: faiss top-k candidates of a model, filtered relative to each query's positives.
+
+For every query with a relevant judgment, the model retrieves its top ``range_max`` (+ number of positives) documents.
+Judged positives are skipped; the remaining candidates keep their rank (0 = the most similar non-positive) and only
+ranks in ``[range_min, range_max)`` are eligible. Eligible candidates then pass the positive-aware filters (as in
+sentence-transformers' ``mine_hard_negatives`` and NV-Retriever, Moreira et al. 2024, arXiv:2407.15831):
+
+- ``absolute_margin`` m: keep if ``score <= pos - m``;
+- ``relative_margin`` r: keep if ``score <= pos - |pos| * r`` (``pos * (1 - r)`` for a non-negative positive score;
+  NV-Retriever's TopK-PercPos with r = 0.05);
+- ``max_score`` / ``min_score``: keep if ``min_score <= score <= max_score``;
+
+where ``pos`` is the query's *lowest* positive score: a candidate scored close to any positive may be an unlabeled
+positive, and the hardest (lowest-scored) positive is the safest reference, so with several positives a negative must
+sit below all of them. The first ``num_negatives`` survivors, best first, become the negatives.
+
+Unlike sentence-transformers, ranks are counted before the score filters, so ``range_min=10`` always skips the same
+ten most similar documents whatever the margins are.
+
+The rows are canonical training rows (:func:`hf_robust_ir.data.beir.rows_from_qrels`): positives first with their
+grades, then the negatives (source ``"mined"``); ``teacher_scores`` holds the miner's inner-product score of every
+listed document, positives included (computed exactly from their embeddings, whether or not they were retrieved).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+from tqdm.auto import tqdm
+
+from hf_robust_ir.data.beir import rows_from_qrels
+from hf_robust_ir.data.schema import DataFormatError, RetrievalCorpus
+from hf_robust_ir.evaluation import DocumentIndex, Encoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MiningStats:
+    """What the filters removed, over all queries (counts of candidates in the rank window)."""
+
+    queries: int = 0
+    candidates: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    negatives: int = 0
+    short_queries: int = 0  # queries that got fewer than num_negatives negatives
+
+    def as_dict(self) -> dict:
+        return {
+            "queries": self.queries,
+            "candidates_in_range": self.candidates,
+            "skipped": dict(self.skipped),
+            "negatives": self.negatives,
+            "queries_short_of_negatives": self.short_queries,
+        }
+
+
+def select_negatives(
+    ranked: list[tuple[str, float]],
+    positive_scores: dict[str, float],
+    num_negatives: int = 15,
+    range_min: int = 0,
+    range_max: int = 100,
+    absolute_margin: float | None = None,
+    relative_margin: float | None = None,
+    max_score: float | None = None,
+    min_score: float | None = None,
+    stats: MiningStats | None = None,
+) -> list[tuple[str, float]]:
+    """Pick the negatives of one query from its retrieved ``(doc_id, score)`` list (best first).
+
+    ``positive_scores`` maps each judged positive to its score; positives are never negatives. See the module
+    docstring for the rank window and the filters.
+    """
+    non_positive = [(doc_id, score) for doc_id, score in ranked if doc_id not in positive_scores]
+    window = non_positive[range_min:range_max]
+    reference = min(positive_scores.values()) if positive_scores else None
+    thresholds: list[tuple[str, float]] = []  # (filter name, highest score it keeps)
+    if reference is not None and absolute_margin is not None:
+        thresholds.append(("absolute_margin", reference - absolute_margin))
+    if reference is not None and relative_margin is not None:
+        thresholds.append(("relative_margin", reference - abs(reference) * relative_margin))
+    if max_score is not None:
+        thresholds.append(("max_score", max_score))
+
+    negatives = []
+    for doc_id, score in window:
+        rejected_by = next((name for name, highest in thresholds if score > highest), None)
+        if rejected_by is None and min_score is not None and score < min_score:
+            rejected_by = "min_score"
+        if stats is not None:
+            stats.candidates += 1
+            if rejected_by is not None:
+                stats.skipped[rejected_by] = stats.skipped.get(rejected_by, 0) + 1
+        if rejected_by is None and len(negatives) < num_negatives:
+            negatives.append((doc_id, score))
+    if stats is not None:
+        stats.queries += 1
+        stats.negatives += len(negatives)
+        stats.short_queries += len(negatives) < num_negatives
+    return negatives
+
+
+def mine_hard_negatives(
+    model: Encoder,
+    data: RetrievalCorpus,
+    num_negatives: int = 15,
+    range_min: int = 0,
+    range_max: int = 100,
+    absolute_margin: float | None = None,
+    relative_margin: float | None = None,
+    max_score: float | None = None,
+    min_score: float | None = None,
+    batch_size: int = 64,
+    chunk_size: int = 50_000,
+    index_factory: str = "Flat",
+    search_params: str | None = None,
+    bf16: bool = False,
+    ignore_identical_ids: bool = True,
+    show_progress_bar: bool = True,
+    stats: MiningStats | None = None,
+) -> datasets.Dataset:
+    """Canonical training rows of ``data``'s judged queries, with hard negatives mined by ``model``.
+
+    The corpus is encoded ``chunk_size`` documents at a time into a faiss inner-product index (``index_factory``:
+    ``"Flat"`` is exact; ``"IVF4096,Flat"`` or ``"HNSW32"`` for corpora of millions, with ``search_params`` such as
+    ``"nprobe=64"``), so memory holds the embeddings and not the encoder's intermediate outputs. Queries are encoded
+    and searched in chunks of the same size. A document whose id equals the query id is never a candidate unless
+    ``ignore_identical_ids`` is False. Pass a :class:`MiningStats` to receive filter counts.
+    """
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    if not 0 <= range_min < range_max:
+        raise ValueError(f"need 0 <= range_min < range_max, got range_min={range_min}, range_max={range_max}")
+    if num_negatives > range_max - range_min:
+        raise ValueError(
+            f"num_negatives={num_negatives} does not fit in the rank window [{range_min}, {range_max}); "
+            "raise range_max or lower num_negatives"
+        )
+
+    positives = {qid: [doc_id for doc_id, grade in judged.items() if grade > 0] for qid, judged in data.qrels.items()}
+    positives = {qid: docs for qid, docs in positives.items() if docs}
+    missing_docs = sorted({doc_id for docs in positives.values() for doc_id in docs} - data.corpus.keys())
+    if missing_docs:
+        raise DataFormatError(
+            data.name or "RetrievalCorpus", None, "qrels", f"positives not in corpus: {missing_docs[:5]}"
+        )
+    missing_queries = [qid for qid in positives if qid not in data.queries]
+    if missing_queries:
+        raise DataFormatError(
+            data.name or "RetrievalCorpus", None, "qrels", f"judged queries without text: {missing_queries[:5]}"
+        )
+
+    index = DocumentIndex.from_corpus(
+        model,
+        data.corpus,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        bf16=bf16,
+        index_factory=index_factory,
+        search_params=search_params,
+        keep_ids={doc_id for docs in positives.values() for doc_id in docs},
+        show_progress_bar=show_progress_bar,
+    )
+    stats = stats if stats is not None else MiningStats()
+    query_ids = list(positives)
+    candidates: dict[str, list[tuple[str, float]]] = {}
+    for start in tqdm(
+        range(0, len(query_ids), chunk_size),
+        desc="Mining negatives",
+        unit="chunk",
+        disable=not show_progress_bar or len(query_ids) <= chunk_size,
+    ):
+        qids = query_ids[start : start + chunk_size]
+        embeddings = model.encode_queries(
+            [data.queries[qid] for qid in qids], batch_size=batch_size, bf16=bf16, show_progress_bar=show_progress_bar
+        )
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        # enough hits that range_max non-positive candidates remain after skipping the positives
+        top_k = range_max + max(len(positives[qid]) for qid in qids)
+        hits = index.search(embeddings, top_k, query_ids=qids if ignore_identical_ids else None)
+        for row, qid in enumerate(qids):
+            positive_scores = {
+                doc_id: float(np.dot(embeddings[row], index.kept_embeddings[doc_id])) for doc_id in positives[qid]
+            }
+            negatives = select_negatives(
+                hits[row],
+                positive_scores,
+                num_negatives=num_negatives,
+                range_min=range_min,
+                range_max=range_max,
+                absolute_margin=absolute_margin,
+                relative_margin=relative_margin,
+                max_score=max_score,
+                min_score=min_score,
+                stats=stats,
+            )
+            candidates[qid] = list(positive_scores.items()) + negatives
+
+    if stats.candidates:
+        for name, count in stats.skipped.items():
+            logger.info(
+                "Skipped %d of %d candidates (%.2f%%) by %s",
+                count,
+                stats.candidates,
+                100 * count / stats.candidates,
+                name,
+            )
+    if stats.short_queries:
+        logger.info(
+            "%d of %d queries got fewer than %d negatives; widen range_max or loosen the filters for more",
+            stats.short_queries,
+            stats.queries,
+            num_negatives,
+        )
+    return rows_from_qrels(data, candidates, candidate_source="mined")

@@ -1,0 +1,272 @@
+"""Retrieval evaluation: metric values worked by hand, faiss search, chunked indexing, the evaluator end to end."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import faiss
+import numpy as np
+import pytest
+
+from hf_robust_ir.data.schema import RetrievalCorpus
+from hf_robust_ir.evaluation import (
+    METRIC_KEYS,
+    DocumentIndex,
+    RetrievalEvaluator,
+    build_index,
+    per_query_scores,
+    score_run,
+    search,
+)
+
+
+class HashingEncoder:
+    """Deterministic bag-of-words vectors: each lower-cased word adds 1 at ``crc32(word) % dim``; L2-normalized."""
+
+    def __init__(self, dim: int = 64):
+        self.dim = dim
+        self.document_calls: list[int] = []
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                out[row, zlib.crc32(word.encode()) % self.dim] += 1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+    def encode_queries(self, texts, batch_size=32, bf16=False, show_progress_bar=False):
+        return self._encode(texts)
+
+    def encode_documents(self, texts, batch_size=32, bf16=False, show_progress_bar=False):
+        self.document_calls.append(len(texts))
+        return self._encode(texts)
+
+
+L3 = math.log2(3)  # discount of rank 2: 1 / log2(2 + 1)
+
+# Hand-worked run. trec_eval's nDCG uses the grade as gain and 1/log2(rank + 1) as discount.
+QRELS = {
+    "q1": {"a": 1},  # one relevant doc, retrieved at rank 2
+    "q2": {"d": 1, "e": 1},  # two relevant docs, one at rank 2, the other never retrieved
+    "q3": {"f": 2, "g": 1},  # graded: the grade-1 doc comes before the grade-2 doc
+    "q4": {"h": 1},  # relevant doc, but the run has nothing for q4
+    "q5": {"i": 0},  # no relevant doc: not evaluated at all
+    "q6": {"r": 1, "z": 0},  # relevant doc at rank 11: outside MRR@10 and nDCG@10, inside Recall@100
+}
+RUN = {
+    "q1": {"b": 0.9, "a": 0.8, "c": 0.7},
+    "q2": {"x": 0.9, "d": 0.8, "y": 0.7},
+    "q3": {"g": 0.9, "f": 0.8},
+    "q5": {"i": 1.0},
+    "q6": {**{f"n{i}": 1.0 - i / 100 for i in range(10)}, "r": 0.5},
+    "q7": {"a": 1.0},  # not judged: ignored
+}
+EXPECTED = {
+    # DCG = 1/log2(3), IDCG = 1;  RR = 1/2;  recall = 1/1;  AP = (1/2) / 1
+    "q1": {"ndcg@10": 1 / L3, "recall@100": 1.0, "mrr@10": 0.5, "map": 0.5},
+    # DCG = 1/log2(3), IDCG = 1 + 1/log2(3);  RR = 1/2;  recall = 1/2;  AP = (1/2) / 2
+    "q2": {"ndcg@10": (1 / L3) / (1 + 1 / L3), "recall@100": 0.5, "mrr@10": 0.5, "map": 0.25},
+    # DCG = 1 + 2/log2(3), IDCG = 2 + 1/log2(3);  RR = 1;  recall = 1;  AP = (1/1 + 2/2) / 2
+    "q3": {"ndcg@10": (1 + 2 / L3) / (2 + 1 / L3), "recall@100": 1.0, "mrr@10": 1.0, "map": 1.0},
+    # nothing retrieved: 0 everywhere (pytrec_eval would leave q4 out of its output)
+    "q4": {"ndcg@10": 0.0, "recall@100": 0.0, "mrr@10": 0.0, "map": 0.0},
+    # rank 11: nDCG@10 = 0, MRR@10 = 0 (uncut RR would be 1/11), recall = 1, AP = (1/11) / 1
+    "q6": {"ndcg@10": 0.0, "recall@100": 1.0, "mrr@10": 0.0, "map": 1 / 11},
+}
+
+
+def test_per_query_scores_match_hand_worked_values():
+    scores = per_query_scores(QRELS, RUN)
+    assert set(scores) == set(EXPECTED)  # q5 (no relevant doc) and q7 (not judged) are not evaluated
+    for qid, expected in EXPECTED.items():
+        assert scores[qid] == pytest.approx(expected, abs=1e-9), qid
+
+
+def test_score_run_averages_over_judged_queries_with_a_relevant_doc():
+    metrics = score_run(QRELS, RUN)
+    assert tuple(metrics) == METRIC_KEYS
+    # e.g. MRR@10 = (1/2 + 1/2 + 1 + 0 + 0) / 5 = 0.4
+    assert metrics["mrr@10"] == pytest.approx(0.4)
+    assert metrics["recall@100"] == pytest.approx((1 + 0.5 + 1 + 0 + 1) / 5)
+    for key in METRIC_KEYS:
+        assert metrics[key] == pytest.approx(np.mean([row[key] for row in EXPECTED.values()]), abs=1e-12)
+
+
+def test_score_run_other_cutoffs_and_empty_inputs():
+    metrics = score_run(QRELS, RUN, ndcg_at=(1, 10), recall_at=(2,), mrr_at=(1,))
+    assert set(metrics) == {"ndcg@1", "ndcg@10", "recall@2", "mrr@1", "map"}
+    # nDCG@1: only q3 has a relevant doc at rank 1 (gain 1 of an ideal 2)
+    assert metrics["ndcg@1"] == pytest.approx(0.5 / 5)
+    assert score_run({}, RUN) == dict.fromkeys(METRIC_KEYS, 0.0)
+    assert score_run(QRELS, {}) == dict.fromkeys(METRIC_KEYS, 0.0)
+
+
+def test_mrr_cut_follows_trec_eval_tie_order():
+    # equal scores: trec_eval ranks the larger doc id first, so "b" is rank 1 and "a" rank 2
+    qrels = {"q": {"a": 1}}
+    run = {"q": {"a": 1.0, "b": 1.0}}
+    assert score_run(qrels, run, mrr_at=(1,))["mrr@1"] == 0.0
+    assert score_run(qrels, run, mrr_at=(2,))["mrr@2"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------- faiss
+
+
+def exact_top_k(queries: np.ndarray, docs: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(queries @ docs.T), axis=1, kind="stable")[:, :k]
+
+
+@pytest.fixture(scope="module")
+def random_data():
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((400, 16)).astype(np.float32)
+    queries = rng.standard_normal((20, 16)).astype(np.float32)
+    return queries, docs
+
+
+def test_exact_search_returns_true_top_k(random_data):
+    queries, docs = random_data
+    scores, indices = search(queries, docs, top_k=10)
+    np.testing.assert_array_equal(indices, exact_top_k(queries, docs, 10))
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ docs.T, indices, axis=1), rtol=1e-5)
+    # non-contiguous float64 input is accepted; k is capped at the corpus size
+    scores, indices = search(queries.astype(np.float64)[:, :], np.asfortranarray(docs[:5]), top_k=50)
+    assert indices.shape == (20, 5)
+
+
+@pytest.mark.parametrize(
+    "factory, params, min_recall",
+    [("IVF8,Flat", "nprobe=8", 1.0), ("IVF8,Flat", None, 0.99), ("HNSW16", "efSearch=64", 0.9)],
+)
+def test_index_factory_strings(random_data, factory, params, min_recall):
+    queries, docs = random_data
+    _, indices = search(queries, docs, top_k=10, index_factory=factory, search_params=params)
+    truth = exact_top_k(queries, docs, 10)
+    recall = np.mean([len(set(found) & set(true)) / 10 for found, true in zip(indices, truth)])
+    assert recall >= min_recall
+    assert build_index(16, factory).metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+def test_document_index_adds_in_chunks_and_trains_ivf_on_first_chunks(random_data):
+    queries, docs = random_data
+    ids = [f"d{i}" for i in range(len(docs))]
+    index = DocumentIndex("IVF8,Flat", search_params="nprobe=8", max_train_points=150, keep_ids={"d3", "d399"})
+    for start in range(0, len(docs), 100):
+        index.add(ids[start : start + 100], docs[start : start + 100])
+        # trained (and filled) once 150 vectors were pending, i.e. after the second chunk
+        assert index.index.is_trained == (start >= 100)
+    index.finish()
+    assert index.index.ntotal == len(docs) == len(index)
+    np.testing.assert_array_equal(index.kept_embeddings["d399"], docs[399])
+    hits = index.search(queries, top_k=5)
+    assert [[doc_id for doc_id, _ in row] for row in hits] == [
+        [ids[i] for i in row] for row in exact_top_k(queries, docs, 5)
+    ]
+
+
+def test_document_index_from_corpus_encodes_chunk_by_chunk():
+    corpus = {f"d{i}": f"word{i} common" for i in range(25)}
+    model = HashingEncoder()
+    index = DocumentIndex.from_corpus(model, corpus, chunk_size=10, show_progress_bar=False)
+    assert model.document_calls == [10, 10, 5]
+    assert index.doc_ids == list(corpus)
+    assert index.index.ntotal == 25
+
+
+# ------------------------------------------------------------------------------------------------------ evaluator
+
+
+@pytest.fixture
+def tiny_corpus() -> RetrievalCorpus:
+    return RetrievalCorpus(
+        corpus={
+            "d1": "apples grow on trees",
+            "d2": "bananas are yellow fruit",
+            "d3": "cars drive on roads",
+            "q1": "what color are bananas",  # same id as query q1 and its exact text
+        },
+        queries={"q1": "what color are bananas", "q2": "where do apples grow", "q3": "roads"},
+        qrels={"q1": {"d2": 1}, "q2": {"d1": 1, "d3": 0}, "q3": {"d3": 0}},
+        name="tiny",
+    )
+
+
+def test_evaluator_end_to_end(tiny_corpus):
+    evaluator = RetrievalEvaluator(tiny_corpus, top_k=3, batch_size=2, show_progress_bar=False)
+    metrics = evaluator(HashingEncoder())
+    assert tuple(metrics) == METRIC_KEYS
+    assert set(evaluator.last_run) == {"q1", "q2"}  # q3 has no relevant document
+    assert all(len(docs) == 3 for docs in evaluator.last_run.values())
+    # the bag-of-words overlap ranks each query's relevant document first
+    assert metrics == pytest.approx({"ndcg@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0, "map": 1.0})
+    assert metrics == pytest.approx(score_run(tiny_corpus.qrels, evaluator.last_run))
+
+
+def test_evaluator_drops_documents_whose_id_is_the_query_id(tiny_corpus):
+    model = HashingEncoder()
+    evaluator = RetrievalEvaluator(tiny_corpus, top_k=4, show_progress_bar=False)
+    evaluator(model)
+    assert "q1" not in evaluator.last_run["q1"]
+    assert max(evaluator.last_run["q1"], key=evaluator.last_run["q1"].get) == "d2"
+
+    keep = RetrievalEvaluator(tiny_corpus, top_k=4, ignore_identical_ids=False, show_progress_bar=False)
+    metrics = keep(model)
+    # the identical document now ranks first (cosine 1), pushing d2 to rank 2
+    assert max(keep.last_run["q1"], key=keep.last_run["q1"].get) == "q1"
+    assert metrics["mrr@10"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+
+
+def write_beir_folder(folder, split: str = "test") -> None:
+    """A 6-document BEIR folder with 3 judged queries."""
+    import json
+
+    docs = {
+        "d1": ("Apples", "apples grow on trees in orchards"),
+        "d2": ("Bananas", "bananas are a yellow tropical fruit"),
+        "d3": ("Cars", "cars drive on roads and highways"),
+        "d4": ("Boats", "boats sail on the sea"),
+        "d5": ("", "trains run on rails"),
+        "d6": ("Planes", "planes fly in the sky"),
+    }
+    queries = {"q1": "where do apples grow", "q2": "what color are bananas", "q3": "how do boats travel"}
+    (folder / "qrels").mkdir(parents=True)
+    with open(folder / "corpus.jsonl", "w") as f:
+        for doc_id, (title, text) in docs.items():
+            f.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
+    with open(folder / "queries.jsonl", "w") as f:
+        for qid, text in queries.items():
+            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    (folder / "qrels" / f"{split}.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\nq3\td4\t1\nq3\td3\t0\n"
+    )
+
+
+def test_eval_command_prints_one_json_object(tmp_path, tiny_model_path, capsys):
+    import argparse
+    import json
+
+    from hf_robust_ir.commands import eval as eval_command
+
+    write_beir_folder(tmp_path / "beir")
+    parser = argparse.ArgumentParser()
+    eval_command.add_arguments(parser)
+    out_file = tmp_path / "out" / "metrics.json"
+    argv = ["--model", tiny_model_path, "--data", str(tmp_path / "beir"), "--top_k", "5", "--quiet"]
+    argv += ["--max_length", "32", "--output", str(out_file), "--run_output", str(tmp_path / "run.trec")]
+    assert eval_command.run(parser.parse_args(argv)) == 0
+    stdout = capsys.readouterr().out
+    assert len(stdout.strip().splitlines()) == 1
+    metrics = json.loads(stdout)
+    assert tuple(metrics) == METRIC_KEYS
+    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+    assert json.loads(out_file.read_text()) == metrics
+    assert len((tmp_path / "run.trec").read_text().splitlines()) == 3 * 5
+
+    missing = parser.parse_args(["--model", tiny_model_path, "--data", str(tmp_path / "nope")])
+    assert eval_command.run(missing) == 2
+    assert "is not a folder" in capsys.readouterr().err
