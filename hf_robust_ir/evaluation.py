@@ -367,10 +367,10 @@ class RetrievalEvaluator:
             )
         self.last_run: Run = {}
 
-    def retrieve(self, model: Encoder) -> Run:
-        """The run: the ``top_k`` documents and scores of each evaluated query."""
+    def build_index(self, model: Encoder, keep_ids: Iterable[str] = ()) -> DocumentIndex:
+        """The corpus encoded by ``model`` in this evaluator's index (reusable, e.g. for mining with the same model)."""
         label = f" ({self.name})" if self.name else ""
-        index = DocumentIndex.from_corpus(
+        return DocumentIndex.from_corpus(
             model,
             self.data.corpus,
             batch_size=self.batch_size,
@@ -380,7 +380,12 @@ class RetrievalEvaluator:
             search_params=self.search_params,
             show_progress_bar=self.show_progress_bar,
             desc=f"Encoding corpus{label}",
+            keep_ids=keep_ids,
         )
+
+    def retrieve(self, model: Encoder, index: DocumentIndex | None = None) -> Run:
+        """The run: the ``top_k`` documents and scores of each evaluated query (``index``: a prebuilt corpus index)."""
+        index = index if index is not None else self.build_index(model)
         run: Run = {}
         for start in range(0, len(self.query_ids), self.chunk_size):
             qids = self.query_ids[start : start + self.chunk_size]
@@ -394,8 +399,8 @@ class RetrievalEvaluator:
             run.update({qid: dict(found) for qid, found in zip(qids, hits)})
         return run
 
-    def __call__(self, model: Encoder) -> dict[str, float]:
-        self.last_run = self.retrieve(model)
+    def __call__(self, model: Encoder, index: DocumentIndex | None = None) -> dict[str, float]:
+        self.last_run = self.retrieve(model, index)
         metrics = score_run(self.data.qrels, self.last_run)
         logger.info("Retrieval metrics%s: %s", f" ({self.name})" if self.name else "", metrics)
         return metrics

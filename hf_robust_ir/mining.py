@@ -122,6 +122,7 @@ def mine_hard_negatives(
     ignore_identical_ids: bool = True,
     show_progress_bar: bool = True,
     stats: MiningStats | None = None,
+    index: DocumentIndex | None = None,
 ) -> datasets.Dataset:
     """Canonical training rows of ``data``'s judged queries, with hard negatives mined by ``model``.
 
@@ -129,7 +130,9 @@ def mine_hard_negatives(
     ``"Flat"`` is exact; ``"IVF4096,Flat"`` or ``"HNSW32"`` for corpora of millions, with ``search_params`` such as
     ``"nprobe=64"``), so memory holds the embeddings and not the encoder's intermediate outputs. Queries are encoded
     and searched in chunks of the same size. A document whose id equals the query id is never a candidate unless
-    ``ignore_identical_ids`` is False. Pass a :class:`MiningStats` to receive filter counts.
+    ``ignore_identical_ids`` is False. Pass a :class:`MiningStats` to receive filter counts. Pass an already built
+    ``index`` of ``data.corpus`` made with the same ``model`` to skip encoding the corpus (it is shared with an
+    evaluation of the same corpus, for instance).
     """
     if num_negatives < 1:
         raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
@@ -154,17 +157,23 @@ def mine_hard_negatives(
             data.name or "RetrievalCorpus", None, "qrels", f"judged queries without text: {missing_queries[:5]}"
         )
 
-    index = DocumentIndex.from_corpus(
-        model,
-        data.corpus,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        bf16=bf16,
-        index_factory=index_factory,
-        search_params=search_params,
-        keep_ids={doc_id for docs in positives.values() for doc_id in docs},
-        show_progress_bar=show_progress_bar,
-    )
+    positive_ids = {doc_id for docs in positives.values() for doc_id in docs}
+    if index is None:
+        index = DocumentIndex.from_corpus(
+            model,
+            data.corpus,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            bf16=bf16,
+            index_factory=index_factory,
+            search_params=search_params,
+            keep_ids=positive_ids,
+            show_progress_bar=show_progress_bar,
+        )
+    unkept = sorted(positive_ids - index.kept_embeddings.keys())
+    if unkept:  # a shared index may not hold the positives' embeddings: encode just those
+        vectors = model.encode_documents([data.corpus[d] for d in unkept], batch_size=batch_size, bf16=bf16)
+        index.kept_embeddings.update(zip(unkept, np.asarray(vectors, dtype=np.float32)))
     stats = stats if stats is not None else MiningStats()
     query_ids = list(positives)
     candidates: dict[str, list[tuple[str, float]]] = {}

@@ -169,3 +169,15 @@ def test_mine_command_writes_rows_and_corpus_pointer(tmp_path, tiny_model_path, 
     for row in rows:
         assert row["labels"][0] > 0 and len(row["teacher_scores"]) == len(row["doc_ids"])
         assert sum(1 for label in row["labels"] if label == 0) >= 2  # q3 may add its judged negative d3
+
+
+def test_a_shared_index_gives_the_same_rows_without_encoding_the_corpus_again(data):
+    from hf_robust_ir.evaluation import DocumentIndex
+
+    encoder = VectorEncoder()
+    index = DocumentIndex.from_corpus(encoder, data.corpus, show_progress_bar=False)  # keeps no positive embeddings
+    calls_after_indexing = len(encoder.document_calls)
+    shared = mine_hard_negatives(encoder, data, num_negatives=3, show_progress_bar=False, index=index)
+    # only the 3 positives were encoded again, not the corpus
+    assert sum(encoder.document_calls[calls_after_indexing:]) == 3
+    assert shared.to_list() == mine(data).to_list()

@@ -45,9 +45,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_dir: str | None = field(
-        default=None, metadata={"help": f"BEIR folder (default: ${DATA_ENV}/<dataset_name>)"}
-    )
+    data_dir: str | None = field(default=None, metadata={"help": f"BEIR folder (default: ${DATA_ENV}/<dataset_name>)"})
     dataset_name: str = field(default="scifact", metadata={"help": f"sub-folder of ${DATA_ENV} when no data_dir"})
     train_split: str = "train"
     eval_split: str | None = field(default="test", metadata={"help": "split evaluated before/after training"})
@@ -112,7 +110,9 @@ def resolve_data_dir(data_args: DataArguments) -> Path:
     elif os.environ.get(DATA_ENV):
         folder = Path(os.environ[DATA_ENV]) / data_args.dataset_name
     else:
-        raise SystemExit(f"no data: pass --data_dir DIR or set {DATA_ENV} to a folder holding {data_args.dataset_name}/")
+        raise SystemExit(
+            f"no data: pass --data_dir DIR or set {DATA_ENV} to a folder holding {data_args.dataset_name}/"
+        )
     if not (folder / "corpus.jsonl").exists():
         raise SystemExit(f"{folder} is not a BEIR folder (no corpus.jsonl)")
     return folder
@@ -166,8 +166,11 @@ def _first_queries(data, n: int | None):
     return RetrievalCorpus(data.corpus, {q: data.queries[q] for q in qrels}, qrels, data.name)
 
 
-def build_training_rows(model, data_args: DataArguments, data_dir: Path, is_main: bool):
-    """Canonical rows and their corpus: a prepared file, or qrels plus hard negatives mined by the starting model."""
+def build_training_rows(model, data_args: DataArguments, data_dir: Path, is_main: bool, evaluator=None):
+    """Canonical rows and their corpus: a prepared file, or qrels plus hard negatives mined by the starting model.
+
+    When the evaluator's corpus is the training corpus, the starting model's corpus index is built once and serves
+    both mining and the evaluation before training; returns it too (or None)."""
     from ..data import load_beir, load_training_data, rows_from_qrels
 
     if data_args.train_file:
@@ -176,11 +179,16 @@ def build_training_rows(model, data_args: DataArguments, data_dir: Path, is_main
         rows = data.rows
         if data_args.max_train_queries:
             rows = rows.select(range(min(data_args.max_train_queries, len(rows))))
-        return rows, data.corpus
+        return rows, data.corpus, None
     train = _first_queries(load_beir(data_dir, split=data_args.train_split), data_args.max_train_queries)
     if data_args.num_negatives <= 0:
-        return rows_from_qrels(train), train.corpus
+        return rows_from_qrels(train), train.corpus, None
     from ..mining import mine_hard_negatives
+
+    index = None
+    if evaluator is not None and data_args.evaluate_before and evaluator.data.corpus == train.corpus:
+        positives = {doc for judged in train.qrels.values() for doc, grade in judged.items() if grade > 0}
+        index = evaluator.build_index(model, keep_ids=positives)
 
     rows = mine_hard_negatives(
         model,
@@ -194,8 +202,9 @@ def build_training_rows(model, data_args: DataArguments, data_dir: Path, is_main
         batch_size=data_args.encode_batch_size,
         bf16=data_args.encode_bf16,
         show_progress_bar=is_main,
+        index=index,
     )
-    return rows, train.corpus
+    return rows, train.corpus, index
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -216,9 +225,6 @@ def run(args: argparse.Namespace) -> int:
     logger.info("world_size=%d process_index=%d", training_args.world_size, training_args.process_index)
     data_dir = resolve_data_dir(data_args)
     model = load_model(model_args)
-    rows, corpus = build_training_rows(model, data_args, data_dir, is_main)
-    logger.info("training rows: %d queries, %d documents in the corpus", len(rows), len(corpus))
-
     evaluator = None
     if data_args.eval_split:
         eval_data = _first_queries(load_beir(data_dir, split=data_args.eval_split), data_args.max_eval_queries)
@@ -229,10 +235,15 @@ def run(args: argparse.Namespace) -> int:
             show_progress_bar=is_main,
             name=f"{data_dir.name}-{data_args.eval_split}",
         )
-    trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus, evaluator=evaluator)
+    rows, corpus, base_index = build_training_rows(model, data_args, data_dir, is_main, evaluator)
+    logger.info("training rows: %d queries, %d documents in the corpus", len(rows), len(corpus))
+
     results: dict[str, Any] = {"model": model_args.model_name_or_path or "all-MiniLM-L6-v2", "data": str(data_dir)}
     if evaluator is not None and data_args.evaluate_before:
-        results["before"] = trainer.evaluate(metric_key_prefix="before")
+        results["before"] = {f"before_{k}": v for k, v in evaluator(model, base_index).items()}
+        logger.info("before training: %s", results["before"])
+    del base_index
+    trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus, evaluator=evaluator)
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     results["train"] = train_output.metrics
     if evaluator is not None:
