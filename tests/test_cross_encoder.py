@@ -1,0 +1,201 @@
+"""CrossEncoder: logits against the plain transformers model, batching, ranking, grouping, save/load and ST parity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from sentence_transformers import CrossEncoder as SentenceTransformersCrossEncoder
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from hf_robust_ir.modeling import CrossEncoder, CrossEncoderConfig
+
+QUERY = "what is label noise"
+DOCUMENTS = [
+    "label noise means that some training labels are wrong",
+    "bm25",
+    "dense retrievers are trained with contrastive losses over in-batch and mined hard negatives, "
+    "which are sometimes relevant passages that were never annotated",
+    "a false negative is a relevant passage labeled as negative",
+    "cats",
+]
+PAIRS = [(QUERY, d) for d in DOCUMENTS] + [("hard negatives", DOCUMENTS[2]), ("q", "a much longer document " * 8)]
+
+
+def _tiny_config(num_labels: int) -> BertConfig:
+    # a wide initialization spreads the random model's scores, so rankings are not decided by rounding
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=num_labels,
+        initializer_range=0.2,
+    )
+
+
+@pytest.fixture(scope="module")
+def reranker_path(tiny_model_path, tmp_path_factory) -> str:
+    """A tiny random BertForSequenceClassification(num_labels=1), saved as plain transformers with the tokenizer."""
+    path = tmp_path_factory.mktemp("tiny-reranker")
+    torch.manual_seed(0)
+    BertForSequenceClassification(_tiny_config(num_labels=1)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(path)
+    return str(path)
+
+
+def _reference_logits(folder: str, pairs: list[tuple[str, str]]) -> np.ndarray:
+    """Logits of the plain transformers model, one pair at a time (no padding)."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    out = []
+    for query, document in pairs:
+        batch = tokenizer(query, document, truncation=True, max_length=128, return_tensors="pt")
+        with torch.no_grad():
+            out.append(model(**batch).logits[0, 0].item())
+    return np.array(out, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference_scores(reranker_path) -> np.ndarray:
+    return _reference_logits(reranker_path, PAIRS)
+
+
+def test_forward_returns_one_logit_per_pair(reranker_path, reference_scores):
+    model = CrossEncoder.from_pretrained(reranker_path).eval()
+    features = model.tokenize([q for q, _ in PAIRS], [d for _, d in PAIRS])
+    # pairs are encoded as one sequence: [CLS] query [SEP] document [SEP]
+    direct = model.tokenizer(PAIRS[0][0], PAIRS[0][1])
+    assert features["input_ids"][0, : len(direct["input_ids"])].tolist() == direct["input_ids"]
+    assert features["token_type_ids"][0].max() == 1
+    with torch.no_grad():
+        scores = model(**features, labels=torch.zeros(len(PAIRS)))  # labels are ignored: no loss inside
+    assert scores.shape == (len(PAIRS),)
+    np.testing.assert_allclose(scores.numpy(), reference_scores, atol=1e-5)
+    assert reference_scores.std() > 0.1
+
+
+def test_predict_keeps_order_across_length_sorted_batches(reranker_path, reference_scores):
+    model = CrossEncoder.from_pretrained(reranker_path)
+    lengths = [len(model.tokenizer(q, d)["input_ids"]) for q, d in PAIRS]
+    assert lengths != sorted(lengths, reverse=True)  # so the length sort really reorders
+    scores = model.predict(PAIRS, batch_size=3)
+    assert scores.dtype == np.float32 and scores.shape == (len(PAIRS),)
+    np.testing.assert_allclose(scores, reference_scores, atol=1e-5)
+    one_by_one = np.concatenate([model.predict([pair]) for pair in PAIRS])
+    np.testing.assert_allclose(scores, one_by_one, atol=1e-5)
+    assert model.predict([]).shape == (0,)
+
+
+def test_predict_bf16_close_to_fp32(reranker_path, reference_scores):
+    model = CrossEncoder.from_pretrained(reranker_path)
+    bf16 = model.predict(PAIRS, bf16=True)
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(bf16, reference_scores, atol=0.03)
+
+
+def test_rank(reranker_path, reference_scores):
+    model = CrossEncoder.from_pretrained(reranker_path)
+    expected = reference_scores[: len(DOCUMENTS)]
+    ranked = model.rank(QUERY, DOCUMENTS)
+    assert [hit["corpus_id"] for hit in ranked] == list(np.argsort(-expected))
+    np.testing.assert_allclose([hit["score"] for hit in ranked], np.sort(expected)[::-1], atol=1e-5)
+    top = model.rank(QUERY, DOCUMENTS, top_k=2, return_documents=True)
+    assert [hit["corpus_id"] for hit in top] == [hit["corpus_id"] for hit in ranked[:2]]
+    assert [hit["text"] for hit in top] == [DOCUMENTS[hit["corpus_id"]] for hit in top]
+
+
+def test_group_scores_reshape_and_temperature(reranker_path):
+    model = CrossEncoder.from_pretrained(reranker_path, temperature=0.5)
+    assert model.temperature == 0.5
+    grouped = model.group_scores(torch.arange(6.0), group_size=3)
+    assert torch.equal(grouped, torch.tensor([[0.0, 2.0, 4.0], [6.0, 8.0, 10.0]]))
+    with pytest.raises(ValueError, match="groups of 4"):
+        model.group_scores(torch.arange(6.0), group_size=4)
+
+
+def test_gradients_reach_encoder_and_head(reranker_path):
+    model = CrossEncoder.from_pretrained(reranker_path).train()
+    features = model.tokenize([QUERY, QUERY], DOCUMENTS[:2])
+    loss = torch.nn.functional.cross_entropy(model.group_scores(model(**features), 2), torch.tensor([0]))
+    loss.backward()
+    assert model.model.classifier.weight.grad.abs().max() > 0
+    assert model.model.bert.embeddings.word_embeddings.weight.grad.abs().max() > 0
+
+
+def test_save_and_load_round_trip(reranker_path, reference_scores, tmp_path):
+    model = CrossEncoder.from_pretrained(reranker_path, max_length=16, temperature=0.25)
+    assert model.max_length == 16
+    long_pair = [(QUERY, DOCUMENTS[2])]
+    truncated = model.predict(long_pair)
+    assert np.abs(truncated - reference_scores[2]).max() > 1e-3  # truncation at 16 tokens changed the score
+    np.testing.assert_allclose(model.predict(PAIRS[:2]), reference_scores[:2], atol=1e-5)  # short pairs fit in 16
+
+    model.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "hf_robust_ir_config.json"} <= files
+    assert "pytorch_model.bin" not in files
+    assert json.loads((tmp_path / "hf_robust_ir_config.json").read_text()) == {"max_length": 16, "temperature": 0.25}
+
+    reloaded = CrossEncoder.from_pretrained(tmp_path)
+    assert reloaded.retrieval_config == CrossEncoderConfig(max_length=16, temperature=0.25)
+    np.testing.assert_allclose(reloaded.predict(PAIRS), model.predict(PAIRS), atol=1e-6)
+    np.testing.assert_allclose(reloaded.predict(long_pair), truncated, atol=1e-6)
+    assert CrossEncoder.from_pretrained(tmp_path, max_length=64).max_length == 64
+
+    hf_model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path)).eval()
+    assert hf_model.config.num_labels == 1
+    np.testing.assert_allclose(_reference_logits(str(tmp_path), PAIRS[:2]), reference_scores[:2], atol=1e-5)
+
+
+def test_sentence_transformers_cross_encoder_parity(reranker_path, reference_scores, tmp_path):
+    model = CrossEncoder.from_pretrained(reranker_path, max_length=16)
+    ours = model.predict(PAIRS)
+
+    # a plain one-label folder: sentence-transformers applies its default sigmoid to the same logits
+    plain = SentenceTransformersCrossEncoder(reranker_path, device="cpu")
+    assert isinstance(plain.activation_fn, torch.nn.Sigmoid)
+    np.testing.assert_allclose(plain.predict(PAIRS), 1 / (1 + np.exp(-reference_scores)), atol=1e-6)
+
+    # a saved folder: raw logits and the same truncation, so the same scores and the same ranking
+    model.save_pretrained(tmp_path)
+    loaded = SentenceTransformersCrossEncoder(str(tmp_path), device="cpu")
+    assert isinstance(loaded.activation_fn, torch.nn.Identity)
+    np.testing.assert_allclose(loaded.predict(PAIRS, batch_size=3), ours, atol=1e-5)
+    ours_ranked = [hit["corpus_id"] for hit in model.rank(QUERY, DOCUMENTS)]
+    assert [hit["corpus_id"] for hit in loaded.rank(QUERY, DOCUMENTS)] == ours_ranked
+
+
+def test_new_head_on_an_encoder_folder(tiny_model_path):
+    model = CrossEncoder.from_pretrained(tiny_model_path)
+    assert model.model.config.num_labels == 1
+    assert model.max_length == 128  # capped at the tiny model's position embeddings
+    encoder = transformers.AutoModel.from_pretrained(tiny_model_path)
+    assert torch.equal(
+        model.model.bert.embeddings.word_embeddings.weight, encoder.embeddings.word_embeddings.weight
+    )  # the encoder weights were loaded, only the head is new
+    scores = model.predict(PAIRS[:3])
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
+def test_errors(reranker_path, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        CrossEncoder.from_pretrained(tmp_path / "no-such-model")
+    with pytest.raises(TypeError, match="temprature"):
+        CrossEncoder.from_pretrained(reranker_path, temprature=0.1)
+    with pytest.raises(ValueError, match="temperature"):
+        CrossEncoderConfig(temperature=0.0)
+    two_labels = tmp_path / "two-labels"
+    BertForSequenceClassification(_tiny_config(num_labels=2)).save_pretrained(two_labels)
+    with pytest.raises(ValueError, match="2-label"):
+        CrossEncoder.from_pretrained(two_labels)
+    model = CrossEncoder.from_pretrained(reranker_path)
+    with pytest.raises(ValueError, match="2 queries but 1 documents"):
+        model.tokenize(["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="pairs"):
+        model.predict([("only a query",)])

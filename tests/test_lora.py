@@ -1,0 +1,138 @@
+"""LoRA through peft: add an adapter, train it, save only the adapter, load it, merge it; outputs checked each step."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig, PeftModel
+from safetensors import safe_open
+from sentence_transformers import SentenceTransformer
+
+from hf_robust_ir.modeling import BiEncoder
+
+QUERIES = ["what is label noise", "how are hard negatives mined", "define dense retrieval", "bm25 ranking"]
+DOCUMENTS = [
+    "label noise means some training labels are wrong",
+    "hard negatives are mined with a first-stage retriever",
+    "dense retrieval embeds queries and documents as vectors",
+    "bm25 is a lexical ranking function",
+]
+
+
+def _encode(model: BiEncoder) -> tuple[np.ndarray, np.ndarray]:
+    return model.encode_queries(QUERIES), model.encode_documents(DOCUMENTS)
+
+
+def _base_state(model: BiEncoder) -> dict[str, torch.Tensor]:
+    """The encoder's own weights, under names that do not depend on the peft wrapping."""
+    state = {}
+    for name, value in model.query_encoder.state_dict().items():
+        if "lora_" in name:
+            continue
+        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        state[name] = value.detach().clone()
+    return state
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_path, tmp_path_factory):
+    """Train a LoRA adapter on a contrastive objective and save it, recording outputs along the way."""
+    torch.manual_seed(0)
+    model = BiEncoder.from_pretrained(tiny_model_path, temperature=0.1)
+    base_outputs = _encode(model)
+    base_state = _base_state(model)
+
+    model.add_lora(LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0))
+    added_outputs = _encode(model)
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    model.train()
+    grads_seen: dict[str, bool] = {}
+    for _ in range(5):
+        out = model(query=model.tokenize(QUERIES, "query"), document=model.tokenize(DOCUMENTS, "document"))
+        scores = model.similarity(out["query_embeddings"], out["document_embeddings"])
+        loss = torch.nn.functional.cross_entropy(scores, torch.arange(len(QUERIES)))
+        optimizer.zero_grad()
+        loss.backward()
+        for name, parameter in model.named_parameters():
+            grads_seen[name] = grads_seen.get(name, False) or parameter.grad is not None
+        optimizer.step()
+    model.eval()
+
+    folder = tmp_path_factory.mktemp("lora-adapter")
+    model.save_pretrained(folder)
+    return SimpleNamespace(
+        model=model,
+        folder=folder,
+        base_outputs=base_outputs,
+        base_state=base_state,
+        added_outputs=added_outputs,
+        trained_outputs=_encode(model),
+        grads_seen=grads_seen,
+    )
+
+
+def _assert_outputs_close(actual, expected, atol):
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, atol=atol)
+
+
+def test_new_adapter_leaves_outputs_unchanged(trained):
+    # LoRA's B matrix starts at zero, so the adapter adds exactly nothing before training
+    _assert_outputs_close(trained.added_outputs, trained.base_outputs, atol=1e-7)
+
+
+def test_training_moves_only_the_adapter(trained):
+    trainable = [name for name, p in trained.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    assert {name for name, seen in trained.grads_seen.items() if seen} == set(trainable)
+    assert any("lora_B" in name and p.abs().max() > 0 for name, p in trained.model.named_parameters())
+
+    after = _base_state(trained.model)
+    assert after.keys() == trained.base_state.keys()
+    for name, value in trained.base_state.items():
+        assert torch.equal(after[name], value), name
+    difference = max(np.abs(a - b).max() for a, b in zip(trained.trained_outputs, trained.base_outputs))
+    assert difference > 1e-3
+
+
+def test_save_writes_only_the_adapter(trained, tiny_model_path):
+    files = {p.name for p in trained.folder.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "hf_robust_ir_config.json"} <= files
+    assert {"tokenizer.json", "tokenizer_config.json"} <= files
+    assert not files & {"model.safetensors", "pytorch_model.bin"}
+    with safe_open(str(trained.folder / "adapter_model.safetensors"), "pt") as weights:
+        keys = list(weights.keys())
+    assert keys and all("lora_" in key for key in keys)
+    adapter_config = json.loads((trained.folder / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == tiny_model_path
+    assert adapter_config["r"] == 4
+
+
+def test_adapter_loads_back(trained):
+    loaded = BiEncoder.from_pretrained(trained.folder)
+    assert isinstance(loaded.query_encoder, PeftModel)
+    assert loaded.retrieval_config.temperature == 0.1
+    _assert_outputs_close(_encode(loaded), trained.trained_outputs, atol=1e-6)
+    # sentence-transformers reads the adapter folder too (base model + adapter)
+    st = SentenceTransformer(str(trained.folder), device="cpu")
+    np.testing.assert_allclose(st.encode(DOCUMENTS), trained.trained_outputs[1], atol=1e-5)
+
+
+def test_merge_and_save_full_model(trained, tmp_path):
+    merged = BiEncoder.from_pretrained(trained.folder).merge_lora()
+    assert not isinstance(merged.query_encoder, PeftModel)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    _assert_outputs_close(_encode(merged), trained.trained_outputs, atol=1e-5)
+
+    merged.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not (tmp_path / "adapter_config.json").exists()
+    st = SentenceTransformer(str(tmp_path), device="cpu")
+    np.testing.assert_allclose(st.encode(QUERIES), trained.trained_outputs[0], atol=1e-5)
+    np.testing.assert_allclose(st.encode(DOCUMENTS), trained.trained_outputs[1], atol=1e-5)
+    _assert_outputs_close(_encode(BiEncoder.from_pretrained(tmp_path)), trained.trained_outputs, atol=1e-5)

@@ -1,0 +1,262 @@
+"""BiEncoder and pooling: exact pooling values, save/load in transformers and sentence-transformers layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, AutoTokenizer
+
+from hf_robust_ir.modeling import BiEncoder, BiEncoderConfig, pool
+
+TEXTS = [
+    "what causes label noise in retrieval datasets",
+    "bm25",
+    "dense retrievers map queries and passages into one vector space so that relevant pairs lie close together",
+    "hard negatives",
+    "a false negative is a relevant passage mined as a negative",
+]
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _manual_embeddings(folder: str | Path, texts: list[str], pooling: str, normalize: bool) -> np.ndarray:
+    """Embeddings computed from a plain ``transformers.AutoModel`` with pooling written out here."""
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModel.from_pretrained(str(folder)).eval()
+    out = []
+    for text in texts:  # one at a time: no padding, so every pooling is a plain slice
+        batch = tokenizer([text], return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state[0]
+        if pooling == "mean":
+            out.append(hidden.mean(0))
+        elif pooling == "cls":
+            out.append(hidden[0])
+        else:
+            out.append(hidden[-1])
+    embeddings = torch.stack(out).numpy()
+    return _normalize(embeddings) if normalize else embeddings
+
+
+# ---------------------------------------------------------------- pooling
+TOKENS = torch.tensor(
+    [
+        [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]],
+        [[7.0, 8.0], [9.0, 10.0], [11.0, 12.0]],
+    ]
+)
+
+
+def test_pooling_right_padding():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert torch.equal(pool(TOKENS, mask, "mean"), torch.tensor([[2.0, 3.0], [9.0, 10.0]]))
+    assert torch.equal(pool(TOKENS, mask, "cls"), torch.tensor([[1.0, 2.0], [7.0, 8.0]]))
+    assert torch.equal(pool(TOKENS, mask, "lasttoken"), torch.tensor([[3.0, 4.0], [11.0, 12.0]]))
+
+
+def test_pooling_left_padding():
+    mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
+    assert torch.equal(pool(TOKENS, mask, "mean"), torch.tensor([[4.0, 5.0], [11.0, 12.0]]))
+    assert torch.equal(pool(TOKENS, mask, "lasttoken"), torch.tensor([[5.0, 6.0], [11.0, 12.0]]))
+
+
+def test_pooling_unknown_mode():
+    with pytest.raises(ValueError, match="max"):
+        pool(TOKENS, torch.ones(2, 3), "max")
+
+
+# ---------------------------------------------------------------- the real MiniLM against sentence-transformers
+@pytest.fixture(scope="module")
+def minilm_reference(real_model_path):
+    return SentenceTransformer(real_model_path, device="cpu").encode(TEXTS, convert_to_numpy=True)
+
+
+def test_minilm_matches_sentence_transformers(real_model_path, minilm_reference):
+    model = BiEncoder.from_pretrained(real_model_path)
+    config = model.retrieval_config
+    assert (config.pooling, config.normalize, config.query_prefix) == ("mean", True, "")
+    np.testing.assert_allclose(model.encode_documents(TEXTS, batch_size=2), minilm_reference, atol=1e-5)
+    np.testing.assert_allclose(model.encode_queries(TEXTS), minilm_reference, atol=1e-5)
+
+
+def test_minilm_saved_folder_loads_everywhere(real_model_path, minilm_reference, tmp_path):
+    model = BiEncoder.from_pretrained(
+        real_model_path, query_prefix="query: ", temperature=0.02, query_max_length=64, document_max_length=128
+    )
+    queries, documents = model.encode_queries(TEXTS), model.encode_documents(TEXTS)
+    # the query prefix is really prepended, and documents are unchanged
+    prefixed = SentenceTransformer(real_model_path, device="cpu").encode(["query: " + t for t in TEXTS])
+    np.testing.assert_allclose(queries, prefixed, atol=1e-5)
+    np.testing.assert_allclose(documents, minilm_reference, atol=1e-5)
+    assert np.abs(queries - documents).max() > 1e-3
+
+    model.save_pretrained(tmp_path)
+    st = SentenceTransformer(str(tmp_path), device="cpu")
+    np.testing.assert_allclose(st.encode(TEXTS, prompt_name="query"), queries, atol=1e-5)
+    np.testing.assert_allclose(st.encode(TEXTS, prompt_name="document"), documents, atol=1e-5)
+    np.testing.assert_allclose(st.encode(TEXTS), documents, atol=1e-5)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
+    encoder = AutoModel.from_pretrained(str(tmp_path)).eval()
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    manual = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    np.testing.assert_allclose(manual, documents, atol=1e-5)
+
+    reloaded = BiEncoder.from_pretrained(tmp_path)
+    assert reloaded.retrieval_config == model.retrieval_config
+    config = reloaded.retrieval_config
+    assert (config.pooling, config.normalize) == ("mean", True)
+    assert (config.query_prefix, config.document_prefix) == ("query: ", "")
+    assert (config.temperature, config.query_max_length, config.document_max_length) == (0.02, 64, 128)
+    np.testing.assert_allclose(reloaded.encode_queries(TEXTS), queries, atol=1e-6)
+    np.testing.assert_allclose(reloaded.encode_documents(TEXTS), documents, atol=1e-6)
+
+
+# ---------------------------------------------------------------- tiny random BERT
+def test_tiny_mean_embeddings_match_manual_pooling(tiny_model_path):
+    model = BiEncoder.from_pretrained(tiny_model_path)
+    expected = _manual_embeddings(tiny_model_path, TEXTS, "mean", normalize=True)
+    np.testing.assert_allclose(model.encode_documents(TEXTS, batch_size=2), expected, atol=1e-5)
+
+
+def test_separate_towers_round_trip(tiny_model_path, tmp_path):
+    model = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True)
+    assert model.document_encoder is not model.query_encoder
+    # both towers start from the same weights
+    np.testing.assert_allclose(model.encode_queries(TEXTS), model.encode_documents(TEXTS), atol=1e-6)
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.document_encoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    queries, documents = model.encode_queries(TEXTS), model.encode_documents(TEXTS)
+    assert np.abs(queries - documents).max() > 1e-2
+    # perturbing the document tower left the query tower alone
+    np.testing.assert_allclose(queries, _manual_embeddings(tiny_model_path, TEXTS, "mean", True), atol=1e-5)
+
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "query_encoder" / "model.safetensors").exists()
+    assert (tmp_path / "document_encoder" / "model.safetensors").exists()
+    assert not (tmp_path / "model.safetensors").exists()
+
+    reloaded = BiEncoder.from_pretrained(tmp_path)
+    assert reloaded.retrieval_config.separate_towers
+    np.testing.assert_allclose(reloaded.encode_queries(TEXTS), queries, atol=1e-6)
+    np.testing.assert_allclose(reloaded.encode_documents(TEXTS), documents, atol=1e-6)
+
+    st_query = SentenceTransformer(str(tmp_path / "query_encoder"), device="cpu")
+    st_document = SentenceTransformer(str(tmp_path / "document_encoder"), device="cpu")
+    np.testing.assert_allclose(st_query.encode(TEXTS), queries, atol=1e-5)
+    np.testing.assert_allclose(st_document.encode(TEXTS), documents, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "lasttoken"])
+def test_pooling_saved_for_sentence_transformers(tiny_model_path, tmp_path, pooling):
+    model = BiEncoder.from_pretrained(tiny_model_path, pooling=pooling)
+    embeddings = model.encode_documents(TEXTS, batch_size=2)
+    np.testing.assert_allclose(embeddings, _manual_embeddings(tiny_model_path, TEXTS, pooling, True), atol=1e-5)
+    # the modes really differ on this model, so a wrong mode could not pass
+    assert np.abs(embeddings - _manual_embeddings(tiny_model_path, TEXTS, "mean", True)).max() > 1e-2
+
+    model.save_pretrained(tmp_path)
+    pooling_config = json.loads((tmp_path / "1_Pooling" / "config.json").read_text())
+    assert pooling_config["pooling_mode"] == pooling
+    st = SentenceTransformer(str(tmp_path), device="cpu")
+    np.testing.assert_allclose(st.encode(TEXTS, batch_size=2), embeddings, atol=1e-5)
+    assert BiEncoder.from_pretrained(tmp_path).retrieval_config.pooling == pooling
+
+
+def test_unnormalized_dot_product_and_temperature(tiny_model_path, tmp_path):
+    model = BiEncoder.from_pretrained(tiny_model_path, normalize=False, temperature=0.5)
+    queries, documents = model.encode_queries(TEXTS[:2]), model.encode_documents(TEXTS)
+    np.testing.assert_allclose(documents, _manual_embeddings(tiny_model_path, TEXTS, "mean", False), atol=1e-5)
+    assert np.abs(np.linalg.norm(documents, axis=1) - 1).max() > 1e-2
+
+    scores = model.similarity(torch.from_numpy(queries), torch.from_numpy(documents))
+    assert scores.shape == (2, len(TEXTS))
+    np.testing.assert_allclose(scores.numpy(), queries @ documents.T / 0.5, rtol=1e-5, atol=1e-5)
+
+    model.save_pretrained(tmp_path)
+    modules = json.loads((tmp_path / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling"]
+    assert not (tmp_path / "2_Normalize").exists()
+    st = SentenceTransformer(str(tmp_path), device="cpu")
+    assert st.similarity_fn_name == "dot"
+    np.testing.assert_allclose(st.encode(TEXTS), documents, atol=1e-5)
+    reloaded = BiEncoder.from_pretrained(tmp_path)
+    assert not reloaded.retrieval_config.normalize
+    assert reloaded.retrieval_config.temperature == 0.5
+
+
+def test_forward_returns_embeddings_of_tokenized_batches(tiny_model_path):
+    model = BiEncoder.from_pretrained(tiny_model_path, query_prefix="q: ").eval()
+    with torch.no_grad():
+        out = model(query=model.tokenize(TEXTS[:2], "query"), document=model.tokenize(TEXTS, "document"))
+    assert set(out) == {"query_embeddings", "document_embeddings"}
+    np.testing.assert_allclose(out["query_embeddings"].numpy(), model.encode_queries(TEXTS[:2]), atol=1e-5)
+    np.testing.assert_allclose(out["document_embeddings"].numpy(), model.encode_documents(TEXTS), atol=1e-5)
+    with_prefix = _manual_embeddings(tiny_model_path, ["q: " + t for t in TEXTS[:2]], "mean", True)
+    np.testing.assert_allclose(out["query_embeddings"].numpy(), with_prefix, atol=1e-5)
+
+
+def test_encode_keeps_input_order(tiny_model_path):
+    model = BiEncoder.from_pretrained(tiny_model_path)
+    lengths = [len(model.tokenizer(t)["input_ids"]) for t in TEXTS]
+    assert lengths != sorted(lengths, reverse=True)  # so the length sort really reorders
+    batched = model.encode_documents(TEXTS, batch_size=2)
+    one_by_one = np.concatenate([model.encode_documents([t]) for t in TEXTS])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    assert model.encode_documents([]).shape == (0, 32)
+
+
+def test_bf16_encode_close_to_fp32(tiny_model_path):
+    model = BiEncoder.from_pretrained(tiny_model_path)
+    fp32 = model.encode_documents(TEXTS)
+    bf16 = model.encode_documents(TEXTS, bf16=True)
+    assert bf16.dtype == np.float32
+    cosine = (_normalize(fp32) * _normalize(bf16)).sum(1)
+    assert cosine.min() > 0.99
+
+
+def test_max_lengths_capped_and_applied(tiny_model_path):
+    model = BiEncoder.from_pretrained(tiny_model_path, query_max_length=4, document_max_length=1000)
+    assert model.retrieval_config.document_max_length == 128  # the tiny model's position embeddings
+    assert model.tokenize(TEXTS, "query")["input_ids"].shape[1] == 4
+    truncated = _manual_embeddings(tiny_model_path, ["what causes"], "mean", True)  # [CLS] what causes [SEP]
+    np.testing.assert_allclose(model.encode_queries(TEXTS[:1]), truncated, atol=1e-5)
+
+
+# ---------------------------------------------------------------- errors
+def test_missing_folder_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+        BiEncoder.from_pretrained(tmp_path / "does-not-exist")
+
+
+def test_unknown_option_error(tiny_model_path):
+    with pytest.raises(TypeError, match="poolng"):
+        BiEncoder.from_pretrained(tiny_model_path, poolng="cls")
+
+
+def test_bad_pooling_and_temperature_errors(tiny_model_path):
+    with pytest.raises(ValueError, match="pooling"):
+        BiEncoder.from_pretrained(tiny_model_path, pooling="max")
+    with pytest.raises(ValueError, match="temperature"):
+        BiEncoderConfig(temperature=0)
+
+
+def test_tower_arguments_must_agree(tiny_model_path):
+    model = BiEncoder.from_pretrained(tiny_model_path)
+    with pytest.raises(ValueError, match="document_encoder"):
+        BiEncoder(model.query_encoder, model.tokenizer, BiEncoderConfig(separate_towers=True))
+    with pytest.raises(ValueError, match="separate_towers"):
+        BiEncoder(model.query_encoder, model.tokenizer, BiEncoderConfig(), document_encoder=model.query_encoder)
