@@ -136,3 +136,26 @@ def test_merge_and_save_full_model(trained, tmp_path):
     np.testing.assert_allclose(st.encode(QUERIES), trained.trained_outputs[0], atol=1e-5)
     np.testing.assert_allclose(st.encode(DOCUMENTS), trained.trained_outputs[1], atol=1e-5)
     _assert_outputs_close(_encode(BiEncoder.from_pretrained(tmp_path)), trained.trained_outputs, atol=1e-5)
+
+
+def test_separate_towers_with_adapters_round_trip(tiny_model_path, tmp_path):
+    torch.manual_seed(0)
+    model = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True)
+    model.add_lora(LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0))
+    with torch.no_grad():  # make the two adapters differ from zero and from each other
+        for tower, value in ((model.query_encoder, 0.05), (model.document_encoder, -0.05)):
+            for name, param in tower.named_parameters():
+                if "lora_B" in name:
+                    param.fill_(value)
+    queries, documents = _encode(model)
+    model.save_pretrained(tmp_path)
+    for tower in ("query_encoder", "document_encoder"):
+        assert (tmp_path / tower / "adapter_config.json").exists()
+        assert not (tmp_path / tower / "model.safetensors").exists()
+    loaded = BiEncoder.from_pretrained(tmp_path)
+    assert isinstance(loaded.query_encoder, PeftModel) and isinstance(loaded.document_encoder, PeftModel)
+    loaded_queries, loaded_documents = _encode(loaded)
+    np.testing.assert_allclose(loaded_queries, queries, atol=1e-6)
+    np.testing.assert_allclose(loaded_documents, documents, atol=1e-6)
+    base_documents = BiEncoder.from_pretrained(tiny_model_path).encode_documents(DOCUMENTS)
+    assert not np.allclose(loaded_documents, base_documents, atol=1e-3)

@@ -72,6 +72,18 @@ def _load_transformer(path: str, trust_remote_code: bool, torch_dtype: Any = Non
         return AutoModel.from_pretrained(path, **kwargs)
 
 
+def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_model: str | None) -> nn.Module:
+    """A transformer folder, or a peft adapter folder on top of its (local) base model."""
+    if not (folder / "adapter_config.json").exists():
+        return _load_transformer(str(folder), trust_remote_code, torch_dtype)
+    from peft import PeftModel
+
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or base_model
+    if not base or not Path(base).exists():
+        raise FileNotFoundError(f"{folder}: the adapter's base model {base!r} is not a local folder")
+    return PeftModel.from_pretrained(_load_transformer(base, trust_remote_code, torch_dtype), str(folder))
+
+
 def _fit_max_lengths(config: BiEncoderConfig, encoder: nn.Module, tokenizer: PreTrainedTokenizerBase):
     """Cap the max lengths at what the model can read (its position embeddings and the tokenizer's limit)."""
     limits = [getattr(getattr(encoder, "config", None), "max_position_embeddings", None)]
@@ -169,33 +181,16 @@ class BiEncoder(nn.Module):
         settings.setdefault("base_model", str(path))
         config = BiEncoderConfig(**settings)
 
-        if (folder / "adapter_config.json").exists():
-            return cls._from_adapter(folder, config, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype)
-
         if (folder / QUERY_TOWER).exists():
             query_folder, document_folder = folder / QUERY_TOWER, folder / DOCUMENT_TOWER
         else:
             query_folder = document_folder = folder
         tokenizer = AutoTokenizer.from_pretrained(str(query_folder), trust_remote_code=trust_remote_code)
-        query_encoder = _load_transformer(str(query_folder), trust_remote_code, torch_dtype)
+        query_encoder = _load_tower(query_folder, trust_remote_code, torch_dtype, config.base_model)
         document_encoder = None
         if config.separate_towers:
-            document_encoder = _load_transformer(str(document_folder), trust_remote_code, torch_dtype)
+            document_encoder = _load_tower(document_folder, trust_remote_code, torch_dtype, config.base_model)
         return cls(query_encoder, tokenizer, _fit_max_lengths(config, query_encoder, tokenizer), document_encoder)
-
-    @classmethod
-    def _from_adapter(cls, folder: Path, config: BiEncoderConfig, trust_remote_code: bool, torch_dtype: Any):
-        from peft import PeftModel
-
-        adapter_config = json.loads((folder / "adapter_config.json").read_text())
-        base = adapter_config.get("base_model_name_or_path") or config.base_model
-        if not base or not Path(base).exists():
-            raise FileNotFoundError(f"{folder}: the adapter's base model {base!r} is not a local folder")
-        base_encoder = _load_transformer(base, trust_remote_code, torch_dtype)
-        encoder = PeftModel.from_pretrained(base_encoder, str(folder))
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-        config = dataclasses.replace(config, base_model=base, separate_towers=False)
-        return cls(encoder, tokenizer, config)
 
     def save_pretrained(self, path: str | os.PathLike, safe_serialization: bool = True) -> None:
         """Write a folder that loads in ``transformers``, ``sentence-transformers`` and :meth:`from_pretrained`."""
