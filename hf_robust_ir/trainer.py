@@ -1,4 +1,4 @@
-"""RetrievalTrainer: ``transformers.Trainer`` for bi-encoders with any loss under the loss contract.
+"""RetrievalTrainer: ``transformers.Trainer`` for bi-encoders and rerankers with any loss under the loss contract.
 
 It overrides only what it must: ``compute_loss`` (embeddings -> cross-device candidates -> target matrix -> loss),
 ``evaluate`` (retrieval metrics from a :class:`~hf_robust_ir.evaluation.RetrievalEvaluator`), and saving / loading
@@ -16,6 +16,7 @@ import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .data.collator import PAD_KEY, RetrievalCollator, build_targets
+from .data.reranker_collator import RerankerCollator
 from .losses import RetrievalLoss, get_loss
 
 
@@ -112,6 +113,14 @@ def loss_from_embeddings(
     return loss(similarity(query_embeddings, document_embeddings), labels, mask, teacher)
 
 
+def group_pair_scores(
+    pair_scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, shape: torch.Size
+) -> torch.Tensor:
+    """Place the scores of flattened (query, document) pairs into ``[B, G]``; empty slots are 0 (and masked)."""
+    scores = pair_scores.new_zeros(shape, dtype=torch.float)
+    return scores.index_put((rows, cols), pair_scores.float().view(-1))
+
+
 class EpochSamplingCallback(TrainerCallback):
     """Give the collator the epoch number so it draws a new sample of each query's candidates every epoch."""
 
@@ -122,11 +131,30 @@ class EpochSamplingCallback(TrainerCallback):
         self.collator.set_epoch(int(state.epoch or 0))
 
 
+def default_collator(model: torch.nn.Module, corpus: dict[str, str], args: RetrievalTrainingArguments):
+    """The collator a model trains with: per-query pair groups for a reranker, the batch target matrix otherwise."""
+    from .modeling import CrossEncoder
+
+    seed = args.data_seed if args.data_seed is not None else args.seed
+    common = {"group_size": args.group_size, "positives_per_query": args.positives_per_query, "seed": seed}
+    if isinstance(model, CrossEncoder):
+        return RerankerCollator.for_model(model, corpus, max_length=args.document_max_length, **common)
+    return RetrievalCollator.for_model(
+        model,
+        corpus,
+        query_max_length=args.query_max_length,
+        document_max_length=args.document_max_length,
+        in_batch_negatives=args.in_batch_negatives,
+        **common,
+    )
+
+
 class RetrievalTrainer(Trainer):
-    """Train a :class:`~hf_robust_ir.modeling.BiEncoder` on canonical rows.
+    """Train a :class:`~hf_robust_ir.modeling.BiEncoder` (in-batch + hard negatives) or a
+    :class:`~hf_robust_ir.modeling.CrossEncoder` (per-query candidate groups) on canonical rows.
 
     Args:
-        model: the BiEncoder.
+        model: the BiEncoder or CrossEncoder.
         args: :class:`RetrievalTrainingArguments`.
         train_dataset: canonical rows (``datasets.Dataset`` with ``query_id, query, doc_ids, labels, ...``).
         corpus: document id -> text, for the rows' ``doc_ids``.
@@ -149,16 +177,7 @@ class RetrievalTrainer(Trainer):
         if data_collator is None:
             if corpus is None:
                 raise ValueError("RetrievalTrainer needs the corpus (doc id -> text) or a data_collator")
-            data_collator = RetrievalCollator.for_model(
-                model,
-                corpus,
-                group_size=args.group_size,
-                positives_per_query=args.positives_per_query,
-                query_max_length=args.query_max_length,
-                document_max_length=args.document_max_length,
-                in_batch_negatives=args.in_batch_negatives,
-                seed=args.data_seed if args.data_seed is not None else args.seed,
-            )
+            data_collator = default_collator(model, corpus, args)
         self.loss = loss if loss is not None else get_loss(args.loss, **(args.loss_kwargs or {}))
         self.evaluator = evaluator
         kwargs.setdefault("processing_class", getattr(model, "tokenizer", None))
@@ -174,6 +193,12 @@ class RetrievalTrainer(Trainer):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "pairs" in inputs:  # a reranker: scores of each query's candidate group
+            pair_scores = model(**inputs["pairs"])
+            scores = group_pair_scores(pair_scores, inputs["pair_rows"], inputs["pair_cols"], inputs["labels"].shape)
+            scores = scores / self.accelerator.unwrap_model(self.model).temperature
+            loss = self.loss(scores, inputs["labels"], inputs["mask"], inputs["teacher"])
+            return (loss, {"scores": scores}) if return_outputs else loss
         outputs = model(query=inputs["query"], document=inputs["document"])
         loss = self.compute_loss_from_embeddings(outputs["query_embeddings"], outputs["document_embeddings"], inputs)
         return (loss, outputs) if return_outputs else loss

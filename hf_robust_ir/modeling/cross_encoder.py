@@ -69,6 +69,10 @@ class CrossEncoder(nn.Module):
     :meth:`group_scores`, the logits of each query's candidate group divided by ``temperature``.
     """
 
+    # ``forward`` takes **features; this tells transformers.Trainer it takes no loss kwargs (so gradient
+    # accumulation divides the loss as usual).
+    accepts_loss_kwargs = False
+
     def __init__(
         self,
         model: nn.Module,

@@ -1,0 +1,121 @@
+"""Reranker training: per-query pair groups, the exact group matrices, and RetrievalTrainer on a CrossEncoder."""
+
+import math
+
+import datasets
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from hf_robust_ir.data.reranker_collator import RerankerCollator
+from hf_robust_ir.data.schema import ROW_FEATURES
+from hf_robust_ir.losses import InfoNCELoss
+from hf_robust_ir.modeling import CrossEncoder
+from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments, group_pair_scores
+
+CORPUS = {f"d{i}": f"passage {i} about topic {i % 3}" for i in range(12)}
+
+
+def _row(qid, doc_ids, labels, teacher=()):
+    return {
+        "query_id": qid,
+        "query": f"query {qid}",
+        "doc_ids": doc_ids,
+        "labels": labels,
+        "teacher_scores": list(teacher),
+        "label_source": ["qrels"] * len(doc_ids),
+    }
+
+
+@pytest.fixture(scope="module")
+def reranker_path(tmp_path_factory, tiny_model_path):
+    path = tmp_path_factory.mktemp("tiny-reranker")
+    torch.manual_seed(5)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=1,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=0.2,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(path)
+    return str(path)
+
+
+def test_groups_pairs_and_matrices(reranker_path):
+    tokenizer = AutoTokenizer.from_pretrained(reranker_path)
+    rows = [
+        _row("q1", ["d1", "d2", "d3", "d4"], [1, 0, 0, 0], teacher=[4.0, 3.0, 2.0, 1.0]),
+        _row("q2", ["d5", "d5"], [2, 2]),  # a short group, and a document listed twice
+    ]
+    batch = RerankerCollator(tokenizer, CORPUS, group_size=3, max_length=32)(rows)
+    group1, group2 = batch["doc_ids"]
+    assert group1[0] == "d1" and len(group1) == 3 and set(group1[1:]) <= {"d2", "d3", "d4"}
+    assert group2 == ["d5"]
+    assert batch["labels"].tolist() == [[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]]
+    assert batch["mask"].tolist() == [[True, True, True], [True, False, False]]
+    teacher_of = {"d1": 4.0, "d2": 3.0, "d3": 2.0, "d4": 1.0}
+    assert batch["teacher"][0].tolist() == [teacher_of[d] for d in group1]
+    assert all(math.isnan(x) for x in batch["teacher"][1].tolist())
+    assert batch["pair_rows"].tolist() == [0, 0, 0, 1]
+    assert batch["pair_cols"].tolist() == [0, 1, 2, 0]
+    first = tokenizer.decode(batch["pairs"]["input_ids"][3], skip_special_tokens=True)
+    assert first.startswith("query q2") and "passage 5" in first
+
+
+def test_trainer_loss_is_the_contract_loss_over_group_scores(tmp_path, reranker_path):
+    model = CrossEncoder.from_pretrained(reranker_path)
+    rows = [_row("q1", ["d1", "d2", "d3"], [1, 0, 0]), _row("q2", ["d4", "d5"], [1, 0])]
+    args = RetrievalTrainingArguments(output_dir=str(tmp_path), group_size=3, report_to=[], use_cpu=True)
+    trainer = RetrievalTrainer(model, args, train_dataset=None, corpus=CORPUS)
+    assert isinstance(trainer.data_collator, RerankerCollator)
+    batch = trainer.data_collator(rows)
+    loss = trainer.compute_loss(model, batch)
+
+    logits = model(**batch["pairs"]).detach()
+    manual = torch.zeros(2, 3)
+    manual[0] = logits[:3] / model.temperature
+    manual[1, :2] = logits[3:] / model.temperature
+    expected = InfoNCELoss()(manual, batch["labels"], batch["mask"])
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    # by hand for the first row: -log softmax(manual[0])[0]
+    row0 = -torch.log_softmax(manual[0], 0)[0]
+    row1 = -torch.log_softmax(manual[1, :2], 0)[0]
+    assert loss.item() == pytest.approx(((row0 + row1) / 2).item(), abs=1e-6)
+
+
+def test_group_pair_scores_places_scores():
+    placed = group_pair_scores(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0]), (2, 2))
+    assert placed.tolist() == [[1.0, 2.0], [3.0, 0.0]]
+
+
+def test_training_a_reranker_learns_and_saves(tmp_path, reranker_path):
+    rows = [_row(f"q{i}", [f"d{i}", f"d{(i + 4) % 12}", f"d{(i + 8) % 12}"], [1, 0, 0]) for i in range(8)]
+    dataset = datasets.Dataset.from_list(rows, features=ROW_FEATURES)
+    model = CrossEncoder.from_pretrained(reranker_path)
+    args = RetrievalTrainingArguments(
+        output_dir=str(tmp_path),
+        group_size=3,
+        per_device_train_batch_size=4,
+        learning_rate=2e-3,
+        max_steps=16,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = RetrievalTrainer(model, args, train_dataset=dataset, corpus=CORPUS)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert sum(losses[-4:]) < sum(losses[:4])
+    trainer.save_model(str(tmp_path / "final"))
+    loaded = CrossEncoder.from_pretrained(tmp_path / "final")
+    pairs = [(rows[0]["query"], CORPUS["d0"]), (rows[0]["query"], CORPUS["d4"])]
+    torch.testing.assert_close(torch.tensor(loaded.predict(pairs)), torch.tensor(model.predict(pairs)))
