@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("train", "eval", "mine")
+COMMANDS = ("train", "eval", "mine", "noise")
 
 
 def build_parser() -> argparse.ArgumentParser:

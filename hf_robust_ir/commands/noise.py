@@ -1,0 +1,117 @@
+"""`hf-robust-ir noise`: noisy training rows with known ground truth (semantic swap, uniform swap, false negatives)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+HELP = "Inject label noise into training rows: noisy rows plus changes.jsonl, the record of every change."
+
+KINDS = ("semantic_swap", "uniform_swap", "false_negative")
+
+logger = logging.getLogger("hf_robust_ir.noise")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    parser.add_argument("--split", default="train", help="qrels split of the training queries (default: train)")
+    parser.add_argument("--kind", required=True, choices=KINDS, help="the kind of noise")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        required=True,
+        help="swaps: fraction of the queries whose positives are replaced; "
+        "false_negative: fraction of the positives (of queries with >= --min_positives) moved to the negatives",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--rows",
+        default=None,
+        help="clean training rows to corrupt (e.g. the output folder of `hf-robust-ir mine`; jsonl/parquet/"
+        "save_to_disk); default: rows from the split's qrels",
+    )
+    parser.add_argument("--output", required=True, help="output folder (save_to_disk + rows.jsonl + changes.jsonl)")
+    semantic = parser.add_argument_group("semantic_swap")
+    semantic.add_argument("--model", default=None, help="model folder whose top-k non-relevant passages are swapped in")
+    semantic.add_argument("--top_k", type=int, default=20, help="non-relevant candidates to draw from (default: 20)")
+    semantic.add_argument(
+        "--skip_top", type=int, default=0, help="skip the most similar non-relevant candidates (default: 0)"
+    )
+    semantic.add_argument("--batch_size", type=int, default=64, help="encoding batch size (default: 64)")
+    semantic.add_argument("--max_length", type=int, default=None, help="token limit (default: the model's own)")
+    semantic.add_argument("--bf16", action="store_true", help="encode under bfloat16 autocast")
+    parser.add_argument(
+        "--min_positives",
+        type=int,
+        default=2,
+        help="false_negative: only queries with at least this many positives (default: 2)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("hf_robust_ir").setLevel(logging.INFO)
+    data_dir = Path(args.data)
+    if not data_dir.is_dir():
+        print(f"error: --data {str(data_dir)!r} is not a folder (expected a BEIR folder)", file=sys.stderr)
+        return 2
+    if args.kind == "semantic_swap":
+        if args.model is None:
+            print("error: --kind semantic_swap needs --model (the model whose top-k is swapped in)", file=sys.stderr)
+            return 2
+        if not Path(args.model).exists():
+            print(f"error: --model {args.model!r} does not exist (pass a local model folder)", file=sys.stderr)
+            return 2
+
+    from hf_robust_ir.commands.mine import DATA_INFO_NAME
+    from hf_robust_ir.data import load_beir, load_training_data, rows_from_qrels
+    from hf_robust_ir.noise import FalseNegativeInjection, SemanticSwapNoise, UniformSwapNoise
+
+    start = time.perf_counter()
+    data = load_beir(data_dir, split=args.split)
+    logger.info("Loaded %r", data)
+    rows = load_training_data(args.rows, corpus=data.corpus).rows if args.rows else rows_from_qrels(data)
+    logger.info("Clean rows: %d queries (%s)", len(rows), args.rows or f"qrels/{args.split}.tsv")
+
+    try:
+        if args.kind == "semantic_swap":
+            from hf_robust_ir.modeling import BiEncoder
+
+            overrides = {}
+            if args.max_length is not None:
+                overrides = {"query_max_length": args.max_length, "document_max_length": args.max_length}
+            model = BiEncoder.from_pretrained(args.model, **overrides)
+            noise = SemanticSwapNoise(
+                model,
+                args.rate,
+                top_k=args.top_k,
+                skip_top=args.skip_top,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                bf16=args.bf16,
+                show_progress_bar=not args.quiet,
+            )
+        elif args.kind == "uniform_swap":
+            noise = UniformSwapNoise(data.corpus, args.rate, seed=args.seed)
+        else:
+            noise = FalseNegativeInjection(args.rate, min_positives=args.min_positives, seed=args.seed)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = noise.apply(rows, data)
+
+    out = Path(args.output)
+    result.save(out)
+    info = {"corpus": str(data_dir.resolve()), "split": args.split, "clean_rows": args.rows, "noise": noise.config()}
+    if args.kind == "semantic_swap":
+        info["model"] = str(args.model)
+    (out / DATA_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+    summary = {"output": str(out), **result.summary(), "seconds": round(time.perf_counter() - start, 1)}
+    logger.info("%d changes in %d of %d queries", summary["changes"], summary["changed_queries"], summary["queries"])
+    print(json.dumps(summary))
+    return 0
