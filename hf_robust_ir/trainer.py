@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .callbacks.loss_schedule import LossScheduleCallback
 from .data.collator import PAD_KEY, RetrievalCollator, build_targets
 from .data.reranker_collator import RerankerCollator
 from .losses import RetrievalLoss, get_loss
@@ -35,6 +36,14 @@ class RetrievalTrainingArguments(TrainingArguments):
     in_batch_negatives: bool = field(default=True, metadata={"help": "other queries' documents are negatives"})
     cross_device_negatives: bool = field(
         default=True, metadata={"help": "gather documents from all processes (with gradient) as negatives"}
+    )
+    loss_schedule: str = field(
+        default="constant", metadata={"help": "schedule of the loss's alpha: constant, linear or cosine"}
+    )
+    loss_schedule_start: float | None = field(default=None, metadata={"help": "alpha at step 0 (default: loss's)"})
+    loss_schedule_end: float | None = field(default=None, metadata={"help": "alpha at the last step"})
+    confidence_warmup_steps: int | None = field(
+        default=None, metadata={"help": "steps before label weakening's confidence rule turns on (default: loss's)"}
     )
     remove_unused_columns: bool = False
     average_tokens_across_devices: bool = False
@@ -190,6 +199,20 @@ class RetrievalTrainer(Trainer):
             self.eval_dataset = None
         if hasattr(data_collator, "set_epoch"):
             self.add_callback(EpochSamplingCallback(data_collator))
+        self.loss_schedule = LossScheduleCallback(
+            self.loss,
+            alpha_schedule=args.loss_schedule,
+            alpha_start=args.loss_schedule_start,
+            alpha_end=args.loss_schedule_end,
+            warmup_steps=args.confidence_warmup_steps,
+        )
+        self.add_callback(self.loss_schedule)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Training logs also carry the loss's scheduled alpha and its statistics (plausible-set size, ...)."""
+        if "loss" in logs:
+            logs = {**logs, **self.loss_schedule.log_values()}
+        super().log(logs, start_time)
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

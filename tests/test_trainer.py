@@ -169,3 +169,23 @@ def test_loss_by_name_and_kwargs_from_arguments(tmp_path, model_path):
         BiEncoder.from_pretrained(model_path), _args(tmp_path, loss="infonce", loss_kwargs="{}"), _rows(), CORPUS
     )
     assert trainer.loss.config() == {"name": "infonce"}
+
+
+def test_label_weakening_alpha_schedule_and_statistics_reach_the_logs(tmp_path, model_path):
+    args = _args(
+        tmp_path,
+        max_steps=4,
+        loss="label_weakening",
+        loss_kwargs={"alpha": 0.2},
+        loss_schedule="linear",
+        loss_schedule_end=0.0,
+        confidence_warmup_steps=2,
+    )
+    trainer = RetrievalTrainer(BiEncoder.from_pretrained(model_path), args, _rows(), CORPUS)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    # linear 0.2 -> 0.0 over 4 steps; each log describes the step just run (steps 0, 1, 2, 3)
+    assert [round(h["loss_alpha"], 6) for h in logs] == [0.2, 0.15, 0.1, 0.05]
+    assert [h["confidence_rule"] for h in logs] == [0.0, 0.0, 1.0, 1.0]
+    assert all(h["plausible_set_size"] >= 1.0 for h in logs)
+    assert "outranked_fraction" in logs[0]
