@@ -27,15 +27,11 @@ def real_model_path() -> str:
     return minilm_path()
 
 
-@pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory) -> str:
-    """A 2-layer, 32-wide random BERT saved with the real MiniLM (uncased WordPiece) tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+def tiny_bert_config(**overrides):
+    """A 2-layer, 32-wide BERT configuration for fast tests."""
+    from transformers import BertConfig
 
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(
+    settings = dict(
         vocab_size=30522,
         hidden_size=32,
         num_hidden_layers=2,
@@ -43,9 +39,33 @@ def tiny_model_path(tmp_path_factory) -> str:
         intermediate_size=64,
         max_position_embeddings=128,
     )
-    BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    settings.update(overrides)
+    return BertConfig(**settings)
+
+
+def save_tiny_bert(path, seed: int = 0, **overrides) -> str:
+    """Save a random tiny BERT encoder with the real MiniLM (uncased WordPiece) tokenizer; returns the folder."""
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    torch.manual_seed(seed)
+    BertModel(tiny_bert_config(**overrides), add_pooling_layer=False).save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide random BERT saved with the real MiniLM tokenizer."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def no_dropout_model_path(tmp_path_factory) -> str:
+    """The tiny BERT without dropout, so runs that see the same data in different batches agree exactly."""
+    return save_tiny_bert(
+        tmp_path_factory.mktemp("tiny-no-dropout"), seed=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
 
 
 @pytest.fixture(scope="session")

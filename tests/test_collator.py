@@ -107,7 +107,7 @@ def test_exact_target_matrices_for_a_fixed_column_order(tokenizer):
 
 def test_without_in_batch_negatives_a_query_sees_only_its_own_candidates(tokenizer):
     _, batch = _collate(tokenizer, in_batch_negatives=False)
-    for i, qid in enumerate(("q1", "q2", "q3")):
+    for i in range(3):
         own = set(ROWS[i]["doc_ids"])
         assert {d for d, m in zip(batch["doc_ids"], batch["mask"][i].tolist()) if m} == own & set(batch["doc_ids"])
 
@@ -159,7 +159,8 @@ def test_dynamic_padding_and_separate_max_lengths(tokenizer):
 
 def test_prefixes_are_added(tokenizer):
     rows = [_row("q", ["d1"], [1])]
-    batch = RetrievalCollator(tokenizer, CORPUS, group_size=1, query_prefix="query: ", document_prefix="passage: ")(rows)
+    collator = RetrievalCollator(tokenizer, CORPUS, group_size=1, query_prefix="query: ", document_prefix="passage: ")
+    batch = collator(rows)
     assert tokenizer.decode(batch["query"]["input_ids"][0], skip_special_tokens=True).startswith("query :")
     assert tokenizer.decode(batch["document"]["input_ids"][0], skip_special_tokens=True).startswith("passage :")
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import tiny_bert_config
 from sentence_transformers import CrossEncoder as SentenceTransformersCrossEncoder
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
 
 from hf_robust_ir.modeling import CrossEncoder, CrossEncoderConfig
 
@@ -25,18 +26,9 @@ DOCUMENTS = [
 PAIRS = [(QUERY, d) for d in DOCUMENTS] + [("hard negatives", DOCUMENTS[2]), ("q", "a much longer document " * 8)]
 
 
-def _tiny_config(num_labels: int) -> BertConfig:
+def _tiny_config(num_labels: int):
     # a wide initialization spreads the random model's scores, so rankings are not decided by rounding
-    return BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=num_labels,
-        initializer_range=0.2,
-    )
+    return tiny_bert_config(num_labels=num_labels, initializer_range=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel
 
 from hf_robust_ir.data.collator import RetrievalCollator
 from hf_robust_ir.losses import InfoNCELoss
@@ -17,25 +16,6 @@ from hf_robust_ir.trainer import loss_from_embeddings
 
 pytestmark = pytest.mark.distributed
 WORKER = Path(__file__).parent / "distributed" / "ddp_worker.py"
-
-
-@pytest.fixture(scope="module")
-def no_dropout_model(tmp_path_factory, tiny_model_path):
-    path = tmp_path_factory.mktemp("tiny-no-dropout")
-    torch.manual_seed(1)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    BertModel(config, add_pooling_layer=False).save_pretrained(path)
-    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(path)
-    return str(path)
 
 
 def free_port() -> str:
@@ -71,7 +51,8 @@ def _rows():
     return rows, corpus
 
 
-def test_two_processes_match_one_process(tmp_path, no_dropout_model):
+def test_two_processes_match_one_process(tmp_path, no_dropout_model_path):
+    no_dropout_model = no_dropout_model_path
     rows, corpus = _rows()
     group_size = 4
     torch.save((rows, corpus, group_size), tmp_path / "rows.pt")
@@ -80,15 +61,15 @@ def test_two_processes_match_one_process(tmp_path, no_dropout_model):
     batch = RetrievalCollator.for_model(model, corpus, group_size=group_size)(rows)
     assert len(batch["doc_ids"]) < sum(min(group_size, len(r["doc_ids"])) for r in rows)  # repeats were merged
     out = model(query=batch["query"], document=batch["document"])
-    loss = loss_from_embeddings(InfoNCELoss(), model.similarity, out["query_embeddings"], out["document_embeddings"], batch)
+    queries, documents = out["query_embeddings"], out["document_embeddings"]
+    loss = loss_from_embeddings(InfoNCELoss(), model.similarity, queries, documents, batch)
     loss.backward()
     reference = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), str(WORKER),
-        "--model", no_dropout_model, "--rows", str(tmp_path / "rows.pt"), "--out", str(tmp_path / "ddp.pt"),
-    ]  # fmt: skip
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
+    worker = [str(WORKER), "--model", no_dropout_model, "--rows", str(tmp_path / "rows.pt")]
+    command = launcher + worker + ["--out", str(tmp_path / "ddp.pt")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp.pt")

@@ -27,7 +27,8 @@ def scifact_slice(scifact_dir):
 def test_evaluator_matches_sentence_transformers_scored_by_pytrec_eval(real_model_path, scifact_slice):
     from sentence_transformers import SentenceTransformer
 
-    ours = RetrievalEvaluator(scifact_slice, top_k=100, show_progress_bar=False)(BiEncoder.from_pretrained(real_model_path))
+    evaluator = RetrievalEvaluator(scifact_slice, top_k=100, show_progress_bar=False)
+    ours = evaluator(BiEncoder.from_pretrained(real_model_path))
 
     st = SentenceTransformer(real_model_path, device="cpu")
     doc_ids = list(scifact_slice.corpus)

@@ -5,7 +5,8 @@ import math
 import datasets
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from conftest import tiny_bert_config
+from transformers import AutoTokenizer, BertForSequenceClassification
 
 from hf_robust_ir.data.reranker_collator import RerankerCollator
 from hf_robust_ir.data.schema import ROW_FEATURES
@@ -31,17 +32,8 @@ def _row(qid, doc_ids, labels, teacher=()):
 def reranker_path(tmp_path_factory, tiny_model_path):
     path = tmp_path_factory.mktemp("tiny-reranker")
     torch.manual_seed(5)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=1,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        initializer_range=0.2,
+    config = tiny_bert_config(
+        num_labels=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2
     )
     BertForSequenceClassification(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(path)

@@ -3,7 +3,6 @@
 import datasets
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel
 
 from hf_robust_ir.data.schema import ROW_FEATURES
 from hf_robust_ir.modeling import BiEncoder
@@ -30,23 +29,8 @@ def _rows(n=16):
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory, tiny_model_path):
-    """Tiny BERT without dropout, so runs that see the same data in different micro-batches agree exactly."""
-    path = tmp_path_factory.mktemp("tiny-trainer")
-    torch.manual_seed(3)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    BertModel(config, add_pooling_layer=False).save_pretrained(path)
-    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(path)
-    return str(path)
+def model_path(no_dropout_model_path):
+    return no_dropout_model_path
 
 
 def _args(tmp_path, **overrides):

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from .common import input_error, load_bi_encoder, setup_logging
+
 HELP = "Evaluate a retriever on a BEIR folder: nDCG@10, Recall@100, MRR@10, MAP as one JSON object on stdout."
 
 logger = logging.getLogger("hf_robust_ir.eval")
@@ -53,27 +55,20 @@ def write_trec_run(run: dict[str, dict[str, float]], path: str | Path, tag: str 
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("hf_robust_ir").setLevel(logging.INFO)
+    setup_logging()
     data_dir = Path(args.data)
-    if not data_dir.is_dir():
-        print(f"error: --data {str(data_dir)!r} is not a folder (expected a BEIR folder)", file=sys.stderr)
-        return 2
-    if not Path(args.model).exists():
-        print(f"error: --model {args.model!r} does not exist (pass a local model folder)", file=sys.stderr)
+    error = input_error(data_dir, args.model)
+    if error:
+        print(error, file=sys.stderr)
         return 2
 
     from hf_robust_ir.data.beir import load_beir
     from hf_robust_ir.evaluation import RetrievalEvaluator
-    from hf_robust_ir.modeling import BiEncoder
 
     start = time.perf_counter()
     data = load_beir(data_dir, split=args.split)
     logger.info("Loaded %r", data)
-    overrides = (
-        {} if args.max_length is None else {"query_max_length": args.max_length, "document_max_length": args.max_length}
-    )
-    model = BiEncoder.from_pretrained(args.model, **overrides)
+    model = load_bi_encoder(args.model, args.max_length)
     evaluator = RetrievalEvaluator(
         data,
         top_k=args.top_k,

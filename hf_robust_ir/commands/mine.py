@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from .common import input_error, load_bi_encoder, setup_logging
+
 HELP = "Mine hard negatives with a retriever: canonical training rows (qrels positives + filtered top-k negatives)."
 
 DATA_INFO_NAME = "hf_robust_ir_data.json"
@@ -51,27 +53,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("hf_robust_ir").setLevel(logging.INFO)
+    setup_logging()
     data_dir = Path(args.data)
-    if not data_dir.is_dir():
-        print(f"error: --data {str(data_dir)!r} is not a folder (expected a BEIR folder)", file=sys.stderr)
-        return 2
-    if not Path(args.model).exists():
-        print(f"error: --model {args.model!r} does not exist (pass a local model folder)", file=sys.stderr)
+    error = input_error(data_dir, args.model)
+    if error:
+        print(error, file=sys.stderr)
         return 2
 
     from hf_robust_ir.data.beir import load_beir
     from hf_robust_ir.mining import MiningStats, mine_hard_negatives
-    from hf_robust_ir.modeling import BiEncoder
 
     start = time.perf_counter()
     data = load_beir(data_dir, split=args.split)
     logger.info("Loaded %r", data)
-    overrides = (
-        {} if args.max_length is None else {"query_max_length": args.max_length, "document_max_length": args.max_length}
-    )
-    model = BiEncoder.from_pretrained(args.model, **overrides)
+    model = load_bi_encoder(args.model, args.max_length)
     stats = MiningStats()
     rows = mine_hard_negatives(
         model,

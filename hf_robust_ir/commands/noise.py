@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from .common import input_error, load_bi_encoder, setup_logging
+
 HELP = "Inject label noise into training rows: noisy rows plus changes.jsonl, the record of every change."
 
 KINDS = ("semantic_swap", "uniform_swap", "false_negative")
@@ -54,19 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("hf_robust_ir").setLevel(logging.INFO)
+    setup_logging()
     data_dir = Path(args.data)
-    if not data_dir.is_dir():
-        print(f"error: --data {str(data_dir)!r} is not a folder (expected a BEIR folder)", file=sys.stderr)
+    if args.kind == "semantic_swap" and args.model is None:
+        print("error: --kind semantic_swap needs --model (the model whose top-k is swapped in)", file=sys.stderr)
         return 2
-    if args.kind == "semantic_swap":
-        if args.model is None:
-            print("error: --kind semantic_swap needs --model (the model whose top-k is swapped in)", file=sys.stderr)
-            return 2
-        if not Path(args.model).exists():
-            print(f"error: --model {args.model!r} does not exist (pass a local model folder)", file=sys.stderr)
-            return 2
+    error = input_error(data_dir, args.model if args.kind == "semantic_swap" else None)
+    if error:
+        print(error, file=sys.stderr)
+        return 2
 
     from hf_robust_ir.commands.mine import DATA_INFO_NAME
     from hf_robust_ir.data import load_beir, load_training_data, rows_from_qrels
@@ -80,12 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.kind == "semantic_swap":
-            from hf_robust_ir.modeling import BiEncoder
-
-            overrides = {}
-            if args.max_length is not None:
-                overrides = {"query_max_length": args.max_length, "document_max_length": args.max_length}
-            model = BiEncoder.from_pretrained(args.model, **overrides)
+            model = load_bi_encoder(args.model, args.max_length)
             noise = SemanticSwapNoise(
                 model,
                 args.rate,
