@@ -45,6 +45,10 @@ class RetrievalTrainingArguments(TrainingArguments):
     confidence_warmup_steps: int | None = field(
         default=None, metadata={"help": "steps before label weakening's confidence rule turns on (default: loss's)"}
     )
+    forward_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "encoder forward over at most this many texts at a time, grouped by length (CPU: 16)"},
+    )
     remove_unused_columns: bool = False
     average_tokens_across_devices: bool = False
     ddp_find_unused_parameters: bool | None = False
@@ -187,6 +191,8 @@ class RetrievalTrainer(Trainer):
             if corpus is None:
                 raise ValueError("RetrievalTrainer needs the corpus (doc id -> text) or a data_collator")
             data_collator = default_collator(model, corpus, args)
+        if args.forward_chunk_size is not None and hasattr(model, "forward_chunk_size"):
+            model.forward_chunk_size = args.forward_chunk_size
         self.loss = loss if loss is not None else get_loss(args.loss, **(args.loss_kwargs or {}))
         self.evaluator = evaluator
         kwargs.setdefault("processing_class", getattr(model, "tokenizer", None))

@@ -149,6 +149,7 @@ class BiEncoder(nn.Module):
         elif document_encoder is not None:
             raise ValueError("a document_encoder was given but separate_towers is False")
         self.tokenizer = tokenizer
+        self.forward_chunk_size: int | None = None  # see embed()
 
     # ---------------------------------------------------------------- loading and saving
     @classmethod
@@ -265,10 +266,30 @@ class BiEncoder(nn.Module):
         return self.document_encoder
 
     def embed(self, features: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-        """Pooled (and, if configured, L2-normalized) embeddings of a tokenized batch."""
+        """Pooled (and, if configured, L2-normalized) embeddings of a tokenized batch.
+
+        With ``forward_chunk_size`` set, a larger batch goes through the tower in chunks of at most that many
+        sequences, grouped by length (longest first), each with its trailing all-padding columns dropped; the
+        embeddings come back in batch order. The result is the same (up to float rounding) with less padding and
+        smaller activation tensors: on CPU, chunks of 16 make a training step over 64 documents faster.
+        """
         inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        chunk, size = self.forward_chunk_size, inputs["input_ids"].shape[0]
+        if not chunk or size <= chunk:
+            return self._embed_batch(inputs, kind)
+        mask = inputs["attention_mask"]
+        order = torch.argsort(mask.sum(1), descending=True, stable=True)
+        parts = []
+        for start in range(0, size, chunk):
+            index = order[start : start + chunk]
+            columns = mask[index].any(0).nonzero()
+            width = int(columns.max()) + 1 if len(columns) else mask.shape[1]
+            parts.append(self._embed_batch({k: v[index, :width] for k, v in inputs.items()}, kind))
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def _embed_batch(self, inputs: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
         hidden = self.tower(kind)(**inputs).last_hidden_state
-        embeddings = pool(hidden, features["attention_mask"], self.retrieval_config.pooling)
+        embeddings = pool(hidden, inputs["attention_mask"], self.retrieval_config.pooling)
         if self.retrieval_config.normalize:
             embeddings = nn.functional.normalize(embeddings.float(), dim=-1)
         return embeddings
