@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("train", "eval", "mine", "noise")
+COMMANDS = ("train", "eval", "mine", "noise", "relabel", "download")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +49,13 @@ class RetrievalTrainingArguments(TrainingArguments):
     forward_chunk_size: int | None = field(
         default=None,
         metadata={"help": "encoder forward over at most this many texts at a time, grouped by length (CPU: 16)"},
+    )
+    guide_model: str | None = field(
+        default=None,
+        metadata={"help": "guide BiEncoder folder for losses that mask by guide scores (loss: guide_masked)"},
+    )
+    model_card: bool = field(
+        default=True, metadata={"help": "write README.md (the model card) into checkpoints and output_dir"}
     )
     remove_unused_columns: bool = False
     average_tokens_across_devices: bool = False
@@ -111,7 +119,9 @@ def loss_from_embeddings(
 ) -> torch.Tensor:
     """Scores of the local queries against the batch documents (of all processes when distributed), the target
     matrix over them, and the loss. With ``P`` processes each holding ``B/P`` queries this gives the same loss and,
-    after DDP's gradient averaging, the same gradients as one process holding all ``B``."""
+    after DDP's gradient averaging, the same gradients as one process holding all ``B``. When ``inputs`` carry guide
+    embeddings (``RetrievalTrainer.guide_model``), the loss also gets ``guide_scores`` (guide ``q·d``) over the same
+    candidate columns."""
     labels, mask, teacher = inputs["labels"], inputs["mask"], inputs["teacher"]
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     if cross_device_negatives and distributed:
@@ -123,7 +133,14 @@ def loss_from_embeddings(
             doc_keys,
             in_batch_negatives,
         )
-    return loss(similarity(query_embeddings, document_embeddings), labels, mask, teacher)
+    scores = similarity(query_embeddings, document_embeddings)
+    if "guide_document_embeddings" not in inputs:
+        return loss(scores, labels, mask, teacher)
+    guide_documents = inputs["guide_document_embeddings"]
+    if cross_device_negatives and distributed:  # the guide sees the same gathered candidate columns
+        guide_documents, _ = gather_documents(guide_documents, inputs["doc_keys"])
+    guide_scores = inputs["guide_query_embeddings"] @ guide_documents.T
+    return loss(scores, labels, mask, teacher, guide_scores=guide_scores)
 
 
 def group_pair_scores(
@@ -174,6 +191,10 @@ class RetrievalTrainer(Trainer):
         loss: a loss module under the loss contract; default: built from ``args.loss`` and ``args.loss_kwargs``.
         evaluator: a :class:`~hf_robust_ir.evaluation.RetrievalEvaluator`; ``evaluate()`` reports its metrics as
             ``eval_ndcg@10`` etc., so ``metric_for_best_model="ndcg@10"`` and ``load_best_model_at_end`` work.
+        guide_model: a frozen BiEncoder (or its folder; default ``args.guide_model``) for losses with
+            ``needs_guide_scores`` (:class:`~hf_robust_ir.losses.GuideMaskedLoss`): each step it embeds the batch's
+            query and document texts without gradient, in eval mode, and the loss gets ``guide_scores`` over the
+            same candidate matrix (cross-device documents included). Bi-encoders only.
     """
 
     def __init__(
@@ -185,6 +206,7 @@ class RetrievalTrainer(Trainer):
         loss: RetrievalLoss | None = None,
         evaluator: Any = None,
         data_collator: Any = None,
+        guide_model: Any = None,
         **kwargs: Any,
     ):
         if data_collator is None:
@@ -194,6 +216,7 @@ class RetrievalTrainer(Trainer):
         if args.forward_chunk_size is not None and hasattr(model, "forward_chunk_size"):
             model.forward_chunk_size = args.forward_chunk_size
         self.loss = loss if loss is not None else get_loss(args.loss, **(args.loss_kwargs or {}))
+        self.guide_model = self._load_guide(guide_model if guide_model is not None else args.guide_model, model)
         self.evaluator = evaluator
         kwargs.setdefault("processing_class", getattr(model, "tokenizer", None))
         # Trainer refuses an eval strategy without an eval_dataset; the evaluator stands in for one.
@@ -213,6 +236,49 @@ class RetrievalTrainer(Trainer):
             warmup_steps=args.confidence_warmup_steps,
         )
         self.add_callback(self.loss_schedule)
+        self.model_card = None
+        if args.model_card:
+            from .callbacks.model_card import ModelCardCallback
+
+            name = getattr(evaluator, "name", "")
+            self.model_card = ModelCardCallback(
+                loss=self.loss,
+                loss_schedule=self.loss_schedule,
+                base_model=getattr(getattr(model, "retrieval_config", None), "base_model", None),
+                eval_dataset_info={"dataset": name} if name else None,
+                repo_id=args.hub_model_id,
+            )
+            self.add_callback(self.model_card)
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Our card (:class:`~hf_robust_ir.callbacks.ModelCardCallback`) instead of transformers' generic one."""
+        if self.model_card is not None and self.args.should_save:
+            self.model_card.write(
+                self.args.output_dir, self.args, self.state, model=self.accelerator.unwrap_model(self.model)
+            )
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Push the trained model and its card with :func:`hf_robust_ir.hub.push_to_hub` (adapter-only for LoRA)."""
+        from .hub import push_to_hub
+
+        self.create_model_card()
+        card = Path(self.args.output_dir) / "README.md"
+        return push_to_hub(
+            self.accelerator.unwrap_model(self.model),
+            self.args.hub_model_id,
+            private=bool(self.args.hub_private_repo),
+            token=token or self.args.hub_token,
+            commit_message=commit_message or "End of training",
+            card=card if card.exists() else None,
+            revision=revision,
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Training logs also carry the loss's scheduled alpha and its statistics (plausible-set size, ...)."""
@@ -220,8 +286,38 @@ class RetrievalTrainer(Trainer):
             logs = {**logs, **self.loss_schedule.log_values()}
         super().log(logs, start_time)
 
+    # ------------------------------------------------------------------ guide model
+    def _load_guide(self, guide: Any, model: torch.nn.Module) -> torch.nn.Module | None:
+        if not getattr(self.loss, "needs_guide_scores", False):
+            return None
+        if guide is None:
+            raise ValueError(f"loss {self.loss.config()['name']!r} needs a guide model: set guide_model")
+        if guide is model:
+            raise ValueError("the guide model is frozen: pass a separate copy, not the model being trained")
+        if isinstance(guide, (str, os.PathLike)):
+            from .modeling import BiEncoder
+
+            guide = BiEncoder.from_pretrained(str(guide))
+        guide.requires_grad_(False)
+        return guide.eval()
+
+    def guide_embeddings(self, inputs: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+        """The guide's query and document embeddings of a batch (no gradient, eval mode, its own tokenizer)."""
+        guide = self.guide_model
+        if guide.device != device:
+            guide.to(device)
+        queries, documents = inputs["query_texts"], inputs["document_texts"]
+        query_embeddings = guide.encode_queries(queries, batch_size=len(queries))
+        document_embeddings = guide.encode_documents(documents, batch_size=max(len(documents), 1))
+        return {
+            "guide_query_embeddings": torch.from_numpy(query_embeddings).to(device),
+            "guide_document_embeddings": torch.from_numpy(document_embeddings).to(device),
+        }
+
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "pairs" in inputs and self.guide_model is not None:
+            raise ValueError("guide-model masking is for bi-encoders; a reranker trains on per-query groups")
         if "pairs" in inputs:  # a reranker: scores of each query's candidate group
             pair_scores = model(**inputs["pairs"])
             scores = group_pair_scores(pair_scores, inputs["pair_rows"], inputs["pair_cols"], inputs["labels"].shape)
@@ -229,6 +325,8 @@ class RetrievalTrainer(Trainer):
             loss = self.loss(scores, inputs["labels"], inputs["mask"], inputs["teacher"])
             return (loss, {"scores": scores}) if return_outputs else loss
         outputs = model(query=inputs["query"], document=inputs["document"])
+        if self.guide_model is not None:
+            inputs = {**inputs, **self.guide_embeddings(inputs, outputs["query_embeddings"].device)}
         loss = self.compute_loss_from_embeddings(outputs["query_embeddings"], outputs["document_embeddings"], inputs)
         return (loss, outputs) if return_outputs else loss
 

@@ -1,5 +1,6 @@
-"""Trainer callbacks: loss schedules and logging of what the loss did."""
+"""Trainer callbacks: loss schedules, logging of what the loss did, and the model card."""
 
 from .loss_schedule import LossScheduleCallback, scheduled_value
+from .model_card import ModelCardCallback
 
-__all__ = ["LossScheduleCallback", "scheduled_value"]
+__all__ = ["LossScheduleCallback", "ModelCardCallback", "scheduled_value"]

@@ -244,6 +244,13 @@ def run(args: argparse.Namespace) -> int:
         logger.info("before training: %s", results["before"])
     del base_index
     trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus, evaluator=evaluator)
+    if trainer.model_card is not None:
+        card = trainer.model_card
+        card.train_dataset_info = [
+            {"path": str(data_dir), "split": data_args.train_split, "rows": len(rows), "corpus_size": len(corpus)}
+        ]
+        if not model_args.model_name_or_path:  # the packaged all-MiniLM-L6-v2
+            card.base_model = "sentence-transformers/all-MiniLM-L6-v2"
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     results["train"] = train_output.metrics
     if evaluator is not None:

@@ -9,8 +9,8 @@ every sampled document once into the batch (``C`` unique documents, in-batch doc
 - ``teacher[B, C]``: teacher scores, ``NaN`` where query ``i`` has none for document ``c``.
 
 It also emits what is needed to rebuild the matrix over documents gathered from several processes
-(``doc_keys``, ``candidate_keys``, ``candidate_labels``, ``candidate_teacher``; see :func:`build_targets`), and the
-batch's document ids in column order (``doc_ids``).
+(``doc_keys``, ``candidate_keys``, ``candidate_labels``, ``candidate_teacher``; see :func:`build_targets`), the
+batch's document ids in column order (``doc_ids``) and the raw ``query_texts`` / ``document_texts`` (for a guide model).
 Sampling is deterministic in ``(seed, epoch, query_id)``: a new sample each epoch, the same one after a resume.
 """
 
@@ -193,4 +193,6 @@ class RetrievalCollator:
             "candidate_labels": candidate_labels,
             "candidate_teacher": candidate_teacher,
             "doc_ids": doc_ids,
+            "query_texts": [row["query"] for row in rows],  # raw texts, for a guide model with its own tokenizer
+            "document_texts": doc_texts,
         }

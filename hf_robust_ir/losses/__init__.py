@@ -2,6 +2,7 @@
 
 from .base import LOSS_REGISTRY, RetrievalLoss, get_loss, masked_log_softmax, positive_target, register_loss
 from .contrastive import InfoNCELoss
+from .guided import GuideMaskedLoss
 from .robust import (
     FocalLoss,
     GCELoss,
@@ -21,6 +22,7 @@ __all__ = [
     "LOSS_REGISTRY",
     "FocalLoss",
     "GCELoss",
+    "GuideMaskedLoss",
     "HardBootstrappingLoss",
     "InfoNCELoss",
     "LabelRelaxationLoss",

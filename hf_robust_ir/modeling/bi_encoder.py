@@ -79,6 +79,8 @@ def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_mo
     from peft import PeftModel
 
     base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or base_model
+    if (not base or not Path(base).exists()) and base_model and Path(base_model).exists():
+        base = base_model  # the adapter names a Hub id; its local copy was given (hf_robust_ir.hub.from_pretrained)
     if not base or not Path(base).exists():
         raise FileNotFoundError(f"{folder}: the adapter's base model {base!r} is not a local folder")
     return PeftModel.from_pretrained(_load_transformer(base, trust_remote_code, torch_dtype), str(folder))

@@ -1,0 +1,255 @@
+"""`hf-robust-ir relabel --config recipe.yaml [--key value ...]`: judge the negatives of training rows, relabel them.
+
+The recipe holds the fields of :class:`RelabelArguments`. Rows come from ``rows`` (canonical jsonl / parquet /
+``save_to_disk`` folder over the BEIR corpus of ``data_dir``, or any shape :func:`load_training_data` reads), or,
+without ``rows``, from the qrels of ``split`` plus hard negatives mined with ``mining_model``. Writes
+``<output_dir>/<strategy>/`` (``save_to_disk``), ``<output_dir>/<strategy>.jsonl`` and ``<output_dir>/summary.json``
+(also printed on stdout); judgments are cached in ``cache_path`` (default ``<output_dir>/judgments.sqlite``), so a
+killed run started again continues where it stopped. With ``push_to_hub`` each strategy's dataset goes to
+``hub_repo_id`` as one configuration; the token comes from the environment or ``huggingface_hub`` login only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..data.schema import DataFormatError
+from .common import setup_logging
+
+HELP = "relabel false negatives of training rows with a judge (rlhn, hn_remove, remove, threshold, arhn) from a recipe"
+DATA_ENV = "HF_ROBUST_IR_DATA"
+ACCEPTS_OVERRIDES = True
+
+logger = logging.getLogger("hf_robust_ir.relabel")
+
+
+@dataclass
+class RelabelArguments:
+    output_dir: str
+    judge: dict = field(default_factory=lambda: {"type": "embedding"})
+    strategies: list = field(default_factory=lambda: ["rlhn", "hn_remove", "remove"])
+    max_flagged: int | None = 8  # the threshold: drop a query with more flagged negatives (null: never)
+    rows: str | None = None
+    rows_format: str = "auto"
+    data_dir: str | None = None
+    dataset_name: str | None = None
+    split: str = "train"
+    max_queries: int | None = None
+    mining_model: str | None = None
+    num_negatives: int = 15
+    mining_range_min: int = 0
+    mining_range_max: int = 100
+    mining_absolute_margin: float | None = None
+    mining_relative_margin: float | None = None
+    encode_batch_size: int = 64
+    max_candidates: int | None = None
+    batch_size: int = 32
+    cache_path: str | None = None
+    push_to_hub: bool = False
+    hub_repo_id: str | None = None
+    hub_private: bool = True
+    show_progress_bar: bool = True
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    import yaml
+
+    node = yaml.compose(text)
+    if node is None or not isinstance(node, yaml.MappingNode):
+        return {}
+    return {key.value: key.start_mark.line + 1 for key, _ in node.value}
+
+
+def _check_type(name: str, value: Any, annotation: str) -> str | None:
+    expected = {
+        "str": (str,),
+        "int": (int,),
+        "float": (int, float),
+        "bool": (bool,),
+        "dict": (dict,),
+        "list": (list,),
+    }
+    optional = "None" in annotation
+    if value is None:
+        return None if optional else "must not be null"
+    base = annotation.split("|")[0].strip()
+    types = expected.get(base)
+    if types is None or (isinstance(value, bool) and base in ("int", "float")):
+        return None if types is None else f"expected {base}, got a boolean"
+    return None if isinstance(value, types) else f"expected {base}, got {type(value).__name__}"
+
+
+def parse_recipe(config_path: str | None, overrides: list[str]) -> RelabelArguments:
+    """Recipe file + ``--key value`` overrides (values read as YAML) -> :class:`RelabelArguments`; errors name the
+    file, line and field."""
+    import yaml
+
+    source = config_path or "command line"
+    config: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    if config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe {config_path!r} not found")
+        text = path.read_text(encoding="utf-8")
+        try:
+            config = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise DataFormatError(source, mark.line + 1 if mark else None, None, f"invalid YAML: {exc}") from None
+        if not isinstance(config, dict):
+            raise DataFormatError(source, None, None, "a recipe is a mapping of argument names to values")
+        lines = _key_lines(text)
+    i = 0
+    while i < len(overrides):
+        key = overrides[i]
+        if not key.startswith("--") or i + 1 >= len(overrides):
+            raise DataFormatError("command line", None, key, "expected --key value pairs")
+        name, value = key[2:].replace("-", "_"), yaml.safe_load(overrides[i + 1])
+        config[name] = value
+        lines.pop(name, None)
+        i += 2
+    known = {f.name: str(f.type) for f in fields(RelabelArguments)}
+    for name, value in config.items():
+        line = lines.get(name)
+        if name not in known:
+            raise DataFormatError(source, line, name, f"unknown field; fields: {sorted(known)}")
+        problem = _check_type(name, value, known[name])
+        if problem:
+            raise DataFormatError(source, line, name, problem)
+    if "output_dir" not in config:
+        raise DataFormatError(source, None, "output_dir", "missing (the folder the relabeled datasets go to)")
+    if config.get("push_to_hub") and not config.get("hub_repo_id"):
+        raise DataFormatError(source, lines.get("push_to_hub"), "hub_repo_id", "push_to_hub needs a hub_repo_id")
+    args = RelabelArguments(**config)
+    from ..relabel.strategies import get_strategy
+
+    for name in args.strategies:
+        try:
+            get_strategy(name)
+        except ValueError as exc:
+            raise DataFormatError(source, lines.get("strategies"), "strategies", str(exc)) from None
+    return args
+
+
+def resolve_data_dir(args: RelabelArguments) -> Path | None:
+    if args.data_dir:
+        return Path(args.data_dir)
+    if args.dataset_name:
+        if not os.environ.get(DATA_ENV):
+            raise SystemExit(f"dataset_name={args.dataset_name!r} needs ${DATA_ENV} (or pass data_dir)")
+        return Path(os.environ[DATA_ENV]) / args.dataset_name
+    return None
+
+
+def load_rows(args: RelabelArguments):
+    """``(rows, corpus)`` from ``rows`` (+ the BEIR corpus of ``data_dir``) or from qrels + mining."""
+    from ..data import load_beir, load_training_data
+
+    data_dir = resolve_data_dir(args)
+    if data_dir is not None and not (data_dir / "corpus.jsonl").is_file():
+        raise SystemExit(f"error: {data_dir} is not a BEIR folder (no corpus.jsonl)")
+    if args.rows:
+        corpus = load_beir(data_dir, split=args.split).corpus if data_dir is not None else None
+        data = load_training_data(args.rows, format=args.rows_format, corpus=corpus, split=args.split)
+        rows, corpus = data.rows, data.corpus
+    else:
+        if data_dir is None:
+            raise SystemExit("error: no rows: set rows, or data_dir / dataset_name to mine rows from qrels")
+        from ..data import rows_from_qrels
+        from ..mining import mine_hard_negatives
+        from .common import load_bi_encoder
+        from .train import _first_queries
+
+        train = _first_queries(load_beir(data_dir, split=args.split), args.max_queries)
+        if args.num_negatives <= 0:
+            rows = rows_from_qrels(train)
+        else:
+            from ..relabel.factory import _default_model
+
+            rows = mine_hard_negatives(
+                load_bi_encoder(args.mining_model or _default_model()),
+                train,
+                num_negatives=args.num_negatives,
+                range_min=args.mining_range_min,
+                range_max=args.mining_range_max,
+                absolute_margin=args.mining_absolute_margin,
+                relative_margin=args.mining_relative_margin,
+                batch_size=args.encode_batch_size,
+                show_progress_bar=args.show_progress_bar,
+            )
+        corpus = train.corpus
+    if args.max_queries is not None and len(rows) > args.max_queries:
+        rows = rows.select(range(args.max_queries))
+    return rows, corpus
+
+
+def push(result, args: RelabelArguments) -> None:
+    """Each strategy's dataset as a configuration of ``hub_repo_id``, plus the summary file."""
+    from huggingface_hub import HfApi
+
+    for name, dataset in result.datasets.items():
+        dataset.push_to_hub(args.hub_repo_id, config_name=name, private=args.hub_private)
+    HfApi().upload_file(
+        path_or_fileobj=json.dumps(result.summary, indent=2).encode("utf-8"),
+        path_in_repo="relabel_summary.json",
+        repo_id=args.hub_repo_id,
+        repo_type="dataset",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML recipe (see recipes/relabel_*.yaml); --key value overrides a field")
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging()
+    try:
+        recipe = parse_recipe(args.config, args.overrides)
+    except (DataFormatError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from ..relabel.cache import JudgmentCache
+    from ..relabel.factory import build_judge
+    from ..relabel.runner import relabel
+
+    start = time.perf_counter()
+    try:
+        rows, corpus = load_rows(recipe)
+        judge = build_judge(recipe.judge)
+    except (DataFormatError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_path = recipe.cache_path or str(out / "judgments.sqlite")
+    logger.info("Relabeling %d queries with %s (cache %s)", len(rows), judge.name, cache_path)
+    with JudgmentCache(cache_path) as cache:
+        result = relabel(
+            rows,
+            corpus,
+            judge,
+            recipe.strategies,
+            cache,
+            batch_size=recipe.batch_size,
+            max_candidates=recipe.max_candidates,
+            max_flagged=recipe.max_flagged,
+            show_progress_bar=recipe.show_progress_bar,
+        )
+    result.summary["source"] = recipe.rows or str(resolve_data_dir(recipe))
+    result.save(out)
+    if recipe.push_to_hub:
+        push(result, recipe)
+        result.summary["hub_repo_id"] = recipe.hub_repo_id
+    logger.info("Relabeled in %.1f s", time.perf_counter() - start)
+    print(json.dumps(result.summary))
+    return 0

@@ -1,0 +1,775 @@
+"""Model cards, push and download: publish a retriever with a card that records how label noise was handled.
+
+- :class:`ModelCardInfo` holds what a card says (base model, training data, loss and its config, relabeling summary,
+  noise-benchmark results, non-default hyperparameters, evaluation results, training log, versions, citations);
+  :func:`build_model_card` renders ``model_cards/retriever_card.md`` with ``huggingface_hub.ModelCard.from_template``,
+  evaluation results go to the ``model-index`` metadata as ``huggingface_hub.EvalResult`` (so the Hub shows them),
+  and :func:`validate_model_card` checks the metadata offline (YAML, model-index round trip, Hub ids).
+- :func:`push_to_hub` saves a model (only the adapter for a LoRA model, its base model named) with its card and uploads
+  it with ``HfApi.create_repo`` + ``HfApi.upload_folder``.
+- :func:`from_pretrained` / :func:`download` fetch a published model with ``snapshot_download`` (safetensors and
+  configs only, never pickles) and load a :class:`~hf_robust_ir.modeling.BiEncoder` or
+  :class:`~hf_robust_ir.modeling.CrossEncoder` from the saved config (pooling, prefixes, normalization).
+
+Safe by default: ``trust_remote_code`` is off unless asked for; tokens come from the argument, ``HF_TOKEN`` or
+``huggingface_hub``'s login and are never written (a folder holding the token is refused before upload); repository
+ids and paths inside a repository that try to leave their folder are rejected with a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "retriever_card.md"
+CONFIG_NAME = "hf_robust_ir_config.json"
+# Pickle-based weight formats: never downloaded, so never unpickled.
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.joblib", "*.npy", "*.npz"]
+REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+SECRET_FIELD = re.compile(r"(^|_)(token|secret|password|passwd|api_key|key|credentials?|auth)s?$", re.IGNORECASE)
+# Fields that are paths, hub settings or bookkeeping, not hyperparameters a reader can reuse.
+NOT_HYPERPARAMETERS = {
+    "output_dir", "logging_dir", "run_name", "hub_model_id", "hub_token", "push_to_hub_token", "hub_strategy",
+    "hub_private_repo", "hub_always_push", "hub_revision", "push_to_hub", "resume_from_checkpoint", "deepspeed",
+    "fsdp_config", "report_to", "overwrite_output_dir", "do_train", "do_eval", "do_predict",
+}  # fmt: skip
+VERSION_PACKAGES = (
+    "hf_robust_ir", "torch", "transformers", "sentence-transformers", "peft", "huggingface_hub", "datasets",
+    "accelerate",
+)  # fmt: skip
+RELABEL_CITATIONS = {
+    "rlhn": (
+        "@article{thakur2025rlhn, title={Fixing Data That Hurts Performance: Cascading LLMs to Relabel Hard "
+        "Negatives for Robust Information Retrieval}, author={Thakur, Nandan and Zhang, Crystina and Ma, Xueguang "
+        "and Lin, Jimmy}, journal={arXiv:2505.16967}, year={2025}}"
+    ),
+    "arhn": "@misc{arhn, title={ARHN: answerability-based relabeling of hard negatives}, note={arXiv:2604.11092}}",
+}
+METRIC_NAMES = {"ndcg": "nDCG", "recall": "Recall", "mrr": "MRR", "map": "MAP", "precision": "Precision"}
+
+
+# ---------------------------------------------------------------------------------------------- safety checks
+def validate_repo_id(repo_id: str) -> str:
+    """Return ``repo_id`` (``name`` or ``namespace/name``) or raise a ``ValueError`` saying what is wrong with it.
+
+    Rejected: empty parts, more than one ``/``, ``..``, ``--``, absolute paths, backslashes, a ``~`` or anything
+    outside ``[A-Za-z0-9._-]``; so a repository id can never name a folder outside the cache or ``local_dir``.
+    """
+    if not isinstance(repo_id, str) or not repo_id:
+        raise ValueError(f"invalid repository id {repo_id!r}: expected 'namespace/name'")
+    problem = None
+    if "\\" in repo_id:
+        problem = "it contains a backslash"
+    elif repo_id.startswith(("/", "~")):
+        problem = "it is an absolute path"
+    elif ".." in repo_id or "--" in repo_id:
+        problem = "it contains '..' or '--'"
+    elif repo_id.count("/") > 1:
+        problem = "it has more than one '/'"
+    elif any(not part for part in repo_id.split("/")):
+        problem = "it has an empty part"
+    elif not all(REPO_ID_PATTERN.match(part) for part in repo_id.split("/")):
+        problem = "parts must start with a letter or digit and hold only letters, digits, '.', '_' and '-' (<= 96)"
+    elif repo_id.endswith(".git"):
+        problem = "it ends with '.git'"
+    if problem:
+        raise ValueError(f"invalid repository id {repo_id!r}: {problem}; expected 'namespace/name'")
+    return repo_id
+
+
+def safe_subpath(root: str | os.PathLike, relative: str) -> Path:
+    """``root / relative`` for a relative path that stays inside ``root``, else a ``ValueError``.
+
+    Checked on the path's text (no symlink resolution, as cache snapshots are links into a blob store)."""
+    text = str(relative)
+    parts = PurePosixPath(text).parts
+    if not text or "\\" in text or text.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", text) or ".." in parts:
+        raise ValueError(f"path {text!r} would leave the folder {str(root)!r}")
+    return Path(root).joinpath(*parts)
+
+
+def _check_folder_paths(folder: Path) -> None:
+    """Reject a downloaded model whose configs point outside its folder (module paths, adapter base models)."""
+    for modules_file in [folder / "modules.json", *folder.glob("*/modules.json")]:
+        if modules_file.is_file():
+            for module in json.loads(modules_file.read_text()):
+                if module.get("path"):
+                    safe_subpath(modules_file.parent, module["path"])
+    for adapter_file in [folder / "adapter_config.json", *folder.glob("*/adapter_config.json")]:
+        if adapter_file.is_file():
+            base = json.loads(adapter_file.read_text()).get("base_model_name_or_path")
+            if base:
+                validate_repo_id(base)  # a downloaded adapter names a Hub model, never a local folder
+
+
+def _current_token(token: str | None = None) -> str | None:
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def find_token_in_folder(folder: str | os.PathLike, token: str | None = None) -> list[Path]:
+    """Files under ``folder`` holding the Hub token (the argument, else ``HF_TOKEN`` or the login's token)."""
+    secret = _current_token(token)
+    if not secret:
+        return []
+    needle = secret.encode()
+    return [p for p in sorted(Path(folder).rglob("*")) if p.is_file() and needle in p.read_bytes()]
+
+
+def _redact(text: str, token: str | None = None) -> str:
+    secret = _current_token(token)
+    return text.replace(secret, "<redacted>") if secret else text
+
+
+# ---------------------------------------------------------------------------------------------- card content
+@dataclass
+class ModelCardInfo:
+    """What a model card says. Every field is optional; empty ones render as a short "not recorded" line.
+
+    ``datasets``: one dict per training set: ``id`` (Hub dataset id) or ``path``, and optionally ``split``,
+    ``rows``, ``queries``, ``corpus_size``, ``description``. ``loss``: the loss's ``config()`` (``name`` + values).
+    ``relabel_summary``: what :func:`hf_robust_ir.relabel.runner` writes to ``summary.json`` (judge, per-strategy
+    counts), with an optional ``strategy`` naming the one used. ``noise_results``: a list of row dicts (or a dict of
+    dicts keyed by row name) from a label-noise benchmark. ``eval_results``: dicts with ``dataset`` (name),
+    ``dataset_type`` (Hub id or name), ``split`` and ``metrics`` (``{"ndcg@10": 0.61}``). ``training_log``:
+    ``Trainer.state.log_history``-style dicts.
+    """
+
+    model_name: str = "hf_robust_ir retriever"
+    model_type: str = "bi-encoder"
+    base_model: str | None = None
+    model_settings: dict[str, Any] = field(default_factory=dict)
+    adapter: dict[str, Any] | None = None
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    loss: dict[str, Any] | None = None
+    loss_schedule: dict[str, Any] | None = None
+    relabel_summary: dict[str, Any] | None = None
+    noise_results: list[dict[str, Any]] | dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    eval_results: list[dict[str, Any]] = field(default_factory=list)
+    training_log: list[dict[str, Any]] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    citations: list[str] = field(default_factory=list)
+    repo_id: str | None = None
+    language: str | list[str] | None = "en"
+    license: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries a reader needs to reproduce the run."""
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for name in VERSION_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def non_default_hyperparameters(args: Any) -> dict[str, Any]:
+    """Fields of a ``TrainingArguments`` (dataclass) that differ from their declared defaults.
+
+    Paths, hub settings and anything named like a secret (``*token``, ``*secret``, ``*password``, ``*key``) are left
+    out, and so is any value holding the current Hub token."""
+    if not dataclasses.is_dataclass(args):
+        return {}
+    secret = _current_token(getattr(args, "hub_token", None))
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(args):
+        name = f.name
+        if name.startswith("_") or name in NOT_HYPERPARAMETERS or SECRET_FIELD.search(name):
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = dataclasses.MISSING
+        value = getattr(args, name, None)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            if default is None and value == type(value)():
+                continue  # filled in from its defaults by __post_init__ (accelerator_config)
+            value = dataclasses.asdict(value)
+        value = _plain(value)
+        if default is not dataclasses.MISSING and (
+            value == _plain(default) or (default in (None, "") and value in (None, False, [], {}, ""))
+        ):
+            continue
+        if name.endswith(("_dir", "_path", "_file")) or (secret and secret in json.dumps(value, default=str)):
+            continue
+        out[name] = value
+    return out
+
+
+def _metric_type(name: str) -> str:
+    """``ndcg@10`` -> ``ndcg_at_10`` (the metric ids MTEB results use on the Hub)."""
+    return re.sub(r"[^a-z0-9_]", "_", name.lower().replace("@", "_at_"))
+
+
+def _metric_name(name: str) -> str:
+    base, _, k = name.partition("@")
+    pretty = METRIC_NAMES.get(base.lower(), base)
+    return f"{pretty}@{k}" if k else pretty
+
+
+def to_eval_results(info: ModelCardInfo) -> list[Any]:
+    """``info.eval_results`` as ``huggingface_hub.EvalResult`` objects for the ``model-index``."""
+    from huggingface_hub import EvalResult
+
+    task_type = "text-ranking" if info.model_type == "cross-encoder" else "information-retrieval"
+    task_name = "Reranking" if info.model_type == "cross-encoder" else "Information Retrieval"
+    results = []
+    for entry in info.eval_results:
+        dataset = str(entry.get("dataset") or "eval")
+        for metric, value in entry.get("metrics", {}).items():
+            results.append(
+                EvalResult(
+                    task_type=task_type,
+                    task_name=task_name,
+                    dataset_type=str(entry.get("dataset_type") or dataset),
+                    dataset_name=dataset,
+                    dataset_split=entry.get("split"),
+                    metric_type=_metric_type(metric),
+                    metric_name=_metric_name(metric),
+                    metric_value=round(float(value), 6),
+                )
+            )
+    return results
+
+
+def _is_hub_id(name: str | None) -> bool:
+    if not name or Path(name).exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:.4g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}".rstrip("0").rstrip(".")
+    elif isinstance(value, dict | list):
+        text = json.dumps(value, default=str)
+    else:
+        text = "" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A Markdown table of ``rows`` (dicts) over ``columns`` (default: every key, in order of appearance)."""
+    if not rows:
+        return ""
+    if columns is None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(":---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _key_value_table(values: dict[str, Any], key: str = "name", value: str = "value") -> str:
+    return markdown_table([{key: f"`{k}`", value: v} for k, v in values.items()])
+
+
+def training_log_rows(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per logged step: epoch, step, training loss, learning rate and eval metrics of that step."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for entry in log_history:
+        step = entry.get("step")
+        if step is None or "train_runtime" in entry:
+            continue
+        row = by_step.setdefault(int(step), {"Step": int(step)})
+        if entry.get("epoch") is not None:
+            row["Epoch"] = round(float(entry["epoch"]), 4)
+        for key, value in entry.items():
+            if (
+                not isinstance(value, int | float)
+                or key in ("step", "epoch")
+                or key.endswith(("_runtime", "_per_second"))
+            ):
+                continue
+            column = "Training Loss" if key == "loss" else key
+            row[column] = value
+    rows = [by_step[s] for s in sorted(by_step)]
+    columns = list(dict.fromkeys(["Epoch", "Step", "Training Loss", *(k for r in rows for k in r)]))
+    return [{c: r.get(c) for c in columns if any(c in x for x in rows)} for r in rows]
+
+
+def _relabel_text(summary: dict[str, Any]) -> str:
+    judge = summary.get("judge") or {}
+    lines = []
+    name = judge.get("name") if isinstance(judge, dict) else judge
+    if name:
+        lines.append(f"Candidates were judged by `{name}`" + (":" if judge.get("config") else "."))
+        if isinstance(judge, dict) and judge.get("config"):
+            lines += ["", _key_value_table(judge["config"], "judge setting"), ""]
+    strategies = summary.get("strategies") or {}
+    chosen = summary.get("strategy")
+    if chosen and chosen in strategies:
+        strategies = {chosen: strategies[chosen]}
+    if strategies:
+        lines.append(f"Strateg{'y' if len(strategies) == 1 else 'ies'} and what changed in the training data:")
+        lines += ["", markdown_table([{"strategy": f"`{k}`", **v} for k, v in strategies.items()])]
+        changed = sum(int(v.get("labels_changed", 0)) for v in strategies.values())
+        lines += ["", f"Labels changed: **{changed}**."]
+    extra = {k: v for k, v in summary.items() if k in ("queries", "candidates_judged", "judged_pairs", "verdicts")}
+    if extra:
+        lines += ["", _key_value_table(extra, "relabeling run")]
+    return "\n".join(lines)
+
+
+def _noise_table(results: list[dict[str, Any]] | dict[str, Any]) -> str:
+    if isinstance(results, dict):
+        if all(isinstance(v, dict) for v in results.values()):
+            rows = [{"run": k, **v} for k, v in results.items()]
+        else:
+            rows = [results]
+    else:
+        rows = list(results)
+    flat = [{k: v for k, v in row.items() if not isinstance(v, dict | list)} for row in rows]
+    return markdown_table(flat)
+
+
+def _eval_table(info: ModelCardInfo) -> str:
+    rows = []
+    for entry in info.eval_results:
+        row = {"dataset": entry.get("dataset"), "split": entry.get("split")}
+        row.update({_metric_name(k): v for k, v in entry.get("metrics", {}).items()})
+        rows.append(row)
+    return markdown_table(rows)
+
+
+def _datasets_table(info: ModelCardInfo) -> str:
+    rows = []
+    for entry in info.datasets:
+        source = entry.get("id") or entry.get("path")
+        row = {
+            "dataset": f"[{source}](https://huggingface.co/datasets/{source})"
+            if _is_hub_id(entry.get("id"))
+            else source
+        }
+        row.update({k: v for k, v in entry.items() if k not in ("id", "path")})
+        rows.append(row)
+    return markdown_table(rows)
+
+
+def usage_snippets(info: ModelCardInfo) -> str:
+    """Code that loads the published model in ``sentence-transformers``, ``transformers`` and ``hf_robust_ir``."""
+    repo = info.repo_id or info.model_name
+    settings = info.model_settings
+    if info.model_type == "cross-encoder":
+        return (
+            "With `sentence-transformers`:\n\n```python\nfrom sentence_transformers import CrossEncoder\n\n"
+            f'model = CrossEncoder("{repo}")\n'
+            'scores = model.predict([("what is label noise?", "Label noise is ...")])\n```\n\n'
+            "With `transformers`:\n\n```python\nimport torch\n"
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
+            f'model = AutoModelForSequenceClassification.from_pretrained("{repo}")\n'
+            'pairs = tokenizer(["what is label noise?"], ["Label noise is ..."], padding=True, truncation=True, '
+            'return_tensors="pt")\nwith torch.no_grad():\n    scores = model(**pairs).logits.squeeze(-1)\n```\n\n'
+            "With `hf_robust_ir`:\n\n```python\nimport hf_robust_ir\n\n"
+            f'model = hf_robust_ir.from_pretrained("{repo}")\n'
+            'scores = model.predict([("what is label noise?", "Label noise is ...")])\n```'
+        )
+    pooling = settings.get("pooling", "mean")
+    normalize = settings.get("normalize", True)
+    q_prefix, d_prefix = settings.get("query_prefix", ""), settings.get("document_prefix", "")
+    if pooling == "cls":
+        pool_code = "    return hidden[:, 0]"
+    elif pooling == "lasttoken":
+        pool_code = (
+            "    last = mask.sum(1) - 1  # right padding\n    return hidden[torch.arange(hidden.shape[0]), last]"
+        )
+    else:
+        pool_code = (
+            "    mask = mask.unsqueeze(-1).to(hidden.dtype)\n"
+            "    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)"
+        )
+    norm_code = "    return torch.nn.functional.normalize(vectors, dim=-1)" if normalize else "    return vectors"
+    adapter_note = (
+        "\n\nThe repository holds a LoRA adapter; `transformers` and `sentence-transformers` load it on top of "
+        "its base model when `peft` is installed."
+        if info.adapter
+        else ""
+    )
+    return (
+        "With `sentence-transformers` (the query and document prefixes are saved as prompts):\n\n```python\n"
+        "from sentence_transformers import SentenceTransformer\n\n"
+        f'model = SentenceTransformer("{repo}")\n'
+        'queries = model.encode(["what is label noise?"], prompt_name="query")\n'
+        'documents = model.encode(["Label noise is ..."], prompt_name="document")\n'
+        "scores = model.similarity(queries, documents)\n```\n\n"
+        f"With `transformers` ({pooling} pooling{', L2-normalized' if normalize else ''}):\n\n```python\n"
+        "import torch\nfrom transformers import AutoModel, AutoTokenizer\n\n"
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\nmodel = AutoModel.from_pretrained("{repo}")\n\n\n'
+        "def pool(hidden, mask):\n" + pool_code + "\n\n\n"
+        "def embed(texts, prefix):\n"
+        '    batch = tokenizer([prefix + t for t in texts], padding=True, truncation=True, return_tensors="pt")\n'
+        "    with torch.no_grad():\n"
+        '        vectors = pool(model(**batch).last_hidden_state, batch["attention_mask"])\n' + norm_code + "\n\n\n"
+        f'queries = embed(["what is label noise?"], {q_prefix!r})\n'
+        f'documents = embed(["Label noise is ..."], {d_prefix!r})\n'
+        "scores = queries @ documents.T\n```\n\n"
+        "With `hf_robust_ir`:\n\n```python\nimport hf_robust_ir\n\n"
+        f'model = hf_robust_ir.from_pretrained("{repo}")\n'
+        'scores = model.encode_queries(["what is label noise?"]) @ model.encode_documents(["Label noise is ..."]).T\n'
+        "```" + adapter_note
+    )
+
+
+def _citations(info: ModelCardInfo) -> list[str]:
+    citations = list(info.citations)
+    if info.relabel_summary:
+        if info.relabel_summary.get("citation"):
+            citations.append(info.relabel_summary["citation"])
+        else:
+            names = [info.relabel_summary.get("strategy"), *(info.relabel_summary.get("strategies") or {})]
+            family = "arhn" if any(str(n).startswith("arhn") for n in names if n) else "rlhn"
+            citations.append(RELABEL_CITATIONS[family])
+    return list(dict.fromkeys(c.strip() for c in citations if c and c.strip()))
+
+
+def card_data(info: ModelCardInfo) -> Any:
+    """The card's metadata as ``huggingface_hub.ModelCardData`` (eval results become the ``model-index``)."""
+    from huggingface_hub import ModelCardData
+
+    cross = info.model_type == "cross-encoder"
+    tags = ["hf_robust_ir", "retrieval", "label-noise", "cross-encoder" if cross else "sentence-transformers"]
+    if info.loss and info.loss.get("name"):
+        tags.append(f"loss:{info.loss['name']}")
+    if info.adapter:
+        tags += ["peft", "lora"]
+    datasets = [d["id"] for d in info.datasets if _is_hub_id(d.get("id"))]
+    eval_results = to_eval_results(info)
+    return ModelCardData(
+        base_model=info.base_model if _is_hub_id(info.base_model) else None,
+        datasets=datasets or None,
+        language=info.language,
+        license=info.license,
+        library_name="sentence-transformers",
+        pipeline_tag="text-ranking" if cross else "sentence-similarity",
+        tags=tags + list(info.tags),
+        model_name=info.model_name,
+        eval_results=eval_results or None,
+    )
+
+
+def build_model_card(info: ModelCardInfo, template_path: str | os.PathLike | None = None) -> Any:
+    """Render the card (``huggingface_hub.ModelCard``) from ``model_cards/retriever_card.md``; validated offline."""
+    from huggingface_hub import ModelCard
+
+    loss = dict(info.loss or {})
+    loss_name = loss.pop("name", None)
+    summary = (
+        f"A {'reranker (cross-encoder)' if info.model_type == 'cross-encoder' else 'dense retriever (bi-encoder)'} "
+        f"fine-tuned with `hf_robust_ir`, which trains retrievers to "
+        f"stay good when their training labels are wrong" + (f", from `{info.base_model}`." if info.base_model else ".")
+    )
+    log_rows = training_log_rows(info.training_log)
+    card = ModelCard.from_template(
+        card_data(info),
+        template_path=str(template_path or TEMPLATE_PATH),
+        model_name=info.model_name,
+        summary=summary,
+        model_type=info.model_type,
+        base_model_text=f"`{info.base_model}`" if info.base_model else "not recorded",
+        adapter=json.dumps(info.adapter, default=str) if info.adapter else None,
+        model_settings={k: f"`{v!r}`" for k, v in info.model_settings.items()},
+        datasets_table=_datasets_table(info),
+        loss_name=loss_name,
+        loss_table=_key_value_table(loss, "setting") if loss else "",
+        loss_schedule_table=_key_value_table(info.loss_schedule, "setting") if info.loss_schedule else "",
+        relabel_text=_relabel_text(info.relabel_summary) if info.relabel_summary else "",
+        noise_table=_noise_table(info.noise_results) if info.noise_results else "",
+        hyperparameters_table=_key_value_table(info.hyperparameters, "hyperparameter") if info.hyperparameters else "",
+        eval_table=_eval_table(info),
+        training_log_table=markdown_table(log_rows),
+        usage=usage_snippets(info),
+        versions_table=_key_value_table(info.versions or library_versions(), "library", "version"),
+        citations=_citations(info),
+    )
+    card = ModelCard(_redact(str(card)))
+    validate_model_card(card)
+    return card
+
+
+def validate_model_card(card: Any) -> None:
+    """Check the card's metadata offline with ``huggingface_hub``'s own parsers; raise ``ValueError`` if invalid.
+
+    The YAML must parse, the ``model-index`` must round-trip to the same ``EvalResult`` list, ``base_model`` and
+    ``datasets`` must be Hub ids. (``ModelCard.validate`` asks the Hub, which ``push_to_hub`` reaches anyway.)"""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+
+    parsed = ModelCard(str(card))  # raises ValueError on invalid YAML or an unparsable model-index
+    data = parsed.data
+    if not data.to_dict():
+        raise ValueError("model card has no metadata block")
+    if data.eval_results:
+        index = eval_results_to_model_index(data.model_name, data.eval_results)
+        name, again = model_index_to_eval_results(index)
+        if name != data.model_name or [r.metric_value for r in again] != [r.metric_value for r in data.eval_results]:
+            raise ValueError("model-index does not round-trip through huggingface_hub's EvalResult")
+    for base in [data.base_model] if isinstance(data.base_model, str) else data.base_model or []:
+        validate_repo_id(base)
+    for dataset in [data.datasets] if isinstance(data.datasets, str) else data.datasets or []:
+        validate_repo_id(dataset)
+    if data.tags is not None and not all(isinstance(t, str) for t in data.tags):
+        raise ValueError("model card tags must be strings")
+
+
+def write_model_card(folder: str | os.PathLike, info: ModelCardInfo) -> Any:
+    """Render, validate and write ``README.md`` into ``folder``; returns the ``ModelCard``."""
+    card = build_model_card(info)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    card.save(Path(folder) / "README.md")
+    return card
+
+
+def model_card_info_from_model(model: Any, **fields: Any) -> ModelCardInfo:
+    """A :class:`ModelCardInfo` with the model's type, settings, base model and adapter filled in."""
+    from .modeling import CrossEncoder
+
+    config = getattr(model, "retrieval_config", None)
+    settings = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+    base_model = fields.pop("base_model", None) or settings.pop("base_model", None)
+    settings.pop("base_model", None)
+    info = ModelCardInfo(
+        model_type="cross-encoder" if isinstance(model, CrossEncoder) else "bi-encoder",
+        base_model=base_model,
+        model_settings=settings,
+        adapter=_adapter_config(model),
+        versions=library_versions(),
+    )
+    for name, value in fields.items():
+        setattr(info, name, value)
+    return info
+
+
+def _adapter_config(model: Any) -> dict[str, Any] | None:
+    encoder = getattr(model, "query_encoder", None) or getattr(model, "model", None)
+    peft_config = getattr(encoder, "peft_config", None)
+    if not peft_config:
+        return None
+    config = next(iter(peft_config.values()))
+    keep = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules")
+    return {
+        k: _plain(sorted(v) if isinstance(v, set) else v) for k in keep if (v := getattr(config, k, None)) is not None
+    }
+
+
+# ---------------------------------------------------------------------------------------------- push and download
+def _endpoint(endpoint: str | None) -> str | None:
+    """The Hub endpoint: the argument, else ``HF_ENDPOINT`` read now (``huggingface_hub`` reads it at import)."""
+    value = endpoint or os.environ.get("HF_ENDPOINT")
+    return value.rstrip("/") if value else None
+
+
+def push_to_hub(
+    model: Any,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload retriever with hf_robust_ir",
+    card: Any = None,
+    base_model: str | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+) -> str:
+    """Save ``model`` (safetensors; only the adapter for a LoRA model) and its card, and upload them to ``repo_id``.
+
+    ``card``: a ``ModelCard``, a :class:`ModelCardInfo`, a path to a ``README.md``, or None for a card built from
+    the model. ``base_model``: the Hub id of the base model (required for a LoRA model whose base is a local folder;
+    written into the adapter config and the card). ``token``: default ``HF_TOKEN`` or ``huggingface_hub``'s login;
+    a folder holding the token is never uploaded. Returns the commit URL.
+    """
+    from huggingface_hub import HfApi, ModelCard
+
+    validate_repo_id(repo_id)
+    is_adapter = _adapter_config(model) is not None
+    if base_model is not None:
+        validate_repo_id(base_model)
+    with tempfile.TemporaryDirectory(prefix="hf_robust_ir_push_") as tmp:
+        folder = Path(tmp)
+        model.save_pretrained(folder, safe_serialization=True)
+        if is_adapter:
+            base_model = _name_adapter_base(folder, base_model)
+        if isinstance(card, str | os.PathLike) and Path(card).is_file():
+            card = ModelCard.load(Path(card))
+        elif card is None or isinstance(card, ModelCardInfo):
+            info = card or model_card_info_from_model(model, model_name=repo_id.split("/")[-1])
+            info.repo_id, info.model_name = repo_id, info.model_name or repo_id.split("/")[-1]
+            if base_model:
+                info.base_model = base_model
+            card = build_model_card(info)
+        if is_adapter and base_model and card.data.base_model != base_model:
+            card.data.base_model = base_model
+        validate_model_card(card)
+        card.save(folder / "README.md")
+        leaked = find_token_in_folder(folder, token)
+        if leaked:
+            raise RuntimeError(f"refusing to upload: the Hub token appears in {[p.name for p in leaked]}")
+        api = HfApi(endpoint=_endpoint(endpoint), token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=commit_message,
+            revision=revision,
+            ignore_patterns=PICKLE_PATTERNS,
+        )
+    logger.info("Pushed %s to %s", "adapter" if is_adapter else "model", repo_id)
+    return str(getattr(info, "commit_url", info))
+
+
+def _name_adapter_base(folder: Path, base_model: str | None) -> str:
+    """Write ``base_model`` into every saved ``adapter_config.json`` (or check the one there is a Hub id)."""
+    for adapter_file in [folder / "adapter_config.json", *folder.glob("*/adapter_config.json")]:
+        if not adapter_file.is_file():
+            continue
+        config = json.loads(adapter_file.read_text())
+        named = base_model or config.get("base_model_name_or_path")
+        if not _is_hub_id(named):
+            raise ValueError(
+                f"a LoRA adapter is pushed with the Hub id of its base model; {named!r} is not one "
+                "(pass base_model='namespace/name')"
+            )
+        base_model = named
+        config["base_model_name_or_path"] = named
+        adapter_file.write_text(json.dumps(config, indent=2) + "\n")
+    robust_config = folder / CONFIG_NAME
+    if robust_config.is_file() and base_model:
+        settings = json.loads(robust_config.read_text())
+        settings["base_model"] = base_model
+        robust_config.write_text(json.dumps(settings, indent=2) + "\n")
+    assert base_model is not None
+    return base_model
+
+
+def download(
+    repo_id: str,
+    local_dir: str | os.PathLike | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> Path:
+    """Download a published model (configs, tokenizer, safetensors; no pickle files) and return its folder."""
+    from huggingface_hub import snapshot_download
+
+    validate_repo_id(repo_id)
+    if revision is not None and (".." in revision or revision.startswith("/") or "\\" in revision):
+        raise ValueError(f"invalid revision {revision!r}")
+    path = snapshot_download(
+        repo_id,
+        repo_type="model",
+        revision=revision,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        local_dir=str(local_dir) if local_dir else None,
+        token=token,
+        endpoint=_endpoint(endpoint),
+        ignore_patterns=PICKLE_PATTERNS,
+    )
+    folder = Path(path)
+    _check_folder_paths(folder)
+    return folder
+
+
+def from_pretrained(
+    repo_id_or_path: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
+    *,
+    token: str | None = None,
+    endpoint: str | None = None,
+    **overrides: Any,
+) -> Any:
+    """Load a BiEncoder or CrossEncoder from a local folder or a Hub repository (downloaded with :func:`download`).
+
+    The model kind, pooling, prefixes and normalization come from the saved ``hf_robust_ir_config.json`` (or the
+    sentence-transformers files); a LoRA repository's base model is downloaded the same way. ``trust_remote_code``
+    stays off unless set; weights load from safetensors only.
+    """
+    local = Path(repo_id_or_path)
+    if local.is_dir():
+        folder, from_hub = local, False
+    elif local.exists():
+        raise ValueError(f"{str(repo_id_or_path)!r} is a file; pass a model folder or a Hub repository id")
+    else:
+        try:
+            validate_repo_id(str(repo_id_or_path))
+        except ValueError as error:
+            raise ValueError(f"{str(repo_id_or_path)!r} is not a local folder, and {error}") from None
+        folder, from_hub = (
+            download(str(repo_id_or_path), revision=revision, cache_dir=cache_dir, token=token, endpoint=endpoint),
+            True,
+        )
+    model_class = _model_class(folder)
+    if model_class.__name__ == "BiEncoder":
+        base = _adapter_base(folder)
+        if base and from_hub and not Path(base).exists():
+            local_base = download(base, cache_dir=cache_dir, token=token, endpoint=endpoint)
+            model = model_class.from_pretrained(
+                folder, trust_remote_code=trust_remote_code, base_model=str(local_base), **overrides
+            )
+            model.retrieval_config.base_model = base
+            return model
+    return model_class.from_pretrained(folder, trust_remote_code=trust_remote_code, **overrides)
+
+
+def _adapter_base(folder: Path) -> str | None:
+    for adapter_file in [folder / "adapter_config.json", *folder.glob("*/adapter_config.json")]:
+        if adapter_file.is_file():
+            return json.loads(adapter_file.read_text()).get("base_model_name_or_path")
+    return None
+
+
+def _model_class(folder: Path) -> type:
+    """BiEncoder for a BiEncoder / sentence-transformers / encoder folder, CrossEncoder for a reranker folder."""
+    from .modeling import BiEncoder, CrossEncoder
+
+    if (folder / "modules.json").exists() or (folder / "query_encoder").is_dir():
+        return BiEncoder
+    if (folder / CONFIG_NAME).exists() and "max_length" in json.loads((folder / CONFIG_NAME).read_text()):
+        return CrossEncoder
+    config_file = folder / "config.json"
+    if config_file.exists():
+        architectures = json.loads(config_file.read_text()).get("architectures") or []
+        if any(a.endswith("ForSequenceClassification") for a in architectures):
+            return CrossEncoder
+    return BiEncoder

@@ -1,0 +1,106 @@
+"""Guide-model masking of likely false negatives during training (GISTEmbed, Solatorio 2024, arXiv 2402.16829)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import RetrievalLoss, get_loss, register_loss
+
+_FORWARDED = ("alpha", "confidence_enabled", "warmup_steps")  # scheduled attributes of the inner loss
+
+
+@register_loss("guide_masked")
+class GuideMaskedLoss(RetrievalLoss):
+    """Mask the candidates a guide model scores too close to the positive, then apply an inner loss.
+
+    With ``g[i, c]`` the guide's score (``q·d`` of its embeddings, cosine when it normalizes) and
+    ``p_i = max_{c: y_ic > 0} g[i, c]`` the best labeled positive of query ``i``, every non-positive candidate with
+
+    - ``margin_strategy="absolute"``: ``g[i, c] > p_i - margin``, or
+    - ``margin_strategy="relative"``: ``g[i, c] > p_i · (1 - margin)``
+
+    is masked out (``mask = 0``) before ``inner(scores, labels, mask', teacher)``: in-batch and hard negatives the
+    guide finds as relevant as the positive are likely false negatives and leave the softmax. ``margin=0`` is
+    GISTEmbed's rule; the rules are those of sentence-transformers' ``GISTEmbedLoss`` and of
+    :class:`~hf_robust_ir.relabel.judges.EmbeddingJudge`. Rows without a positive are left unchanged.
+
+    The trainer passes ``guide_scores[B, C]`` over the same candidates as ``scores`` (``needs_guide_scores``).
+    Scheduled attributes of the inner loss (``alpha``, ...) are read and set through this wrapper.
+    """
+
+    needs_guide_scores = True
+    citation = (
+        "@article{solatorio2024gistembed, title={GISTEmbed: Guided In-sample Selection of Training Negatives for Text "
+        "Embedding Fine-tuning}, author={Solatorio, Aivin V.}, journal={arXiv:2402.16829}, year={2024}}"
+    )
+
+    def __init__(
+        self,
+        inner: str | RetrievalLoss = "infonce",
+        inner_kwargs: dict[str, Any] | None = None,
+        margin: float = 0.0,
+        margin_strategy: str = "absolute",
+    ):
+        super().__init__()
+        if margin_strategy not in ("absolute", "relative"):
+            raise ValueError(f"margin_strategy must be 'absolute' or 'relative', got {margin_strategy!r}")
+        self.inner = get_loss(inner, **(inner_kwargs or {})) if isinstance(inner, str) else inner
+        self.margin = float(margin)
+        self.margin_strategy = margin_strategy
+        self.reset_stats()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _FORWARDED:
+            inner = self._modules.get("inner")
+            if inner is not None and hasattr(inner, name):
+                return getattr(inner, name)
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        inner = self.__dict__.get("_modules", {}).get("inner")
+        if name in _FORWARDED and inner is not None and hasattr(inner, name):
+            setattr(inner, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.registry_name,
+            "inner": self.inner.config(),
+            "margin": self.margin,
+            "margin_strategy": self.margin_strategy,
+        }
+
+    @torch.no_grad()
+    def guide_mask(self, guide_scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` with the candidates the guide ranks too close to the best positive switched off."""
+        guide = guide_scores.float()
+        positives = (labels > 0) & mask
+        best = torch.where(positives, guide, torch.full_like(guide, float("-inf"))).amax(-1, keepdim=True)
+        limit = best - self.margin if self.margin_strategy == "absolute" else best * (1 - self.margin)
+        too_close = (guide > limit) & ~positives & positives.any(-1, keepdim=True)
+        self._masked = self._masked + (too_close & mask).sum()  # tensors: no device sync per step
+        self._rows = self._rows + positives.any(-1).sum()
+        return mask & ~too_close
+
+    def forward(self, scores, labels, mask, teacher=None, guide_scores=None) -> torch.Tensor:
+        if guide_scores is None:
+            raise ValueError("GuideMaskedLoss needs guide_scores (set guide_model on the trainer)")
+        if guide_scores.shape != scores.shape:
+            raise ValueError(f"guide_scores {tuple(guide_scores.shape)} do not match scores {tuple(scores.shape)}")
+        return self.inner(scores, labels, self.guide_mask(guide_scores, labels, mask), teacher)
+
+    def reset_stats(self) -> None:
+        self._masked, self._rows = 0, 0
+        if hasattr(self.inner, "reset_stats"):
+            self.inner.reset_stats()
+
+    def stats(self) -> dict[str, float]:
+        """``guide_masked_per_query``: candidates masked per query with a positive since the last reset (plus the
+        inner loss's statistics)."""
+        values = dict(self.inner.stats()) if hasattr(self.inner, "stats") else {}
+        if int(self._rows):
+            values["guide_masked_per_query"] = float(self._masked) / float(self._rows)
+        return values

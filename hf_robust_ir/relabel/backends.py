@@ -1,0 +1,387 @@
+"""Chat backends for generative judges: a local Hugging Face causal LM, or an OpenAI-compatible HTTP server.
+
+A backend answers batches of chat conversations (lists of ``{"role", "content"}`` messages):
+
+- ``complete(batch, max_new_tokens) -> list[str | None]``: the greedy answer to each conversation;
+- ``yes_no_logprobs(batch) -> list[tuple[float, float] | None]``: ``(log P(yes), log P(no))`` of the answer's first
+  token, each a log-sum-exp over the token variants of the word (``yes``, `` yes``, ``Yes``, …).
+
+``None`` stands for an item that got no answer (a failed request); judges turn it into a no verdict.
+:class:`OpenAICompatibleBackend` never raises for one failed item.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, runtime_checkable
+
+from .prompts import Message, parse_yes_no
+
+logger = logging.getLogger(__name__)
+
+Conversation = Sequence[Message]
+YES_VARIANTS = ("yes", " yes", "Yes", " Yes", "YES", " YES")
+NO_VARIANTS = ("no", " no", "No", " No", "NO", " NO")
+
+
+def logsumexp(values: Sequence[float]) -> float:
+    finite = [v for v in values if v != -math.inf]
+    if not finite:
+        return -math.inf
+    top = max(finite)
+    return top + math.log(sum(math.exp(v - top) for v in finite))
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """What a generative judge needs from a language model."""
+
+    def complete(self, batch: Sequence[Conversation], max_new_tokens: int) -> list[str | None]: ...
+
+    def yes_no_logprobs(self, batch: Sequence[Conversation]) -> list[tuple[float, float] | None]: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+
+def render_plain(messages: Conversation) -> str:
+    """The fallback rendering for tokenizers without a chat template: ``System: …\\n\\nUser: …\\n\\nAssistant:``."""
+    parts = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n\n".join(parts) + "\n\nAssistant:"
+
+
+class HFCausalLMBackend:
+    """A ``transformers`` causal LM (``AutoModelForCausalLM``) as a chat backend.
+
+    Conversations are rendered with the tokenizer's chat template (with the generation prompt) when it has one, else
+    with :func:`render_plain`; batches are left-padded; decoding is greedy. ``yes_no_logprobs`` reads the
+    log-softmax of the next token after the prompt and log-sum-exps the single-token variants of ``yes`` / ``no``.
+    A model loaded from a path goes to the GPU when there is one (``device`` overrides); ``trust_remote_code`` is off
+    unless asked for; a prompt longer than ``max_prompt_tokens`` gets ``None`` (clip passages with the judges'
+    ``max_passage_chars`` instead).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        batch_size: int = 8,
+        max_prompt_tokens: int | None = None,
+        device: str | None = None,
+        torch_dtype: Any = None,
+        trust_remote_code: bool = False,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if isinstance(model, (str, os.PathLike)):
+            kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+            if torch_dtype is not None:
+                kwargs["dtype"] = torch_dtype
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(str(model), **kwargs)
+            if device is None:
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else None
+        elif tokenizer is None:
+            raise ValueError("pass the tokenizer together with a model object")
+        elif isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=trust_remote_code)
+        if device is not None:
+            model = model.to(device)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_size = batch_size
+        self.max_prompt_tokens = max_prompt_tokens
+        self.yes_ids = self._variant_ids(YES_VARIANTS)
+        self.no_ids = self._variant_ids(NO_VARIANTS)
+
+    def _variant_ids(self, variants: Sequence[str]) -> list[int]:
+        """Ids of the variants that are one token (``" yes"`` in BPE vocabularies, ``"yes"`` in WordPiece)."""
+        ids = []
+        for variant in variants:
+            encoded = self.tokenizer(variant, add_special_tokens=False)["input_ids"]
+            if len(encoded) == 1 and encoded[0] not in ids and encoded[0] != self.tokenizer.unk_token_id:
+                ids.append(encoded[0])
+        return ids
+
+    def render(self, messages: Conversation) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        bos = self.tokenizer.bos_token or ""
+        return bos + render_plain(messages)
+
+    def _batches(self, batch: Sequence[Conversation]):
+        """``(indices, left-padded inputs)`` per model batch, grouped by length; prompts longer than
+        ``max_prompt_tokens`` are left out (their answer is ``None``: a clipped prompt loses its instructions)."""
+        # the rendered text carries its own special tokens (chat template, or the BOS of the plain rendering)
+        ids = self.tokenizer([self.render(m) for m in batch], add_special_tokens=False)["input_ids"]
+        fits = [i for i, x in enumerate(ids) if self.max_prompt_tokens is None or len(x) <= self.max_prompt_tokens]
+        if len(fits) < len(ids):
+            logger.warning(
+                "%d prompt(s) longer than %d tokens get no answer", len(ids) - len(fits), self.max_prompt_tokens
+            )
+        fits.sort(key=lambda i: -len(ids[i]))
+        device = next(self.model.parameters()).device
+        for start in range(0, len(fits), self.batch_size):
+            index = fits[start : start + self.batch_size]
+            inputs = self.tokenizer.pad({"input_ids": [ids[i] for i in index]}, return_tensors="pt")
+            yield index, {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+
+    def complete(self, batch: Sequence[Conversation], max_new_tokens: int) -> list[str | None]:
+        import torch
+
+        out: list[str | None] = [None] * len(batch)
+        for index, inputs in self._batches(batch):
+            with torch.inference_mode():
+                generated = self.model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+            for i, text in zip(index, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                out[i] = text
+        return out
+
+    def yes_no_logprobs(self, batch: Sequence[Conversation]) -> list[tuple[float, float] | None]:
+        import torch
+
+        if not self.yes_ids or not self.no_ids:
+            raise ValueError("the tokenizer has no single-token 'yes' / 'no'; use a list prompt instead")
+        out: list[tuple[float, float] | None] = [None] * len(batch)
+        for index, inputs in self._batches(batch):
+            # left padding: the last position is real; positions count real tokens, so padding changes nothing
+            positions = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.model(**inputs, position_ids=positions).logits[:, -1, :].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            yes = torch.logsumexp(logprobs[:, self.yes_ids], dim=-1).tolist()
+            no = torch.logsumexp(logprobs[:, self.no_ids], dim=-1).tolist()
+            for i, y, n in zip(index, yes, no):
+                out[i] = (float(y), float(n))
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "backend": "hf_causal_lm",
+            "model": getattr(self.model.config, "_name_or_path", None) or type(self.model).__name__,
+            "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "decoding": "greedy",
+        }
+
+
+class RateLimiter:
+    """At most ``rate`` acquisitions per second, spaced evenly: each caller reserves the next free slot
+    (``slot_k = max(now, slot_{k-1} + 1/rate)``) and sleeps until it. Thread-safe; ``clock`` and ``sleep`` are
+    injectable for tests."""
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0, got {rate}")
+        self.interval = 1.0 / rate
+        self.clock, self.sleep = clock, sleep
+        self._next = -math.inf
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Wait for the next slot; returns the seconds waited."""
+        with self._lock:
+            now = self.clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        wait = slot - now
+        if wait > 0:
+            self.sleep(wait)
+        return wait
+
+
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+class OpenAICompatibleBackend:
+    """An OpenAI-compatible chat-completions server (vLLM, TGI, llama.cpp, Ollama, …) as a chat backend.
+
+    Each conversation is one ``POST {base_url}/chat/completions`` with ``temperature=0``. Requests run on a pool of
+    ``max_concurrency`` threads, at most ``requests_per_second`` started per second. A timeout, a connection error,
+    or a 408/409/425/429/5xx answer is retried up to ``max_retries`` times after
+    ``min(backoff_max, backoff_base * 2**attempt)`` seconds, jittered to a uniform draw in ``[d/2, d]`` (a
+    ``Retry-After`` header raises the wait, up to ``backoff_max``); any other failure, or the last retry's, gives
+    ``None`` for that item and a warning. ``yes_no_logprobs`` asks for ``logprobs`` with ``top_logprobs``; if the
+    server returns none, it parses the text answer strictly (``yes`` → ``(0, -inf)``).
+
+    The API key comes from ``api_key`` or the environment variable ``api_key_env``; it is sent only in the
+    ``Authorization`` header and appears in no log, repr or :meth:`config`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        requests_per_second: float | None = None,
+        max_concurrency: int = 4,
+        top_logprobs: int = 20,
+        extra_body: dict[str, Any] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int | None = None,
+    ):
+        import requests
+
+        self._requests = requests
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self._api_key = api_key if api_key is not None else os.environ.get(api_key_env)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self.requests_per_second = requests_per_second
+        self.max_concurrency = max(1, max_concurrency)
+        self.top_logprobs = top_logprobs
+        self.extra_body = dict(extra_body or {})
+        self.sleep = sleep
+        self.rate_limiter = RateLimiter(requests_per_second, clock, sleep) if requests_per_second else None
+        self._random = random.Random(seed)
+        self._local = threading.local()
+        self.requests_sent = 0
+        self._count_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r})"
+
+    # ---------------------------------------------------------------- HTTP
+    def _session(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self._requests.Session()
+        return session
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        delay = min(self.backoff_max, self.backoff_base * 2**attempt)
+        delay = delay / 2 + self._random.uniform(0, delay / 2)
+        if retry_after:
+            try:
+                delay = max(delay, min(self.backoff_max, float(retry_after)))
+            except ValueError:
+                pass
+        return delay
+
+    def _post(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """The JSON answer to one request, with retries; ``None`` after the last failure."""
+        url = f"{self.base_url}/chat/completions"
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        for attempt in range(self.max_retries + 1):
+            if self.rate_limiter is not None:
+                self.rate_limiter.acquire()
+            with self._count_lock:
+                self.requests_sent += 1
+            retry_after = None
+            try:
+                response = self._session().post(url, json=payload, headers=headers, timeout=self.timeout)
+            except (self._requests.Timeout, self._requests.ConnectionError) as error:
+                problem = f"{type(error).__name__}"
+            except self._requests.RequestException as error:
+                logger.warning("chat request to %s failed: %s", url, type(error).__name__)
+                return None
+            else:
+                if response.status_code == 200:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        logger.warning("chat request to %s: the answer is not JSON", url)
+                        return None
+                if response.status_code not in RETRY_STATUS:
+                    logger.warning("chat request to %s failed with HTTP %d (not retried)", url, response.status_code)
+                    return None
+                problem = f"HTTP {response.status_code}"
+                retry_after = response.headers.get("Retry-After")
+            if attempt == self.max_retries:
+                logger.warning("chat request to %s failed after %d attempts (%s)", url, attempt + 1, problem)
+                return None
+            self.sleep(self._backoff(attempt, retry_after))
+        return None
+
+    def _map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        if self.max_concurrency == 1 or len(items) <= 1:
+            return [function(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(items))) as pool:
+            return list(pool.map(function, items))
+
+    def _payload(self, messages: Conversation, max_new_tokens: int, **extra: Any) -> dict[str, Any]:
+        payload = {"model": self.model, "messages": list(messages), "max_tokens": max_new_tokens, "temperature": 0}
+        payload.update(self.extra_body)
+        payload.update(extra)
+        return payload
+
+    @staticmethod
+    def _content(answer: dict[str, Any] | None) -> str | None:
+        try:
+            content = answer["choices"][0]["message"]["content"]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            return None
+        return content if isinstance(content, str) else None
+
+    # ---------------------------------------------------------------- ChatBackend
+    def complete(self, batch: Sequence[Conversation], max_new_tokens: int) -> list[str | None]:
+        return self._map(lambda messages: self._content(self._post(self._payload(messages, max_new_tokens))), batch)
+
+    def _yes_no(self, messages: Conversation) -> tuple[float, float] | None:
+        answer = self._post(self._payload(messages, 1, logprobs=True, top_logprobs=self.top_logprobs))
+        if answer is None:
+            return None
+        try:
+            top = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            pairs = [(str(t["token"]), float(t["logprob"])) for t in top]
+        except (KeyError, IndexError, TypeError, ValueError):
+            pairs = []
+        if pairs:
+            yes = [lp for token, lp in pairs if token.strip().lower() == "yes"]
+            no = [lp for token, lp in pairs if token.strip().lower() == "no"]
+            if yes or no:
+                # a word missing from the top-k has at most the smallest listed log-probability
+                floor = min(lp for _, lp in pairs)
+                return (logsumexp(yes) if yes else floor, logsumexp(no) if no else floor)
+        said = parse_yes_no(self._content(answer))
+        if said is None:
+            return None
+        return (0.0, -math.inf) if said else (-math.inf, 0.0)
+
+    def yes_no_logprobs(self, batch: Sequence[Conversation]) -> list[tuple[float, float] | None]:
+        return self._map(self._yes_no, batch)
+
+    def config(self) -> dict[str, Any]:
+        """The model and decoding settings (not the URL, which may carry credentials, and never the key)."""
+        return {
+            "backend": "openai_compatible",
+            "model": self.model,
+            "decoding": "greedy",
+            "top_logprobs": self.top_logprobs,
+            "extra_body": self.extra_body,
+        }

@@ -1,0 +1,293 @@
+"""The relabeling run: judge every row's negatives once (through the cache), then apply each strategy.
+
+Rows are visited in dataset order, ``batch_size`` at a time. For each batch the cache is read first; the judge is
+called (one :meth:`~hf_robust_ir.relabel.base.Judge.judge_many`) only for the rows that still have uncached pairs,
+and its judgments are committed to the cache before the next batch. A pointwise judge receives only the uncached
+candidates; a list-wise judge (``judge.listwise = True``) always receives the whole candidate list, and all its
+judgments are stored. So a run that is killed and started again with the same cache judges no pair twice (except
+the batch in flight when it was killed) and writes the same datasets as an uninterrupted run.
+
+ARHN strategies need per-candidate marks ``"R"`` / ``"F"`` / ``None`` from a judge with
+``arhn_labels(query, positives, candidates)``; they are cached as judgments of the judge key + ``":arhn"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from tqdm.auto import tqdm
+
+from ..data.schema import DataFormatError
+from .base import Judge, Judgment, Verdict
+from .cache import JudgmentCache, doc_key, query_key
+from .strategies import RELEVANT, Mark, apply_strategy, default_sources, get_strategy
+
+logger = logging.getLogger(__name__)
+
+ARHN_KEY_SUFFIX = ":arhn"
+
+
+def mark_to_judgment(mark: Mark) -> Judgment:
+    """An ARHN mark as a cacheable judgment (the mark rides in the rationale)."""
+    return Judgment(Verdict.RELEVANT if mark else Verdict.NOT_RELEVANT, None, f"arhn:{mark or ''}")
+
+
+def judgment_to_mark(judgment: Judgment) -> Mark:
+    return judgment.rationale.removeprefix("arhn:") or None
+
+
+@dataclass
+class RelabelResult:
+    """One relabeled dataset per strategy, the per-candidate marks and a summary of the run."""
+
+    datasets: dict[str, datasets.Dataset]
+    summary: dict[str, Any]
+    judgments: list[list[Mark]] = field(default_factory=list, repr=False)
+    marks: list[list[Mark]] = field(default_factory=list, repr=False)
+
+    def save(self, output_dir: str | Path) -> None:
+        """Write ``<output_dir>/<strategy>/`` (``save_to_disk``), ``<output_dir>/<strategy>.jsonl`` and
+        ``<output_dir>/summary.json``."""
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, dataset in self.datasets.items():
+            dataset.save_to_disk(str(out / name))
+            write_jsonl(dataset, out / f"{name}.jsonl")
+        (out / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")
+
+
+def write_jsonl(dataset: datasets.Dataset, path: str | Path) -> None:
+    """One JSON object per row, columns in dataset order (deterministic bytes for identical rows)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for row in dataset.with_format(None):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+@dataclass
+class _Row:
+    index: int
+    query_id: str
+    query: str
+    positives: list[str]  # texts
+    candidates: list[int]  # indices into doc_ids of the judged negatives
+    texts: list[str]  # their texts
+    query_key: str
+    doc_keys: list[str]
+
+
+def _prepare(index: int, row: Mapping[str, Any], corpus: Mapping[str, str], max_candidates: int | None) -> _Row:
+    doc_ids, labels = row["doc_ids"], row["labels"]
+    if len(labels) != len(doc_ids):
+        raise DataFormatError("rows", index + 1, "labels", f"{len(labels)} labels for {len(doc_ids)} doc_ids")
+    missing = [d for d in doc_ids if d not in corpus]
+    if missing:
+        raise DataFormatError("rows", index + 1, "doc_ids", f"ids not in the corpus: {missing[:5]}")
+    positives = [(d, corpus[d]) for d, y in zip(doc_ids, labels) if y > 0]
+    candidates = [j for j, y in enumerate(labels) if y <= 0][:max_candidates]
+    texts = [corpus[doc_ids[j]] for j in candidates]
+    return _Row(
+        index,
+        row["query_id"],
+        row["query"],
+        [text for _, text in positives],
+        candidates,
+        texts,
+        query_key(row["query"], positives),
+        [doc_key(doc_ids[j], text) for j, text in zip(candidates, texts)],
+    )
+
+
+class _Counts:
+    def __init__(self):
+        self.cache_hits = self.judged_pairs = self.judge_calls = 0
+
+
+def _judge_batch(
+    batch: list[_Row], judge: Judge, judge_key: str, cache: JudgmentCache, counts: _Counts, listwise: bool
+) -> list[list[Judgment]]:
+    """Judgments for every candidate of the batch's rows: cached, or from one ``judge_many`` call (then cached)."""
+    cached = cache.get_many(judge_key, [(r.query_key, dk) for r in batch for dk in r.doc_keys])
+    counts.cache_hits += len(cached)
+    requests, owners = [], []
+    for r in batch:
+        todo = [k for k, dk in enumerate(r.doc_keys) if (r.query_key, dk) not in cached]
+        if todo:
+            todo = list(range(len(r.doc_keys))) if listwise else todo
+            requests.append((r.query, r.positives, [r.texts[k] for k in todo]))
+            owners.append((r, todo))
+    if requests:
+        answers = judge.judge_many(requests)
+        counts.judge_calls += 1
+        if len(answers) != len(requests):
+            raise ValueError(f"judge {judge.name!r} returned {len(answers)} judgment lists for {len(requests)} rows")
+        store = []
+        for (r, todo), judgments in zip(owners, answers):
+            if len(judgments) != len(todo):
+                raise ValueError(
+                    f"judge {judge.name!r} returned {len(judgments)} judgments for {len(todo)} candidates of query "
+                    f"{r.query_id!r}"
+                )
+            counts.judged_pairs += len(todo)
+            for k, judgment in zip(todo, judgments):
+                store.append((r.query_key, r.doc_keys[k], judgment))
+                cached.setdefault((r.query_key, r.doc_keys[k]), judgment)
+        cache.put_many(judge_key, store)
+    return [[cached[(r.query_key, dk)] for dk in r.doc_keys] for r in batch]
+
+
+def _mark_batch(
+    batch: list[_Row], judge: Any, mark_key: str, cache: JudgmentCache, counts: _Counts
+) -> list[list[Judgment]]:
+    """ARHN marks (as judgments) for every candidate: cached, or one ``arhn_labels`` call per uncached row."""
+    cached = cache.get_many(mark_key, [(r.query_key, dk) for r in batch for dk in r.doc_keys])
+    counts.cache_hits += len(cached)
+    for r in batch:
+        if all((r.query_key, dk) in cached for dk in r.doc_keys):
+            continue
+        marks = judge.arhn_labels(r.query, r.positives, r.texts)
+        counts.judge_calls += 1
+        counts.judged_pairs += len(r.texts)
+        if len(marks) != len(r.texts):
+            raise ValueError(f"arhn_labels returned {len(marks)} marks for {len(r.texts)} candidates")
+        store = [(r.query_key, dk, mark_to_judgment(m)) for dk, m in zip(r.doc_keys, marks)]
+        cache.put_many(mark_key, store)
+        for qk, dk, judgment in store:
+            cached.setdefault((qk, dk), judgment)
+    return [[cached[(r.query_key, dk)] for dk in r.doc_keys] for r in batch]
+
+
+def _spread(r: _Row, size: int, values: Sequence[Mark]) -> list[Mark]:
+    """Per-candidate marks over the whole row: ``None`` for positives and unjudged candidates."""
+    full: list[Mark] = [None] * size
+    for j, value in zip(r.candidates, values):
+        full[j] = value
+    return full
+
+
+def relabel(
+    rows: datasets.Dataset,
+    corpus: Mapping[str, str],
+    judge: Judge,
+    strategies: Sequence[str],
+    cache: JudgmentCache,
+    batch_size: int = 32,
+    max_candidates: int | None = None,
+    max_flagged: int | None = None,
+    show_progress_bar: bool = True,
+) -> RelabelResult:
+    """Judge the negatives of every row (cache first), then apply each strategy (:mod:`.strategies`).
+
+    Args:
+        rows: canonical rows; ``doc_ids`` point into ``corpus``.
+        corpus: document id -> text.
+        judge: any :class:`~hf_robust_ir.relabel.base.Judge`; ARHN strategies need ``arhn_labels`` too.
+        strategies: names from :data:`~hf_robust_ir.relabel.strategies.STRATEGIES`.
+        cache: the judgment cache; a rerun with the same cache calls the judge for nothing already cached.
+        batch_size: rows per ``judge_many`` call and per cache transaction.
+        max_candidates: judge at most the first N negatives of each row (the rest keep their labels).
+        max_flagged: drop queries with more flagged negatives than this, under every strategy (RLHN: 8).
+    """
+    chosen = [get_strategy(name) for name in strategies]
+    if not chosen:
+        raise ValueError("no relabeling strategy given")
+    needs_verdicts = any(not s.arhn for s in chosen)
+    needs_marks = any(s.arhn for s in chosen)
+    if needs_marks and not callable(getattr(judge, "arhn_labels", None)):
+        raise ValueError(f"ARHN strategies need a judge with arhn_labels(); {type(judge).__name__} has none")
+    judge_key = judge.cache_key()
+    listwise = bool(getattr(judge, "listwise", False))
+    counts = _Counts()
+    verdicts: list[list[Mark]] = []
+    marks: list[list[Mark]] = []
+    flags_by_source: Counter[str] = Counter()
+    verdict_counts: Counter[str] = Counter()
+    mark_counts: Counter[str] = Counter()
+    candidates = 0
+    wanted = ["query_id", "query", "doc_ids", "labels", "label_source"]
+    table = rows.with_format(None).select_columns([c for c in wanted if c in rows.column_names])
+    index = 0
+    desc = f"Relabeling with {judge.name}"
+    with tqdm(total=len(rows), desc=desc, unit="query", disable=not show_progress_bar) as bar:
+        for columns in table.iter(batch_size=batch_size):
+            raw = [{k: columns[k][i] for k in columns} for i in range(len(columns["query_id"]))]
+            batch = [_prepare(index + i, row, corpus, max_candidates) for i, row in enumerate(raw)]
+            index += len(batch)
+            batch_verdicts = _judge_batch(batch, judge, judge_key, cache, counts, listwise) if needs_verdicts else None
+            batch_marks = _mark_batch(batch, judge, judge_key + ARHN_KEY_SUFFIX, cache, counts) if needs_marks else None
+            for i, (r, row) in enumerate(zip(batch, raw)):
+                candidates += len(r.candidates)
+                sources = row.get("label_source") or default_sources(row["labels"])
+                size = len(row["doc_ids"])
+                if batch_verdicts is not None:
+                    values = [j.verdict.value for j in batch_verdicts[i]]
+                    verdict_counts.update(values)
+                    flags_by_source.update(sources[c] for c, v in zip(r.candidates, values) if v == RELEVANT)
+                    verdicts.append(_spread(r, size, values))
+                if batch_marks is not None:
+                    values = [judgment_to_mark(j) for j in batch_marks[i]]
+                    mark_counts.update(v for v in values if v)
+                    marks.append(_spread(r, size, values))
+            bar.update(len(batch))
+
+    out: dict[str, datasets.Dataset] = {}
+    per_strategy: dict[str, dict[str, int]] = {}
+    for strategy in chosen:
+        judged = marks if strategy.arhn else verdicts
+        out[strategy.name] = apply_strategy(rows, judged, strategy, judge=judge.name, max_flagged=max_flagged)
+        per_strategy[strategy.name] = _strategy_summary(rows, judged, strategy, max_flagged, out[strategy.name])
+
+    summary = {
+        "judge": {"name": judge.name, "cache_key": judge_key, "config": judge.config()},
+        "queries": len(rows),
+        "candidates_judged": candidates,
+        "cache_hits": counts.cache_hits,
+        "judged_pairs": counts.judged_pairs,
+        "judge_calls": counts.judge_calls,
+        "max_candidates": max_candidates,
+        "max_flagged": max_flagged,
+        "verdicts": dict(sorted(verdict_counts.items())),
+        "flags_per_judge": {judge.name: verdict_counts.get(RELEVANT, 0)},
+        "flags_per_label_source": dict(sorted(flags_by_source.items())),
+        "strategies": per_strategy,
+    }
+    if needs_marks:
+        summary["arhn_marks"] = dict(sorted(mark_counts.items()))
+    logger.info(
+        "Relabeled %d queries: %d candidates, %d cache hits, %d pairs judged in %d calls",
+        len(rows), candidates, counts.cache_hits, counts.judged_pairs, counts.judge_calls,
+    )  # fmt: skip
+    return RelabelResult(out, summary, verdicts, marks)
+
+
+def _strategy_summary(
+    rows: datasets.Dataset,
+    judged: list[list[Mark]],
+    strategy: Any,
+    max_flagged: int | None,
+    result: datasets.Dataset,
+) -> dict[str, int]:
+    flagged = queries_flagged = labels_changed = removed = dropped = 0
+    for labels, row_marks in zip(rows.with_format(None)["labels"], judged):
+        hits = strategy.flagged({"labels": labels, "judgments": row_marks})
+        flagged += len(hits)
+        queries_flagged += bool(hits)
+        if (strategy.drop_query and hits) or (max_flagged is not None and len(hits) > max_flagged):
+            dropped += 1
+            continue
+        labels_changed += sum(row_marks[j] in strategy.promote for j in hits)
+        removed += sum(row_marks[j] in strategy.drop for j in hits)
+    return {
+        "flagged": flagged,
+        "queries_flagged": queries_flagged,
+        "queries_dropped": dropped,
+        "labels_changed": labels_changed,
+        "candidates_removed": removed,
+        "rows": len(result),
+    }

@@ -1,0 +1,124 @@
+"""`hf-robust-ir relabel`: recipe parsing and errors, outputs, the embedding judge end to end, push_to_hub."""
+
+import json
+
+import datasets
+import pytest
+
+from hf_robust_ir.cli import main
+from hf_robust_ir.commands.relabel import parse_recipe
+from hf_robust_ir.data.schema import DataFormatError
+
+CORPUS = {
+    "p0": "the capital of france is paris",
+    "n0": "paris is the capital city of france",
+    "n1": "bananas are yellow fruit",
+    "p1": "water boils at one hundred degrees",
+    "n2": "at sea level water boils at 100 degrees celsius",
+    "n3": "the moon orbits the earth",
+}
+
+
+def _beir(tmp_path):
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in CORPUS.items())
+    )
+    (folder / "queries.jsonl").write_text(
+        json.dumps({"_id": "q0", "text": "what is the capital of france"})
+        + "\n"
+        + json.dumps({"_id": "q1", "text": "at what temperature does water boil"})
+        + "\n"
+    )
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\tp0\t1\nq0\tn1\t0\nq1\tp1\t1\n")
+    return folder
+
+
+def _recipe(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_recipe_errors_name_file_line_and_field(tmp_path):
+    path = _recipe(tmp_path, "output_dir: out\nstrategies: [rlhn]\nmax_flagged: many\n")
+    with pytest.raises(DataFormatError) as err:
+        parse_recipe(str(path), [])
+    assert err.value.line == 3 and err.value.field == "max_flagged" and str(path) in str(err.value)
+    with pytest.raises(DataFormatError, match="line 2, field 'strategie'"):
+        parse_recipe(str(_recipe(tmp_path, "output_dir: out\nstrategie: [rlhn]\n")), [])
+    with pytest.raises(DataFormatError, match="unknown relabeling strategy"):
+        parse_recipe(str(_recipe(tmp_path, "output_dir: out\nstrategies: [relabel_all]\n")), [])
+    with pytest.raises(DataFormatError, match="hub_repo_id"):
+        parse_recipe(str(_recipe(tmp_path, "output_dir: out\npush_to_hub: true\n")), [])
+    args = parse_recipe(str(_recipe(tmp_path, "output_dir: out\n")), ["--max_flagged", "null", "--batch_size", "4"])
+    assert args.max_flagged is None and args.batch_size == 4 and args.strategies == ["rlhn", "hn_remove", "remove"]
+
+
+def test_cli_reports_bad_rows_with_line_and_field(tmp_path, capsys):
+    beir = _beir(tmp_path)
+    rows = tmp_path / "rows.jsonl"
+    good = {"query_id": "q0", "query": "x", "doc_ids": ["p0", "n0"], "labels": [1, 0]}
+    bad = {"query_id": "q1", "query": "y", "doc_ids": ["p1", "missing"], "labels": [1, 0]}
+    rows.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    recipe = _recipe(
+        tmp_path, f"output_dir: {tmp_path / 'out'}\nrows: {rows}\ndata_dir: {beir}\njudge: {{type: embedding}}\n"
+    )
+    assert main(["relabel", "--config", str(recipe)]) == 2
+    assert "line 2, field 'doc_ids'" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def embedding_judge_available():
+    pytest.importorskip("hf_robust_ir.relabel.judges")
+
+
+def test_relabel_with_the_embedding_judge(tmp_path, capsys, tiny_model_path, embedding_judge_available, monkeypatch):
+    beir = _beir(tmp_path)
+    out = tmp_path / "out"
+    recipe = _recipe(
+        tmp_path,
+        f"judge:\n  type: embedding\n  model: {tiny_model_path}\n  margin: 1.0\n"
+        f"strategies: [rlhn, hn_remove, remove]\nmax_flagged: 8\n"
+        f"data_dir: {beir}\nmining_model: {tiny_model_path}\nnum_negatives: 2\nmining_range_max: 3\n"
+        f"output_dir: {out}\nshow_progress_bar: false\n",
+    )
+    assert main(["relabel", "--config", str(recipe)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["queries"] == 2 and summary["judge"]["name"] == "embedding"
+    assert summary["candidates_judged"] == summary["judged_pairs"] > 0
+    assert set(summary["strategies"]) == {"rlhn", "hn_remove", "remove"}
+    assert json.loads((out / "summary.json").read_text())["strategies"] == summary["strategies"]
+    assert (out / "judgments.sqlite").exists()
+    for name in ("rlhn", "hn_remove", "remove"):
+        on_disk = datasets.load_from_disk(str(out / name)).to_list()
+        assert on_disk == [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+    # the rows load back as training data
+    from hf_robust_ir.data import load_training_data
+
+    assert len(load_training_data(out / "rlhn.jsonl", corpus=CORPUS).rows) == summary["strategies"]["rlhn"]["rows"]
+
+    # rerun: everything from the cache; push_to_hub goes through datasets / huggingface_hub (mocked here)
+    pushed, uploaded = [], []
+    monkeypatch.setattr(datasets.Dataset, "push_to_hub", lambda self, repo, **kw: pushed.append((repo, kw)))
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, **kw: uploaded.append(kw))
+    overrides = ["--push_to_hub", "true", "--hub_repo_id", "me/relabeled"]
+    assert main(["relabel", "--config", str(recipe), *overrides]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["judge_calls"] == 0 and summary["cache_hits"] == summary["candidates_judged"]
+    assert [(repo, kw["config_name"], kw["private"]) for repo, kw in pushed] == [
+        ("me/relabeled", name, True) for name in ("rlhn", "hn_remove", "remove")
+    ]
+    assert uploaded[0]["repo_id"] == "me/relabeled" and uploaded[0]["repo_type"] == "dataset"
+
+
+def test_recipe_in_the_repository_parses(tmp_path):
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "relabel_rlhn_embedding.yaml"
+    args = parse_recipe(str(recipe), ["--output_dir", str(tmp_path)])
+    assert args.judge["type"] == "embedding"
+    assert args.strategies == ["rlhn", "hn_remove", "remove"] and args.max_flagged == 8

@@ -1,0 +1,112 @@
+"""GuideMaskedLoss: the GISTEmbed mask worked by hand, the inner loss on the masked matrix, the trainer guide path."""
+
+import datasets
+import pytest
+import torch
+
+from hf_robust_ir.data.schema import ROW_FEATURES
+from hf_robust_ir.losses import GuideMaskedLoss, InfoNCELoss, LabelWeakeningLoss, get_loss
+from hf_robust_ir.modeling import BiEncoder
+from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
+
+LABELS = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+MASK = torch.tensor([[True, True, True, True], [True, True, True, False], [True, True, True, True]])
+GUIDE = torch.tensor([[0.80, 0.85, 0.78, 0.10], [0.90, 0.50, 0.70, 0.95], [0.9, 0.9, 0.9, 0.9]])
+
+
+def test_absolute_margin_mask_by_hand():
+    loss = GuideMaskedLoss(margin=0.05)
+    # row 0: positive 0.80, limit 0.75 -> 0.85 and 0.78 masked; row 1: best positive 0.70, limit 0.65 -> 0.90 masked
+    # (0.95 was already masked); row 2: no positive, unchanged
+    expected = torch.tensor([[True, False, False, True], [False, True, True, False], [True, True, True, True]])
+    assert torch.equal(loss.guide_mask(GUIDE, LABELS, MASK), expected)
+    assert loss.stats() == {"guide_masked_per_query": 3 / 2}
+
+
+def test_relative_and_zero_margin():
+    relative = GuideMaskedLoss(margin=0.1, margin_strategy="relative")  # row 0 limit 0.72, row 1 limit 0.63
+    expected = torch.tensor([[True, False, False, True], [False, True, True, False], [True, True, True, True]])
+    assert torch.equal(relative.guide_mask(GUIDE, LABELS, MASK), expected)
+    strict = GuideMaskedLoss(margin=0.0)  # only candidates strictly above the best positive
+    expected = torch.tensor([[True, False, True, True], [False, True, True, False], [True, True, True, True]])
+    assert torch.equal(strict.guide_mask(GUIDE, LABELS, MASK), expected)
+    with pytest.raises(ValueError, match="margin_strategy"):
+        GuideMaskedLoss(margin_strategy="percent")
+
+
+def test_forward_is_the_inner_loss_on_the_masked_matrix():
+    scores = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.3, 1.5, 0.2, 0.0], [0.1, 0.2, 0.3, 0.4]], requires_grad=True)
+    loss = get_loss("guide_masked", inner="infonce", margin=0.05)
+    value = loss(scores, LABELS, MASK, guide_scores=GUIDE)
+    # by hand: row 0 softmax over {2.0, -1.0}; row 1 over {1.5, 0.2} with target (2/3, 1/3)
+    row0 = -torch.log_softmax(torch.tensor([2.0, -1.0]), 0)[0]
+    logp = torch.log_softmax(torch.tensor([1.5, 0.2]), 0)
+    row1 = -(2 / 3 * logp[0] + 1 / 3 * logp[1])
+    torch.testing.assert_close(value, (row0 + row1) / 2)
+    value.backward()
+    assert scores.grad[0, 1] == 0 and scores.grad[1, 0] == 0
+    with pytest.raises(ValueError, match="guide_scores"):
+        loss(scores, LABELS, MASK)
+
+
+def test_config_citation_and_scheduled_attributes_of_the_inner_loss():
+    loss = GuideMaskedLoss(inner=InfoNCELoss(), margin=0.1, margin_strategy="relative")
+    assert loss.config() == {"name": "guide_masked", "inner": {"name": "infonce"}, "margin": 0.1,
+                             "margin_strategy": "relative"}  # fmt: skip
+    assert "2402.16829" in loss.citation
+    assert not hasattr(loss, "alpha")
+    weakened = GuideMaskedLoss(inner="label_weakening")
+    assert isinstance(weakened.inner, LabelWeakeningLoss)
+    weakened.alpha = 0.3
+    assert weakened.inner.alpha == 0.3 and weakened.alpha == 0.3
+
+
+CORPUS = {f"d{i}": f"document number {i} about topic {i % 5}" for i in range(20)}
+
+
+def _rows(n=4):
+    rows = []
+    for i in range(n):
+        doc_ids = [f"d{i}", f"d{(i + 5) % 20}", f"d{(i + 10) % 20}"]
+        rows.append({"query_id": f"q{i}", "query": f"topic {i % 5} question {i}", "doc_ids": doc_ids,
+                     "labels": [1.0, 0.0, 0.0], "teacher_scores": [], "label_source": ["qrels"] * 3})  # fmt: skip
+    return datasets.Dataset.from_list(rows, features=ROW_FEATURES)
+
+
+class _Recording(GuideMaskedLoss):
+    def forward(self, scores, labels, mask, teacher=None, guide_scores=None):
+        self.seen = (scores.detach().clone(), labels.clone(), mask.clone(), guide_scores.clone())
+        return super().forward(scores, labels, mask, teacher, guide_scores)
+
+
+def test_trainer_passes_guide_scores_and_masks(tmp_path, no_dropout_model_path):
+    args = RetrievalTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, learning_rate=0.0, save_strategy="no",
+        report_to=[], group_size=3, use_cpu=True, disable_tqdm=True, guide_model=no_dropout_model_path, logging_steps=1,
+    )  # fmt: skip
+    model = BiEncoder.from_pretrained(no_dropout_model_path)
+    loss = _Recording(margin=0.0)
+    trainer = RetrievalTrainer(model, args, train_dataset=_rows(), corpus=CORPUS, loss=loss)
+    assert all(not p.requires_grad for p in trainer.guide_model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    trainer.train()
+    scores, labels, mask, guide = loss.seen
+    assert guide.shape == scores.shape
+    # the guide is the same weights in eval mode (no dropout here): its q·d is the model's score times τ
+    torch.testing.assert_close(guide, scores * model.retrieval_config.temperature, atol=1e-4, rtol=1e-4)
+    expected = loss.guide_mask(guide, labels, mask)
+    best = torch.where(labels > 0, guide, torch.full_like(guide, -1e9)).amax(-1, keepdim=True)
+    assert torch.equal(expected, mask & ((labels > 0) | (guide <= best)))
+    assert trainer.guide_model.training is False
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    masked = int((mask & ~expected).sum())
+    assert logged[0]["guide_masked_per_query"] == pytest.approx(masked / int((labels > 0).any(-1).sum()))
+
+
+def test_trainer_needs_a_guide_for_a_guided_loss(tmp_path, no_dropout_model_path):
+    args = RetrievalTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], loss="guide_masked")
+    model = BiEncoder.from_pretrained(no_dropout_model_path)
+    with pytest.raises(ValueError, match="guide model"):
+        RetrievalTrainer(model, args, train_dataset=_rows(), corpus=CORPUS)
+    with pytest.raises(ValueError, match="separate copy"):
+        RetrievalTrainer(model, args, train_dataset=_rows(), corpus=CORPUS, guide_model=model)

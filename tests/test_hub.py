@@ -1,0 +1,299 @@
+"""Push and download through huggingface_hub's own client against a local Hub-compatible server (tests/hub_server.py).
+
+Nothing in the library is mocked: ``HF_ENDPOINT`` points at the local server and offline mode is turned off for
+these tests only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import uuid
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from hub_server import LocalHub
+
+import hf_robust_ir
+from hf_robust_ir import hub
+from hf_robust_ir.callbacks import ModelCardCallback
+from hf_robust_ir.data.schema import ROW_FEATURES
+from hf_robust_ir.modeling import BiEncoder
+
+QUERIES = ["what is label noise?", "dense retrieval with wrong labels"]
+DOCUMENTS = ["Label noise is a wrong label.", "A retriever embeds queries and documents.", "Unrelated text."]
+
+
+@pytest.fixture()
+def local_hub(tmp_path, monkeypatch):
+    """A running local Hub; HF_ENDPOINT points at it, offline mode is off, the cache and token are the test's own."""
+    from huggingface_hub import constants
+
+    with LocalHub(tmp_path / "hub_storage") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+        monkeypatch.setenv("HF_TOKEN", f"hf_test{uuid.uuid4().hex}")
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        yield server
+
+
+def _retriever(path, **overrides):
+    settings = dict(pooling="cls", normalize=False, query_prefix="query: ", document_prefix="passage: ")
+    settings.update(overrides)
+    return BiEncoder.from_pretrained(path, **settings)
+
+
+def _same_embeddings(a, b):
+    np.testing.assert_allclose(a.encode_queries(QUERIES), b.encode_queries(QUERIES), atol=1e-5)
+    np.testing.assert_allclose(a.encode_documents(DOCUMENTS), b.encode_documents(DOCUMENTS), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- ids and paths
+@pytest.mark.parametrize("repo_id", ["org/name", "name", "Org-1/model_v2.0"])
+def test_valid_repo_ids(repo_id):
+    assert hub.validate_repo_id(repo_id) == repo_id
+
+
+@pytest.mark.parametrize(
+    "repo_id, reason",
+    [
+        ("../name", ".."),
+        ("org/..", ".."),
+        ("org/../../etc", ".."),
+        ("/abs/path", "absolute"),
+        ("~/models", "absolute"),
+        ("org\\name", "backslash"),
+        ("org//name", "more than one"),
+        ("org/", "empty part"),
+        ("a/b/c", "more than one"),
+        ("", "expected"),
+        ("org/na me", "letters"),
+    ],
+)
+def test_escaping_repo_ids_are_rejected(repo_id, reason):
+    with pytest.raises(ValueError, match="invalid repository id") as error:
+        hub.validate_repo_id(repo_id)
+    assert reason in str(error.value)
+
+
+def test_paths_inside_a_repository_cannot_leave_it(tmp_path):
+    assert hub.safe_subpath(tmp_path, "1_Pooling") == tmp_path / "1_Pooling"
+    for bad in ["../x", "a/../../x", "/etc/passwd", "C:/x", "a\\b", ""]:
+        with pytest.raises(ValueError, match="would leave the folder"):
+            hub.safe_subpath(tmp_path, bad)
+
+
+def test_bad_ids_fail_before_any_request(tiny_model_path):
+    model = BiEncoder.from_pretrained(tiny_model_path)
+    with pytest.raises(ValueError, match="invalid repository id"):
+        hub.push_to_hub(model, "../escape")
+    with pytest.raises(ValueError, match="invalid repository id"):
+        hf_robust_ir.from_pretrained("org/../../escape")
+    with pytest.raises(ValueError, match="invalid repository id"):
+        hub.download("a/b/c", "somewhere")
+
+
+def test_safe_defaults():
+    assert inspect.signature(hub.from_pretrained).parameters["trust_remote_code"].default is False
+    assert inspect.signature(BiEncoder.from_pretrained).parameters["trust_remote_code"].default is False
+    assert "*.bin" in hub.PICKLE_PATTERNS and "*.pkl" in hub.PICKLE_PATTERNS
+
+
+# ---------------------------------------------------------------------------------------------- push and download
+def test_push_and_from_pretrained_give_the_same_retriever(tmp_path, tiny_model_path, local_hub):
+    from huggingface_hub import ModelCard, snapshot_download
+
+    model = _retriever(tiny_model_path)
+    url = hub.push_to_hub(model, "org/tiny-retriever")
+    assert "org/tiny-retriever" in url
+    stored = local_hub.state.storage / "org" / "tiny-retriever"
+    names = {p.relative_to(stored).as_posix() for p in stored.rglob("*") if p.is_file()}
+    assert {"README.md", "model.safetensors", "hf_robust_ir_config.json", "modules.json"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+
+    folder = snapshot_download("org/tiny-retriever", cache_dir=str(tmp_path / "plain"), endpoint=local_hub.url)
+    card = ModelCard.load(f"{folder}/README.md")
+    assert card.data.library_name == "sentence-transformers" and "hf_robust_ir" in card.data.tags
+
+    loaded = hf_robust_ir.from_pretrained("org/tiny-retriever")
+    config = loaded.retrieval_config
+    assert (config.pooling, config.normalize, config.query_prefix, config.document_prefix) == (
+        "cls",
+        False,
+        "query: ",
+        "passage: ",
+    )
+    _same_embeddings(model, loaded)
+
+    # a second push of the same repository is a new commit
+    hub.push_to_hub(model, "org/tiny-retriever", commit_message="again")
+    assert len(local_hub.state.repos["org/tiny-retriever"]["commits"]) == 3
+
+
+def test_download_command_and_no_pickles(tmp_path, tiny_model_path, local_hub):
+    from huggingface_hub import HfApi
+
+    from hf_robust_ir.commands import download as command
+
+    model = _retriever(tiny_model_path)
+    hub.push_to_hub(model, "org/with-pickle")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    torch.save({"weights": torch.zeros(2)}, extra / "pytorch_model.bin")
+    HfApi(endpoint=local_hub.url).upload_folder(folder_path=str(extra), repo_id="org/with-pickle")
+    assert (local_hub.state.storage / "org" / "with-pickle" / "pytorch_model.bin").exists()
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["org/with-pickle", "--local_dir", str(tmp_path / "local")])
+    assert command.run(args) == 0
+    files = {p.name for p in (tmp_path / "local").rglob("*") if p.is_file()}
+    assert "model.safetensors" in files and "pytorch_model.bin" not in files
+    _same_embeddings(model, hf_robust_ir.from_pretrained(tmp_path / "local"))
+
+    args = parser.parse_args(["../escape", "--local_dir", str(tmp_path / "x")])
+    assert command.run(args) == 2
+
+
+def test_lora_pushes_only_the_adapter_with_its_base_model_named(tmp_path, tiny_model_path, local_hub):
+    from huggingface_hub import ModelCard
+    from peft import LoraConfig
+
+    base = _retriever(tiny_model_path)
+    hub.push_to_hub(base, "org/tiny-base")
+    model = _retriever(tiny_model_path).add_lora(LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)  # a trained adapter, not the identity
+
+    with pytest.raises(ValueError, match="Hub id of its base model"):
+        hub.push_to_hub(model, "org/tiny-lora")  # the base is a local folder: name it
+    hub.push_to_hub(model, "org/tiny-lora", base_model="org/tiny-base")
+
+    stored = local_hub.state.storage / "org" / "tiny-lora"
+    names = {p.name for p in stored.rglob("*") if p.is_file()}
+    assert "adapter_model.safetensors" in names and "model.safetensors" not in names
+    assert json.loads((stored / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/tiny-base"
+    card = ModelCard.load(stored / "README.md")
+    assert card.data.base_model == "org/tiny-base"
+    assert {"peft", "lora"} <= set(card.data.tags)
+
+    loaded = hf_robust_ir.from_pretrained("org/tiny-lora")
+    assert loaded.retrieval_config.base_model == "org/tiny-base"
+    _same_embeddings(model, loaded)
+    assert not np.allclose(base.encode_queries(QUERIES), loaded.encode_queries(QUERIES), atol=1e-3)
+
+
+def test_downloaded_configs_that_point_outside_are_rejected(tmp_path, tiny_model_path, local_hub):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=local_hub.url)
+    folder = tmp_path / "evil"
+    _retriever(tiny_model_path).save_pretrained(folder)
+    modules = json.loads((folder / "modules.json").read_text())
+    modules[1]["path"] = "../../../outside"
+    (folder / "modules.json").write_text(json.dumps(modules))
+    api.create_repo("org/evil")
+    api.upload_folder(folder_path=str(folder), repo_id="org/evil")
+    with pytest.raises(ValueError, match="would leave the folder"):
+        hf_robust_ir.from_pretrained("org/evil")
+
+    adapter = tmp_path / "evil-adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path)}))
+    api.create_repo("org/evil-adapter")
+    api.upload_folder(folder_path=str(adapter), repo_id="org/evil-adapter")
+    with pytest.raises(ValueError, match="invalid repository id"):
+        hf_robust_ir.from_pretrained("org/evil-adapter")
+
+
+# ---------------------------------------------------------------------------------------------- tokens
+CORPUS = {f"d{i}": f"document number {i} about topic {i % 5}" for i in range(24)}
+
+
+def _rows(n=8):
+    rows = [
+        {
+            "query_id": f"q{i}",
+            "query": f"topic {i % 5} question {i}",
+            "doc_ids": [f"d{i}", f"d{(i + 7) % 24}", f"d{(i + 13) % 24}"],
+            "labels": [1.0, 0.0, 0.0],
+            "teacher_scores": [],
+            "label_source": ["qrels"] * 3,
+        }
+        for i in range(n)
+    ]
+    return datasets.Dataset.from_list(rows, features=ROW_FEATURES)
+
+
+def test_the_hub_token_never_reaches_logs_cards_configs_or_checkpoints(
+    tmp_path, tiny_model_path, local_hub, monkeypatch, caplog, capsys
+):
+    from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
+
+    planted = f"hf_planted{uuid.uuid4().hex}"
+    monkeypatch.setenv("HF_TOKEN", planted)
+    caplog.set_level(logging.DEBUG)
+    output_dir = tmp_path / "run"
+    args = RetrievalTrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        logging_steps=1,
+        save_steps=1,
+        save_strategy="steps",
+        eval_strategy="steps",
+        eval_steps=2,
+        report_to=[],
+        group_size=3,
+        use_cpu=True,
+        disable_tqdm=True,
+        hub_token=planted,
+        hub_model_id="org/trained",
+        learning_rate=1e-3,
+    )
+    model = _retriever(tiny_model_path)
+    trainer = RetrievalTrainer(
+        model, args, train_dataset=_rows(), corpus=CORPUS, evaluator=lambda m: {"ndcg@10": 0.5, "recall@100": 0.75}
+    )
+    trainer.add_callback(
+        ModelCardCallback(
+            loss=trainer.loss,
+            base_model=tiny_model_path,
+            train_dataset_info={"path": "synthetic rows", "split": "train", "corpus_size": len(CORPUS)},
+            eval_dataset_info={"dataset": "synthetic", "split": "test"},
+            repo_id="org/trained",
+        )
+    )
+    trainer.train()
+    trainer.save_model()
+    assert (output_dir / "README.md").exists() and (output_dir / "checkpoint-1" / "README.md").exists()
+    hub.push_to_hub(model, "org/trained", card=output_dir / "README.md")
+
+    # the token was used (sent to the server in memory) ...
+    assert any(planted in header for header in local_hub.state.auth_headers)
+    # ... and written nowhere
+    searched = [p for root in (output_dir, local_hub.state.storage) for p in root.rglob("*") if p.is_file()]
+    assert len(searched) > 10
+    assert [p for p in searched if planted.encode() in p.read_bytes()] == []
+    captured = capsys.readouterr()
+    assert planted not in captured.out + captured.err + caplog.text
+    card = (output_dir / "README.md").read_text()
+    assert "hub_token" not in card and "learning_rate" in card
+
+
+def test_a_folder_holding_the_token_is_not_uploaded(tmp_path, tiny_model_path, local_hub, monkeypatch):
+    planted = f"hf_planted{uuid.uuid4().hex}"
+    monkeypatch.setenv("HF_TOKEN", planted)
+    model = _retriever(tiny_model_path, query_prefix=planted)  # a token pasted in the wrong place
+    with pytest.raises(RuntimeError, match="refusing to upload"):
+        hub.push_to_hub(model, "org/leaky")
+    assert "org/leaky" not in local_hub.state.repos

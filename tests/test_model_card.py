@@ -1,0 +1,278 @@
+"""Model cards: sections, model-index metadata read back by huggingface_hub, training log, citations, validation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import datasets
+import numpy as np
+import pytest
+
+from hf_robust_ir import hub
+from hf_robust_ir.callbacks import ModelCardCallback
+from hf_robust_ir.data.schema import ROW_FEATURES
+from hf_robust_ir.losses import get_loss
+from hf_robust_ir.modeling import BiEncoder
+
+SECTIONS = [
+    "## Model details",
+    "## Training data",
+    "## Label noise handling",
+    "### Loss",
+    "### Relabeling",
+    "### Noise benchmark",
+    "## Training hyperparameters",
+    "## Evaluation",
+    "## Training log",
+    "## Usage",
+    "## Framework versions",
+    "## Citation",
+]
+LOG_HISTORY = [
+    {"loss": 1.25, "learning_rate": 1e-4, "grad_norm": 2.5, "epoch": 0.5, "step": 1},
+    {"loss": 0.75, "learning_rate": 5e-5, "grad_norm": 1.5, "epoch": 1.0, "step": 2},
+    {"eval_ndcg@10": 0.4321, "eval_runtime": 0.1, "epoch": 1.0, "step": 2},
+    {"train_runtime": 3.0, "train_loss": 1.0, "epoch": 1.0, "step": 2},
+]
+RELABEL = {
+    "judge": {"name": "embedding", "config": {"threshold": 0.9}},
+    "strategy": "rlhn",
+    "strategies": {"rlhn": {"flagged": 7, "queries_flagged": 5, "labels_changed": 6, "rows": 40}},
+    "queries": 40,
+}
+NOISE = [
+    {"noise": "swap 40%", "loss": "infonce", "ndcg@10": 0.61},
+    {"noise": "swap 40%", "loss": "label_relaxation", "ndcg@10": 0.64},
+]
+
+
+def _info(**overrides) -> hub.ModelCardInfo:
+    loss = get_loss("gce", q=0.5)
+    fields = dict(
+        model_name="tiny-robust",
+        repo_id="org/tiny-robust",
+        base_model="sentence-transformers/all-MiniLM-L6-v2",
+        model_settings={"pooling": "mean", "normalize": True, "query_prefix": "query: ", "document_prefix": ""},
+        datasets=[{"id": "BeIR/scifact", "split": "train", "rows": 809, "corpus_size": 5183}],
+        loss=loss.config(),
+        citations=[loss.citation],
+        relabel_summary=RELABEL,
+        noise_results=NOISE,
+        hyperparameters={"learning_rate": 1e-4, "max_steps": 2},
+        eval_results=[
+            {
+                "dataset": "SciFact",
+                "dataset_type": "BeIR/scifact",
+                "split": "test",
+                "metrics": {"ndcg@10": 0.6512, "recall@100": 0.92},
+            }
+        ],
+        training_log=LOG_HISTORY,
+        versions=hub.library_versions(),
+        license="apache-2.0",
+    )
+    fields.update(overrides)
+    return hub.ModelCardInfo(**fields)
+
+
+def test_template_is_package_data_and_the_top_level_copy_matches():
+    assert hub.TEMPLATE_PATH.is_file()
+    top_level = Path(__file__).resolve().parents[1] / "model_cards" / "retriever_card.md"
+    assert top_level.read_text() == hub.TEMPLATE_PATH.read_text()
+
+
+def test_card_has_every_section_and_metadata_parsed_back_by_huggingface_hub(tmp_path):
+    from huggingface_hub import EvalResult, ModelCard
+
+    hub.write_model_card(tmp_path, _info())
+    text = (tmp_path / "README.md").read_text()
+    positions = [text.index(section) for section in SECTIONS]
+    assert positions == sorted(positions)
+
+    card = ModelCard.load(tmp_path / "README.md")
+    data = card.data
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert data.datasets == ["BeIR/scifact"]
+    assert data.license == "apache-2.0" and data.library_name == "sentence-transformers"
+    assert data.pipeline_tag == "sentence-similarity" and "loss:gce" in data.tags
+    assert data.model_name == "tiny-robust"
+    results = {r.metric_type: r for r in data.eval_results}
+    assert set(results) == {"ndcg_at_10", "recall_at_100"}
+    assert results["ndcg_at_10"].metric_value == pytest.approx(0.6512)
+    assert results["recall_at_100"].metric_value == pytest.approx(0.92)
+    assert all(isinstance(r, EvalResult) for r in data.eval_results)
+    ndcg = results["ndcg_at_10"]
+    assert (ndcg.task_type, ndcg.dataset_type, ndcg.dataset_name, ndcg.dataset_split) == (
+        "information-retrieval",
+        "BeIR/scifact",
+        "SciFact",
+        "test",
+    )
+    assert ndcg.metric_name == "nDCG@10"
+
+
+def test_noise_handling_hyperparameters_and_citations(tmp_path):
+    text = str(hub.build_model_card(_info()))
+    noise = text[text.index("## Label noise handling") : text.index("## Training hyperparameters")]
+    assert "`gce`" in noise and "| `q` | 0.5 |" in noise
+    assert "`embedding`" in noise and "| `rlhn` | 7 | 5 | 6 | 40 |" in noise and "Labels changed: **6**" in noise
+    assert "| swap 40% | label_relaxation | 0.64 |" in noise
+    assert "| `learning_rate` | 0.0001 |" in text and "| `max_steps` | 2 |" in text
+    citations = text[text.index("## Citation") :]
+    assert "Generalized Cross Entropy" in citations  # the loss
+    assert "arXiv:2505.16967" in citations  # the relabeling method (RLHN)
+    assert citations.count("```bibtex") == 2
+
+
+def test_a_run_without_extras_says_so():
+    text = str(hub.build_model_card(hub.ModelCardInfo(model_name="plain")))
+    assert "no relabeling" in text and "no label-noise benchmark results" in text
+    assert "no evaluation results" in text and "No training steps were logged" in text
+    assert "model-index" not in text
+
+
+def test_training_log_table_has_one_row_per_step():
+    text = str(hub.build_model_card(_info()))
+    log = text[text.index("## Training log") : text.index("## Usage")]
+    header = next(line for line in log.splitlines() if line.startswith("| Epoch"))
+    assert header.split(" | ")[:3] == ["| Epoch", "Step", "Training Loss"] and "eval_ndcg@10" in header
+    rows = [line for line in log.splitlines() if re.match(r"^\| [0-9]", line)]
+    assert len(rows) == 2
+    assert rows[0].startswith("| 0.5 | 1 | 1.25 |") and rows[1].startswith("| 1 | 2 | 0.75 |")
+    assert "0.4321" in rows[1] and "train_runtime" not in log
+
+
+def test_validation_rejects_bad_metadata():
+    from huggingface_hub import ModelCard
+
+    card = hub.build_model_card(_info())
+    hub.validate_model_card(card)
+    broken_index = str(card).replace("  results:", "  resultz:")
+    with pytest.raises(ValueError):
+        hub.validate_model_card(ModelCard(broken_index))
+    with pytest.raises(ValueError, match="invalid repository id"):
+        hub.validate_model_card(ModelCard("---\nbase_model: /home/me/model\n---\n# x\n"))
+    with pytest.raises(ValueError, match="no metadata"):
+        hub.validate_model_card(ModelCard("# no metadata\n"))
+    # a local base model stays out of the metadata (the Hub would reject it) but is named in the text
+    local = hub.build_model_card(_info(base_model=str(Path(__file__).parent)))
+    assert local.data.base_model is None and str(Path(__file__).parent) in str(local)
+
+
+def test_hyperparameters_leave_out_paths_and_secrets():
+    from hf_robust_ir.trainer import RetrievalTrainingArguments
+
+    args = RetrievalTrainingArguments(
+        output_dir="/tmp/somewhere",
+        learning_rate=3e-4,
+        hub_token="hf_secret_value_123",
+        hub_model_id="org/x",
+        report_to=[],
+        loss="gce",
+        use_cpu=True,
+    )
+    found = hub.non_default_hyperparameters(args)
+    assert found["learning_rate"] == 3e-4 and found["loss"] == "gce"
+    assert not any(k in found for k in ("output_dir", "hub_token", "hub_model_id", "push_to_hub", "report_to"))
+    assert "hf_secret_value_123" not in str(found)
+
+
+def test_usage_snippets_give_the_models_embeddings(tmp_path, tiny_model_path):
+    model = BiEncoder.from_pretrained(tiny_model_path, pooling="cls", query_prefix="query: ", document_prefix="doc: ")
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    info = hub.model_card_info_from_model(model, repo_id=str(folder))
+    text = hub.usage_snippets(info)
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 3
+    st_scope, hf_scope = {}, {}
+    exec(blocks[0], st_scope)  # sentence-transformers
+    exec(blocks[1], hf_scope)  # transformers
+    expected = model.encode_queries(["what is label noise?"]) @ model.encode_documents(["Label noise is ..."]).T
+    np.testing.assert_allclose(np.asarray(st_scope["scores"]), expected, atol=1e-4)
+    np.testing.assert_allclose(hf_scope["scores"].numpy(), expected, atol=1e-4)
+
+
+def _rows(n=8):
+    rows = [
+        {
+            "query_id": f"q{i}",
+            "query": f"topic {i % 3} question {i}",
+            "doc_ids": [f"d{i}", f"d{(i + 5) % 16}"],
+            "labels": [1.0, 0.0],
+            "teacher_scores": [],
+            "label_source": ["qrels"] * 2,
+        }
+        for i in range(n)
+    ]
+    return datasets.Dataset.from_list(rows, features=ROW_FEATURES)
+
+
+def test_callback_writes_cards_into_checkpoints_and_the_output_folder(tmp_path, tiny_model_path):
+    from huggingface_hub import ModelCard
+
+    from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
+
+    args = RetrievalTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        logging_steps=1,
+        save_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        report_to=[],
+        group_size=2,
+        use_cpu=True,
+        disable_tqdm=True,
+        loss="gce",
+    )
+    corpus = {f"d{i}": f"document {i} on topic {i % 3}" for i in range(16)}
+    scores = iter([0.25, 0.5])
+    trainer = RetrievalTrainer(
+        BiEncoder.from_pretrained(tiny_model_path),
+        args,
+        train_dataset=_rows(),
+        corpus=corpus,
+        evaluator=lambda model: {"ndcg@10": next(scores)},
+    )
+    callback = ModelCardCallback(
+        loss=trainer.loss,
+        loss_schedule=trainer.loss_schedule,
+        base_model=tiny_model_path,
+        train_dataset_info={"path": "rows.jsonl", "split": "train"},
+        relabel_summary=RELABEL,
+        eval_dataset_info={"dataset": "tiny", "split": "test"},
+    )
+    trainer.add_callback(callback)
+    trainer.train()
+
+    for folder in ("checkpoint-1", "checkpoint-2", "."):
+        assert (tmp_path / "run" / folder / "README.md").is_file(), folder
+    first = ModelCard.load(tmp_path / "run" / "checkpoint-1" / "README.md")
+    final = ModelCard.load(tmp_path / "run" / "README.md")
+    assert first.data.eval_results[0].metric_value == pytest.approx(0.25)
+    assert final.data.eval_results[0].metric_value == pytest.approx(0.5)
+    assert final.data.eval_results[0].metric_type == "ndcg_at_10" and final.data.model_name == "run"
+    text = str(final)
+    assert "`gce`" in text and "Generalized Cross Entropy" in text and "| rows.jsonl | train | 8 |" in text
+    assert "| `max_steps` | 2 |" in text and "Labels changed: **6**" in text
+    assert text.count("\n| 1 | 2 |") == 1  # the log row of the last step
+
+
+def test_callback_writes_nothing_on_other_processes(tmp_path):
+    callback = ModelCardCallback(loss=get_loss("infonce"))
+    args = SimpleNamespace(output_dir=str(tmp_path), should_save=False)
+    state = SimpleNamespace(global_step=1, log_history=[], epoch=1.0)
+    callback.on_train_end(args, state, None)
+    assert not (tmp_path / "README.md").exists()
+    args.should_save = True
+    callback.on_train_end(args, state, None)
+    assert (tmp_path / "README.md").exists()
+
+
+def test_callback_rejects_unknown_fields():
+    with pytest.raises(TypeError, match="unknown model card field"):
+        ModelCardCallback(licence="mit")

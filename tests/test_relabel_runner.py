@@ -1,0 +1,282 @@
+"""The relabeling run: cache first, judge only uncached pairs, identical outputs on rerun, resume after SIGKILL."""
+
+import importlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+
+from hf_robust_ir.data.schema import ROW_FEATURES
+from hf_robust_ir.relabel.cache import JudgmentCache
+from hf_robust_ir.relabel.runner import relabel
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A deterministic judge: a candidate containing "answer" is relevant, "unsure" gets no verdict. Every judged pair
+# appends one line to ``count_file`` (before sleeping), so tests count the pairs a run sent to the judge.
+JUDGE_MODULE = '''
+import time
+from hf_robust_ir.relabel.base import NO_VERDICT, Judge, Judgment, Verdict
+
+
+class KeywordJudge(Judge):
+    name = "keyword"
+
+    def __init__(self, keyword="answer", count_file=None, sleep=0.0, listwise=False):
+        self.keyword, self.count_file, self.sleep, self.listwise = keyword, count_file, sleep, listwise
+        self.requests = []
+
+    def judge(self, query, positives, candidates):
+        self.requests.append(list(candidates))
+        out = []
+        for text in candidates:
+            if self.count_file:
+                with open(self.count_file, "a") as f:
+                    f.write(text + "\\n")
+            time.sleep(self.sleep)
+            if "unsure" in text:
+                out.append(NO_VERDICT)
+            elif self.keyword in text:
+                out.append(Judgment(Verdict.RELEVANT, 1.0, "keyword"))
+            else:
+                out.append(Judgment(Verdict.NOT_RELEVANT, 0.0, "no keyword"))
+        return out
+
+    def config(self):
+        return {"keyword": self.keyword, "listwise": self.listwise}
+
+
+class MarkJudge(KeywordJudge):
+    name = "marks"
+
+    def arhn_labels(self, query, positives, candidates):
+        self.requests.append(list(candidates))
+        return ["R" if "answer" in t else "F" if "span" in t else None for t in candidates]
+'''
+
+N_QUERIES, N_NEG = 12, 5
+
+
+def _corpus():
+    corpus = {f"p{i}": f"positive passage {i}" for i in range(N_QUERIES)}
+    for i in range(N_QUERIES):
+        for k in range(N_NEG):
+            word = "answer" if (i + k) % 4 == 0 else "unsure" if (i * k) % 7 == 3 else "span" if k == 4 else "other"
+            corpus[f"n{i}_{k}"] = f"negative {i} {k} {word}"
+    return corpus
+
+
+def _rows_list():
+    rows = []
+    for i in range(N_QUERIES):
+        doc_ids = [f"p{i}"] + [f"n{i}_{k}" for k in range(N_NEG)]
+        rows.append(
+            {
+                "query_id": f"q{i}",
+                "query": f"question {i}",
+                "doc_ids": doc_ids,
+                "labels": [1.0] + [0.0] * N_NEG,
+                "teacher_scores": [],
+                "label_source": ["qrels"] + ["mined"] * N_NEG,
+            }
+        )
+    return rows
+
+
+@pytest.fixture()
+def judge_module(tmp_path, monkeypatch):
+    folder = tmp_path / "judge_pkg"
+    folder.mkdir()
+    (folder / "kwjudge.py").write_text(JUDGE_MODULE)
+    monkeypatch.syspath_prepend(str(folder))
+    sys.modules.pop("kwjudge", None)
+    return importlib.import_module("kwjudge")
+
+
+def _dataset():
+    return datasets.Dataset.from_list(_rows_list(), features=ROW_FEATURES)
+
+
+def _flagged(corpus, i):
+    return [k for k in range(N_NEG) if "answer" in corpus[f"n{i}_{k}"]]
+
+
+def test_relabel_then_rerun_makes_no_judge_calls(tmp_path, judge_module):
+    corpus, rows = _corpus(), _dataset()
+    judge = judge_module.KeywordJudge()
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        first = relabel(rows, corpus, judge, ["rlhn", "hn_remove", "remove"], cache, batch_size=5,
+                        show_progress_bar=False)  # fmt: skip
+        pairs = N_QUERIES * N_NEG
+        assert first.summary["judged_pairs"] == pairs and first.summary["cache_hits"] == 0
+        assert first.summary["judge_calls"] == 3  # one judge_many per batch of 5 rows
+        assert len(cache) == pairs
+        again = relabel(rows, corpus, judge_module.KeywordJudge(), ["rlhn", "hn_remove", "remove"], cache,
+                        batch_size=3, show_progress_bar=False)  # fmt: skip
+    assert again.summary["judge_calls"] == 0 and again.summary["cache_hits"] == pairs
+    for name in first.datasets:
+        assert first.datasets[name].to_list() == again.datasets[name].to_list()
+
+    rlhn = first.datasets["rlhn"]
+    for i, row in enumerate(rlhn):
+        flagged = _flagged(corpus, i)
+        assert row["labels"] == [1.0] + [1.0 if k in flagged else 0.0 for k in range(N_NEG)]
+        assert row["label_source"] == ["qrels"] + ["relabeled:keyword" if k in flagged else "mined" for k in range(5)]
+    hn = first.datasets["hn_remove"]
+    assert [len(r["doc_ids"]) for r in hn] == [1 + N_NEG - len(_flagged(corpus, i)) for i in range(N_QUERIES)]
+    assert len(first.datasets["remove"]) == sum(not _flagged(corpus, i) for i in range(N_QUERIES))
+
+    total_flags = sum(len(_flagged(corpus, i)) for i in range(N_QUERIES))
+    summary = first.summary
+    assert summary["verdicts"]["relevant"] == total_flags
+    assert summary["flags_per_judge"] == {"keyword": total_flags}
+    assert summary["flags_per_label_source"] == {"mined": total_flags}
+    assert summary["strategies"]["rlhn"]["labels_changed"] == total_flags
+    assert summary["strategies"]["hn_remove"]["candidates_removed"] == total_flags
+    assert summary["strategies"]["remove"]["queries_dropped"] == N_QUERIES - len(first.datasets["remove"])
+
+
+def test_pointwise_judge_gets_only_uncached_candidates_and_listwise_the_whole_list(tmp_path, judge_module):
+    corpus, rows = _corpus(), _dataset()
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        relabel(rows, corpus, judge_module.KeywordJudge(), ["rlhn"], cache, max_candidates=2, show_progress_bar=False)
+        judge = judge_module.KeywordJudge()
+        result = relabel(rows, corpus, judge, ["rlhn"], cache, show_progress_bar=False)
+        assert all(len(request) == N_NEG - 2 for request in judge.requests)
+        assert result.summary["cache_hits"] == 2 * N_QUERIES
+        assert result.summary["judged_pairs"] == (N_NEG - 2) * N_QUERIES
+
+    with JudgmentCache(tmp_path / "list.sqlite") as cache:
+        relabel(rows, corpus, judge_module.KeywordJudge(listwise=True), ["rlhn"], cache, max_candidates=2,
+                show_progress_bar=False)  # fmt: skip
+        judge = judge_module.KeywordJudge(listwise=True)
+        relabel(rows, corpus, judge, ["rlhn"], cache, show_progress_bar=False)
+        assert all(len(request) == N_NEG for request in judge.requests)
+
+
+def test_threshold_and_arhn(tmp_path, judge_module):
+    corpus, rows = _corpus(), _dataset()
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        result = relabel(rows, corpus, judge_module.MarkJudge(), ["threshold", "arhn_rf"], cache, max_flagged=1,
+                         show_progress_bar=False)  # fmt: skip
+        assert len(result.datasets["threshold"]) == sum(len(_flagged(corpus, i)) <= 1 for i in range(N_QUERIES))
+        marks_cached = cache.count(judge_module.MarkJudge().cache_key() + ":arhn")
+        assert marks_cached == N_QUERIES * N_NEG
+    rf = result.datasets["arhn_rf"]
+    for row in rf:
+        for doc_id, label, source in zip(row["doc_ids"], row["labels"], row["label_source"]):
+            text = corpus[doc_id]
+            assert "span" not in text or "answer" in text  # F candidates left the negatives
+            assert (label == 1.0 and source == "relabeled:marks") == ("answer" in text)
+    assert result.summary["arhn_marks"]["R"] == sum(len(_flagged(corpus, i)) for i in range(N_QUERIES))
+    with pytest.raises(ValueError, match="arhn_labels"):
+        relabel(rows, corpus, judge_module.KeywordJudge(), ["arhn_r"], JudgmentCache(tmp_path / "x.sqlite"))
+
+
+def _write_inputs(tmp_path):
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    corpus = _corpus()
+    with open(beir / "corpus.jsonl", "w") as f:
+        for doc_id, text in corpus.items():
+            f.write(json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n")
+    with open(beir / "queries.jsonl", "w") as f:
+        for row in _rows_list():
+            f.write(json.dumps({"_id": row["query_id"], "text": row["query"]}) + "\n")
+    (beir / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\tp{i}\t1\n" for i in range(N_QUERIES))
+    )
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text("".join(json.dumps(r) + "\n" for r in _rows_list()))
+    return beir, rows_file
+
+
+def _recipe(tmp_path, beir, rows_file, out, count_file, sleep):
+    recipe = tmp_path / f"recipe_{out.name}.yaml"
+    recipe.write_text(
+        "judge:\n"
+        "  type: kwjudge:KeywordJudge\n"
+        f"  count_file: {count_file}\n"
+        f"  sleep: {sleep}\n"
+        "strategies: [rlhn, hn_remove, remove]\n"
+        "max_flagged: 8\n"
+        f"rows: {rows_file}\n"
+        f"data_dir: {beir}\n"
+        "batch_size: 2\n"
+        f"output_dir: {out}\n"
+        "show_progress_bar: false\n"
+    )
+    return recipe
+
+
+def _cached(path):
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=1) as conn:
+            return conn.execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
+    except sqlite3.OperationalError:  # table not created yet
+        return 0
+
+
+def _lines(path):
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_killed_run_resumes_without_judging_twice_and_writes_the_same_output(tmp_path, judge_module):
+    from hf_robust_ir.cli import main
+
+    beir, rows_file = _write_inputs(tmp_path)
+    pairs = N_QUERIES * N_NEG
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "judge_pkg"), str(REPO_ROOT)])}
+
+    # the killed run: SIGKILL once a few batches are committed
+    out, count = tmp_path / "resumed", tmp_path / "resumed_calls.txt"
+    recipe = _recipe(tmp_path, beir, rows_file, out, count, sleep=0.05)
+    command = [sys.executable, "-m", "hf_robust_ir.cli", "relabel", "--config", str(recipe)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _cached(out / "judgments.sqlite") < 20 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    cached_after_kill = _cached(out / "judgments.sqlite")
+    calls_before_kill = _lines(count)
+    assert 20 <= cached_after_kill < pairs
+    assert 0 <= calls_before_kill - cached_after_kill <= 2 * N_NEG  # at most the batch in flight is lost
+    assert not (out / "summary.json").exists()
+
+    # started again: judges exactly the uncached pairs
+    recipe = _recipe(tmp_path, beir, rows_file, out, count, sleep=0.0)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    calls_second_run = _lines(count) - calls_before_kill
+    assert calls_second_run == pairs - cached_after_kill
+    assert calls_before_kill + calls_second_run - (calls_before_kill - cached_after_kill) == pairs
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["cache_hits"] == cached_after_kill and summary["judged_pairs"] == pairs - cached_after_kill
+
+    # an uninterrupted run in this process writes the same bytes
+    clean, clean_count = tmp_path / "clean", tmp_path / "clean_calls.txt"
+    assert main(["relabel", "--config", str(_recipe(tmp_path, beir, rows_file, clean, clean_count, 0.0))]) == 0
+    assert _lines(clean_count) == pairs
+    for name in ("rlhn", "hn_remove", "remove"):
+        assert (out / f"{name}.jsonl").read_bytes() == (clean / f"{name}.jsonl").read_bytes(), name
+        arrows = sorted(p.name for p in (clean / name).glob("*.arrow"))
+        assert arrows and arrows == sorted(p.name for p in (out / name).glob("*.arrow"))
+        for arrow in arrows:
+            assert (out / name / arrow).read_bytes() == (clean / name / arrow).read_bytes(), (name, arrow)
+        reloaded = datasets.load_from_disk(str(out / name))
+        assert reloaded.to_list() == [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+    resumed_summary = json.loads((out / "summary.json").read_text())
+    clean_summary = json.loads((clean / "summary.json").read_text())
+    for key in ("verdicts", "flags_per_label_source", "strategies", "flags_per_judge"):
+        assert resumed_summary[key] == clean_summary[key]
