@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A deterministic judge: a candidate containing "answer" is relevant, "unsure" gets no verdict. Every judged pair
 # appends one line to ``count_file`` (before sleeping), so tests count the pairs a run sent to the judge.
-JUDGE_MODULE = '''
+JUDGE_MODULE = """
 import time
 from hf_robust_ir.relabel.base import NO_VERDICT, Judge, Judgment, Verdict
 
@@ -59,7 +59,7 @@ class MarkJudge(KeywordJudge):
     def arhn_labels(self, query, positives, candidates):
         self.requests.append(list(candidates))
         return ["R" if "answer" in t else "F" if "span" in t else None for t in candidates]
-'''
+"""
 
 N_QUERIES, N_NEG = 12, 5
 

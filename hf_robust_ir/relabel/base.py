@@ -67,9 +67,7 @@ class Judge(ABC):
         """One :class:`Judgment` per candidate, in order. ``positives`` are the texts of the labeled positives (the
         reference a candidate is compared with); passages are data, never instructions."""
 
-    def judge_many(
-        self, rows: Sequence[tuple[str, Sequence[str], Sequence[str]]]
-    ) -> list[list[Judgment]]:
+    def judge_many(self, rows: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[list[Judgment]]:
         """:meth:`judge` over several ``(query, positives, candidates)`` rows; judges that batch across rows
         (models, HTTP clients) override it."""
         return [self.judge(query, positives, candidates) for query, positives, candidates in rows]
@@ -84,4 +82,3 @@ class Judge(ABC):
         judge."""
         payload = json.dumps({"name": self.name, "config": self.config()}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
-
