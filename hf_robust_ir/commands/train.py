@@ -217,6 +217,7 @@ ACCEPTS_OVERRIDES = True  # unknown --key value pairs reach run() as args.overri
 def run(args: argparse.Namespace) -> int:
     from ..data import load_beir
     from ..evaluation import RetrievalEvaluator
+    from ..losses import get_loss
     from ..trainer import RetrievalTrainer
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
@@ -225,6 +226,10 @@ def run(args: argparse.Namespace) -> int:
     logger.info("world_size=%d process_index=%d", training_args.world_size, training_args.process_index)
     data_dir = resolve_data_dir(data_args)
     model = load_model(model_args)
+    if training_args.guide_model is None and getattr(
+        get_loss(training_args.loss, **(training_args.loss_kwargs or {})), "needs_guide_scores", False
+    ):  # a guided loss without a guide: the starting model, frozen (GISTEmbed's usual choice)
+        training_args.guide_model = model_args.model_name_or_path or default_model_path()
     evaluator = None
     if data_args.eval_split:
         eval_data = _first_queries(load_beir(data_dir, split=data_args.eval_split), data_args.max_eval_queries)

@@ -17,12 +17,15 @@ Sampling is deterministic in ``(seed, epoch, query_id)``: a new sample each epoc
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
 
 PAD_KEY = -1
 
@@ -125,6 +128,14 @@ class RetrievalCollator:
             "document_prefix": config.document_prefix,
         }
         defaults.update({k: v for k, v in kwargs.items() if v is not None})
+        from ..modeling.bi_encoder import input_length_limit
+
+        encoder = getattr(model, "query_encoder", None)
+        limit = input_length_limit(encoder, model.tokenizer) if encoder is not None else None
+        for name in ("query_max_length", "document_max_length"):
+            if limit is not None and defaults[name] is not None and defaults[name] > limit:
+                logger.warning("%s=%d exceeds what the model reads; truncating at %d", name, defaults[name], limit)
+                defaults[name] = limit
         return cls(model.tokenizer, corpus, **defaults)
 
     def set_epoch(self, epoch: int) -> None:

@@ -86,11 +86,16 @@ def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_mo
     return PeftModel.from_pretrained(_load_transformer(base, trust_remote_code, torch_dtype), str(folder))
 
 
-def _fit_max_lengths(config: BiEncoderConfig, encoder: nn.Module, tokenizer: PreTrainedTokenizerBase):
-    """Cap the max lengths at what the model can read (its position embeddings and the tokenizer's limit)."""
+def input_length_limit(encoder: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The most tokens the model can read (its position embeddings and the tokenizer's limit); None if unbounded."""
     limits = [getattr(getattr(encoder, "config", None), "max_position_embeddings", None)]
     limits.append(tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None)
-    limit = min((x for x in limits if x), default=None)
+    return min((x for x in limits if x), default=None)
+
+
+def _fit_max_lengths(config: BiEncoderConfig, encoder: nn.Module, tokenizer: PreTrainedTokenizerBase):
+    """Cap the max lengths at what the model can read (its position embeddings and the tokenizer's limit)."""
+    limit = input_length_limit(encoder, tokenizer)
     if limit is None:
         return config
     return dataclasses.replace(
