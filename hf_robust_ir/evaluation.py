@@ -17,11 +17,12 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
 import pytrec_eval
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from hf_robust_ir.data.schema import DataFormatError, RetrievalCorpus
@@ -128,6 +129,13 @@ def search(
     return index.search(queries, k)
 
 
+def _process_group() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialized default process group, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class DocumentIndex:
     """A faiss inner-product index over a corpus, filled chunk by chunk so that only the embeddings are held.
 
@@ -206,7 +214,12 @@ class DocumentIndex:
         show_progress_bar: bool = True,
         desc: str = "Encoding corpus",
     ) -> DocumentIndex:
-        """Encode ``corpus`` (id -> text) ``chunk_size`` documents at a time and index each chunk."""
+        """Encode ``corpus`` (id -> text) ``chunk_size`` documents at a time and index each chunk.
+
+        Under ``torchrun`` / ``accelerate launch`` (``torch.distributed`` initialized with several processes) each
+        process encodes a contiguous 1/world share of every chunk and the shares are all-gathered in rank order, so
+        every process ends with the same index while the encoding work is split across them.
+        """
         index = cls(index_factory=index_factory, search_params=search_params, keep_ids=keep_ids)
         doc_ids = list(corpus)
         n_chunks = math.ceil(len(doc_ids) / chunk_size)
@@ -214,12 +227,18 @@ class DocumentIndex:
             range(0, len(doc_ids), chunk_size), desc=desc, unit="chunk", disable=not show_progress_bar or n_chunks < 2
         ):
             chunk_ids = doc_ids[start : start + chunk_size]
+            rank, world = _process_group()
+            share = chunk_ids[rank * len(chunk_ids) // world : (rank + 1) * len(chunk_ids) // world]
             embeddings = model.encode_documents(
-                [corpus[doc_id] for doc_id in chunk_ids],
+                [corpus[doc_id] for doc_id in share],
                 batch_size=batch_size,
                 bf16=bf16,
-                show_progress_bar=show_progress_bar,
+                show_progress_bar=show_progress_bar and rank == 0,
             )
+            if world > 1:
+                gathered: list[Any] = [None] * world
+                dist.all_gather_object(gathered, np.asarray(embeddings, dtype=np.float32))
+                embeddings = np.concatenate([part for part in gathered if len(part)])
             index.add(chunk_ids, embeddings)
         return index.finish()
 

@@ -78,3 +78,29 @@ def test_two_processes_match_one_process(tmp_path, no_dropout_model_path):
     assert set(ddp["grads"]) == set(reference)
     for name, grad in reference.items():
         torch.testing.assert_close(ddp["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_corpus_encoding_is_sharded_and_merged(tmp_path, no_dropout_model_path):
+    """Two processes each encode half of every chunk; both end with the index one process builds alone."""
+    import numpy as np
+
+    from hf_robust_ir.evaluation import DocumentIndex
+
+    worker = Path(__file__).parent / "distributed" / "index_worker.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
+    command += [str(worker), no_dropout_model_path, str(tmp_path / "rank")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    corpus = {f"d{i}": f"passage {i} on subject {i % 4} " + "word " * (i % 9) for i in range(31)}
+    model = BiEncoder.from_pretrained(no_dropout_model_path).eval()
+    single = DocumentIndex.from_corpus(model, corpus, batch_size=4, chunk_size=7, show_progress_bar=False)
+    expected = single.index.reconstruct_n(0, single.index.ntotal)
+    encoded = []
+    for rank in (0, 1):
+        saved = np.load(tmp_path / f"rank{rank}.npz")
+        assert list(saved["ids"]) == single.doc_ids == list(corpus)
+        np.testing.assert_allclose(saved["vectors"], expected, atol=1e-5)
+        encoded.append(int(saved["encoded"]))
+    assert encoded == [4 * 3 + 1, 4 * 4 + 2]  # four chunks of 7 split 3/4, the last chunk of 3 split 1/2
