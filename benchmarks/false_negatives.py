@@ -3,9 +3,10 @@
 Ground truth comes from :class:`~hf_robust_ir.noise.FalseNegativeInjection`: a fraction of each training query's
 labeled positives is moved into its negatives (as mined data with sparse labels looks). The rows are then
 
-1. judged by an :class:`~hf_robust_ir.relabel.judges.EmbeddingJudge` with the base model (GISTEmbed-style margin rule)
-   and a :class:`~hf_robust_ir.relabel.judges.CrossEncoderJudge` fine-tuned from the base model on the injected
-   rows themselves — what a user has — with two-fold cross-fitting (the reranker trained on one half of the queries
+1. judged by :class:`~hf_robust_ir.relabel.judges.EmbeddingJudge` with the base model (GISTEmbed's margin rule
+   against the best labeled positive, ``embedding``, and against the worst, ``embedding_worst``) and a
+   :class:`~hf_robust_ir.relabel.judges.CrossEncoderJudge` fine-tuned from the base model on the injected rows
+   themselves — what a user has — with two-fold cross-fitting (the reranker trained on one half of the queries
    judges the other half, so it never judges the rows it was trained on); precision and recall of each at finding
    the moved positives among all listed negatives;
 2. relabeled with the judge of best F1 by each strategy (``rlhn``, ``hn_remove``, ``remove``);
@@ -80,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--max_length", type=int, default=None, help="training truncation (profile's)")
     judges = parser.add_argument_group("judges")
     judges.add_argument("--embedding_margin", type=float, default=0.0, help="EmbeddingJudge absolute margin")
+    judges.add_argument(
+        "--embedding_references",
+        nargs="+",
+        choices=("best", "mean", "worst"),
+        default=["best", "worst"],
+        help="EmbeddingJudge positive_reference values to measure (best: GISTEmbed's rule)",
+    )
     judges.add_argument("--cross_encoder_margin", type=float, default=0.0, help="CrossEncoderJudge margin (logits)")
     judges.add_argument("--cross_encoder_epochs", type=float, default=1.0)
     judges.add_argument("--cross_encoder_negatives", type=int, default=3, help="negatives per query in its group")
@@ -108,8 +116,8 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """Everything that changes a result; a results file made with other settings is not resumed."""
     keys = (
         "profile seed train_queries min_positives max_positives injection_rate negative_pool epochs batch_size lr "
-        "warmup_ratio hard_negatives max_length embedding_margin cross_encoder_margin cross_encoder_epochs "
-        "cross_encoder_negatives cross_encoder_batch_size "
+        "warmup_ratio hard_negatives max_length embedding_margin embedding_references cross_encoder_margin "
+        "cross_encoder_epochs cross_encoder_negatives cross_encoder_batch_size "
         "judge_max_candidates eval_max_length max_eval_queries max_corpus"
     ).split()
     return {key: getattr(args, key) for key in keys}
@@ -358,20 +366,24 @@ def main(argv: list[str] | None = None) -> int:
     ]
     judged, in_judged = len(judged_pairs), set(judged_pairs) & moved
     relabeled: dict[str, dict[str, Any]] = {}
-    if "embedding" not in report["judges"] or not (work / "relabeled_embedding").exists():
-        began = time.perf_counter()
-        judge = EmbeddingJudge(base, margin=args.embedding_margin, margin_strategy="absolute")
-        result = relabel_with(judge, to_judge, corpus, work / "judgments.sqlite", args)
-        for name, rows in result.datasets.items():
-            save_rows(rows, work / "relabeled_embedding" / name)
-        report["judges"]["embedding"] = {
-            **flag_quality(result.datasets["rlhn"], in_judged, judged),
-            "config": judge.config(),
-            "seconds": round(time.perf_counter() - began, 1),
-        }
-        store.save()
-        shared.log(f"embedding judge: {report['judges']['embedding']}")
-    relabeled["embedding"] = {s: load_rows(work / "relabeled_embedding" / s) for s in STRATEGIES}
+    for reference in args.embedding_references:
+        name = "embedding" if reference == "best" else f"embedding_{reference}"
+        if name not in report["judges"] or not (work / f"relabeled_{name}").exists():
+            began = time.perf_counter()
+            judge = EmbeddingJudge(
+                base, margin=args.embedding_margin, margin_strategy="absolute", positive_reference=reference
+            )
+            result = relabel_with(judge, to_judge, corpus, work / "judgments.sqlite", args)
+            for strategy, rows in result.datasets.items():
+                save_rows(rows, work / f"relabeled_{name}" / strategy)
+            report["judges"][name] = {
+                **flag_quality(result.datasets["rlhn"], in_judged, judged),
+                "config": judge.config(),
+                "seconds": round(time.perf_counter() - began, 1),
+            }
+            store.save()
+            shared.log(f"{name} judge: {report['judges'][name]}")
+        relabeled[name] = {s: load_rows(work / f"relabeled_{name}" / s) for s in STRATEGIES}
 
     if "cross_encoder" not in report["judges"] or not (work / "relabeled_cross_encoder").exists():
         began = time.perf_counter()

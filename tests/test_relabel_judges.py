@@ -133,7 +133,13 @@ def test_embedding_judge_many_equals_rows_and_handles_no_positives(bi_encoder, t
         assert [j.score for j in judgments] == pytest.approx([j.score for j in single], abs=1e-5)
     assert many[2] == [NO_VERDICT, NO_VERDICT]
     config = judge.config()
-    assert config == {"model": tiny_model_path, "margin": 0.05, "margin_strategy": "relative", "similarity": "cosine"}
+    assert config == {
+        "model": tiny_model_path,
+        "margin": 0.05,
+        "margin_strategy": "relative",
+        "positive_reference": "best",
+        "similarity": "cosine",
+    }
     json.dumps(config)
     assert judge.cache_key() != EmbeddingJudge(bi_encoder, margin=0.05).cache_key()
     with pytest.raises(ValueError):
@@ -451,3 +457,21 @@ def test_arhn_bad_ranking_or_no_positive_changes_nothing(ranking):
     assert judge.rank(QUERY, ARHN_CANDIDATES[:3]) is None
     assert not any(j.relevant for j in judge.judge(QUERY, [ARHN_POSITIVE], ARHN_CANDIDATES))
     assert judge.arhn_labels(QUERY, [], ARHN_CANDIDATES) == [None] * 4
+
+
+@pytest.mark.parametrize("reference", ["best", "mean", "worst"])
+def test_embedding_judge_positive_reference(bi_encoder, reference):
+    """The threshold is taken from the best, the mean or the worst labeled positive's guide score."""
+    positives = [*POSITIVES, "a second labeled passage about wrong labels in training data"]
+    q = bi_encoder.encode([QUERY], "query")[0]
+    positive_scores = (bi_encoder.encode(positives, "document") @ q).tolist()
+    scores = (bi_encoder.encode(CANDIDATES, "document") @ q).tolist()
+    reference_score = {"best": max, "mean": lambda s: sum(s) / len(s), "worst": min}[reference](positive_scores)
+    judge = EmbeddingJudge(bi_encoder, margin=0.0, positive_reference=reference)
+    judgments = judge.judge(QUERY, positives, CANDIDATES)
+    assert all(abs(s - reference_score) > 1e-5 for s in scores)  # no candidate sits on the threshold
+    expected = [Verdict.RELEVANT if s > reference_score else Verdict.NOT_RELEVANT for s in scores]
+    assert [j.verdict for j in judgments] == expected
+    assert judge.config()["positive_reference"] == reference
+    with pytest.raises(ValueError, match="positive_reference"):
+        EmbeddingJudge(bi_encoder, positive_reference="median")

@@ -18,6 +18,7 @@ from .base import NO_VERDICT, Judge, Judgment, Verdict
 from .prompts import PROMPT_VERSION, list_messages, parse_relevant_list, pointwise_messages
 
 Row = tuple[str, Sequence[str], Sequence[str]]
+POSITIVE_REFERENCES = {"best": max, "mean": lambda scores: sum(scores) / len(scores), "worst": min}
 
 
 def _model_name(model: Any) -> str:
@@ -42,9 +43,11 @@ class EmbeddingJudge(Judge):
     - ``margin_strategy="relative"``: ``s > p * (1 - margin)`` (NV-Retriever's TopK-PercPos: ``margin=0.05`` keeps as
       negatives only candidates under 95% of the positive's score),
 
-    else NOT_RELEVANT. The comparison is strict: a candidate exactly at the threshold stays negative. A query without
-    positives has no reference: every candidate gets NO_VERDICT. These are the rules of sentence-transformers'
-    ``GISTEmbedLoss(margin_strategy=...)``.
+    else NOT_RELEVANT. ``positive_reference`` picks ``p`` among the labeled positives: ``"best"`` (the maximum, as
+    GISTEmbed; precise, but with many positives only candidates above all of them are flagged), ``"mean"`` or
+    ``"worst"`` (the minimum: a candidate the guide prefers to some labeled positive). The comparison is strict: a
+    candidate exactly at the threshold stays negative. A query without positives has no reference: every candidate
+    gets NO_VERDICT. With ``"best"`` these are the rules of sentence-transformers' ``GISTEmbedLoss``.
     """
 
     name = "embedding"
@@ -56,9 +59,15 @@ class EmbeddingJudge(Judge):
         margin_strategy: str = "absolute",
         batch_size: int = 64,
         max_cached_documents: int = 100_000,
+        positive_reference: str = "best",
         **load_kwargs: Any,
     ):
         from ..modeling import BiEncoder
+
+        if positive_reference not in POSITIVE_REFERENCES:
+            raise ValueError(
+                f"positive_reference must be one of {list(POSITIVE_REFERENCES)}, got {positive_reference!r}"
+            )
 
         if margin_strategy not in ("absolute", "relative"):
             raise ValueError(f"margin_strategy must be 'absolute' or 'relative', got {margin_strategy!r}")
@@ -69,6 +78,7 @@ class EmbeddingJudge(Judge):
         self.margin_strategy = margin_strategy
         self.batch_size = batch_size
         self.max_cached_documents = max_cached_documents
+        self.positive_reference = positive_reference
         self._document_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> vector, least recent first
 
     def _encode_documents(self, documents: list[str]) -> dict[str, np.ndarray]:
@@ -94,8 +104,8 @@ class EmbeddingJudge(Judge):
 
     def _rule(self, positive_score: float) -> str:
         if self.margin_strategy == "absolute":
-            return f"best positive {positive_score:.4f} - {self.margin:g}"
-        return f"best positive {positive_score:.4f} * (1 - {self.margin:g})"
+            return f"{self.positive_reference} positive {positive_score:.4f} - {self.margin:g}"
+        return f"{self.positive_reference} positive {positive_score:.4f} * (1 - {self.margin:g})"
 
     def judge(self, query: str, positives: Sequence[str], candidates: Sequence[str]) -> list[Judgment]:
         return self.judge_many([(query, positives, candidates)])[0]
@@ -112,7 +122,9 @@ class EmbeddingJudge(Judge):
                 out.append([NO_VERDICT] * len(candidates))
                 continue
             q = query_vectors[query_index[query]]
-            positive_score = max(float(np.dot(q, document_vectors[p])) for p in positives)
+            positive_score = POSITIVE_REFERENCES[self.positive_reference](
+                [float(np.dot(q, document_vectors[p])) for p in positives]
+            )
             threshold = self.threshold(positive_score)
             judgments = []
             for candidate in candidates:
@@ -134,6 +146,7 @@ class EmbeddingJudge(Judge):
             "model": _model_name(self.model),
             "margin": self.margin,
             "margin_strategy": self.margin_strategy,
+            "positive_reference": self.positive_reference,
             "similarity": "cosine" if self.model.retrieval_config.normalize else "dot",
         }
 
