@@ -320,6 +320,14 @@ def main(argv: list[str] | None = None) -> int:
     args.data_dir = str(args.data_dir)
     train, test = shared.load_dataset(args, "nfcorpus")
     train = eligible_subset(args, train)
+    if args.max_corpus is not None:  # smoke runs: NFCorpus' train qrels judge nearly every document, so cut again
+        from hf_robust_ir.data import RetrievalCorpus
+
+        judged = {d for data in (train, test) for docs in data.qrels.values() for d in docs}
+        kept = judged | set(list(train.corpus)[: args.max_corpus])
+        corpus = {d: text for d, text in train.corpus.items() if d in kept}
+        train = RetrievalCorpus(corpus, train.queries, train.qrels, train.name)
+        test = RetrievalCorpus(corpus, test.queries, test.qrels, test.name)
     evaluator = RetrievalEvaluator(test, batch_size=args.encode_batch_size, show_progress_bar=args.verbose)
     base = BiEncoder.from_pretrained(
         args.model, query_max_length=args.eval_max_length, document_max_length=args.eval_max_length
