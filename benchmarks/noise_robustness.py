@@ -99,8 +99,8 @@ BUDGET_RATIONALE = (
     "filter, one negative: sentence-transformers' mine_hard_negatives with num_negatives=1 and sampling 'top'). "
     "For a swapped query that passage is usually the true positive, so noise now pushes relevant passages down "
     "(the false-negative half of label noise) as well as pulling a wrong one up. One epoch of this costs about "
-    "what three in-batch epochs cost (two forward documents per query instead of one), so the quick profile fits "
-    "its hour; budget_checks in the JSON say whether the budget makes noise cost InfoNCE and MNRL at least 0.010."
+    "what three in-batch epochs cost (two forward documents per query instead of one); budget_checks in the JSON "
+    "say whether the budget makes noise cost InfoNCE and MNRL at least 0.010."
 )
 
 

@@ -54,7 +54,8 @@ RELABEL_CITATIONS = {
         "Negatives for Robust Information Retrieval}, author={Thakur, Nandan and Zhang, Crystina and Ma, Xueguang "
         "and Lin, Jimmy}, journal={arXiv:2505.16967}, year={2025}}"
     ),
-    "arhn": "@misc{arhn, title={ARHN: answerability-based relabeling of hard negatives}, note={arXiv:2604.11092}}",
+    # the arXiv id only: the entry names no title it cannot vouch for
+    "arhn": "@misc{arhn, howpublished={arXiv:2604.11092}, note={ARHN: hard negatives relabeled by answerability}}",
 }
 METRIC_NAMES = {"ndcg": "nDCG", "recall": "Recall", "mrr": "MRR", "map": "MAP", "precision": "Precision"}
 
