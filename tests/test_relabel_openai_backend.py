@@ -51,12 +51,16 @@ class ChatServer:
                     server.requests.append((dict(self.headers), body))
                     server.in_flight += 1
                     server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
+                finished = False
                 try:
                     if self.path != "/v1/chat/completions":
                         status, payload, headers, delay = 404, {"error": "not found"}, {}, 0.0
                     else:
                         status, payload, headers, delay = server.respond(body, index)
                     time.sleep(delay)
+                    with server.lock:  # done before the reply goes out: the client may send its next one at once
+                        server.in_flight -= 1
+                        finished = True
                     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                     self.send_response(status)
                     for key, value in {"Content-Type": "application/json", **headers}.items():
@@ -67,8 +71,9 @@ class ChatServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout)
                 finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                    if not finished:
+                        with server.lock:
+                            server.in_flight -= 1
 
             def log_message(self, *args):
                 pass
