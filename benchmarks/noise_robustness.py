@@ -810,6 +810,7 @@ def _train_log(trainer: Any) -> dict[str, Any]:
 
 def train_ours(args: argparse.Namespace, loss_name: str, rows: Any, corpus: dict[str, str], seed: int, work: str):
     """RetrievalTrainer with the registered loss ``loss_name``; returns the trained BiEncoder and its training log."""
+    from hf_robust_ir.losses import get_loss
     from hf_robust_ir.modeling import BiEncoder
     from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
 
@@ -822,7 +823,12 @@ def train_ours(args: argparse.Namespace, loss_name: str, rows: Any, corpus: dict
         group_size=1 + args.hard_negatives,
         positives_per_query=1,
     )
-    trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus)
+    guide = None  # losses that read a frozen guide's scores get the base model, as GISTEmbed does
+    if getattr(get_loss(loss_name, **(args.loss_kwargs.get(loss_name) or {})), "needs_guide_scores", False):
+        guide = BiEncoder.from_pretrained(
+            args.model, query_max_length=args.max_length, document_max_length=args.max_length
+        )
+    trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus, guide_model=guide)
     _quiet(trainer)
     trainer.train()
     return trainer.accelerator.unwrap_model(trainer.model), _train_log(trainer)

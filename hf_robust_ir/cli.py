@@ -11,14 +11,14 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("train", "eval", "mine", "noise", "relabel", "download")
+COMMANDS = ("train", "eval", "mine", "noise", "score", "relabel", "self-train", "download")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-robust-ir", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        module = importlib.import_module(f"hf_robust_ir.commands.{name}")
+        module = importlib.import_module(f"hf_robust_ir.commands.{name.replace('-', '_')}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run, _accepts_overrides=getattr(module, "ACCEPTS_OVERRIDES", False))

@@ -19,6 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .callbacks.loss_schedule import LossScheduleCallback
 from .data.collator import PAD_KEY, RetrievalCollator, build_targets
 from .data.reranker_collator import RerankerCollator
+from .data.token_noise import TokenNoise
 from .losses import RetrievalLoss, get_loss
 
 
@@ -54,6 +55,19 @@ class RetrievalTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "guide BiEncoder folder for losses that mask by guide scores (loss: guide_masked)"},
     )
+    student_noise: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "token noise on the student's inputs (noisy student): "
+            "{kind: shuffle|delete|replace|mask|sequential, p: 0.1}"
+        },
+    )
+    refresh_steps: int | None = field(
+        default=None,
+        metadata={"help": "every K steps, re-mine hard negatives and teacher scores with the current model (ANCE)"},
+    )
+    refresh_num_negatives: int = field(default=7, metadata={"help": "negatives per query kept by each refresh"})
+    refresh_range_max: int = field(default=100, metadata={"help": "a refresh mines from the model's top-k"})
     model_card: bool = field(
         default=True, metadata={"help": "write README.md (the model card) into checkpoints and output_dir"}
     )
@@ -66,6 +80,12 @@ class RetrievalTrainingArguments(TrainingArguments):
             import json
 
             self.loss_kwargs = json.loads(self.loss_kwargs) if self.loss_kwargs.strip() else None
+        if isinstance(self.student_noise, str):
+            import json
+
+            text = self.student_noise.strip()
+            self.student_noise = json.loads(text) if text.startswith("{") else (text or None)
+        TokenNoise.from_config(self.student_noise)  # invalid settings fail here, not at the first batch
         super().__post_init__()
 
 
@@ -168,6 +188,8 @@ def default_collator(model: torch.nn.Module, corpus: dict[str, str], args: Retri
     seed = args.data_seed if args.data_seed is not None else args.seed
     common = {"group_size": args.group_size, "positives_per_query": args.positives_per_query, "seed": seed}
     if isinstance(model, CrossEncoder):
+        if args.student_noise is not None:
+            raise ValueError("student_noise (token noise on the student's inputs) is for bi-encoders only")
         return RerankerCollator.for_model(model, corpus, max_length=args.document_max_length, **common)
     return RetrievalCollator.for_model(
         model,
@@ -175,6 +197,7 @@ def default_collator(model: torch.nn.Module, corpus: dict[str, str], args: Retri
         query_max_length=args.query_max_length,
         document_max_length=args.document_max_length,
         in_batch_negatives=args.in_batch_negatives,
+        student_noise=args.student_noise,
         **common,
     )
 
@@ -228,6 +251,21 @@ class RetrievalTrainer(Trainer):
             self.eval_dataset = None
         if hasattr(data_collator, "set_epoch"):
             self.add_callback(EpochSamplingCallback(data_collator))
+        self.hard_negative_refresh = None
+        if args.refresh_steps:
+            from .callbacks.refresh import HardNegativeRefreshCallback
+
+            if corpus is None or train_dataset is None:
+                raise ValueError("refresh_steps needs the training rows and the corpus")
+            self.hard_negative_refresh = HardNegativeRefreshCallback(
+                train_dataset,
+                corpus,
+                data_collator,
+                every_steps=args.refresh_steps,
+                num_negatives=args.refresh_num_negatives,
+                range_max=args.refresh_range_max,
+            )
+            self.add_callback(self.hard_negative_refresh)
         self.loss_schedule = LossScheduleCallback(
             self.loss,
             alpha_schedule=args.loss_schedule,

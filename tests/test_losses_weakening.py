@@ -251,9 +251,31 @@ def test_registry_and_config():
         "max_added": 1,
         "warmup_steps": 100,
         "confidence_enabled": True,
+        "guide_margin": None,
     }
     assert "Lienen" in LabelRelaxationLoss.citation and "2512.13237" in LabelWeakeningLoss.citation
     with pytest.raises(ValueError, match="rule"):
         LabelWeakeningLoss(rule="vibes")
     with pytest.raises(ValueError, match="alpha"):
         LabelRelaxationLoss(alpha=1.0)
+
+
+def test_guide_agreement_requires_the_guide_to_rank_the_candidate_above_the_label_too():
+    # student s = [1, 3, 2.5, 0], positive 0, margin 0: candidates 1 and 2 outrank the label for the student.
+    # guide g = [0.5, 0.4, 0.7, 0.9]: the guide ranks 2 and 3 above the label, not 1. Agreement: only 2 joins.
+    loss = weakening(alpha=0.0, margin=0.0, max_added=None, guide_margin=0.0)
+    assert loss.needs_guide_scores and loss.config()["guide_margin"] == 0.0
+    scores = torch.tensor([[1.0, 3.0, 2.5, 0.0]])
+    labels, mask = torch.tensor([[1.0, 0, 0, 0]]), torch.ones(1, 4, dtype=torch.bool)
+    guide = torch.tensor([[0.5, 0.4, 0.7, 0.9]])
+    z = E + E**3 + E**2.5 + 1
+    assert loss(scores, labels, mask, guide_scores=guide).item() == pytest.approx(
+        -math.log((E + E**2.5) / z), abs=1e-6
+    )
+    # a guide margin of 0.25 cosine: 0.7 is not above 0.5 + 0.25, nothing joins: plain −log p_0
+    strict = weakening(alpha=0.0, margin=0.0, max_added=None, guide_margin=0.25)
+    assert strict(scores, labels, mask, guide_scores=guide).item() == pytest.approx(-math.log(E / z), abs=1e-6)
+    # without guide scores the loss refuses to guess; without guide_margin it needs none
+    with pytest.raises(ValueError, match="guide_scores"):
+        loss(scores, labels, mask)
+    assert not weakening().needs_guide_scores

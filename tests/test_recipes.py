@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 TRAIN_RECIPES = [p for p in RECIPES if "loss" in yaml.safe_load(p.read_text())]
 RELABEL_RECIPES = [p for p in RECIPES if "judge" in yaml.safe_load(p.read_text())]
+SELF_TRAIN_RECIPES = [p for p in RECIPES if "rounds" in yaml.safe_load(p.read_text())]
 ACCELERATE_CONFIGS = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
 
 
@@ -28,13 +29,15 @@ def test_every_recipe_is_covered():
         "scifact_label_weakening.yaml",
         "scifact_rlhn_train.yaml",
         "scifact_guide_masked.yaml",
+        "scifact_distillation.yaml",
     }
     assert {p.name for p in RELABEL_RECIPES} >= {
         "relabel_rlhn_embedding.yaml",
         "relabel_arhn_llm.yaml",
         "relabel_rlhn_openai.yaml",
     }
-    assert set(RECIPES) == set(TRAIN_RECIPES) | set(RELABEL_RECIPES)
+    assert {p.name for p in SELF_TRAIN_RECIPES} == {"self_training_scifact.yaml"}
+    assert set(RECIPES) == set(TRAIN_RECIPES) | set(RELABEL_RECIPES) | set(SELF_TRAIN_RECIPES)
 
 
 def tiny_train_overrides(model: str, data: Path, output: Path) -> list[str]:
@@ -77,6 +80,18 @@ def test_train_recipe_runs_tiny(recipe, tmp_path, tiny_model_path, small_beir, r
     assert results["train"]["train_loss"] == results["train"]["train_loss"]  # finite, not NaN
     assert "after_ndcg@10" in results["after"]
     assert (tmp_path / "run" / "README.md").exists()  # the model card
+
+
+@pytest.mark.parametrize("recipe", SELF_TRAIN_RECIPES, ids=lambda p: p.stem)
+def test_self_train_recipe_runs_tiny(recipe, tmp_path, tiny_model_path, small_beir, capsys):  # noqa: F811
+    settings = {"model": tiny_model_path, "data_dir": str(small_beir), "output_dir": str(tmp_path / "run")}
+    settings.update(rounds=1, synthetic_passages=6, candidates_per_query=2, pretrain_group_size=2, max_length=32)
+    settings.update(batch_size=4, max_eval_queries=4, mining_range_max=5, show_progress_bar=False)
+    argv = ["self-train", "--config", str(recipe)]
+    argv += [token for key, value in settings.items() for token in (f"--{key}", json.dumps(value))]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["round"] for r in printed["rounds"]] == [0, 1] and printed["best_round"] in (0, 1)
 
 
 def test_relabel_then_train_sees_relabeled_positives(relabeled_rows):

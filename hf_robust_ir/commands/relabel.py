@@ -17,12 +17,11 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..data.schema import DataFormatError
-from .common import setup_logging
+from .common import load_recipe, setup_logging
 
 HELP = "relabel false negatives of training rows with a judge (rlhn, hn_remove, remove, threshold, arhn) from a recipe"
 DATA_ENV = "HF_ROBUST_IR_DATA"
@@ -59,72 +58,10 @@ class RelabelArguments:
     show_progress_bar: bool = True
 
 
-def _key_lines(text: str) -> dict[str, int]:
-    import yaml
-
-    node = yaml.compose(text)
-    if node is None or not isinstance(node, yaml.MappingNode):
-        return {}
-    return {key.value: key.start_mark.line + 1 for key, _ in node.value}
-
-
-def _check_type(name: str, value: Any, annotation: str) -> str | None:
-    expected = {
-        "str": (str,),
-        "int": (int,),
-        "float": (int, float),
-        "bool": (bool,),
-        "dict": (dict,),
-        "list": (list,),
-    }
-    optional = "None" in annotation
-    if value is None:
-        return None if optional else "must not be null"
-    base = annotation.split("|")[0].strip()
-    types = expected.get(base)
-    if types is None or (isinstance(value, bool) and base in ("int", "float")):
-        return None if types is None else f"expected {base}, got a boolean"
-    return None if isinstance(value, types) else f"expected {base}, got {type(value).__name__}"
-
-
 def parse_recipe(config_path: str | None, overrides: list[str]) -> RelabelArguments:
     """Recipe file + ``--key value`` overrides (values read as YAML) -> :class:`RelabelArguments`; errors name the
     file, line and field."""
-    import yaml
-
-    source = config_path or "command line"
-    config: dict[str, Any] = {}
-    lines: dict[str, int] = {}
-    if config_path:
-        path = Path(config_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe {config_path!r} not found")
-        text = path.read_text(encoding="utf-8")
-        try:
-            config = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise DataFormatError(source, mark.line + 1 if mark else None, None, f"invalid YAML: {exc}") from None
-        if not isinstance(config, dict):
-            raise DataFormatError(source, None, None, "a recipe is a mapping of argument names to values")
-        lines = _key_lines(text)
-    i = 0
-    while i < len(overrides):
-        key = overrides[i]
-        if not key.startswith("--") or i + 1 >= len(overrides):
-            raise DataFormatError("command line", None, key, "expected --key value pairs")
-        name, value = key[2:].replace("-", "_"), yaml.safe_load(overrides[i + 1])
-        config[name] = value
-        lines.pop(name, None)
-        i += 2
-    known = {f.name: str(f.type) for f in fields(RelabelArguments)}
-    for name, value in config.items():
-        line = lines.get(name)
-        if name not in known:
-            raise DataFormatError(source, line, name, f"unknown field; fields: {sorted(known)}")
-        problem = _check_type(name, value, known[name])
-        if problem:
-            raise DataFormatError(source, line, name, problem)
+    config, lines, source = load_recipe(RelabelArguments, config_path, overrides)
     if "output_dir" not in config:
         raise DataFormatError(source, None, "output_dir", "missing (the folder the relabeled datasets go to)")
     if config.get("push_to_hub") and not config.get("hub_repo_id"):

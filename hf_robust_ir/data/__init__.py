@@ -10,11 +10,13 @@ from .hf_formats import (
     load_training_data,
 )
 from .schema import ROW_FEATURES, DataFormatError, RetrievalCorpus, TrainingData, document_text
+from .token_noise import TokenNoise
 
 __all__ = [
     "ROW_FEATURES",
     "DataFormatError",
     "RetrievalCorpus",
+    "TokenNoise",
     "TrainingData",
     "content_id",
     "detect_format",

@@ -12,6 +12,12 @@ It also emits what is needed to rebuild the matrix over documents gathered from 
 (``doc_keys``, ``candidate_keys``, ``candidate_labels``, ``candidate_teacher``; see :func:`build_targets`), the
 batch's document ids in column order (``doc_ids``) and the raw ``query_texts`` / ``document_texts`` (for a guide model).
 Sampling is deterministic in ``(seed, epoch, query_id)``: a new sample each epoch, the same one after a resume.
+
+With ``student_noise`` (a :class:`~hf_robust_ir.data.token_noise.TokenNoise`, the noisy student of NST) the tokenized
+``query`` and ``document`` inputs, which only the model being trained reads, get token-level noise. Everything else
+stays clean: ``query_texts`` / ``document_texts`` (what a frozen guide or teacher model encodes), ``labels``, ``mask``
+and ``teacher``, so the student learns from noisy inputs against targets computed on clean ones. The noise is
+deterministic in ``(noise seed, epoch, the batch's query ids)``, with separate streams for queries and documents.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from .token_noise import TokenNoise
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +92,8 @@ class RetrievalCollator:
         query_prefix / document_prefix: strings put before queries / documents (e.g. ``"query: "``).
         in_batch_negatives: let each query see the other queries' documents as candidates.
         seed: sampling seed; the sample of a query depends only on ``(seed, epoch, query_id)``.
+        student_noise: token noise on the tokenized queries and documents (a :class:`TokenNoise`, its config dict,
+            or a kind name); the raw texts and targets stay clean. ``None``: no noise.
     """
 
     def __init__(
@@ -99,6 +109,7 @@ class RetrievalCollator:
         in_batch_negatives: bool = True,
         seed: int = 42,
         pad_to_multiple_of: int | None = None,
+        student_noise: TokenNoise | dict | str | None = None,
     ):
         if group_size < 1 or positives_per_query < 1:
             raise ValueError("group_size and positives_per_query must be >= 1")
@@ -115,7 +126,11 @@ class RetrievalCollator:
         self.in_batch_negatives = in_batch_negatives
         self.seed = seed
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.student_noise = TokenNoise.from_config(student_noise)
+        if self.student_noise is not None:
+            self.student_noise.validate_tokenizer(tokenizer)
         self.epoch = 0
+        self.row_overrides: dict[str, Mapping[str, Any]] = {}
 
     @classmethod
     def for_model(cls, model: Any, corpus: Mapping[str, str], **kwargs: Any) -> RetrievalCollator:
@@ -141,6 +156,11 @@ class RetrievalCollator:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def set_row_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace the candidate lists of some queries from the next batch on: ``{query_id: {"doc_ids", "labels",
+        "teacher_scores", ...}}`` (see :class:`~hf_robust_ir.callbacks.HardNegativeRefreshCallback`)."""
+        self.row_overrides = dict(overrides)
+
     def sample(self, row: Mapping[str, Any]) -> list[int]:
         """Indices into the row's candidate list: positives first, then negatives, without repeats."""
         labels = np.asarray(row["labels"], dtype=np.float32)
@@ -162,11 +182,36 @@ class RetrievalCollator:
                 truncation=True,
                 max_length=max_length,
                 pad_to_multiple_of=self.pad_to_multiple_of,
+                return_special_tokens_mask=self.student_noise is not None,
                 return_tensors="pt",
             )
         )
 
+    def _add_noise(
+        self, encoded: dict[str, torch.Tensor], rows: Sequence[Mapping[str, Any]], stream: str
+    ) -> dict[str, torch.Tensor]:
+        """The student's noisy version of tokenized inputs; ``special_tokens_mask`` is used up, never returned."""
+        special = encoded.pop("special_tokens_mask")
+        noise = self.student_noise
+        seed = _stable_seed(noise.seed, self.epoch, tuple(row["query_id"] for row in rows), stream)
+        ids = encoded["input_ids"]
+        attention = encoded.get("attention_mask", torch.ones_like(ids))
+        noisy = noise.apply(
+            ids, attention, special, self.tokenizer, torch.Generator().manual_seed(seed), self.pad_to_multiple_of
+        )
+        width = noisy["input_ids"].shape[1]
+        # other per-token inputs (token_type_ids: one segment, so constant along a row) follow a shortened width
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        out = {k: (v[:, v.shape[1] - width :] if left else v[:, :width]) for k, v in encoded.items()}
+        out["input_ids"] = noisy["input_ids"]
+        if "attention_mask" in encoded:
+            out["attention_mask"] = noisy["attention_mask"]
+        return out
+
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        overrides = getattr(self, "row_overrides", None)
+        if overrides:
+            rows = [{**row, **overrides[row["query_id"]]} if row["query_id"] in overrides else row for row in rows]
         doc_ids: list[str] = []
         seen: set[str] = set()
         longest = max(len(row["doc_ids"]) for row in rows)
@@ -193,9 +238,14 @@ class RetrievalCollator:
             doc_texts = [self.corpus[d] for d in doc_ids]
         except KeyError as err:
             raise KeyError(f"document id {err.args[0]!r} of a training row is not in the corpus") from None
+        query = self._tokenize([row["query"] for row in rows], self.query_prefix, self.query_max_length)
+        document = self._tokenize(doc_texts, self.document_prefix, self.document_max_length)
+        if self.student_noise is not None:
+            query = self._add_noise(query, rows, "query")
+            document = self._add_noise(document, rows, "document")
         return {
-            "query": self._tokenize([row["query"] for row in rows], self.query_prefix, self.query_max_length),
-            "document": self._tokenize(doc_texts, self.document_prefix, self.document_max_length),
+            "query": query,
+            "document": document,
             "labels": labels,
             "mask": mask,
             "teacher": teacher,

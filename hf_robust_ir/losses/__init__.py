@@ -1,7 +1,9 @@
 """Losses under one contract: ``forward(scores[B, C], labels[B, C], mask[B, C], teacher=None) -> scalar``."""
 
 from .base import LOSS_REGISTRY, RetrievalLoss, get_loss, masked_log_softmax, positive_target, register_loss
+from .combined import WeightedSumLoss
 from .contrastive import InfoNCELoss
+from .distillation import KLDistillationLoss, ListNetLoss, MarginMSELoss, WassersteinListwiseLoss
 from .guided import GuideMaskedLoss
 from .robust import (
     FocalLoss,
@@ -25,10 +27,13 @@ __all__ = [
     "GuideMaskedLoss",
     "HardBootstrappingLoss",
     "InfoNCELoss",
+    "KLDistillationLoss",
     "LabelRelaxationLoss",
     "LabelSmoothingLoss",
     "LabelWeakeningLoss",
+    "ListNetLoss",
     "MAELoss",
+    "MarginMSELoss",
     "NCERCELoss",
     "PolyLoss",
     "RINCELoss",
@@ -36,6 +41,8 @@ __all__ = [
     "SCELoss",
     "SoftBootstrappingLoss",
     "TaylorCELoss",
+    "WassersteinListwiseLoss",
+    "WeightedSumLoss",
     "get_loss",
     "masked_log_softmax",
     "positive_target",

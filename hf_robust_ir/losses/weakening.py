@@ -87,17 +87,28 @@ class LabelRelaxationLoss(RetrievalLoss):
         self.alpha = alpha
         self.reset_stats()
 
-    def plausible_set(self, scores: torch.Tensor, positives: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def plausible_set(
+        self,
+        scores: torch.Tensor,
+        positives: torch.Tensor,
+        mask: torch.Tensor,
+        guide_scores: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The set ``S`` per row as a boolean matrix, from detached float ``scores``; here the labeled positives."""
         return positives
 
-    def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
+    def forward(self, scores, labels, mask, teacher=None, guide_scores=None) -> torch.Tensor:
         mask = mask.bool()
         positives = mask & (labels > 0)
         has_positive = positives.any(-1)
+        if getattr(self, "needs_guide_scores", False):
+            if guide_scores is None:
+                raise ValueError(f"{type(self).__name__} with guide_margin needs guide_scores (set guide_model)")
+            if guide_scores.shape != scores.shape:
+                raise ValueError(f"guide_scores {tuple(guide_scores.shape)} do not match scores {tuple(scores.shape)}")
         detached = scores.detach().float()
         with torch.no_grad():
-            plausible = self.plausible_set(detached, positives, mask) & mask
+            plausible = self.plausible_set(detached, positives, mask, guide_scores) & mask
         per_query, inside = relaxation_loss(masked_log_softmax(scores, mask), plausible, mask, float(self.alpha))
         if torch.is_grad_enabled():
             self._record(detached, positives, plausible, mask, inside, has_positive)
@@ -156,6 +167,12 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
       temperature) above the *best* labeled positive, i.e. ones the model ranks above every label;
     - ``rule="topk_prob"``: candidates among the model's ``top_m`` with probability ``p̂_k >= min_prob``.
 
+    With ``guide_margin`` set, a candidate must also pass the same test under a frozen guide model (agreement of two
+    models): ``g[i, k] > max_{p∈P} g[i, p] + guide_margin`` with ``g`` the guide's ``q·d`` (cosine units, the trainer
+    passes ``guide_scores``; ``needs_guide_scores`` is then true). The guide — typically the starting model — is
+    not fooled by what the student learned from noisy labels, and the student keeps the guide from adding the hard
+    negatives it already ranks correctly; the combination is this library's, not the paper's.
+
     At most ``max_added`` candidates join (the highest-scoring ones; ``None`` for no bound), so the model cannot
     talk itself into many. With ``α = 0`` this is the marginal likelihood ``−log Σ_{k∈S} p̂_k``. With the rule off
     (``confidence_enabled=False``) it is :class:`LabelRelaxationLoss`. The model's own confidence is meaningless at
@@ -179,6 +196,7 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
         max_added: int | None = 1,
         warmup_steps: int = 0,
         confidence_enabled: bool = True,
+        guide_margin: float | None = None,
     ):
         super().__init__(alpha=alpha)
         if rule not in RULES:
@@ -193,8 +211,16 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.rule, self.margin, self.top_m, self.min_prob = rule, margin, top_m, min_prob
         self.max_added, self.warmup_steps, self.confidence_enabled = max_added, warmup_steps, confidence_enabled
+        self.guide_margin = None if guide_margin is None else float(guide_margin)
+        self.needs_guide_scores = self.guide_margin is not None
 
-    def plausible_set(self, scores: torch.Tensor, positives: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def plausible_set(
+        self,
+        scores: torch.Tensor,
+        positives: torch.Tensor,
+        mask: torch.Tensor,
+        guide_scores: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if not self.confidence_enabled or self.max_added == 0:
             return positives
         eligible = mask & ~positives & positives.any(-1, keepdim=True)
@@ -207,6 +233,10 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
             in_top = torch.zeros_like(mask).scatter(-1, top, True)
             probs = torch.softmax(masked_scores, -1)
             confident = eligible & in_top & (probs >= self.min_prob)
+        if self.guide_margin is not None:
+            guide = guide_scores.float()
+            guide_best_positive = guide.masked_fill(~positives, float("-inf")).amax(-1, keepdim=True)
+            confident = confident & (guide > guide_best_positive + self.guide_margin)
         if self.max_added is not None and self.max_added < scores.shape[-1]:
             best = scores.masked_fill(~confident, float("-inf")).topk(self.max_added, dim=-1).indices
             confident = confident & torch.zeros_like(mask).scatter(-1, best, True)

@@ -1,0 +1,111 @@
+"""Refresh hard negatives and teacher scores with the model being trained, every K steps (ANCE, Xiong et al. 2021).
+
+Negatives mined once with the starting model grow stale as the model learns: they stop being hard. ANCE re-encodes
+the corpus with the current model at intervals and mines new negatives from it. :class:`HardNegativeRefreshCallback`
+does this inside ordinary training, without touching the dataset: it keeps each query's labeled positives, mines
+``num_negatives`` new negatives from the current model's top ``range_max`` (skipping the first ``range_min``), scores
+every candidate with the current model (or a separate ``teacher``) as ``teacher_scores``, and hands the new
+candidate lists to the collator (:meth:`~hf_robust_ir.data.collator.RetrievalCollator.set_row_overrides`), which uses them
+from the next batch on. Under DDP every process encodes its share of the corpus and all of them get the same
+candidates. The collator must run in the training process (``dataloader_num_workers=0``), where the overrides are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+
+class HardNegativeRefreshCallback(TrainerCallback):
+    """Every ``every_steps`` optimizer steps, re-mine the training rows' negatives with the current model.
+
+    Args:
+        rows: the training rows (canonical ``datasets.Dataset``); their positives (label > 0) are kept.
+        corpus: document id -> text.
+        collator: the trainer's :class:`~hf_robust_ir.data.collator.RetrievalCollator`.
+        every_steps: refresh interval K in optimizer steps.
+        num_negatives, range_min, range_max: as in :func:`~hf_robust_ir.mining.mine_hard_negatives`.
+        teacher: a BiEncoder / CrossEncoder that scores the new candidates (default: the model being trained).
+        batch_size: encoding batch size.
+    """
+
+    def __init__(
+        self,
+        rows: Any,
+        corpus: Mapping[str, str],
+        collator: Any,
+        every_steps: int,
+        num_negatives: int = 7,
+        range_min: int = 0,
+        range_max: int = 100,
+        teacher: Any = None,
+        batch_size: int = 64,
+    ):
+        if every_steps < 1:
+            raise ValueError(f"every_steps must be >= 1, got {every_steps}")
+        if not hasattr(collator, "set_row_overrides"):
+            raise ValueError(f"{type(collator).__name__} cannot take refreshed candidates (no set_row_overrides)")
+        self.rows, self.corpus, self.collator = rows, corpus, collator
+        self.every_steps, self.num_negatives = every_steps, num_negatives
+        self.range_min, self.range_max = range_min, range_max
+        self.teacher, self.batch_size = teacher, batch_size
+        self.refreshes = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.dataloader_num_workers:
+            raise ValueError(
+                "hard-negative refresh needs dataloader_num_workers=0: worker processes hold their own collator copy"
+            )
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every_steps == 0 and state.global_step < state.max_steps:
+            self.refresh(getattr(model, "module", model))
+        return control
+
+    def refresh(self, model: Any) -> dict[str, dict[str, list]]:
+        """Mine and score new candidates with ``model`` and give them to the collator; returns the overrides."""
+        from ..data.schema import RetrievalCorpus
+        from ..mining import mine_hard_negatives
+        from ..scoring import score_candidates
+
+        queries = dict(zip(self.rows["query_id"], self.rows["query"]))
+        qrels = {
+            row["query_id"]: {d: label for d, label in zip(row["doc_ids"], row["labels"]) if label > 0}
+            for row in self.rows
+        }
+        qrels = {qid: judged for qid, judged in qrels.items() if judged}
+        mined = mine_hard_negatives(
+            model,
+            RetrievalCorpus(corpus=dict(self.corpus), queries=queries, qrels=qrels, name="refresh"),
+            num_negatives=self.num_negatives,
+            range_min=self.range_min,
+            range_max=self.range_max,
+            batch_size=self.batch_size,
+            show_progress_bar=False,
+        )
+        teacher_scores = mined["teacher_scores"]
+        if self.teacher is not None:
+            teacher_scores = score_candidates(
+                self.teacher,
+                list(mined["query"]),
+                [[self.corpus[d] for d in ids] for ids in mined["doc_ids"]],
+                batch_size=self.batch_size,
+            )
+        overrides = {
+            row["query_id"]: {
+                "doc_ids": row["doc_ids"],
+                "labels": row["labels"],
+                "teacher_scores": scores,
+                "label_source": row.get("label_source") or [],
+            }
+            for row, scores in zip(mined, teacher_scores)
+        }
+        self.collator.set_row_overrides(overrides)
+        self.refreshes += 1
+        logger.info("refreshed the hard negatives of %d queries (refresh %d)", len(overrides), self.refreshes)
+        return overrides

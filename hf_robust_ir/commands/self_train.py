@@ -1,0 +1,83 @@
+"""`hf-robust-ir self-train --config recipe.yaml [--key value ...]`: noisy self-training for N rounds.
+
+The recipe holds the fields of :class:`~hf_robust_ir.self_training.SelfTrainingArguments`. Round 0 fine-tunes the
+starting model on the labeled rows (the first teacher); each later round pre-trains a fresh, noisy student on
+synthetic queries soft-labeled by the teacher, fine-tunes it on the labeled rows and makes it the next teacher.
+Each round's checkpoint (``<output_dir>/round_<r>/model``) and metrics are saved as soon as the round ends, in
+``<output_dir>/self_training_state.json``; started again, the command resumes after the last finished round.
+Prints ``{"rounds": [...], "best_round": ...}`` on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..data.schema import DataFormatError
+from .common import load_recipe, setup_logging
+
+HELP = "noisy self-training: teacher -> synthetic queries -> soft labels -> noisy student -> fine-tune, N rounds"
+ACCEPTS_OVERRIDES = True
+DATA_ENV = "HF_ROBUST_IR_DATA"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML recipe (see recipes/self_training_*.yaml); --key value overrides one")
+
+
+def parse_recipe(config_path: str | None, overrides: list[str]):
+    from ..self_training import SelfTrainingArguments
+
+    config, lines, source = load_recipe(SelfTrainingArguments, config_path, overrides)
+    if "output_dir" not in config:
+        raise DataFormatError(source, None, "output_dir", "missing (the folder the rounds are saved to)")
+    generator = config.get("query_generator", {})
+    if generator.get("type", "extractive") not in ("extractive", "hf"):
+        raise DataFormatError(
+            source, lines.get("query_generator"), "query_generator", "type must be 'extractive' or 'hf'"
+        )
+    for name in ("pretrain_loss", "finetune_loss"):
+        if name in config:
+            from ..losses import LOSS_REGISTRY
+
+            if config[name] not in LOSS_REGISTRY:
+                raise DataFormatError(source, lines.get(name), name, f"unknown loss; losses: {sorted(LOSS_REGISTRY)}")
+    fraction = config.get("labeled_fraction", 1.0)
+    if not 0 < fraction <= 1:
+        raise DataFormatError(source, lines.get("labeled_fraction"), "labeled_fraction", "must be in (0, 1]")
+    return SelfTrainingArguments(**config)
+
+
+def resolve_data_dir(data_dir: str | None) -> Path:
+    if data_dir:
+        folder = Path(data_dir)
+    elif os.environ.get(DATA_ENV):
+        folder = Path(os.environ[DATA_ENV]) / "scifact"
+    else:
+        raise SystemExit(f"error: no data: set data_dir, or {DATA_ENV} to a folder holding scifact/")
+    if not (folder / "corpus.jsonl").is_file():
+        raise SystemExit(f"error: {folder} is not a BEIR folder (no corpus.jsonl); set data_dir")
+    return folder
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging()
+    try:
+        recipe = parse_recipe(args.config, args.overrides)
+    except (DataFormatError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from ..self_training import SelfTrainingLoop, best_round
+
+    loop = SelfTrainingLoop(recipe, resolve_data_dir(recipe.data_dir))
+    try:
+        rounds = loop.run()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    best = best_round(rounds)
+    print(json.dumps({"rounds": rounds, "best_round": best["round"] if best else None}))
+    return 0

@@ -1,0 +1,365 @@
+"""Noisy self-training (NST, arXiv 2311.15563): a teacher labels synthetic queries softly, a noisy student learns them.
+
+One round, with ``T`` the teacher of the round (round 0: the starting model fine-tuned on the labeled rows):
+
+1. ``T`` encodes the corpus once; the index serves the evaluation of ``T``, the soft labels and the hard negatives;
+2. synthetic queries (one :class:`~hf_robust_ir.synthetic.QueryGenerator` run over sampled passages, made once and
+   reused by every round) get their top-``candidates_per_query`` passages under ``T`` as candidates, the source
+   passage as the labeled positive, and ``T``'s scores as ``teacher_scores`` (soft labels);
+3. a fresh student (the starting model) is pre-trained on those rows with the distillation loss, token noise on its
+   inputs only (:class:`~hf_robust_ir.data.TokenNoise`);
+4. the student is fine-tuned on the labeled rows, with hard negatives mined by ``T``;
+5. the student becomes the teacher of the next round.
+
+Every round's checkpoint and metrics are saved under ``output_dir/round_<r>`` and recorded in
+``output_dir/self_training_state.json`` as soon as the round ends; a restarted run resumes after the last finished
+round with its checkpoint as the teacher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "self_training_state.json"
+SYNTHETIC_NAME = "synthetic_queries.jsonl"
+
+
+@dataclass
+class SelfTrainingArguments:
+    """The loop's settings (the fields of a ``hf-robust-ir self-train`` recipe)."""
+
+    output_dir: str
+    model: str | None = None  # starting model folder: the first teacher and every round's fresh student
+    data_dir: str | None = None  # BEIR folder (default: $HF_ROBUST_IR_DATA, then ../shared/data/scifact)
+    train_split: str = "train"
+    eval_split: str | None = "test"  # null: no evaluation
+    labeled_fraction: float = 1.0  # share of the labeled training queries kept (seeded sample)
+    max_eval_queries: int | None = None
+    rounds: int = 2  # student rounds after the round-0 teacher
+    train_initial_teacher: bool = True  # round 0 fine-tunes the starting model on the labeled rows
+    seed: int = 0
+    # synthetic queries
+    query_generator: dict = field(default_factory=lambda: {"type": "extractive", "mode": "sentence"})
+    synthetic_passages: int | None = 2000  # passages sampled from the corpus for synthetic queries (null: all)
+    queries_per_passage: int = 1
+    candidates_per_query: int = 15  # teacher top-k per synthetic query, scored as soft labels
+    # student pre-training on synthetic rows
+    pretrain_loss: str = "kl_distillation"
+    pretrain_loss_kwargs: dict = field(default_factory=lambda: {"teacher_temperature": 0.05})
+    pretrain_epochs: float = 1.0
+    pretrain_group_size: int = 8
+    student_noise: dict | None = field(default_factory=lambda: {"kind": "shuffle", "p": 0.1})
+    # fine-tuning on labeled rows
+    finetune_loss: str = "infonce"
+    finetune_loss_kwargs: dict | None = None
+    finetune_epochs: float = 1.0
+    hard_negatives: int = 1  # mined by the round's teacher
+    mining_range_max: int = 30
+    # shared by both stages
+    learning_rate: float = 2e-5
+    batch_size: int = 32
+    warmup_steps: float = 0.1
+    max_length: int = 256
+    encode_batch_size: int = 64
+    forward_chunk_size: int | None = None
+    training_kwargs: dict = field(default_factory=dict)  # more RetrievalTrainingArguments for both stages
+    show_progress_bar: bool = True
+
+
+def build_query_generator(config: dict[str, Any]) -> Any:
+    """A query generator from ``{"type": "extractive" | "hf", ...keyword arguments}``."""
+    from .synthetic import ExtractiveQueryGenerator, HFQueryGenerator
+
+    kind, kwargs = config.get("type", "extractive"), {k: v for k, v in config.items() if k != "type"}
+    if kind == "extractive":
+        return ExtractiveQueryGenerator(**kwargs)
+    if kind == "hf":
+        return HFQueryGenerator(**kwargs)
+    raise ValueError(f"query_generator type must be 'extractive' or 'hf', got {kind!r}")
+
+
+def sample_labeled_queries(rows: datasets.Dataset, fraction: float, seed: int) -> datasets.Dataset:
+    """A seeded sample of ``ceil(fraction · n)`` rows (all of them at fraction 1), in their original order."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"labeled_fraction must be in (0, 1], got {fraction}")
+    if fraction >= 1.0:
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), math.ceil(fraction * len(rows))))
+    return rows.select(keep)
+
+
+class SelfTrainingLoop:
+    """Run the loop of the module docstring; :meth:`run` returns the per-round records (and resumes)."""
+
+    def __init__(
+        self,
+        args: SelfTrainingArguments,
+        data_dir: str | Path,
+        labeled_qrels: dict[str, dict[str, int]] | None = None,
+        initial_index: Any = None,
+    ):
+        """``labeled_qrels`` replaces the split's qrels as the labeled data (e.g. noisy labels; ``labeled_fraction``
+        still applies); ``initial_index`` is a :class:`~hf_robust_ir.evaluation.DocumentIndex` of the corpus made
+        with the starting model, which spares round 0 one corpus encoding."""
+        self.args = args
+        self.output_dir = Path(args.output_dir)
+        self.data_dir = Path(data_dir)
+        self.labeled_qrels = labeled_qrels
+        self.initial_index = initial_index
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state_path(self) -> Path:
+        return self.output_dir / STATE_NAME
+
+    def load_state(self) -> dict[str, Any]:
+        if not self.state_path.exists():
+            return {"rounds": []}
+        state = json.loads(self.state_path.read_text())
+        if state.get("arguments") != self._recorded_arguments():
+            raise ValueError(
+                f"{self.state_path} was written with other settings; use another output_dir or delete the file"
+            )
+        return state
+
+    def _recorded_arguments(self) -> dict[str, Any]:
+        recorded = asdict(self.args)
+        for name in ("output_dir", "show_progress_bar", "rounds", "encode_batch_size"):  # may change on resume
+            recorded.pop(name)
+        return json.loads(json.dumps(recorded))
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        state["arguments"] = self._recorded_arguments()
+        partial = self.state_path.with_suffix(".tmp")
+        partial.write_text(json.dumps(state, indent=2) + "\n")
+        partial.replace(self.state_path)  # atomic: an interruption leaves the old or the new file
+
+    # ------------------------------------------------------------------ data
+    def load_data(self) -> tuple[Any, Any, datasets.Dataset]:
+        from .data import load_beir, rows_from_qrels
+
+        train = load_beir(self.data_dir, split=self.args.train_split)
+        test = None
+        if self.args.eval_split:
+            test = load_beir(self.data_dir, split=self.args.eval_split)
+            if self.args.max_eval_queries is not None:
+                keep = sorted(test.qrels)[: self.args.max_eval_queries]
+                test.qrels = {q: test.qrels[q] for q in keep}
+        if self.labeled_qrels is not None:
+            train = dataclasses.replace(train, qrels=self.labeled_qrels)
+        labeled = sample_labeled_queries(rows_from_qrels(train), self.args.labeled_fraction, self.args.seed)
+        return train, test, labeled
+
+    def synthetic_queries(self, corpus: dict[str, str]) -> list[dict[str, Any]]:
+        """The synthetic query rows, made once and kept in ``output_dir/synthetic_queries.jsonl``."""
+        from .synthetic import synthetic_query_rows
+
+        path = self.output_dir / SYNTHETIC_NAME
+        if path.exists():
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        doc_ids = sorted(corpus)
+        if self.args.synthetic_passages is not None and self.args.synthetic_passages < len(doc_ids):
+            doc_ids = sorted(random.Random(self.args.seed).sample(doc_ids, self.args.synthetic_passages))
+        generator = build_query_generator(self.args.query_generator)
+        rows = synthetic_query_rows(
+            corpus,
+            generator,
+            doc_ids=doc_ids,
+            num_queries=self.args.queries_per_passage,
+            show_progress=self.args.show_progress_bar,
+        )
+        partial = path.with_suffix(".tmp")
+        partial.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        partial.replace(path)
+        logger.info("%d synthetic queries from %d passages (%s)", len(rows), len(doc_ids), generator.config())
+        return rows
+
+    def soft_label_rows(self, teacher: Any, corpus: dict[str, str], synthetic: list[dict], index: Any):
+        """Synthetic queries with the teacher's top-k as candidates and its scores as ``teacher_scores``."""
+        from .data.schema import RetrievalCorpus
+        from .mining import mine_hard_negatives
+
+        queries = {row["query_id"]: row["query"] for row in synthetic}
+        qrels = {row["query_id"]: {row["doc_ids"][0]: 1} for row in synthetic}
+        k = self.args.candidates_per_query
+        return mine_hard_negatives(
+            teacher,
+            RetrievalCorpus(corpus=corpus, queries=queries, qrels=qrels, name="synthetic"),
+            num_negatives=k,
+            range_max=k,
+            batch_size=self.args.encode_batch_size,
+            index=index,
+            show_progress_bar=self.args.show_progress_bar,
+        )
+
+    # ------------------------------------------------------------------ training
+    def _training_args(
+        self, folder: Path, loss: str, loss_kwargs: dict | None, epochs: float, group_size: int, **extra
+    ):
+        from .trainer import RetrievalTrainingArguments
+
+        settings: dict[str, Any] = {
+            "output_dir": str(folder),
+            "per_device_train_batch_size": self.args.batch_size,
+            "learning_rate": self.args.learning_rate,
+            "warmup_steps": self.args.warmup_steps,
+            "lr_scheduler_type": "linear",
+            "num_train_epochs": epochs,
+            "seed": self.args.seed,
+            "data_seed": self.args.seed,
+            "loss": loss,
+            "loss_kwargs": loss_kwargs,
+            "group_size": group_size,
+            "forward_chunk_size": self.args.forward_chunk_size,
+            "save_strategy": "no",
+            "report_to": "none",
+            "logging_steps": 10,
+            "disable_tqdm": not self.args.show_progress_bar,
+            **self.args.training_kwargs,
+            **extra,
+        }
+        return RetrievalTrainingArguments(**settings)
+
+    def _fresh_student(self):
+        from .modeling import BiEncoder
+
+        return BiEncoder.from_pretrained(
+            self.model_path, query_max_length=self.args.max_length, document_max_length=self.args.max_length
+        )
+
+    def _train(self, model: Any, rows: datasets.Dataset, corpus: dict[str, str], training_args: Any) -> Any:
+        from .trainer import RetrievalTrainer
+
+        trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus)
+        trainer.train()
+        return trainer.accelerator.unwrap_model(trainer.model)
+
+    def finetune(self, model: Any, labeled: datasets.Dataset, corpus: dict[str, str], folder: Path) -> Any:
+        args = self._training_args(
+            folder / "finetune",
+            self.args.finetune_loss,
+            self.args.finetune_loss_kwargs,
+            self.args.finetune_epochs,
+            1 + self.args.hard_negatives,
+        )
+        return self._train(model, labeled, corpus, args)
+
+    def pretrain(self, model: Any, rows: datasets.Dataset, corpus: dict[str, str], folder: Path) -> Any:
+        args = self._training_args(
+            folder / "pretrain",
+            self.args.pretrain_loss,
+            self.args.pretrain_loss_kwargs,
+            self.args.pretrain_epochs,
+            self.args.pretrain_group_size,
+            student_noise=self.args.student_noise,
+        )
+        return self._train(model, rows, corpus, args)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        from .commands.train import default_model_path
+        from .evaluation import DocumentIndex, RetrievalEvaluator
+        from .mining import mine_hard_negatives
+        from .modeling import BiEncoder
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.model_path = self.args.model or default_model_path()
+        state = self.load_state()
+        train, test, labeled = self.load_data()
+        corpus = train.corpus
+        evaluator = (
+            RetrievalEvaluator(
+                test, batch_size=self.args.encode_batch_size, show_progress_bar=self.args.show_progress_bar
+            )
+            if test is not None
+            else None
+        )
+        labeled_data = type(train)(
+            corpus=corpus, queries=train.queries, qrels={q: train.qrels[q] for q in labeled["query_id"]}, name="labeled"
+        )
+        logger.info("%d labeled training queries (fraction %.2f)", len(labeled), self.args.labeled_fraction)
+
+        finished = {record["round"] for record in state["rounds"]}
+        # a corpus index is reused: the starting model's for round 0, each student's (made for its evaluation) as
+        # the next round's teacher index
+        indexes: dict[str, Any] = {str(self.model_path): self.initial_index} if self.initial_index is not None else {}
+
+        def index_of(path: str, model: Any) -> Any:
+            found = indexes.pop(str(path), None)
+            if found is not None:
+                return found
+            return DocumentIndex.from_corpus(
+                model, corpus, batch_size=self.args.encode_batch_size, show_progress_bar=self.args.show_progress_bar
+            )
+
+        def mine_labeled(teacher: Any, index: Any) -> datasets.Dataset:
+            return mine_hard_negatives(
+                teacher,
+                labeled_data,
+                num_negatives=self.args.hard_negatives,
+                range_max=self.args.mining_range_max,
+                batch_size=self.args.encode_batch_size,
+                index=index,
+                show_progress_bar=self.args.show_progress_bar,
+            )
+
+        for round_number in range(self.args.rounds + 1):
+            if round_number in finished:
+                continue
+            start = time.perf_counter()
+            folder = self.output_dir / f"round_{round_number}"
+            previous = [r for r in state["rounds"] if r["round"] == round_number - 1]
+            teacher_path = previous[0]["checkpoint"] if previous else self.model_path
+            teacher = BiEncoder.from_pretrained(
+                teacher_path, query_max_length=self.args.max_length, document_max_length=self.args.max_length
+            )
+            record: dict[str, Any] = {"round": round_number, "teacher": str(teacher_path)}
+            if round_number == 0:
+                student = teacher
+                if self.args.train_initial_teacher:
+                    rows = mine_labeled(teacher, index_of(teacher_path, teacher))
+                    student = self.finetune(self._fresh_student(), rows, corpus, folder)
+                record["stage"] = "teacher"
+            else:
+                index = index_of(teacher_path, teacher)
+                synthetic = self.synthetic_queries(corpus)
+                soft_rows = self.soft_label_rows(teacher, corpus, synthetic, index)
+                labeled_rows = mine_labeled(teacher, index)
+                del index
+                student = self.pretrain(self._fresh_student(), soft_rows, corpus, folder)
+                student = self.finetune(student, labeled_rows, corpus, folder)
+                record.update(stage="student", synthetic_queries=len(soft_rows))
+            checkpoint = folder / "model"
+            student.save_pretrained(str(checkpoint))
+            record["checkpoint"] = str(checkpoint)
+            indexes.clear()
+            if evaluator is not None:
+                student_index = index_of(str(checkpoint), student)
+                record["metrics"] = {k: round(float(v), 5) for k, v in evaluator(student, student_index).items()}
+                indexes[str(checkpoint)] = student_index
+            record["seconds"] = round(time.perf_counter() - start, 1)
+            state["rounds"].append(record)
+            self.save_state(state)
+            logger.info("round %d done: %s", round_number, record.get("metrics"))
+            if on_round is not None:
+                on_round(record)
+        return sorted(state["rounds"], key=lambda r: r["round"])
+
+
+def best_round(rounds: list[dict[str, Any]], metric: str = "ndcg@10") -> dict[str, Any] | None:
+    """The round with the highest ``metric`` (None when no round was evaluated)."""
+    evaluated = [r for r in rounds if metric in r.get("metrics", {})]
+    return max(evaluated, key=lambda r: r["metrics"][metric]) if evaluated else None

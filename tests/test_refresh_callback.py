@@ -1,0 +1,74 @@
+"""ANCE-style refresh: the collator gets negatives mined and scored by the current model; the trainer wires it."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from hf_robust_ir.callbacks import HardNegativeRefreshCallback
+from hf_robust_ir.data.collator import RetrievalCollator
+from hf_robust_ir.data.schema import RetrievalCorpus
+from hf_robust_ir.mining import mine_hard_negatives
+from hf_robust_ir.modeling import BiEncoder
+from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
+
+CORPUS = {f"d{i}": f"passage {i} about topic {i % 4} with words {' '.join(['w'] * (i % 5))}" for i in range(20)}
+ROWS = [
+    {"query_id": f"q{t}", "query": f"topic {t}", "doc_ids": [f"d{t}", f"d{t + 8}"], "labels": [1.0, 0.0]}
+    for t in range(4)
+]
+
+
+def _model(path):
+    return BiEncoder.from_pretrained(path, query_max_length=16, document_max_length=16)
+
+
+def test_refresh_mines_with_the_current_model_and_the_collator_uses_it(tiny_model_path):
+    model = _model(tiny_model_path)
+    rows = datasets.Dataset.from_list(ROWS)
+    collator = RetrievalCollator.for_model(model, CORPUS, group_size=3)
+    callback = HardNegativeRefreshCallback(rows, CORPUS, collator, every_steps=2, num_negatives=2, range_max=5)
+    overrides = callback.refresh(model)
+    expected = mine_hard_negatives(
+        model,
+        RetrievalCorpus(CORPUS, {r["query_id"]: r["query"] for r in ROWS}, {f"q{t}": {f"d{t}": 1} for t in range(4)}),
+        num_negatives=2,
+        range_max=5,
+        show_progress_bar=False,
+    )
+    for row in expected:
+        got = overrides[row["query_id"]]
+        assert got["doc_ids"] == row["doc_ids"] and got["labels"] == row["labels"]
+        np.testing.assert_allclose(got["teacher_scores"], row["teacher_scores"], atol=1e-5)
+        assert got["doc_ids"][0] == f"d{row['query_id'][1:]}"  # the labeled positive is kept first
+    batch = collator([ROWS[0], ROWS[1]])
+    sampled = set(batch["doc_ids"])
+    assert sampled <= set(overrides["q0"]["doc_ids"]) | set(overrides["q1"]["doc_ids"])
+    assert not torch.isnan(batch["teacher"][0][batch["mask"][0]]).all()  # the new teacher scores reach the matrix
+    with pytest.raises(ValueError, match="every_steps"):
+        HardNegativeRefreshCallback(rows, CORPUS, collator, every_steps=0)
+
+
+def test_trainer_refreshes_every_k_steps(tiny_model_path, tmp_path):
+    model = _model(tiny_model_path)
+    args = RetrievalTrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        max_steps=5,
+        group_size=2,
+        refresh_steps=2,
+        refresh_num_negatives=2,
+        refresh_range_max=5,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        model_card=False,
+    )
+    trainer = RetrievalTrainer(model, args, train_dataset=datasets.Dataset.from_list(ROWS), corpus=CORPUS)
+    calls = []
+    real = trainer.hard_negative_refresh.refresh
+    trainer.hard_negative_refresh.refresh = lambda m: (calls.append(trainer.state.global_step), real(m))[1]
+    trainer.train()
+    assert calls == [2, 4]  # after steps 2 and 4; not after the last step
+    assert set(trainer.data_collator.row_overrides) == {"q0", "q1", "q2", "q3"}
+    assert all(len(v["doc_ids"]) == 3 for v in trainer.data_collator.row_overrides.values())

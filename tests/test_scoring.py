@@ -1,0 +1,157 @@
+"""Teacher scoring: values against the teacher's own outputs, resuming after an interruption, `hf-robust-ir score`."""
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_bert_config
+from transformers import AutoTokenizer, BertForSequenceClassification
+
+import hf_robust_ir.scoring as scoring
+from hf_robust_ir.cli import main
+from hf_robust_ir.modeling import BiEncoder, CrossEncoder
+from hf_robust_ir.scoring import load_teacher, score_rows
+
+CORPUS = {
+    "p0": "the capital of france is paris",
+    "n0": "paris is the capital city of france",
+    "n1": "bananas are yellow fruit",
+    "p1": "water boils at one hundred degrees",
+    "n2": "at sea level water boils at 100 degrees celsius",
+    "n3": "the moon orbits the earth",
+}
+QUERIES = {"q0": "what is the capital of france", "q1": "at what temperature does water boil", "q2": "moon"}
+
+
+def _rows() -> datasets.Dataset:
+    return datasets.Dataset.from_list(
+        [
+            {"query_id": "q0", "query": QUERIES["q0"], "doc_ids": ["p0", "n0", "n1"], "labels": [1.0, 0.0, 0.0]},
+            {"query_id": "q1", "query": QUERIES["q1"], "doc_ids": ["p1", "n2", "n0"], "labels": [1.0, 0.0, 0.0]},
+            {"query_id": "q2", "query": QUERIES["q2"], "doc_ids": ["n3", "p0"], "labels": [1.0, 0.0]},
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def reranker_path(tiny_model_path, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny-reranker")
+    torch.manual_seed(0)
+    BertForSequenceClassification(tiny_bert_config(num_labels=1, initializer_range=0.2)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(path)
+    return str(path)
+
+
+def test_bi_encoder_teacher_scores_are_its_query_document_products(tiny_model_path):
+    teacher = load_teacher(tiny_model_path)
+    assert isinstance(teacher, BiEncoder)
+    scored = score_rows(_rows(), CORPUS, teacher, batch_size=2, chunk_size=2, show_progress=False)
+    for row in scored:
+        query = teacher.encode_queries([row["query"]])[0]
+        documents = teacher.encode_documents([CORPUS[d] for d in row["doc_ids"]])
+        np.testing.assert_allclose(row["teacher_scores"], documents @ query, atol=1e-5)
+    assert scored["labels"] == _rows()["labels"]  # nothing but the teacher scores changes
+
+
+def test_cross_encoder_teacher_scores_are_its_logits(reranker_path):
+    teacher = load_teacher(reranker_path)
+    assert isinstance(teacher, CrossEncoder)
+    rows = _rows().add_column("teacher_scores", [[9.0, 9.0, 9.0], [9.0, 9.0, 9.0], [9.0, 9.0]])
+    scored = score_rows(rows, CORPUS, teacher, batch_size=4, show_progress=False)
+    for row in scored:
+        expected = teacher.predict([(row["query"], CORPUS[d]) for d in row["doc_ids"]])
+        np.testing.assert_allclose(row["teacher_scores"], expected, atol=1e-5)  # old scores replaced
+    assert load_teacher(reranker_path, kind="bi_encoder").__class__ is BiEncoder
+    with pytest.raises(ValueError, match="teacher kind"):
+        load_teacher(reranker_path, kind="llm")
+
+
+def test_interrupted_scoring_resumes_without_scoring_a_row_twice(tiny_model_path, tmp_path, monkeypatch):
+    teacher = load_teacher(tiny_model_path)
+    reference = score_rows(_rows(), CORPUS, teacher, chunk_size=1, show_progress=False)
+    progress = tmp_path / "progress.jsonl"
+    calls: list[list[str]] = []
+    real = scoring.score_candidates
+
+    def failing_on_second_chunk(teacher, queries, candidates, **kwargs):
+        calls.append(list(queries))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(teacher, queries, candidates, **kwargs)
+
+    monkeypatch.setattr(scoring, "score_candidates", failing_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        score_rows(_rows(), CORPUS, teacher, chunk_size=1, progress_file=progress, show_progress=False)
+    assert [json.loads(line)["query_id"] for line in progress.read_text().splitlines()] == ["q0"]
+    progress.write_text(progress.read_text() + '{"index": 1, "query_id": "q1", "sco')  # a line cut mid-write
+    calls.clear()
+    monkeypatch.setattr(scoring, "score_candidates", lambda *a, **k: (calls.append(list(a[1])), real(*a, **k))[1])
+    resumed = score_rows(_rows(), CORPUS, teacher, chunk_size=1, progress_file=progress, show_progress=False)
+    assert calls == [[QUERIES["q1"]], [QUERIES["q2"]]]  # q0 is not scored again
+    np.testing.assert_allclose(
+        np.concatenate(resumed["teacher_scores"]), np.concatenate(reference["teacher_scores"]), atol=1e-6
+    )
+    # a progress file of other rows is refused, not mixed in
+    with pytest.raises(ValueError, match="not a row of these training rows"):
+        score_rows(_rows().select([2, 1, 0]), CORPUS, teacher, progress_file=progress, show_progress=False)
+
+
+def test_missing_document_is_named(tiny_model_path):
+    rows = datasets.Dataset.from_list([{"query_id": "q", "query": "x", "doc_ids": ["nope"], "labels": [1.0]}])
+    with pytest.raises(KeyError, match="'nope'"):
+        score_rows(rows, CORPUS, load_teacher(tiny_model_path), show_progress=False)
+
+
+def _beir(tmp_path):
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in CORPUS.items())
+    )
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()))
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\tp0\t1\nq0\tn1\t0\nq1\tp1\t1\n")
+    return folder
+
+
+def test_cli_scores_rows_and_writes_them(tiny_model_path, reranker_path, tmp_path, capsys):
+    beir = _beir(tmp_path)
+    rows_file = tmp_path / "rows.jsonl"
+    _rows().to_json(str(rows_file), lines=True)
+    out = tmp_path / "scored"
+    with pytest.raises(SystemExit):  # --output is required
+        main(["score", "--data", str(beir), "--rows", str(rows_file), "--teacher", reranker_path])
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "score",
+                "--data",
+                str(beir),
+                "--rows",
+                str(rows_file),
+                "--teacher",
+                reranker_path,
+                "--output",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"] == 3 and summary["candidates_scored"] == 8 and summary["teacher"] == "CrossEncoder"
+    saved = datasets.load_from_disk(str(out))
+    teacher = CrossEncoder.from_pretrained(reranker_path)
+    np.testing.assert_allclose(
+        saved[1]["teacher_scores"], teacher.predict([(QUERIES["q1"], CORPUS[d]) for d in ["p1", "n2", "n0"]]), atol=1e-5
+    )
+    lines = (out / "rows.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and "teacher_scores" in json.loads(lines[0])
+    assert not (out / "teacher_scores.partial.jsonl").exists()
+    # without --rows: the split's qrels; a missing teacher folder is an error naming the flag
+    assert main(["score", "--data", str(beir), "--teacher", tiny_model_path, "--output", str(tmp_path / "q")]) == 0
+    assert len(datasets.load_from_disk(str(tmp_path / "q"))) == 2
+    assert main(["score", "--data", str(beir), "--teacher", str(tmp_path / "nothing"), "--output", str(out)]) == 2
+    assert "--teacher" in capsys.readouterr().err

@@ -1,0 +1,145 @@
+"""Noisy self-training loop: rounds, soft labels from the teacher, resuming, the `self-train` command."""
+
+import json
+
+import numpy as np
+import pytest
+
+import hf_robust_ir.self_training as self_training
+from hf_robust_ir.cli import main
+from hf_robust_ir.commands.self_train import parse_recipe
+from hf_robust_ir.data.schema import DataFormatError
+from hf_robust_ir.modeling import BiEncoder
+from hf_robust_ir.self_training import SelfTrainingArguments, SelfTrainingLoop, best_round, sample_labeled_queries
+
+TOPICS = ["paris france capital", "water boils degrees", "moon orbits earth", "bananas yellow fruit", "cats sleep"]
+
+
+def _beir(tmp_path):
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    corpus = {}
+    for t, topic in enumerate(TOPICS):
+        for k in range(3):
+            corpus[f"d{t}{k}"] = f"This passage number {k} is about {topic}. It says more words about {topic} here."
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d, "title": "", "text": text}) + "\n" for d, text in corpus.items())
+    )
+    queries = {f"q{t}": f"tell me about {topic}" for t, topic in enumerate(TOPICS)}
+    queries.update({f"t{t}": f"what about {topic}" for t, topic in enumerate(TOPICS)})
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    train = "".join(f"q{t}\td{t}0\t1\n" for t in range(len(TOPICS)))
+    test = "".join(f"t{t}\td{t}1\t1\n" for t in range(len(TOPICS)))
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + train)
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + test)
+    return folder
+
+
+def _args(tmp_path, model, **overrides):
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        model=model,
+        rounds=1,
+        labeled_fraction=0.6,
+        synthetic_passages=6,
+        candidates_per_query=3,
+        pretrain_group_size=3,
+        hard_negatives=1,
+        mining_range_max=4,
+        batch_size=4,
+        max_length=32,
+        encode_batch_size=8,
+        show_progress_bar=False,
+        training_kwargs={"use_cpu": True},
+    )
+    settings.update(overrides)
+    return SelfTrainingArguments(**settings)
+
+
+def test_labeled_fraction_is_a_seeded_sample(tmp_path):
+    import datasets
+
+    rows = datasets.Dataset.from_list([{"query_id": str(i)} for i in range(10)])
+    three = sample_labeled_queries(rows, 0.3, seed=0)
+    assert len(three) == 3 and three["query_id"] == sample_labeled_queries(rows, 0.3, seed=0)["query_id"]
+    assert three["query_id"] == sorted(three["query_id"], key=int)  # original order kept
+    assert sample_labeled_queries(rows, 1.0, seed=0) is rows
+    with pytest.raises(ValueError, match="labeled_fraction"):
+        sample_labeled_queries(rows, 0.0, seed=0)
+
+
+def test_rounds_soft_labels_and_resume(tiny_model_path, tmp_path, monkeypatch):
+    beir = _beir(tmp_path)
+    loop = SelfTrainingLoop(_args(tmp_path, tiny_model_path), beir)
+    stages: list[tuple[str, int]] = []
+    for stage in ("pretrain", "finetune"):
+        real = getattr(SelfTrainingLoop, stage)
+
+        def spy(self, model, rows, corpus, folder, _real=real, _stage=stage):
+            stages.append((_stage, len(rows)))
+            if _stage == "pretrain":  # soft labels: the teacher's top-3 plus the source passage, teacher scores
+                row = rows[0]
+                assert len(row["doc_ids"]) == 4 and row["labels"] == [1.0, 0.0, 0.0, 0.0]
+                teacher = BiEncoder.from_pretrained(
+                    str(tmp_path / "out" / "round_0" / "model"), query_max_length=32, document_max_length=32
+                )
+                query = teacher.encode_queries([row["query"]])[0]
+                documents = teacher.encode_documents([corpus[d] for d in row["doc_ids"]])
+                np.testing.assert_allclose(row["teacher_scores"], documents @ query, atol=1e-4)
+            return _real(self, model, rows, corpus, folder)
+
+        monkeypatch.setattr(SelfTrainingLoop, stage, spy)
+    rounds = loop.run()
+    # round 0: the teacher fine-tuned on 3 of 5 labeled queries; round 1: 6 synthetic queries, then the 3 labeled
+    assert stages == [("finetune", 3), ("pretrain", 6), ("finetune", 3)]
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["teacher"] == rounds[0]["checkpoint"]
+    assert all(0.0 <= r["metrics"]["ndcg@10"] <= 1.0 for r in rounds)
+    assert best_round(rounds)["metrics"]["ndcg@10"] == max(r["metrics"]["ndcg@10"] for r in rounds)
+    for r in rounds:
+        assert BiEncoder.from_pretrained(r["checkpoint"]) is not None
+    synthetic = (tmp_path / "out" / "synthetic_queries.jsonl").read_text().splitlines()
+    assert len(synthetic) == 6 and all(json.loads(line)["label_source"] == ["synthetic"] for line in synthetic)
+
+    # resume with one more round: rounds 0 and 1 are not trained again; round 2's teacher is round 1's student
+    stages.clear()
+    more = SelfTrainingLoop(_args(tmp_path, tiny_model_path, rounds=2), beir).run()
+    assert stages == [("pretrain", 6), ("finetune", 3)]
+    assert [r["round"] for r in more] == [0, 1, 2] and more[2]["teacher"] == more[1]["checkpoint"]
+    assert more[:2] == rounds
+    # other settings in the same folder are refused, not mixed
+    with pytest.raises(ValueError, match="other settings"):
+        SelfTrainingLoop(_args(tmp_path, tiny_model_path, rounds=2, learning_rate=1e-3), beir).run()
+
+
+def test_recipe_errors_name_line_and_field(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("output_dir: out\nrounds: two\n")
+    with pytest.raises(DataFormatError) as err:
+        parse_recipe(str(recipe), [])
+    assert err.value.line == 2 and err.value.field == "rounds"
+    recipe.write_text("output_dir: out\npretrain_loss: kl_distilation\n")
+    with pytest.raises(DataFormatError, match="line 2, field 'pretrain_loss'"):
+        parse_recipe(str(recipe), [])
+    recipe.write_text("output_dir: out\nquery_generator: {type: gpt}\n")
+    with pytest.raises(DataFormatError, match="query_generator"):
+        parse_recipe(str(recipe), [])
+    with pytest.raises(DataFormatError, match="output_dir"):
+        parse_recipe(None, ["--rounds", "1"])
+    args = parse_recipe(None, ["--output_dir", "x", "--labeled_fraction", "0.3", "--student_noise", "{kind: mask}"])
+    assert args.labeled_fraction == 0.3 and args.student_noise == {"kind": "mask"}
+
+
+def test_cli_runs_and_reports_the_best_round(tiny_model_path, tmp_path, capsys, monkeypatch):
+    beir = _beir(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    settings = {k: v for k, v in vars(_args(tmp_path, tiny_model_path, rounds=0)).items()}
+    settings["data_dir"] = str(beir)
+    import yaml
+
+    recipe.write_text(yaml.safe_dump(settings))
+    assert main(["self-train", "--config", str(recipe)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["best_round"] == 0 and len(printed["rounds"]) == 1
+    assert main(["self-train", "--config", str(recipe), "--roundz", "1"]) == 2
+    assert "roundz" in capsys.readouterr().err
+    assert self_training.STATE_NAME in {p.name for p in (tmp_path / "out").iterdir()}
