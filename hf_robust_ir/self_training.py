@@ -268,6 +268,12 @@ class SelfTrainingLoop:
         )
         return self._train(model, rows, corpus, args)
 
+    def write_card(self, checkpoint: Path, record: dict[str, Any], labeled_queries: int) -> None:
+        """The round's model card: its teacher, the synthetic data and noise of its pre-training, its metrics."""
+        from .hub import write_model_card
+
+        write_model_card(checkpoint, _card_info(self.args, str(self.model_path), record, labeled_queries))
+
     # ------------------------------------------------------------------ the loop
     def run(self, on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         from .commands.train import default_model_path
@@ -351,12 +357,47 @@ class SelfTrainingLoop:
                 record["metrics"] = {k: round(float(v), 5) for k, v in evaluator(student, student_index).items()}
                 indexes[str(checkpoint)] = student_index
             record["seconds"] = round(time.perf_counter() - start, 1)
+            self.write_card(checkpoint, record, len(labeled))
             state["rounds"].append(record)
             self.save_state(state)
             logger.info("round %d done: %s", round_number, record.get("metrics"))
             if on_round is not None:
                 on_round(record)
         return sorted(state["rounds"], key=lambda r: r["round"])
+
+
+def _card_info(args: SelfTrainingArguments, model_path: str, record: dict[str, Any], labeled_queries: int) -> Any:
+    from .hub import ModelCardInfo, library_versions
+    from .losses import get_loss
+
+    finetune = get_loss(args.finetune_loss, **(args.finetune_loss_kwargs or {}))
+    pretrain = get_loss(args.pretrain_loss, **(args.pretrain_loss_kwargs or {}))
+    settings = {
+        "self_training_round": record["round"],
+        "teacher": record["teacher"],
+        "labeled_fraction": args.labeled_fraction,
+        "labeled_queries": labeled_queries,
+    }
+    if record["round"] > 0:
+        settings.update(
+            synthetic_queries=record.get("synthetic_queries"),
+            query_generator=args.query_generator,
+            candidates_per_query=args.candidates_per_query,
+            pretrain_loss=pretrain.config(),
+            student_noise=args.student_noise,
+        )
+    metrics = record.get("metrics")
+    return ModelCardInfo(
+        model_name=f"{Path(args.output_dir).name} (self-training round {record['round']})",
+        base_model=model_path,
+        datasets=[{"path": args.data_dir or "", "split": args.train_split, "queries": labeled_queries}],
+        loss=finetune.config(),
+        hyperparameters=settings,
+        eval_results=[{"dataset": args.eval_split, "split": args.eval_split, "metrics": metrics}] if metrics else [],
+        versions=library_versions(),
+        citations=[getattr(pretrain, "citation", "")] if record["round"] > 0 else [],
+        tags=["self-training"],
+    )
 
 
 def best_round(rounds: list[dict[str, Any]], metric: str = "ndcg@10") -> dict[str, Any] | None:

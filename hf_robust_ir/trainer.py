@@ -181,6 +181,18 @@ class EpochSamplingCallback(TrainerCallback):
         self.collator.set_epoch(int(state.epoch or 0))
 
 
+def _check_teacher_scores(loss: RetrievalLoss, rows: Any) -> None:
+    """A loss that learns from teacher scores gets rows that have some, instead of a silent zero loss."""
+    if not getattr(loss, "needs_teacher", False) or rows is None or not hasattr(rows, "column_names"):
+        return
+    sample = rows.select(range(min(len(rows), 1000)))["teacher_scores"] if "teacher_scores" in rows.column_names else []
+    if not any(len(scores or []) for scores in sample):
+        raise ValueError(
+            f"loss {loss.config()['name']!r} learns from teacher scores, but the training rows have none: "
+            "fill them with `hf-robust-ir score --teacher DIR` (or hf_robust_ir.scoring.score_rows), or mine the rows"
+        )
+
+
 def default_collator(model: torch.nn.Module, corpus: dict[str, str], args: RetrievalTrainingArguments):
     """The collator a model trains with: per-query pair groups for a reranker, the batch target matrix otherwise."""
     from .modeling import CrossEncoder
@@ -239,6 +251,7 @@ class RetrievalTrainer(Trainer):
         if args.forward_chunk_size is not None and hasattr(model, "forward_chunk_size"):
             model.forward_chunk_size = args.forward_chunk_size
         self.loss = loss if loss is not None else get_loss(args.loss, **(args.loss_kwargs or {}))
+        _check_teacher_scores(self.loss, train_dataset)
         self.guide_model = self._load_guide(guide_model if guide_model is not None else args.guide_model, model)
         self.evaluator = evaluator
         kwargs.setdefault("processing_class", getattr(model, "tokenizer", None))

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from hf_robust_ir.data.collator import RetrievalCollator
-from hf_robust_ir.losses import InfoNCELoss
+from hf_robust_ir.losses import GuideMaskedLoss, InfoNCELoss
 from hf_robust_ir.modeling import BiEncoder
 from hf_robust_ir.trainer import loss_from_embeddings
 
 pytestmark = pytest.mark.distributed
 WORKER = Path(__file__).parent / "distributed" / "ddp_worker.py"
+sys.path.insert(0, str(WORKER.parent))
+from ddp_worker import guide_embeddings  # noqa: E402
 
 
 def free_port() -> str:
@@ -51,7 +53,9 @@ def _rows():
     return rows, corpus
 
 
-def test_two_processes_match_one_process(tmp_path, no_dropout_model_path):
+@pytest.mark.parametrize("loss_name", ["infonce", "guide_masked"])
+def test_two_processes_match_one_process(tmp_path, no_dropout_model_path, tiny_model_path, loss_name):
+    """InfoNCE, and GuideMaskedLoss whose guide (another random model) scores the gathered candidates too."""
     no_dropout_model = no_dropout_model_path
     rows, corpus = _rows()
     group_size = 4
@@ -60,16 +64,23 @@ def test_two_processes_match_one_process(tmp_path, no_dropout_model_path):
     model = BiEncoder.from_pretrained(no_dropout_model)
     batch = RetrievalCollator.for_model(model, corpus, group_size=group_size)(rows)
     assert len(batch["doc_ids"]) < sum(min(group_size, len(r["doc_ids"])) for r in rows)  # repeats were merged
+    loss_module, guide_args = InfoNCELoss(), []
+    if loss_name == "guide_masked":
+        loss_module, guide_args = GuideMaskedLoss(margin=0.0), ["--loss", "guide_masked", "--guide", tiny_model_path]
+        batch.update(guide_embeddings(BiEncoder.from_pretrained(tiny_model_path), batch))
+        guide_scores = batch["guide_query_embeddings"] @ batch["guide_document_embeddings"].T
+        masked = loss_module.guide_mask(guide_scores, batch["labels"], batch["mask"].bool())
+        assert (batch["mask"].bool() & ~masked).any()  # the guide does mask some candidates here
     out = model(query=batch["query"], document=batch["document"])
     queries, documents = out["query_embeddings"], out["document_embeddings"]
-    loss = loss_from_embeddings(InfoNCELoss(), model.similarity, queries, documents, batch)
+    loss = loss_from_embeddings(loss_module, model.similarity, queries, documents, batch)
     loss.backward()
     reference = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
     worker = [str(WORKER), "--model", no_dropout_model, "--rows", str(tmp_path / "rows.pt")]
-    command = launcher + worker + ["--out", str(tmp_path / "ddp.pt")]
+    command = launcher + worker + ["--out", str(tmp_path / "ddp.pt"), *guide_args]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp.pt")

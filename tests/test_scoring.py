@@ -155,3 +155,17 @@ def test_cli_scores_rows_and_writes_them(tiny_model_path, reranker_path, tmp_pat
     assert len(datasets.load_from_disk(str(tmp_path / "q"))) == 2
     assert main(["score", "--data", str(beir), "--teacher", str(tmp_path / "nothing"), "--output", str(out)]) == 2
     assert "--teacher" in capsys.readouterr().err
+
+
+def test_trainer_refuses_a_teacher_loss_on_rows_without_teacher_scores(tiny_model_path, tmp_path):
+    from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
+
+    model = BiEncoder.from_pretrained(tiny_model_path)
+    args = RetrievalTrainingArguments(
+        output_dir=str(tmp_path), loss="kl_distillation", report_to="none", model_card=False, max_steps=1
+    )
+    with pytest.raises(ValueError, match="hf-robust-ir score"):
+        RetrievalTrainer(model, args, train_dataset=_rows(), corpus=CORPUS)
+    scored = score_rows(_rows(), CORPUS, load_teacher(tiny_model_path), show_progress=False)
+    trainer = RetrievalTrainer(model, args, train_dataset=scored, corpus=CORPUS)
+    assert trainer.loss.needs_teacher

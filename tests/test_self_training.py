@@ -97,6 +97,8 @@ def test_rounds_soft_labels_and_resume(tiny_model_path, tmp_path, monkeypatch):
     assert best_round(rounds)["metrics"]["ndcg@10"] == max(r["metrics"]["ndcg@10"] for r in rounds)
     for r in rounds:
         assert BiEncoder.from_pretrained(r["checkpoint"]) is not None
+    card = (tmp_path / "out" / "round_1" / "model" / "README.md").read_text()
+    assert "self_training_round" in card and "kl_distillation" in card and "shuffle" in card
     synthetic = (tmp_path / "out" / "synthetic_queries.jsonl").read_text().splitlines()
     assert len(synthetic) == 6 and all(json.loads(line)["label_source"] == ["synthetic"] for line in synthetic)
 

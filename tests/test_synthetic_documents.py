@@ -210,3 +210,37 @@ def test_wiring_over_a_tiny_random_causal_lm():
     assert sorted(documents) == ["synthetic:q1:g0:0", "synthetic:q1:g3:0", "synthetic:q2:g0:0", "synthetic:q2:g3:0"]
     assert all(isinstance(text, str) and text == text.strip() and text for text in documents.values())
     assert generator.config()["backend"]["backend"] == "hf_causal_lm"
+
+
+def test_graded_rows_train_a_retriever_with_a_listwise_loss(tiny_model_path, tmp_path):
+    """SyCL end to end: graded synthetic rows + their documents train a bi-encoder with the list-wise losses."""
+    import math
+
+    import torch
+
+    from hf_robust_ir.modeling import BiEncoder
+    from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
+
+    answers = {g: f"a passage of grade {g} about label noise in retrieval" for g in range(4)}
+    generator = GradedDocumentGenerator(ScriptedBackend(lambda m: answers[grade_in(m)]), include_real_positives=False)
+    rows, documents, _ = generator.generate_rows({"q1": QUERIES["q1"], "q2": QUERIES["q2"]}, show_progress=False)
+    assert [row["labels"] for row in rows] == [[0.0, 1.0, 2.0, 3.0]] * 2
+    for loss in ("listnet", "wasserstein_listwise"):
+        model = BiEncoder.from_pretrained(tiny_model_path, query_max_length=16, document_max_length=16)
+        before = [p.detach().clone() for p in model.parameters()]
+        args = RetrievalTrainingArguments(
+            output_dir=str(tmp_path / loss),
+            per_device_train_batch_size=2,
+            max_steps=2,
+            group_size=4,
+            positives_per_query=3,
+            in_batch_negatives=False,
+            loss=loss,
+            report_to="none",
+            save_strategy="no",
+            model_card=False,
+        )
+        trainer = RetrievalTrainer(model, args, train_dataset=datasets.Dataset.from_list(rows), corpus=documents)
+        result = trainer.train()
+        assert math.isfinite(result.training_loss)
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
