@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("train", "eval", "mine", "noise", "score", "relabel", "self-train", "download")
+COMMANDS = ("train", "eval", "mine", "noise", "score", "relabel", "synthesize", "self-train", "download")
 
 
 def build_parser() -> argparse.ArgumentParser:

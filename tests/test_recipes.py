@@ -20,6 +20,8 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 TRAIN_RECIPES = [p for p in RECIPES if "loss" in yaml.safe_load(p.read_text())]
 RELABEL_RECIPES = [p for p in RECIPES if "judge" in yaml.safe_load(p.read_text())]
 SELF_TRAIN_RECIPES = [p for p in RECIPES if "rounds" in yaml.safe_load(p.read_text())]
+SYNTHESIZE_RECIPES = [p for p in RECIPES if "grades" in yaml.safe_load(p.read_text())]
+GRADED_TRAIN_RECIPE = REPO / "recipes" / "scifact_sycl_graded.yaml"  # trains on what the synthesize recipe writes
 ACCELERATE_CONFIGS = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
 
 
@@ -37,7 +39,9 @@ def test_every_recipe_is_covered():
         "relabel_rlhn_openai.yaml",
     }
     assert {p.name for p in SELF_TRAIN_RECIPES} == {"self_training_scifact.yaml"}
-    assert set(RECIPES) == set(TRAIN_RECIPES) | set(RELABEL_RECIPES) | set(SELF_TRAIN_RECIPES)
+    assert {p.name for p in SYNTHESIZE_RECIPES} == {"synthesize_graded_scifact.yaml"}
+    assert GRADED_TRAIN_RECIPE in TRAIN_RECIPES
+    assert set(RECIPES) == set(TRAIN_RECIPES) | set(RELABEL_RECIPES) | set(SELF_TRAIN_RECIPES) | set(SYNTHESIZE_RECIPES)
 
 
 def tiny_train_overrides(model: str, data: Path, output: Path) -> list[str]:
@@ -70,7 +74,7 @@ def relabeled_rows(tmp_path_factory, tiny_model_path, small_beir):  # noqa: F811
     return output
 
 
-@pytest.mark.parametrize("recipe", TRAIN_RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("recipe", [p for p in TRAIN_RECIPES if p != GRADED_TRAIN_RECIPE], ids=lambda p: p.stem)
 def test_train_recipe_runs_tiny(recipe, tmp_path, tiny_model_path, small_beir, relabeled_rows, capsys):  # noqa: F811
     argv = ["train", "--config", str(recipe), *tiny_train_overrides(tiny_model_path, small_beir, tmp_path / "run")]
     if "train_file" in yaml.safe_load(recipe.read_text()):
@@ -80,6 +84,39 @@ def test_train_recipe_runs_tiny(recipe, tmp_path, tiny_model_path, small_beir, r
     assert results["train"]["train_loss"] == results["train"]["train_loss"]  # finite, not NaN
     assert "after_ndcg@10" in results["after"]
     assert (tmp_path / "run" / "README.md").exists()  # the model card
+
+
+def test_synthesize_then_graded_training(tmp_path, tiny_model_path, small_beir, capsys):  # noqa: F811
+    """The SyCL pair: graded passages from a tiny random causal LM (a BEIR folder), then list-wise training on it."""
+    model, tokenizer = tiny_causal_lm()
+    llm = tmp_path / "tiny-llm"
+    model.save_pretrained(llm)
+    tokenizer.save_pretrained(llm)
+    synthetic = tmp_path / "synthetic"
+    argv = [
+        "synthesize",
+        "--config",
+        str(SYNTHESIZE_RECIPES[0]),
+        "--backend",
+        json.dumps({"type": "hf", "model": str(llm)}),
+    ]
+    argv += ["--data_dir", str(small_beir), "--output_dir", str(synthetic), "--max_queries", "4"]
+    argv += ["--max_new_tokens", "12", "--show_progress_bar", "false"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"] >= 1 and summary["synthetic_documents"] >= 1
+    graded = (synthetic / "qrels" / "train.tsv").read_text()
+    assert "synthetic:" in graded and (synthetic / "qrels" / "test.tsv").exists()
+    argv = [
+        "train",
+        "--config",
+        str(GRADED_TRAIN_RECIPE),
+        *tiny_train_overrides(tiny_model_path, synthetic, tmp_path / "run"),
+    ]
+    assert main(argv) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert results["train"]["train_loss"] == results["train"]["train_loss"]
+    assert "after_ndcg@10" in results["after"]
 
 
 @pytest.mark.parametrize("recipe", SELF_TRAIN_RECIPES, ids=lambda p: p.stem)

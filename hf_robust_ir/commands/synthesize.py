@@ -1,0 +1,188 @@
+"""`hf-robust-ir synthesize --config recipe.yaml [--key value ...]`: graded synthetic documents (SyCL) as a BEIR folder.
+
+For every query of ``split`` a chat model (a local causal LM, ``backend: {type: hf, model: DIR}``, or an
+OpenAI-compatible server, ``backend: {type: openai, base_url: ..., model: ...}``) writes passages at relevance grades
+0-3 (:class:`~hf_robust_ir.synthetic.GradedDocumentGenerator`). The output folder is a BEIR folder that ``train``
+reads like any other: ``corpus.jsonl`` (the source corpus plus the synthetic passages), ``queries.jsonl``,
+``qrels/<split>.tsv`` with the grades (and the real positives at grade 3 when ``include_real_positives``), the other
+qrels splits copied unchanged (so evaluation runs on the real test set), plus ``rows.jsonl`` (canonical rows,
+``label_source = synthetic``) and ``summary.json``. Generation is resumable: finished queries are appended to
+``generated.partial.jsonl`` and skipped by a restarted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.schema import DataFormatError
+from .common import load_recipe, setup_logging
+
+HELP = "write graded synthetic documents (grades 0-3) for the queries of a BEIR split with a chat model (SyCL)"
+ACCEPTS_OVERRIDES = True
+DATA_ENV = "HF_ROBUST_IR_DATA"
+PARTIAL_NAME = "generated.partial.jsonl"
+
+logger = logging.getLogger("hf_robust_ir.synthesize")
+
+
+@dataclass
+class SynthesizeArguments:
+    output_dir: str
+    backend: dict = field(default_factory=lambda: {"type": "hf"})
+    data_dir: str | None = None
+    dataset_name: str = "scifact"
+    split: str = "train"
+    grades: list = field(default_factory=lambda: [0, 1, 2, 3])
+    documents_per_grade: int = 1
+    max_new_tokens: int = 256
+    include_real_positives: bool = True
+    max_queries: int | None = None
+    batch_size: int = 16
+    chunk_queries: int = 64  # queries generated between two progress saves
+    show_progress_bar: bool = True
+
+
+def build_backend(spec: dict[str, Any]) -> Any:
+    """A chat backend from ``{"type": "hf", "model": DIR, ...}`` or ``{"type": "openai", "base_url", "model", ...}``."""
+    from ..relabel.backends import HFCausalLMBackend, OpenAICompatibleBackend
+
+    kwargs = {k: v for k, v in spec.items() if k != "type"}
+    kind = spec.get("type")
+    if kind == "hf":
+        if "model" not in kwargs:
+            raise ValueError("backend: type hf needs 'model' (a local causal LM folder)")
+        return HFCausalLMBackend(kwargs.pop("model"), **kwargs)
+    if kind == "openai":
+        return OpenAICompatibleBackend(**kwargs)
+    raise ValueError(f"backend type must be 'hf' or 'openai', got {kind!r}")
+
+
+def parse_recipe(config_path: str | None, overrides: list[str]) -> SynthesizeArguments:
+    config, lines, source = load_recipe(SynthesizeArguments, config_path, overrides)
+    if "output_dir" not in config:
+        raise DataFormatError(source, None, "output_dir", "missing (the BEIR folder to write)")
+    if config.get("backend", {}).get("type") not in ("hf", "openai"):
+        raise DataFormatError(source, lines.get("backend"), "backend", "type must be 'hf' or 'openai'")
+    return SynthesizeArguments(**config)
+
+
+def resolve_data_dir(args: SynthesizeArguments) -> Path:
+    if args.data_dir:
+        folder = Path(args.data_dir)
+    elif os.environ.get(DATA_ENV):
+        folder = Path(os.environ[DATA_ENV]) / args.dataset_name
+    else:
+        raise SystemExit(f"error: no data: set data_dir, or {DATA_ENV} to a folder holding {args.dataset_name}/")
+    if not (folder / "corpus.jsonl").is_file():
+        raise SystemExit(f"error: {folder} is not a BEIR folder (no corpus.jsonl)")
+    return folder
+
+
+def _read_partial(path: Path) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interruption: that query is generated again
+                continue
+            done[record["query_id"]] = record
+    return done
+
+
+def synthesize(args: SynthesizeArguments, data_dir: Path, backend: Any = None) -> dict[str, Any]:
+    """Generate, resume, and write the BEIR folder; returns the summary."""
+    from ..data import load_beir
+    from ..synthetic import GradedDocumentGenerator
+
+    data = load_beir(data_dir, split=args.split)
+    query_ids = sorted(data.qrels)
+    if args.max_queries is not None:
+        query_ids = query_ids[: args.max_queries]
+    positives = {q: [d for d, grade in data.qrels[q].items() if grade > 0] for q in query_ids}
+    generator = GradedDocumentGenerator(
+        backend if backend is not None else build_backend(args.backend),
+        grades=args.grades,
+        max_new_tokens=args.max_new_tokens,
+        documents_per_grade=args.documents_per_grade,
+        include_real_positives=args.include_real_positives,
+    )
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / PARTIAL_NAME
+    done = _read_partial(partial)
+    todo = [q for q in query_ids if q not in done]
+    logger.info("%d queries, %d already generated", len(query_ids), len(query_ids) - len(todo))
+    with partial.open("a", encoding="utf-8") as handle:
+        for start in range(0, len(todo), args.chunk_queries):
+            chunk = todo[start : start + args.chunk_queries]
+            rows, documents, _ = generator.generate_rows(
+                {q: data.queries[q] for q in chunk},
+                positives={q: positives[q] for q in chunk},
+                corpus=data.corpus,
+                batch_size=args.batch_size,
+                show_progress=args.show_progress_bar,
+            )
+            by_query = {row["query_id"]: row for row in rows}
+            for q in chunk:  # a query without any passage is recorded too, so a restart does not ask again
+                row = by_query.get(q)
+                texts = {d: documents[d] for d in row["doc_ids"] if d in documents} if row else {}
+                done[q] = {"query_id": q, "row": row, "documents": texts}
+                handle.write(json.dumps(done[q]) + "\n")
+            handle.flush()
+
+    rows = [done[q]["row"] for q in query_ids if done[q]["row"]]
+    synthetic = {d: t for q in query_ids for d, t in done[q]["documents"].items()}
+    with (out / "corpus.jsonl").open("w", encoding="utf-8") as corpus_file:
+        for doc_id, text in {**data.corpus, **synthetic}.items():
+            corpus_file.write(json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n")
+    shutil.copyfile(data_dir / "queries.jsonl", out / "queries.jsonl")
+    (out / "qrels").mkdir(exist_ok=True)
+    for qrels_file in (data_dir / "qrels").glob("*.tsv"):
+        if qrels_file.stem != args.split:
+            shutil.copyfile(qrels_file, out / "qrels" / qrels_file.name)
+    lines = [f"{row['query_id']}\t{d}\t{int(label)}" for row in rows for d, label in zip(row["doc_ids"], row["labels"])]
+    (out / "qrels" / f"{args.split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{x}\n" for x in lines))
+    (out / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    grades: dict[str, int] = {}
+    for row in rows:
+        for label, source in zip(row["labels"], row["label_source"]):
+            if source == "synthetic":
+                grades[str(int(label))] = grades.get(str(int(label)), 0) + 1
+    summary = {
+        "output": str(out),
+        "source": str(data_dir.resolve()),
+        "split": args.split,
+        "queries": len(query_ids),
+        "rows": len(rows),
+        "synthetic_documents": len(synthetic),
+        "synthetic_documents_per_grade": dict(sorted(grades.items())),
+        "generator": generator.config(),
+        "arguments": {k: v for k, v in asdict(args).items() if k != "backend"},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML recipe (see recipes/synthesize_graded_scifact.yaml); --key value")
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging()
+    try:
+        recipe = parse_recipe(args.config, args.overrides)
+        summary = synthesize(recipe, resolve_data_dir(recipe))
+    except (DataFormatError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,74 @@
+"""`hf-robust-ir synthesize`: the BEIR folder it writes, resuming after an interruption, recipe errors."""
+
+import json
+
+import pytest
+from test_cli_relabel import _beir
+
+from hf_robust_ir.commands.synthesize import SynthesizeArguments, parse_recipe, synthesize
+from hf_robust_ir.data import load_beir
+from hf_robust_ir.data.schema import DataFormatError
+
+
+class GradeEcho:
+    """A chat backend test double: answers "grade G passage for <query>"; fails on call number ``fail_on``."""
+
+    def __init__(self, fail_on=None):
+        self.calls, self.fail_on, self.queries = 0, fail_on, []
+
+    def complete(self, batch, max_new_tokens):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise KeyboardInterrupt
+        out = []
+        for messages in batch:
+            text = messages[-1]["content"]
+            grade = text.split("relevance grade ")[1][0]
+            query = text.split("<question>")[1].split("</question>")[0].strip()
+            self.queries.append(query)
+            out.append(f"grade {grade} passage for {query}")
+        return out
+
+    def config(self):
+        return {"backend": "echo"}
+
+
+def test_writes_a_beir_folder_with_graded_qrels_and_resumes(tmp_path):
+    beir = _beir(tmp_path)
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tn2\t1\n")
+    args = SynthesizeArguments(
+        output_dir=str(tmp_path / "out"), grades=[0, 3], chunk_queries=1, batch_size=4, show_progress_bar=False
+    )
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(args, beir, backend=GradeEcho(fail_on=2))  # q0 finished, q1 interrupted
+    backend = GradeEcho()
+    summary = synthesize(args, beir, backend=backend)
+    assert backend.queries == ["at what temperature does water boil"] * 2  # only q1 is asked again
+    assert summary["rows"] == 2 and summary["synthetic_documents"] == 4
+    assert summary["synthetic_documents_per_grade"] == {"0": 2, "3": 2}
+    qrels = (tmp_path / "out" / "qrels" / "train.tsv").read_text().splitlines()
+    assert qrels == [
+        "query-id\tcorpus-id\tscore",
+        "q0\tsynthetic:q0:g0:0\t0",
+        "q0\tsynthetic:q0:g3:0\t3",
+        "q0\tp0\t3",
+        "q1\tsynthetic:q1:g0:0\t0",
+        "q1\tsynthetic:q1:g3:0\t3",
+        "q1\tp1\t3",
+    ]
+    train = load_beir(tmp_path / "out", split="train")  # the folder loads like any BEIR folder
+    assert train.corpus["synthetic:q1:g3:0"] == "grade 3 passage for at what temperature does water boil"
+    assert train.corpus["p0"] == "the capital of france is paris" and train.qrels["q0"]["synthetic:q0:g0:0"] == 0
+    assert load_beir(tmp_path / "out", split="test").qrels == {"q1": {"n2": 1}}  # the real test split, unchanged
+    rows = [json.loads(line) for line in (tmp_path / "out" / "rows.jsonl").read_text().splitlines()]
+    assert rows[0]["label_source"] == ["synthetic", "synthetic", "qrels"]
+
+
+def test_recipe_errors(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("output_dir: out\nbackend: {type: gpt}\n")
+    with pytest.raises(DataFormatError, match="line 2, field 'backend'"):
+        parse_recipe(str(recipe), [])
+    recipe.write_text("output_dir: out\nbackend: {type: hf}\ngrade: [1]\n")
+    with pytest.raises(DataFormatError, match="line 3, field 'grade'"):
+        parse_recipe(str(recipe), [])
