@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -22,6 +23,22 @@ def input_error(data_dir: Path, model: str | None = None) -> str | None:
     if model is not None and not Path(model).exists():
         return f"error: --model {model!r} does not exist (pass a local model folder)"
     return None
+
+
+DATA_ENV = "HF_ROBUST_IR_DATA"
+
+
+def beir_folder(data_dir: str | None, dataset_name: str = "scifact") -> Path:
+    """``data_dir``, else ``$HF_ROBUST_IR_DATA/<dataset_name>``; exits with a message unless it is a BEIR folder."""
+    if data_dir:
+        folder = Path(data_dir)
+    elif os.environ.get(DATA_ENV):
+        folder = Path(os.environ[DATA_ENV]) / dataset_name
+    else:
+        raise SystemExit(f"error: no data: set data_dir, or {DATA_ENV} to a folder holding {dataset_name}/")
+    if not (folder / "corpus.jsonl").is_file():
+        raise SystemExit(f"error: {folder} is not a BEIR folder (no corpus.jsonl)")
+    return folder
 
 
 def load_bi_encoder(model: str, max_length: int | None = None):

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
 from ..data.schema import DataFormatError
-from .common import load_recipe, setup_logging
+from .common import beir_folder, load_recipe, setup_logging
 
 HELP = "noisy self-training: teacher -> synthetic queries -> soft labels -> noisy student -> fine-tune, N rounds"
 ACCEPTS_OVERRIDES = True
-DATA_ENV = "HF_ROBUST_IR_DATA"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,18 +48,6 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
     return SelfTrainingArguments(**config)
 
 
-def resolve_data_dir(data_dir: str | None) -> Path:
-    if data_dir:
-        folder = Path(data_dir)
-    elif os.environ.get(DATA_ENV):
-        folder = Path(os.environ[DATA_ENV]) / "scifact"
-    else:
-        raise SystemExit(f"error: no data: set data_dir, or {DATA_ENV} to a folder holding scifact/")
-    if not (folder / "corpus.jsonl").is_file():
-        raise SystemExit(f"error: {folder} is not a BEIR folder (no corpus.jsonl); set data_dir")
-    return folder
-
-
 def run(args: argparse.Namespace) -> int:
     setup_logging()
     try:
@@ -72,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from ..self_training import SelfTrainingLoop, best_round
 
-    loop = SelfTrainingLoop(recipe, resolve_data_dir(recipe.data_dir))
+    loop = SelfTrainingLoop(recipe, beir_folder(recipe.data_dir))
     try:
         rounds = loop.run()
     except ValueError as exc:

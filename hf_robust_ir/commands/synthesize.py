@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -23,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data.schema import DataFormatError
-from .common import load_recipe, setup_logging
+from .common import beir_folder, load_recipe, setup_logging
 
 HELP = "write graded synthetic documents (grades 0-3) for the queries of a BEIR split with a chat model (SyCL)"
 ACCEPTS_OVERRIDES = True
-DATA_ENV = "HF_ROBUST_IR_DATA"
 PARTIAL_NAME = "generated.partial.jsonl"
 
 logger = logging.getLogger("hf_robust_ir.synthesize")
@@ -72,18 +70,6 @@ def parse_recipe(config_path: str | None, overrides: list[str]) -> SynthesizeArg
     if config.get("backend", {}).get("type") not in ("hf", "openai"):
         raise DataFormatError(source, lines.get("backend"), "backend", "type must be 'hf' or 'openai'")
     return SynthesizeArguments(**config)
-
-
-def resolve_data_dir(args: SynthesizeArguments) -> Path:
-    if args.data_dir:
-        folder = Path(args.data_dir)
-    elif os.environ.get(DATA_ENV):
-        folder = Path(os.environ[DATA_ENV]) / args.dataset_name
-    else:
-        raise SystemExit(f"error: no data: set data_dir, or {DATA_ENV} to a folder holding {args.dataset_name}/")
-    if not (folder / "corpus.jsonl").is_file():
-        raise SystemExit(f"error: {folder} is not a BEIR folder (no corpus.jsonl)")
-    return folder
 
 
 def _read_partial(path: Path) -> dict[str, dict[str, Any]]:
@@ -180,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     try:
         recipe = parse_recipe(args.config, args.overrides)
-        summary = synthesize(recipe, resolve_data_dir(recipe))
+        summary = synthesize(recipe, beir_folder(recipe.data_dir, recipe.dataset_name))
     except (DataFormatError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
