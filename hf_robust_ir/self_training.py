@@ -79,14 +79,28 @@ class SelfTrainingArguments:
     show_progress_bar: bool = True
 
 
-def build_query_generator(config: dict[str, Any]) -> Any:
-    """A query generator from ``{"type": "extractive" | "hf", ...keyword arguments}``."""
-    from .synthetic import ExtractiveQueryGenerator, HFQueryGenerator
+def build_query_generator(
+    config: dict[str, Any], labeled_pairs: list[tuple[str, str]] | None = None, work_dir: Path | None = None
+) -> Any:
+    """A query generator from ``{"type": "extractive" | "hf", ...keyword arguments}``.
+
+    ``{"type": "hf", "model_name_or_path": DIR, "train_on_labeled": true, "training": {...}}`` first fine-tunes the
+    doc2query model on the labeled ``(passage, query)`` pairs (:func:`~hf_robust_ir.synthetic.train_query_generator`,
+    ``Seq2SeqTrainer`` for seq2seq models; ``training`` holds its training arguments) into ``work_dir``.
+    """
+    from .synthetic import ExtractiveQueryGenerator, HFQueryGenerator, train_query_generator
 
     kind, kwargs = config.get("type", "extractive"), {k: v for k, v in config.items() if k != "type"}
     if kind == "extractive":
         return ExtractiveQueryGenerator(**kwargs)
     if kind == "hf":
+        training = kwargs.pop("training", None) or {}
+        if kwargs.pop("train_on_labeled", False):
+            if not labeled_pairs or work_dir is None:
+                raise ValueError("query_generator: train_on_labeled needs labeled pairs and a work folder")
+            kwargs["model_name_or_path"] = train_query_generator(
+                labeled_pairs, kwargs["model_name_or_path"], work_dir, **training
+            )
         return HFQueryGenerator(**kwargs)
     raise ValueError(f"query_generator type must be 'extractive' or 'hf', got {kind!r}")
 
@@ -163,7 +177,9 @@ class SelfTrainingLoop:
         labeled = sample_labeled_queries(rows_from_qrels(train), self.args.labeled_fraction, self.args.seed)
         return train, test, labeled
 
-    def synthetic_queries(self, corpus: dict[str, str]) -> list[dict[str, Any]]:
+    def synthetic_queries(
+        self, corpus: dict[str, str], labeled_pairs: list[tuple[str, str]] | None = None
+    ) -> list[dict[str, Any]]:
         """The synthetic query rows, made once and kept in ``output_dir/synthetic_queries.jsonl``."""
         from .synthetic import synthetic_query_rows
 
@@ -173,7 +189,7 @@ class SelfTrainingLoop:
         doc_ids = sorted(corpus)
         if self.args.synthetic_passages is not None and self.args.synthetic_passages < len(doc_ids):
             doc_ids = sorted(random.Random(self.args.seed).sample(doc_ids, self.args.synthetic_passages))
-        generator = build_query_generator(self.args.query_generator)
+        generator = build_query_generator(self.args.query_generator, labeled_pairs, self.output_dir / "query_generator")
         rows = synthetic_query_rows(
             corpus,
             generator,
@@ -341,7 +357,13 @@ class SelfTrainingLoop:
                 record["stage"] = "teacher"
             else:
                 index = index_of(teacher_path, teacher)
-                synthetic = self.synthetic_queries(corpus)
+                pairs = [
+                    (corpus[d], train.queries[q])
+                    for q, judged in labeled_data.qrels.items()
+                    for d, grade in judged.items()
+                    if grade > 0
+                ]
+                synthetic = self.synthetic_queries(corpus, pairs)
                 soft_rows = self.soft_label_rows(teacher, corpus, synthetic, index)
                 labeled_rows = mine_labeled(teacher, index)
                 del index

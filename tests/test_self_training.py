@@ -145,3 +145,26 @@ def test_cli_runs_and_reports_the_best_round(tiny_model_path, tmp_path, capsys, 
     assert main(["self-train", "--config", str(recipe), "--roundz", "1"]) == 2
     assert "roundz" in capsys.readouterr().err
     assert self_training.STATE_NAME in {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_hf_query_generator_is_fine_tuned_on_the_labeled_pairs_first(tmp_path):
+    from conftest import minilm_path
+    from test_synthetic_queries import tiny_t5
+    from transformers import AutoTokenizer
+
+    from hf_robust_ir.self_training import build_query_generator
+    from hf_robust_ir.synthetic import HFQueryGenerator
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    base = tmp_path / "t5"
+    tiny_t5(tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    pairs = [(f"passage {i} about topic {i}", f"topic {i}") for i in range(4)]
+    config = {"type": "hf", "model_name_or_path": str(base), "train_on_labeled": True, "max_new_tokens": 4}
+    config["training"] = {"max_steps": 2, "per_device_train_batch_size": 2, "use_cpu": True}
+    generator = build_query_generator(config, pairs, tmp_path / "trained")
+    assert isinstance(generator, HFQueryGenerator) and (tmp_path / "trained" / "config.json").exists()
+    assert generator.config()["model"] == str(tmp_path / "trained")  # the fine-tuned copy, not the base
+    assert len(generator.generate(["passage 9 about topic 9"], num_queries=1)) == 1
+    with pytest.raises(ValueError, match="train_on_labeled"):
+        build_query_generator(config)
