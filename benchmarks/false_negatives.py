@@ -70,6 +70,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     data.add_argument("--injection_rate", type=float, default=0.5, help="fraction of the positives moved")
     data.add_argument("--negative_pool", type=int, default=8, help="mined negatives per row")
+    data.add_argument(
+        "--mining_range_min",
+        type=int,
+        default=10,
+        help="skip the base model's top N non-positive passages when mining (likely unlabeled relevant ones)",
+    )
+    data.add_argument("--mining_range_max", type=int, default=100)
+    data.add_argument(
+        "--mining_relative_margin",
+        type=float,
+        default=None,
+        help="positive-aware filter against the weakest labeled positive; off by default: with up to 40 "
+        "positives per NFCorpus query it rejects nearly every candidate (0.05 kept 272 negatives for 600 queries)",
+    )
     budget = parser.add_argument_group("training budget (the same for every run)")
     budget.add_argument("--epochs", type=float, default=1.0)
     budget.add_argument("--batch_size", type=int, default=32)
@@ -115,7 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """Everything that changes a result; a results file made with other settings is not resumed."""
     keys = (
-        "profile seed train_queries min_positives max_positives injection_rate negative_pool epochs batch_size lr "
+        "profile seed train_queries min_positives max_positives injection_rate negative_pool mining_range_min "
+        "mining_range_max mining_relative_margin epochs batch_size lr "
         "warmup_ratio hard_negatives max_length embedding_margin embedding_references cross_encoder_margin "
         "cross_encoder_epochs cross_encoder_negatives cross_encoder_batch_size "
         "judge_max_candidates eval_max_length max_eval_queries max_corpus"
@@ -339,11 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         index = evaluator.build_index(base, keep_ids=shared.positive_ids(train))
         report["zero_shot"] = {k: round(v, 5) for k, v in evaluator(base, index).items()}
         shared.log(f"zero-shot nDCG@10 {report['zero_shot']['ndcg@10']:.4f}")
-        mining_args = argparse.Namespace(**{**vars(args), "mining_range_min": 0, "mining_range_max": 100})
-        # positive-aware (NV-Retriever), so the clean rows hold few hidden positives of their own
-        mining_args.mining_relative_margin = 0.05
         stats = MiningStats()
-        clean = shared.mine(mining_args, base, train, index, stats)
+        clean = shared.mine(args, base, train, index, stats)
         injected = FalseNegativeInjection(args.injection_rate, min_positives=args.min_positives, seed=args.seed)
         result = injected.apply(clean, train)
         save_rows(clean, clean_path)
@@ -352,7 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         report["data"] = {
             "train_queries": len(clean),
             "positives": sum(sum(label > 0 for label in labels) for labels in clean["labels"]),
-            "mining": {**stats.as_dict(), "relative_margin": 0.05, "negatives_per_row": args.negative_pool},
+            "mining": {
+                **stats.as_dict(),
+                "range": [args.mining_range_min, args.mining_range_max],
+                "relative_margin": args.mining_relative_margin,
+                "negatives_per_row": args.negative_pool,
+            },
             "injection": result.summary(),
             "test_queries": len(evaluator.query_ids),
             "documents": len(train.corpus),

@@ -27,6 +27,18 @@ def real_model_path() -> str:
     return minilm_path()
 
 
+def canonical_row(qid, doc_ids, labels, teacher=(), query=None) -> dict:
+    """A training row in the canonical shape (DESIGN.md), every label from qrels."""
+    return {
+        "query_id": qid,
+        "query": query if query is not None else f"question {qid}",
+        "doc_ids": doc_ids,
+        "labels": labels,
+        "teacher_scores": list(teacher),
+        "label_source": ["qrels"] * len(doc_ids),
+    }
+
+
 def tiny_bert_config(**overrides):
     """A 2-layer, 32-wide BERT configuration for fast tests."""
     from transformers import BertConfig

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import canonical_row
 from transformers import AutoTokenizer
 
 from hf_robust_ir.data.collator import PAD_KEY, RetrievalCollator, build_targets, document_key
@@ -13,14 +14,7 @@ CORPUS = {f"d{i}": f"text of document {i}" for i in range(1, 8)}
 
 
 def _row(qid, doc_ids, labels, teacher=()):
-    return {
-        "query_id": qid,
-        "query": f"question {qid}",
-        "doc_ids": doc_ids,
-        "labels": labels,
-        "teacher_scores": list(teacher),
-        "label_source": ["qrels"] * len(doc_ids),
-    }
+    return canonical_row(qid, doc_ids, labels, teacher, query=f"question {qid}")
 
 
 # q1 has two positives (d1 grade 1, d4 grade 2); d4 also arrives as q2's negative.

@@ -5,7 +5,7 @@ import math
 import datasets
 import pytest
 import torch
-from conftest import tiny_bert_config
+from conftest import canonical_row, tiny_bert_config
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from hf_robust_ir.data.reranker_collator import RerankerCollator
@@ -18,14 +18,7 @@ CORPUS = {f"d{i}": f"passage {i} about topic {i % 3}" for i in range(12)}
 
 
 def _row(qid, doc_ids, labels, teacher=()):
-    return {
-        "query_id": qid,
-        "query": f"query {qid}",
-        "doc_ids": doc_ids,
-        "labels": labels,
-        "teacher_scores": list(teacher),
-        "label_source": ["qrels"] * len(doc_ids),
-    }
+    return canonical_row(qid, doc_ids, labels, teacher, query=f"query {qid}")
 
 
 @pytest.fixture(scope="module")

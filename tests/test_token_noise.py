@@ -8,7 +8,7 @@ from collections import Counter
 import datasets
 import pytest
 import torch
-from conftest import tiny_bert_config
+from conftest import canonical_row, tiny_bert_config
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from hf_robust_ir.data import TokenNoise
@@ -314,14 +314,7 @@ CORPUS = {f"d{i}": f"text of document {i} with some words to perturb here" for i
 
 
 def _row(qid, doc_ids, labels, teacher=()):
-    return {
-        "query_id": qid,
-        "query": f"which question is {qid} about today",
-        "doc_ids": doc_ids,
-        "labels": labels,
-        "teacher_scores": list(teacher),
-        "label_source": ["qrels"] * len(doc_ids),
-    }
+    return canonical_row(qid, doc_ids, labels, teacher, query=f"which question is {qid} about today")
 
 
 ROWS = [
