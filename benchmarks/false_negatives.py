@@ -188,8 +188,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Profile `{settings['profile']}`: {report.get('data', {}).get('train_queries', '?')} training queries, "
         f"{settings['injection_rate']:.0%} of their positives moved into the negatives; InfoNCE, epochs "
-        f"{settings['epochs']:g}, lr {settings['lr']:g}, batch {settings['batch_size']}, {settings['hard_negatives']} hard negatives per "
-        f"query, max length {settings['max_length']}. Command: `{report['commands'][-1]['command']}`",
+        f"{settings['epochs']:g}, lr {settings['lr']:g}, batch {settings['batch_size']}, "
+        f"{settings['hard_negatives']} hard negatives per query, max length {settings['max_length']}. "
+        f"Command: `{report['commands'][-1]['command']}`",
         "",
         "| judge | flagged | precision | recall | F1 |",
         "|---|---|---|---|---|",
