@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--embedding_references",
         nargs="+",
         choices=("best", "mean", "worst"),
-        default=["best", "worst"],
+        default=["best", "mean", "worst"],
         help="EmbeddingJudge positive_reference values to measure (best: GISTEmbed's rule)",
     )
     judges.add_argument("--cross_encoder_margin", type=float, default=0.0, help="CrossEncoderJudge margin (logits)")
