@@ -647,7 +647,6 @@ def prepare(args: argparse.Namespace, name: str, store: ResultStore, base: Any, 
     from hf_robust_ir.data import rows_from_qrels
     from hf_robust_ir.evaluation import RetrievalEvaluator
     from hf_robust_ir.mining import MiningStats
-    from hf_robust_ir.noise import retrieve_candidates
 
     began = time.perf_counter()
     train, test = load_dataset(args, name)
@@ -670,18 +669,7 @@ def prepare(args: argparse.Namespace, name: str, store: ResultStore, base: Any, 
         clean_rows = mine(args, base, train, index, stats)
     else:
         clean_rows = rows_from_qrels(train)
-    candidates = None
-    if need_candidates:
-        queries = {qid: train.queries[qid] for qid in clean_rows["query_id"]}
-        most_positives = max(sum(1 for label in labels if label > 0) for labels in clean_rows["labels"])
-        candidates = retrieve_candidates(
-            base,
-            queries,
-            top_k=args.swap_top_k + args.swap_skip_top + most_positives,
-            index=index,
-            batch_size=args.encode_batch_size,
-            bf16=args.bf16,
-        )
+    candidates = swap_candidates(args, base, train, clean_rows, index) if need_candidates else None
     positives = sum(sum(1 for label in labels if label > 0) for labels in clean_rows["labels"])
     store.report["data"][name] = {
         "train_queries": len(clean_rows),
@@ -693,6 +681,23 @@ def prepare(args: argparse.Namespace, name: str, store: ResultStore, base: Any, 
     }
     store.save()
     return Prepared(name, train, evaluator, clean_rows, candidates, index, base)
+
+
+def swap_candidates(args: argparse.Namespace, base: Any, train: Any, clean_rows: Any, index: Any) -> dict:
+    """The base model's top candidates of every training query: the semantic swap's pool (deep enough to hold
+    ``swap_skip_top + swap_top_k`` non-relevant passages after the query's own positives)."""
+    from hf_robust_ir.noise import retrieve_candidates
+
+    queries = {qid: train.queries[qid] for qid in clean_rows["query_id"]}
+    most_positives = max(sum(1 for label in labels if label > 0) for labels in clean_rows["labels"])
+    return retrieve_candidates(
+        base,
+        queries,
+        top_k=args.swap_top_k + args.swap_skip_top + most_positives,
+        index=index,
+        batch_size=args.encode_batch_size,
+        bf16=args.bf16,
+    )
 
 
 def mine(args: argparse.Namespace, base: Any, data: Any, index: Any, stats: Any = None) -> Any:

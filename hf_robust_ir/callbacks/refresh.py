@@ -5,8 +5,8 @@ the corpus with the current model at intervals and mines new negatives from it. 
 does this inside ordinary training, without touching the dataset: it keeps each query's labeled positives, mines
 ``num_negatives`` new negatives from the current model's top ``range_max`` (skipping the first ``range_min``), scores
 every candidate with the current model (or a separate ``teacher``) as ``teacher_scores``, and hands the new
-candidate lists to the collator (:meth:`~hf_robust_ir.data.collator.RetrievalCollator.set_row_overrides`), which uses them
-from the next batch on. Under DDP every process encodes its share of the corpus and all of them get the same
+candidate lists to the collator (:meth:`~hf_robust_ir.data.collator.RetrievalCollator.set_row_overrides`), which uses
+them from the next batch on. Under DDP every process encodes its share of the corpus and all of them get the same
 candidates. The collator must run in the training process (``dataloader_num_workers=0``), where the overrides are.
 """
 
