@@ -31,7 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not args._accepts_overrides:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
-    return int(args._run(args) or 0)
+    from .data.schema import DataFormatError
+
+    try:
+        return int(args._run(args) or 0)
+    except DataFormatError as exc:  # bad input: the file, line and field, without a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -119,3 +119,15 @@ def test_accelerate_launch_two_processes(recipe, tmp_path):
     result = _launch(accelerate + ["--main_process_port", free_port()], recipe, tmp_path)
     assert "world_size=2" in result.stderr
     assert (tmp_path / "run" / "results.json").exists()
+
+
+def test_bad_input_is_reported_with_file_and_line_not_a_traceback(tmp_path, tiny_model_path, capsys):
+    from hf_robust_ir.cli import main
+
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": \n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    assert main(["eval", "--model", tiny_model_path, "--data", str(tmp_path), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'corpus.jsonl'}, line 2: malformed JSON" in err and "Traceback" not in err
