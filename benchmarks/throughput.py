@@ -10,7 +10,11 @@ first, and the reported speeds are medians over repeats, so load from other proc
   ``IndexFlatIP``, top 100, the same code for both sides); ``docs/s = documents / (encode documents + encode queries
   + index + search)``. Each side's nDCG@10 over the slice is reported next to its speed.
   sentence-transformers: ``SentenceTransformer.encode(texts, batch_size=B, convert_to_numpy=True,
-  normalize_embeddings=True)``; hf_robust_ir: ``BiEncoder.encode_documents`` / ``encode_queries``.
+  normalize_embeddings=True)``; hf_robust_ir: ``BiEncoder.encode_documents`` / ``encode_queries`` with
+  ``compile=True`` (``--compile on``, the default here): the tower runs through ``torch.compile`` with inductor
+  freezing, which is what the library does by itself for bf16 encoding of 10,000 texts or more. The one-off compile
+  happens in the untimed warm-up pass every side gets; it is measured (``encode.compile_s``) and the report gives
+  the corpus size from which ours is ahead of each rival *including* it (``encode.break_even_documents``).
 - **Train**: rows of (query, first positive, one hard negative mined once by the base model and shared by both
   sides), consumed in the same seeded order by both sides, ``B`` queries + ``B`` positives + ``B`` negatives a step,
   AdamW at lr 2e-5, linear decay. sentence-transformers: ``SentenceTransformerTrainer`` +
@@ -109,7 +113,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--forward-chunk-size", type=int, default=16, help="hf_robust_ir's forward_chunk_size in training (0: off)"
     )
     parser.add_argument(
+        "--compile",
+        choices=["on", "off", "auto"],
+        default="on",
+        help="hf_robust_ir's encode(compile=...): on (steady-state corpus throughput; compile time reported), off, "
+        "or auto (the library's default rule, which compiles from 10,000 texts on)",
+    )
+    parser.add_argument(
         "--phases", nargs="+", choices=["levers", "encode", "train"], default=["levers", "encode", "train"]
+    )
+    parser.add_argument(
+        "--mine",
+        choices=["pool", "corpus"],
+        default=None,
+        help="profile override: hard negatives from the train queries' positive documents (pool) or the whole corpus",
     )
     for name in ("n_docs", "repeats", "warmup_steps", "timed_steps", "lever_repeats"):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None, help="profile override")
@@ -316,10 +333,10 @@ def st_encoders(model: Any, batch_size: int, device: Any, bf16: bool):
     return encode, encode
 
 
-def ours_encoders(model: Any, batch_size: int, bf16: bool):
+def ours_encoders(model: Any, batch_size: int, bf16: bool, compile: bool | None):
     return (
-        lambda texts: model.encode_documents(texts, batch_size=batch_size, bf16=bf16),
-        lambda texts: model.encode_queries(texts, batch_size=batch_size, bf16=bf16),
+        lambda texts: model.encode_documents(texts, batch_size=batch_size, bf16=bf16, compile=compile),
+        lambda texts: model.encode_queries(texts, batch_size=batch_size, bf16=bf16, compile=compile),
     )
 
 
@@ -509,6 +526,8 @@ def measure_levers(model_path: str, docs: list[str], args: argparse.Namespace, d
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from hf_robust_ir.modeling.compiled_inference import CompiledTower
+
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     lengths = [len(ids) for ids in tokenizer(docs, truncation=True, max_length=args.max_length)["input_ids"]]
     longest = [docs[i] for i in np.argsort(lengths, kind="stable")[::-1][: args.lever_batch]]
@@ -536,6 +555,17 @@ def measure_levers(model_path: str, docs: list[str], args: argparse.Namespace, d
         models["fp32_torch_compile_dynamic"] = (compiled, False)
     except Exception as err:  # an optional lever: record why it is missing
         notes["fp32_torch_compile_dynamic_error"] = f"{type(err).__name__}: {err}"[:300]
+    # The library's compiled inference tower (torch.compile + inductor freezing), in fp32 and under bf16 autocast.
+    for name, bf16 in (("fp32_compiled_frozen", False), ("bf16_autocast_compiled_frozen", True)):
+        tower = CompiledTower(load())
+        began = time.perf_counter()
+        with torch.inference_mode(), autocast_or_null(device, bf16):
+            tower(**batch)
+        notes[name + "_first_call_s"] = round(time.perf_counter() - began, 1)
+        if tower.failed:
+            notes[name + "_error"] = "compilation failed; see the log"
+        else:
+            models[name] = (tower, bf16)
 
     def forward(model: Any, bf16: bool) -> float:
         began = time.perf_counter()
@@ -679,6 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     cpu = cpu_facts()
     bf16, reason = choose_precision(args.precision, device, cpu)
+    compile_flag = {"on": True, "off": False, "auto": None}[args.compile]
     same_is_default = not bf16  # sentence-transformers' default is fp32
     out = Path(args.out)
     started = time.perf_counter()
@@ -746,13 +777,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ).to(device)
         sides = {
             ST: st_encoders(st_model, args.batch_size, device, False),
-            OURS: ours_encoders(ours_model, args.batch_size, bf16),
+            OURS: ours_encoders(ours_model, args.batch_size, bf16, compile_flag),
         }
         if not same_is_default:
             sides[ST_SAME] = st_encoders(st_model, args.batch_size, device, True)
         warm = task.docs[: args.batch_size * 2]
-        for docs_fn, _ in sides.values():
+        warmup_s = {}
+        for side, (docs_fn, _) in sides.items():
+            began = time.perf_counter()
             docs_fn(warm)
+            warmup_s[side] = round(time.perf_counter() - began, 2)
         runs: dict[str, list[dict]] = {side: [] for side in sides}
         ndcg: dict[str, float] = {}
         for repeat in range(args.repeats):
@@ -768,6 +802,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             report["encode"] = phase_result(runs, "docs_per_s", ndcg)
             report["encode"]["order"] = "per repeat: " + ", ".join(order) + " (reversed on odd repeats)"
+            report["encode"]["compile"] = args.compile
+            report["encode"]["warmup_s"] = warmup_s
+            report["encode"].update(compile_cost(report["encode"], warmup_s, len(warm), len(task.queries)))
             report["encode"]["padding"] = encode_padding(
                 task, ours_model.tokenizer, st_model, args.max_length, args.batch_size
             )
@@ -813,7 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("train: nDCG@10 of the trained models")
         ndcg = {}
         for side, model in trained.items():
-            encoders = ours_encoders(model, args.batch_size, bf16) if side == OURS else None
+            encoders = ours_encoders(model, args.batch_size, bf16, compile_flag) if side == OURS else None
             if encoders is None:
                 encoders = st_encoders(model, args.batch_size, device, side == ST_SAME)
             _, score = task.run(*encoders)
@@ -841,6 +878,19 @@ def arm_order(sides: list[str], repeat: int) -> list[str]:
     rivals = [s for s in sides if s != OURS]
     order = [x for rival in rivals for x in (rival, OURS)]
     return order[::-1] if repeat % 2 else order
+
+
+def compile_cost(result: dict[str, Any], warmup_s: dict[str, float], warm_docs: int, n_queries: int) -> dict:
+    """The one-off compile time of ours (its warm-up minus what the same documents take at its steady rate) and,
+    per rival, the corpus size from which ours is ahead including that time: ``compile_s / (1/rival - 1/ours)``
+    documents (with as many queries per document as in the slice; rates are encode+search docs/s)."""
+    medians = result["medians"]
+    compile_s = max(0.0, warmup_s[OURS] - warm_docs / medians[OURS])
+    break_even = {}
+    for rival in (side for side in medians if side != OURS):
+        saving_per_doc = 1 / medians[rival] - 1 / medians[OURS]
+        break_even[rival] = round(compile_s / saving_per_doc) if saving_per_doc > 0 else None
+    return {"compile_s": round(compile_s, 1), "break_even_documents": break_even, "queries_in_slice": n_queries}
 
 
 def phase_result(runs: dict[str, list[dict]], speed: str, ndcg: dict[str, float]) -> dict[str, Any]:

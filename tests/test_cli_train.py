@@ -21,31 +21,6 @@ def free_port() -> str:
         return str(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def small_beir(tmp_path_factory, scifact_dir):
-    """The first 16 judged train and 8 judged test queries of SciFact over a 120-document corpus slice."""
-    folder = tmp_path_factory.mktemp("scifact-slice")
-    (folder / "qrels").mkdir()
-    keep_docs: list[str] = []
-    for split, n in (("train", 16), ("test", 8)):
-        lines = (scifact_dir / "qrels" / f"{split}.tsv").read_text().splitlines()
-        kept = [lines[0]]
-        queries = []
-        for line in lines[1:]:
-            qid, did, _ = line.split("\t")
-            if qid not in queries and len(queries) == n:
-                break
-            queries.append(qid) if qid not in queries else None
-            kept.append(line)
-            keep_docs.append(did)
-        (folder / "qrels" / f"{split}.tsv").write_text("\n".join(kept) + "\n")
-    docs = [json.loads(line) for line in (scifact_dir / "corpus.jsonl").read_text().splitlines()]
-    chosen = [d for d in docs if d["_id"] in set(keep_docs)] + [d for d in docs if d["_id"] not in set(keep_docs)][:100]
-    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in chosen))
-    (folder / "queries.jsonl").write_text((scifact_dir / "queries.jsonl").read_text())
-    return folder
-
-
 @pytest.fixture
 def recipe(tmp_path, tiny_model_path, small_beir):
     config = {

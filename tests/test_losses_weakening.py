@@ -252,6 +252,7 @@ def test_registry_and_config():
         "warmup_steps": 100,
         "confidence_enabled": True,
         "guide_margin": None,
+        "replace_margin": None,
     }
     assert "Lienen" in LabelRelaxationLoss.citation and "2512.13237" in LabelWeakeningLoss.citation
     with pytest.raises(ValueError, match="rule"):
@@ -277,3 +278,27 @@ def test_guide_agreement_requires_the_guide_to_rank_the_candidate_above_the_labe
     with pytest.raises(ValueError, match="guide_scores"):
         loss(scores, labels, mask)
     assert not weakening().needs_guide_scores
+
+
+def test_replace_margin_drops_the_label_when_the_guide_disagrees_by_more_than_it():
+    # Student scores (already divided by the temperature) [1, 2, 0]: label 0, candidate 1 outranks it (margin 0).
+    # Row 0: guide [0.5, 0.7, 0.1], gap 0.2 > replace_margin 0.1: S = {1}, loss −log p_1.
+    # Row 1: guide [0.5, 0.58, 0.1], gap 0.08 passes guide_margin 0.05 but not 0.1: S = {0, 1}, loss −log(p_0 + p_1).
+    loss = weakening(alpha=0.0, margin=0.0, guide_margin=0.05, replace_margin=0.1)
+    assert loss.config()["replace_margin"] == 0.1 and loss.needs_guide_scores
+    scores = torch.tensor([[1.0, 2.0, 0.0], [1.0, 2.0, 0.0]])
+    labels, mask = torch.tensor([[1.0, 0, 0], [1.0, 0, 0]]), torch.ones(2, 3, dtype=torch.bool)
+    guide = torch.tensor([[0.5, 0.7, 0.1], [0.5, 0.58, 0.1]])
+    log_z = math.log(E + E**2 + 1)  # 2.40760
+    replaced, weakened = log_z - 2.0, log_z - math.log(E + E**2)  # 0.40760, 0.09434
+    assert replaced == pytest.approx(0.40760, abs=1e-5) and weakened == pytest.approx(0.09434, abs=1e-5)
+    loss.reset_stats()
+    assert loss(scores, labels, mask, guide_scores=guide).item() == pytest.approx((replaced + weakened) / 2, abs=1e-6)
+    assert loss.stats()["replaced_fraction"] == pytest.approx(0.5)
+    plain = weakening(alpha=0.0, margin=0.0, guide_margin=0.05)  # no replace_margin: both rows weakened, none replaced
+    assert plain(scores, labels, mask, guide_scores=guide).item() == pytest.approx(weakened, abs=1e-6)
+    assert plain.stats()["added_per_query"] == 1.0 and "replaced_fraction" not in plain.stats()
+    with pytest.raises(ValueError, match="needs guide_margin"):
+        weakening(replace_margin=0.1)
+    with pytest.raises(ValueError, match=">= guide_margin"):
+        weakening(guide_margin=0.2, replace_margin=0.1)

@@ -127,7 +127,8 @@ class LabelRelaxationLoss(RetrievalLoss):
         - ``added_per_query``: ``|S \\ P|``, candidates added from the model's confidence;
         - ``outranked_fraction``: queries where some masked-in candidate that is not a labeled positive scores
           strictly above the best labeled positive;
-        - ``credal_fraction``: queries already inside the credal set (loss and gradient 0).
+        - ``credal_fraction``: queries already inside the credal set (loss and gradient 0);
+        - ``replaced_fraction`` (label weakening with ``replace_margin`` only): queries whose labels left the set.
 
         Empty when nothing was seen. Forward passes without gradient (evaluation) are not counted.
         """
@@ -148,6 +149,8 @@ class LabelRelaxationLoss(RetrievalLoss):
             "outranked_fraction": ((best_other > best_positive).float() * rows).sum(),
             "credal_fraction": ((inside & has_positive).float()).sum(),
         }
+        if getattr(self, "replace_margin", None) is not None:
+            batch["replaced_fraction"] = ((~(plausible & positives).any(-1)).float() * rows).sum()
         for name, value in batch.items():
             self._stat_sums[name] = self._stat_sums[name] + value if name in self._stat_sums else value
         self._stat_rows = rows.sum() if self._stat_rows is None else self._stat_rows + rows.sum()
@@ -173,6 +176,11 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
     not fooled by what the student learned from noisy labels, and the student keeps the guide from adding the hard
     negatives it already ranks correctly; the combination is this library's, not the paper's.
 
+    With ``replace_margin`` set as well, a row whose added candidate the guide ranks more than ``replace_margin``
+    above the best label drops its labels from the set: ``S = C`` (the label is *replaced*, not weakened), for
+    disagreements too large to be a near tie between two relevant passages (a wrong positive swapped in for the
+    true one). ``replace_margin`` should be larger than ``guide_margin``; rows below it keep ``S = P ∪ C``.
+
     At most ``max_added`` candidates join (the highest-scoring ones; ``None`` for no bound), so the model cannot
     talk itself into many. With ``α = 0`` this is the marginal likelihood ``−log Σ_{k∈S} p̂_k``. With the rule off
     (``confidence_enabled=False``) it is :class:`LabelRelaxationLoss`. The model's own confidence is meaningless at
@@ -197,6 +205,7 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
         warmup_steps: int = 0,
         confidence_enabled: bool = True,
         guide_margin: float | None = None,
+        replace_margin: float | None = None,
     ):
         super().__init__(alpha=alpha)
         if rule not in RULES:
@@ -211,7 +220,12 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.rule, self.margin, self.top_m, self.min_prob = rule, margin, top_m, min_prob
         self.max_added, self.warmup_steps, self.confidence_enabled = max_added, warmup_steps, confidence_enabled
+        if replace_margin is not None and guide_margin is None:
+            raise ValueError("replace_margin needs guide_margin (the replacement is judged by the guide)")
+        if replace_margin is not None and replace_margin < guide_margin:
+            raise ValueError(f"replace_margin ({replace_margin}) must be >= guide_margin ({guide_margin})")
         self.guide_margin = None if guide_margin is None else float(guide_margin)
+        self.replace_margin = None if replace_margin is None else float(replace_margin)
         self.needs_guide_scores = self.guide_margin is not None
 
     def plausible_set(
@@ -240,4 +254,7 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
         if self.max_added is not None and self.max_added < scores.shape[-1]:
             best = scores.masked_fill(~confident, float("-inf")).topk(self.max_added, dim=-1).indices
             confident = confident & torch.zeros_like(mask).scatter(-1, best, True)
+        if self.replace_margin is not None:
+            replace = (confident & (guide > guide_best_positive + self.replace_margin)).any(-1, keepdim=True)
+            return torch.where(replace, confident, positives | confident)
         return positives | confident

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from .compiled_inference import CompiledTower, should_compile
 from .pooling import POOLING_MODES, SENTENCE_TRANSFORMERS_POOLING_FLAGS, pool, pooling_mode_from_sentence_transformers
 
 CONFIG_NAME = "hf_robust_ir_config.json"
@@ -157,6 +158,7 @@ class BiEncoder(nn.Module):
             raise ValueError("a document_encoder was given but separate_towers is False")
         self.tokenizer = tokenizer
         self.forward_chunk_size: int | None = None  # see embed()
+        self._compiled_towers: dict[str, CompiledTower] = {}  # see encode(compile=...)
 
     # ---------------------------------------------------------------- loading and saving
     @classmethod
@@ -294,8 +296,8 @@ class BiEncoder(nn.Module):
             parts.append(self._embed_batch({k: v[index, :width] for k, v in inputs.items()}, kind))
         return torch.cat(parts)[torch.argsort(order)]
 
-    def _embed_batch(self, inputs: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-        hidden = self.tower(kind)(**inputs).last_hidden_state
+    def _embed_batch(self, inputs: dict[str, torch.Tensor], kind: str, tower: Any = None) -> torch.Tensor:
+        hidden = (tower or self.tower(kind))(**inputs).last_hidden_state
         embeddings = pool(hidden, inputs["attention_mask"], self.retrieval_config.pooling)
         if self.retrieval_config.normalize:
             embeddings = nn.functional.normalize(embeddings.float(), dim=-1)
@@ -348,9 +350,16 @@ class BiEncoder(nn.Module):
         bf16: bool = False,
         show_progress_bar: bool = False,
         max_length: int | None = None,
+        compile: bool | None = None,
     ) -> np.ndarray:
         """Embed raw texts as float32 ``[n, dim]``. Texts are tokenized once and batched by token length
-        (longest first) so each batch pads as little as possible; ``bf16`` runs under bfloat16 autocast."""
+        (longest first) so each batch pads as little as possible; ``bf16`` runs under bfloat16 autocast.
+
+        ``compile=True`` runs the tower through ``torch.compile`` with inductor freezing (see
+        :mod:`hf_robust_ir.modeling.compiled_inference`): a one-off compile of tens of seconds, then ~1.4x faster bf16
+        encoding on CPU. The compiled tower is kept for later calls and rebuilt when the weights change. ``None``
+        (default) compiles for bf16 encoding of at least 10,000 texts on CPU; ``False`` never compiles.
+        """
         if len(texts) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         encoded = self.tokenize(list(texts), kind, max_length=max_length, padding=False)
@@ -361,15 +370,26 @@ class BiEncoder(nn.Module):
         was_training = self.training
         self.eval()
         out = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        tower = self.compiled_tower(kind) if should_compile(compile, len(texts), bf16, device.type) else None
         starts = range(0, len(texts), batch_size)
         with torch.inference_mode(), autocast:
             for start in tqdm(starts, desc=f"encode {kind}s", disable=not show_progress_bar, unit="batch"):
                 index = order[start : start + batch_size]
                 batch = self.tokenizer.pad({k: [encoded[k][i] for i in index] for k in keys}, return_tensors="pt")
                 batch = {k: v.to(device) for k, v in batch.items()}
-                out[index] = self.embed(batch, kind).float().cpu().numpy()
+                embeddings = self._embed_batch(batch, kind, tower) if tower else self.embed(batch, kind)
+                out[index] = embeddings.float().cpu().numpy()
         self.train(was_training)
         return out
+
+    def compiled_tower(self, kind: str) -> CompiledTower:
+        """The inference-compiled tower of ``kind``, built on first use and rebuilt after its weights change."""
+        name = "query" if kind == "query" or not self.retrieval_config.separate_towers else "document"
+        module = self.tower(kind)
+        compiled = self._compiled_towers.get(name)
+        if compiled is None or not compiled.is_current(module):
+            compiled = self._compiled_towers[name] = CompiledTower(module)
+        return compiled
 
     def encode_queries(self, texts: list[str], batch_size: int = 64, bf16: bool = False, **kwargs) -> np.ndarray:
         return self.encode(texts, "query", batch_size=batch_size, bf16=bf16, **kwargs)
