@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cli_train import free_port, small_beir  # noqa: F401  (fixture)
+from test_cli_train import free_port
 from test_relabel_judges import tiny_causal_lm
 
 from hf_robust_ir.cli import main
