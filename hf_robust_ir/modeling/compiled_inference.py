@@ -3,8 +3,8 @@
 Freezing treats the weights as constants of the compiled graph, so inductor folds the bf16 casts of autocast into
 the constants, pre-packs the matrices for oneDNN (AMX on CPUs that have it) and fuses the elementwise tails of each
 layer (bias + GELU, residual + LayerNorm). Measured on all-MiniLM-L6-v2, 256 tokens, bf16 autocast, one CPU thread
-with AMX-BF16: ~1.4x the documents/s of the eager tower, after a one-off compile of ~25-35 s (see
-``benchmarks/throughput.py``), so it pays off from a few thousand documents on.
+with AMX-BF16: 1.4-1.7x the documents/s of the eager tower, after a one-off compile of 15-35 s (see
+``benchmarks/THROUGHPUT.md``), so it pays off from a few thousand documents on.
 
 Because the weights are baked in, a compiled tower is only valid for the weights it was built from:
 :class:`CompiledTower` records every parameter's storage and in-place version counter (which the optimizer's
@@ -45,12 +45,13 @@ def _fresh_entry_point() -> types.FunctionType:
     old weights. Giving every :class:`CompiledTower` its own entry point gives it its own cache.
     """
     name = f"compiled_tower_{next(_tower_numbers)}"
-    code = _run_tower.__code__.replace(co_name=name, co_qualname=name)
+    code = _run_tower.__code__.replace(co_name=name)  # a new code object (co_qualname exists from Python 3.11 only)
     return types.FunctionType(code, _run_tower.__globals__, name)
 
 
 def weights_version(module: nn.Module) -> tuple:
-    """Identity of a module's current weights: (storage pointer, in-place version) of each parameter and buffer."""
+    """Identity of a module's current weights: storage pointer, in-place version, dtype and device of each parameter
+    and buffer."""
     tensors = list(module.parameters()) + list(module.buffers())
     return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
