@@ -328,6 +328,12 @@ def combine_seeds(reports: list[dict[str, Any]], sources: list[str]) -> dict[str
             recovered_fraction_per_seed=per_seed_fraction,
             target={"recovered_fraction": TARGET_RECOVERED, "met": bool(fraction >= TARGET_RECOVERED and clear)},
         )
+    else:
+        combined["target"] = {
+            "recovered_fraction": TARGET_RECOVERED,
+            "met": False,
+            "why": "the injection costs nothing on the means, so there is nothing to recover",
+        }
     return combined
 
 
@@ -359,6 +365,8 @@ def combined_markdown(combined: dict[str, Any], command: str) -> str:
             f"{combined['recovered_fraction']:.2f} (per seed {per_seed}; target {TARGET_RECOVERED}); "
             f"target met: {combined['target']['met']}."
         )
+    else:
+        lines.append(f"No recovered fraction: {combined['target']['why']}; target met: False.")
     if combined["judges"]:
         lines += ["", "| judge (mean over seeds) | precision | recall | F1 |", "|---|---|---|---|"]
         for name, judge in combined["judges"].items():

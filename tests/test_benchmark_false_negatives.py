@@ -69,6 +69,16 @@ def test_a_seed_where_the_injection_costs_nothing_makes_the_cost_unclear(false_n
     assert "1" not in combined["recovered_fraction_per_seed"]
 
 
+def test_an_injection_that_costs_nothing_on_the_means_leaves_nothing_to_recover(false_negatives):
+    reports = three_seeds()
+    for report in reports:
+        report["results"]["infonce_injected"]["ndcg@10"] = report["results"]["infonce_clean"]["ndcg@10"]
+    combined = false_negatives.combine_seeds(reports, ["a.json", "b.json", "c.json"])
+    assert combined["injection_cost"]["mean"] == 0.0 and combined["injection_cost"]["clear"] is False
+    assert "recovered_fraction" not in combined and combined["target"]["met"] is False
+    assert "nothing to recover" in false_negatives.combined_markdown(combined, "cmd")
+
+
 def test_combine_refuses_runs_with_other_settings_or_a_repeated_seed(false_negatives):
     reports = three_seeds()
     reports[2]["settings"]["lr"] = 2e-5
