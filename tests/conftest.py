@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,6 +19,18 @@ import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("HF_ROBUST_IR_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@contextlib.contextmanager
+def benchmark_module(name: str) -> Iterator:
+    """A script of ``benchmarks/`` imported as a module, with that folder on ``sys.path`` while in use (the scripts
+    import their siblings by bare name)."""
+    folder = str(REPO_ROOT / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)
 
 
 def minilm_path() -> str:

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import benchmark_module
 
 
 @pytest.fixture()
 def false_negatives():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import false_negatives
-
-        yield false_negatives
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_module("false_negatives") as module:
+        yield module
 
 
 def seed_report(seed: int, **ndcg: float) -> dict:

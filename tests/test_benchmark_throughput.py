@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import benchmark_module
 
 
 @pytest.fixture()
 def throughput():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import throughput
-
-        yield throughput
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_module("throughput") as module:
+        yield module
 
 
 def test_encode_and_train_phases_report_ratios_compile_cost_and_ndcg(throughput, real_model_path, small_beir, tmp_path):
