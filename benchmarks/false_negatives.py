@@ -188,12 +188,11 @@ class Store:
         report = self.report
         results = report["results"]
         clean, injected = (results.get(n, {}).get("ndcg@10") for n in ("infonce_clean", "infonce_injected"))
-        done = [s for s in STRATEGIES + IN_TRAINING if s in results]
         if clean is not None and injected is not None:
             report["injection_cost"] = round(clean - injected, 5)
-            if done and clean > injected:
-                best = max(done, key=lambda s: results[s]["ndcg@10"])
-                fraction = (results[best]["ndcg@10"] - injected) / (clean - injected)
+            recovery = best_recovery({name: run["ndcg@10"] for name, run in results.items()})
+            if recovery is not None:
+                best, fraction = recovery
                 report["recovered_fraction"] = round(fraction, 4)
                 report["best_strategy"] = best
                 report["target"] = {
@@ -206,6 +205,17 @@ class Store:
         temporary.write_text(json.dumps(report, indent=2) + "\n")
         os.replace(temporary, self.path)
         self.path.with_suffix(".md").write_text(markdown(report))
+
+
+def best_recovery(ndcg: dict[str, float]) -> tuple[str, float] | None:
+    """The strategy (relabeling or in-training) of best nDCG@10 and its ``recovered_fraction =
+    (best − infonce_injected) / (infonce_clean − infonce_injected)``; ``None`` without a strategy or a positive cost."""
+    clean, injected = ndcg["infonce_clean"], ndcg["infonce_injected"]
+    done = [name for name in STRATEGIES + IN_TRAINING if name in ndcg]
+    if not done or clean <= injected:
+        return None
+    best = max(done, key=ndcg.__getitem__)
+    return best, (ndcg[best] - injected) / (clean - injected)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -246,11 +256,6 @@ def markdown(report: dict[str, Any]) -> str:
 COST_T_CLEAR = 2.0  # the injection "costs clearly" when every seed loses and the paired t-statistic reaches this
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = float(np.mean(values))
-    return mean, float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
 def combine_seeds(reports: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
     """Mean ± std over seeds of every run, the injection cost paired by seed, and ``recovered_fraction`` of the means.
 
@@ -276,13 +281,13 @@ def combine_seeds(reports: list[dict[str, Any]], sources: list[str]) -> dict[str
     results: dict[str, Any] = {}
     for name in names:
         per_seed = {str(seed): report["results"][name]["ndcg@10"] for seed, report in zip(seeds, reports)}
-        mean, std = _mean_std(list(per_seed.values()))
+        mean, std = shared.mean_std(list(per_seed.values()))
         results[name] = {"ndcg@10": round(mean, 5), "std": round(std, 5), "n": len(per_seed), "seeds": per_seed}
     costs = {
         str(seed): report["results"]["infonce_clean"]["ndcg@10"] - report["results"]["infonce_injected"]["ndcg@10"]
         for seed, report in zip(seeds, reports)
     }
-    cost_mean, cost_std = _mean_std(list(costs.values()))
+    cost_mean, cost_std = shared.mean_std(list(costs.values()))
     t_statistic = cost_mean / (cost_std / np.sqrt(len(costs))) if cost_std > 0 else float("inf")
     clear = all(cost > 0 for cost in costs.values()) and t_statistic >= COST_T_CLEAR
     combined: dict[str, Any] = {
@@ -310,15 +315,12 @@ def combine_seeds(reports: list[dict[str, Any]], sources: list[str]) -> dict[str
         }
         for name in judges
     }
-    strategies = [name for name in STRATEGIES + IN_TRAINING if name in results]
-    clean, injected = results["infonce_clean"]["ndcg@10"], results["infonce_injected"]["ndcg@10"]
-    if strategies and clean > injected:
-        best = max(strategies, key=lambda name: results[name]["ndcg@10"])
-        fraction = (results[best]["ndcg@10"] - injected) / (clean - injected)
+    recovery = best_recovery({name: result["ndcg@10"] for name, result in results.items()})
+    if recovery is not None:
+        best, fraction = recovery
         per_seed_fraction = {}
         for seed, report in zip(seeds, reports):
-            runs = report["results"]
-            seed_cost = runs["infonce_clean"]["ndcg@10"] - runs["infonce_injected"]["ndcg@10"]
+            runs, seed_cost = report["results"], costs[str(seed)]
             if seed_cost > 0:
                 gain = runs[best]["ndcg@10"] - runs["infonce_injected"]["ndcg@10"]
                 per_seed_fraction[str(seed)] = round(gain / seed_cost, 4)

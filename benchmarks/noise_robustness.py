@@ -399,6 +399,12 @@ def environment() -> dict[str, Any]:
 # summary, targets, table, plot
 
 
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value) of results over seeds."""
+    values = list(values)
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     """``summary[method][dataset][kind][rate] = {"mean", "std", "n"}`` of nDCG@10 over seeds (std: ddof=1)."""
     summary: dict[str, Any] = {}
@@ -409,8 +415,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                     values = [run["ndcg@10"] for run in entry.get("seeds", {}).values()]
                     if not values:
                         continue
-                    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-                    cell = {"mean": round(float(np.mean(values)), 5), "std": round(std, 5), "n": len(values)}
+                    mean, std = mean_std(values)
+                    cell = {"mean": round(mean, 5), "std": round(std, 5), "n": len(values)}
                     summary.setdefault(method, {}).setdefault(dataset, {}).setdefault(kind, {})[rate] = cell
     return summary
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from noise_robustness import mean_std  # noqa: E402  (the benchmarks' shared helpers)
 
 PROFILES = {
     "quick": {
@@ -120,10 +121,8 @@ class Store:
         runs = self.report["runs"]
         results = {}
         for name, seeds in runs.items():
-            values = [r["ndcg@10"] for r in seeds.values()]
-            mean = sum(values) / len(values)
-            std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-            results[name] = {"ndcg@10": round(mean, 5), "std": round(std, 5), "n": len(values)}
+            mean, std = mean_std(r["ndcg@10"] for r in seeds.values())
+            results[name] = {"ndcg@10": round(mean, 5), "std": round(std, 5), "n": len(seeds)}
         self.report["results"] = results
         ours, theirs = (results.get(name, {}).get("ndcg@10") for name in TARGET)
         self.report["target"] = {

@@ -125,14 +125,16 @@ def small_beir(tmp_path_factory, scifact_dir):
         queries = []
         for line in lines[1:]:
             qid, did, _ = line.split("\t")
-            if qid not in queries and len(queries) == n:
-                break
-            queries.append(qid) if qid not in queries else None
+            if qid not in queries:
+                if len(queries) == n:
+                    break
+                queries.append(qid)
             kept.append(line)
             keep_docs.append(did)
         (folder / "qrels" / f"{split}.tsv").write_text("\n".join(kept) + "\n")
     docs = [json.loads(line) for line in (scifact_dir / "corpus.jsonl").read_text().splitlines()]
-    chosen = [d for d in docs if d["_id"] in set(keep_docs)] + [d for d in docs if d["_id"] not in set(keep_docs)][:100]
+    judged = set(keep_docs)
+    chosen = [d for d in docs if d["_id"] in judged] + [d for d in docs if d["_id"] not in judged][:100]
     (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in chosen))
     (folder / "queries.jsonl").write_text((scifact_dir / "queries.jsonl").read_text())
     return folder
