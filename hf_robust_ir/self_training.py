@@ -62,6 +62,7 @@ class SelfTrainingArguments:
     pretrain_epochs: float = 1.0
     pretrain_group_size: int = 8
     student_noise: dict | None = field(default_factory=lambda: {"kind": "shuffle", "p": 0.1})
+    pretrain_training_kwargs: dict = field(default_factory=dict)  # for pre-training only, e.g. {"bf16": true}
     # fine-tuning on labeled rows
     finetune_loss: str = "infonce"
     finetune_loss_kwargs: dict | None = None
@@ -281,6 +282,7 @@ class SelfTrainingLoop:
             self.args.pretrain_epochs,
             self.args.pretrain_group_size,
             student_noise=self.args.student_noise,
+            **self.args.pretrain_training_kwargs,
         )
         return self._train(model, rows, corpus, args)
 

@@ -86,6 +86,10 @@ class RetrievalTrainingArguments(TrainingArguments):
             text = self.student_noise.strip()
             self.student_noise = json.loads(text) if text.startswith("{") else (text or None)
         TokenNoise.from_config(self.student_noise)  # invalid settings fail here, not at the first batch
+        if self.bf16 and not self.use_cpu and not torch.accelerator.is_available():
+            # transformers refuses bf16 without an accelerator unless told the run is on the CPU; CPUs with
+            # AVX512-BF16/AMX run bf16 autocast natively, so say it for the user instead of failing
+            self.use_cpu = True
         super().__post_init__()
 
 

@@ -475,3 +475,33 @@ def test_embedding_judge_positive_reference(bi_encoder, reference):
     assert judge.config()["positive_reference"] == reference
     with pytest.raises(ValueError, match="positive_reference"):
         EmbeddingJudge(bi_encoder, positive_reference="median")
+
+
+def test_embedding_judge_rules_share_one_document_encoding(tiny_model_path):
+    """Judges made by ``with_rule`` give the verdicts of a fresh judge with that rule, without re-encoding documents."""
+    model = BiEncoder.from_pretrained(tiny_model_path)
+    encoded: list[str] = []
+    real = model.encode
+
+    def counting(texts, kind, **kwargs):
+        if kind == "document":
+            encoded.extend(texts)
+        return real(texts, kind, **kwargs)
+
+    positives = [*POSITIVES, "a second labeled passage about wrong labels in training data"]
+    first = EmbeddingJudge(BiEncoder.from_pretrained(tiny_model_path), margin=0.0)
+    expected = {
+        ref: first.with_rule(positive_reference=ref).judge(QUERY, positives, CANDIDATES) for ref in ("worst", "mean")
+    }
+    model.encode = counting
+    best = EmbeddingJudge(model, margin=0.0, positive_reference="best")
+    best.judge(QUERY, positives, CANDIDATES)
+    assert sorted(encoded) == sorted(set(positives) | set(CANDIDATES))
+    encoded.clear()
+    for reference, judgments in expected.items():
+        judge = best.with_rule(positive_reference=reference)
+        assert judge.config()["positive_reference"] == reference and judge.margin == 0.0
+        assert judge.judge(QUERY, positives, CANDIDATES) == judgments
+    assert encoded == []  # every document vector came from the first judge's encoding
+    with pytest.raises(ValueError, match="with_rule"):
+        best.with_rule(batch_size=8)

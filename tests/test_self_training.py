@@ -168,3 +168,27 @@ def test_hf_query_generator_is_fine_tuned_on_the_labeled_pairs_first(tmp_path):
     assert len(generator.generate(["passage 9 about topic 9"], num_queries=1)) == 1
     with pytest.raises(ValueError, match="train_on_labeled"):
         build_query_generator(config)
+
+
+def test_pretraining_settings_reach_the_pretraining_stage_only(tiny_model_path, tmp_path, monkeypatch):
+    seen: list[tuple[str, int, float]] = []
+    real = SelfTrainingLoop._train
+
+    def spy(self, model, rows, corpus, training_args):
+        seen.append((training_args.output_dir.rsplit("/", 1)[-1], training_args.max_steps, training_args.loss))
+        return real(self, model, rows, corpus, training_args)
+
+    monkeypatch.setattr(SelfTrainingLoop, "_train", spy)
+    hard_and_soft = {"losses": [{"name": "infonce", "weight": 1.0}, {"name": "kl_distillation", "weight": 0.5}]}
+    args = _args(
+        tmp_path,
+        tiny_model_path,
+        pretrain_loss="weighted_sum",
+        pretrain_loss_kwargs=hard_and_soft,
+        pretrain_training_kwargs={"max_steps": 1},
+    )
+    SelfTrainingLoop(args, _beir(tmp_path)).run()
+    # round 0 fine-tunes (no step limit), round 1 pre-trains one step with the combined loss, then fine-tunes
+    assert seen == [("finetune", -1, "infonce"), ("pretrain", 1, "weighted_sum"), ("finetune", -1, "infonce")]
+    card = (tmp_path / "out" / "round_1" / "model" / "README.md").read_text()
+    assert "weighted_sum" in card and "kl_distillation" in card

@@ -173,3 +173,9 @@ def test_label_weakening_alpha_schedule_and_statistics_reach_the_logs(tmp_path, 
     assert [h["confidence_rule"] for h in logs] == [0.0, 0.0, 1.0, 1.0]
     assert all(h["plausible_set_size"] >= 1.0 for h in logs)
     assert "outranked_fraction" in logs[0]
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="checks the CPU-only path")
+def test_bf16_without_an_accelerator_runs_on_the_cpu(tmp_path):
+    args = RetrievalTrainingArguments(output_dir=str(tmp_path), bf16=True, report_to="none")
+    assert args.bf16 and args.use_cpu

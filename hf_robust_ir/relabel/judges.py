@@ -97,6 +97,24 @@ class EmbeddingJudge(Judge):
             memo.popitem(last=False)
         return found
 
+    def with_rule(self, **rule: Any) -> EmbeddingJudge:
+        """The same guide under another margin rule (``margin``, ``margin_strategy``, ``positive_reference``),
+        sharing this judge's document vectors: judging the same rows under several rules encodes them once."""
+        unknown = set(rule) - {"margin", "margin_strategy", "positive_reference"}
+        if unknown:
+            raise ValueError(f"with_rule takes margin, margin_strategy and positive_reference, got {sorted(unknown)}")
+        settings = {
+            "margin": self.margin,
+            "margin_strategy": self.margin_strategy,
+            "positive_reference": self.positive_reference,
+            **rule,
+        }
+        judge = EmbeddingJudge(
+            self.model, batch_size=self.batch_size, max_cached_documents=self.max_cached_documents, **settings
+        )
+        judge._document_vectors = self._document_vectors
+        return judge
+
     def threshold(self, positive_score: float) -> float:
         if self.margin_strategy == "absolute":
             return positive_score - self.margin

@@ -1,0 +1,49 @@
+"""benchmarks/self_training.py: its options and a toy-scale run on a slice of SciFact with a tiny model."""
+
+import json
+
+import pytest
+from conftest import benchmark_module
+
+HARD_AND_SOFT = '{"losses": [{"name": "infonce", "weight": 1.0}, {"name": "kl_distillation", "weight": 1.0}]}'
+
+
+def test_options():
+    with benchmark_module("self_training") as bench:
+        args = bench.parse_args(["--out", "x.json", "--model", "m", "--synthetic_passages", "all"])
+        assert args.synthetic_passages == 0 and args.pretrain_loss == "kl_distillation"
+        assert args.pretrain_loss_kwargs == {"teacher_temperature": 0.05} and args.runs == list(bench.RUN_KINDS)
+        args = bench.parse_args(
+            ["--out", "x.json", "--model", "m", "--pretrain_loss", "weighted_sum", "--pretrain_loss_kwargs",
+             HARD_AND_SOFT, "--runs", "self_training"]
+        )  # fmt: skip
+        assert args.pretrain_loss_kwargs["losses"][0]["name"] == "infonce" and args.runs == ["self_training"]
+        assert args.synthetic_passages == 1000  # the quick profile's
+        for bad in (["--synthetic_passages", "0"], ["--runs", "gist"]):
+            with pytest.raises(SystemExit):
+                bench.parse_args(["--out", "x.json", "--model", "m", *bad])
+
+
+def test_a_loop_variant_without_the_baselines(tiny_model_path, scifact_dir, tmp_path):
+    out = tmp_path / "variant.json"
+    common = ["--profile", "quick", "--seed", "0", "--model", tiny_model_path, "--data_dir", str(scifact_dir.parent),
+              "--max_train_queries", "12", "--max_eval_queries", "5", "--max_corpus", "40", "--max_length", "32",
+              "--synthetic_passages", "all", "--pretrain_group_size", "2", "--pretrain_loss", "weighted_sum",
+              "--pretrain_loss_kwargs", HARD_AND_SOFT, "--out", str(out)]  # fmt: skip
+    with benchmark_module("self_training") as bench:
+        with pytest.raises(SystemExit, match="round-0 teacher"):
+            bench.main([*common, "--runs", "distillation"])
+        assert bench.main([*common, "--runs", "self_training"]) == 0
+        report = json.loads(out.read_text())
+        assert set(report["results"]) == {
+            "self_training_30pct", "self_training_30pct_round0", "self_training_30pct_round1", "infonce_30pct"
+        }  # fmt: skip
+        assert report["target"]["passed"] is None  # no MNRL run in this file
+        assert report["budget"]["pretrain_loss"] == "weighted_sum" and report["budget"]["synthetic_passages"] == 0
+        round1 = report["runs"]["self_training_30pct_round1"]["0"]["round"]
+        assert round1["synthetic_queries"] == 40  # every passage of the slice
+        # the same file resumes with the distillation baseline, taught by the loop's round-0 model
+        assert bench.main([*common, "--runs", "distillation"]) == 0
+        assert "distillation_30pct" in json.loads(out.read_text())["results"]
+        with pytest.raises(SystemExit, match="another budget"):
+            bench.main([*common[:-1], str(out), "--pretrain_epochs", "2", "--runs", "self_training"])
