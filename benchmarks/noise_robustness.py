@@ -61,6 +61,9 @@ OURS = (
 )
 ST_MNRL, ST_GIST = "st_multiplenegatives", "st_gist"
 SENTENCE_TRANSFORMERS = (ST_MNRL, ST_GIST)
+# A reference, not a method: InfoNCE after an oracle that knows the clean qrels fixes each row as well as any rule
+# over the row's own candidates could (see oracle_rows); it bounds what label weakening can reach at a budget.
+ORACLE = "oracle_infonce"
 METHOD_ALIASES = {"st_mnrl": ST_MNRL, "st_gistembed": ST_GIST}
 KINDS = ("semantic_swap", "false_negative")
 DATASETS = ("scifact", "nfcorpus")
@@ -136,7 +139,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, help="override the profile's datasets")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, help="noise kinds for every dataset (default: profile's)")
     parser.add_argument("--rates", type=float, nargs="+", help="noise rates (default: profile's)")
-    parser.add_argument("--methods", nargs="+", help=f"losses {list(OURS)} and {list(SENTENCE_TRANSFORMERS)}")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        help=f"losses {list(OURS)} and {list(SENTENCE_TRANSFORMERS)}; {ORACLE}: the oracle reference (oracle_rows)",
+    )
     budget = parser.add_argument_group("budget (the same for every method)")
     budget.add_argument("--epochs", type=float, default=1.0)
     budget.add_argument("--batch_size", type=int, default=32)
@@ -196,9 +203,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(not 0.0 <= r <= 1.0 for r in args.rates):
         parser.error("--rates must lie in [0, 1]")
     methods = [METHOD_ALIASES.get(m, m) for m in (args.methods or profile["methods"])]
-    unknown = [m for m in methods if m not in OURS and m not in SENTENCE_TRANSFORMERS]
+    known = [*OURS, *SENTENCE_TRANSFORMERS, ORACLE]
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        parser.error(f"unknown method(s) {unknown}; choose from {list(OURS) + list(SENTENCE_TRANSFORMERS)}")
+        parser.error(f"unknown method(s) {unknown}; choose from {known}")
     args.methods = list(dict.fromkeys(methods))
     args.seeds = list(dict.fromkeys(args.seeds or [args.seed + i for i in range(profile["n_seeds"])]))
     if args.hard_negatives < 0 or args.hard_negatives > args.negative_pool:
@@ -275,6 +283,12 @@ def method_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
         }
     from hf_robust_ir.losses import get_loss
 
+    if name == ORACLE:
+        return {
+            "trainer": "hf_robust_ir",
+            "loss": get_loss(INFONCE).config(),
+            "rows": oracle_rows.__doc__.split("\n")[0],
+        }
     return {"trainer": "hf_robust_ir", "loss": get_loss(name, **args.loss_kwargs.get(name, {})).config()}
 
 
@@ -491,7 +505,7 @@ def budget_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _method_order(methods: Iterable[str]) -> list[str]:
-    order = {name: i for i, name in enumerate((*OURS, *SENTENCE_TRANSFORMERS))}
+    order = {name: i for i, name in enumerate((*OURS, *SENTENCE_TRANSFORMERS, ORACLE))}
     return sorted(methods, key=lambda m: order.get(m, len(order)))
 
 
@@ -775,6 +789,39 @@ def noisy_rows(args: argparse.Namespace, prepared: Prepared, kind: str, rate: fl
     return noisy, summary
 
 
+def oracle_rows(rows: Any, clean_qrels: dict[str, dict[str, int]]) -> tuple[Any, dict[str, int]]:
+    """Rows as the best rule over each row's own candidates would leave them, decided with the clean qrels.
+
+    A row whose labels agree with the clean qrels is kept. A row with a wrong positive is *restored* when one of its
+    listed documents is relevant by the clean qrels (every listed document gets its clean grade: the true positive
+    becomes the label, the wrong one a negative) and *dropped* otherwise: no rule that sees only the row's candidates
+    can find its true positive, and the best it can do is not to learn the wrong one. Training InfoNCE on these rows
+    bounds what such a rule (label weakening with replacement) can reach at the budget.
+    """
+    counts = {"kept": 0, "restored": 0, "dropped": 0}
+
+    def fix(row: dict[str, Any]) -> dict[str, Any]:
+        truth = clean_qrels.get(row["query_id"], {})
+        labeled = [d for d, label in zip(row["doc_ids"], row["labels"]) if label > 0]
+        if all(truth.get(d, 0) > 0 for d in labeled):
+            counts["kept"] += 1
+            return {**row, "keep": True}
+        if not any(truth.get(d, 0) > 0 for d in row["doc_ids"]):
+            counts["dropped"] += 1
+            return {**row, "keep": False}
+        counts["restored"] += 1
+        labels = [float(max(truth.get(d, 0), 0)) for d in row["doc_ids"]]
+        sources = [
+            "oracle" if (new > 0) != (old > 0) else source
+            for new, old, source in zip(labels, row["labels"], row["label_source"])
+        ]
+        return {**row, "labels": labels, "label_source": sources, "keep": True}
+
+    fixed = [fix(row) for row in rows]
+    kept = [{k: v for k, v in row.items() if k != "keep"} for row in fixed if row["keep"]]
+    return type(rows).from_list(kept, features=rows.features), counts
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # training
 
@@ -957,15 +1004,20 @@ def run_one(
     import torch
 
     began = time.perf_counter()
+    extra = {}
     with tempfile.TemporaryDirectory(dir=work_root) as work:
         if method in SENTENCE_TRANSFORMERS:
             model, train_log = train_sentence_transformers(args, method, rows, prepared.train.corpus, seed, work)
+        elif method == ORACLE:
+            rows, extra["oracle_rows"] = oracle_rows(rows, prepared.train.qrels)
+            model, train_log = train_ours(args, INFONCE, rows, prepared.train.corpus, seed, work)
         else:
             model, train_log = train_ours(args, method, rows, prepared.train.corpus, seed, work)
     trained = time.perf_counter()
     metrics = evaluate(model, prepared, args)
     record = {k: round(v, 5) for k, v in metrics.items()}
     record.update(
+        **extra,
         train=train_log,
         train_seconds=round(trained - began, 1),
         eval_seconds=round(time.perf_counter() - trained, 1),

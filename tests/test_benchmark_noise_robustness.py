@@ -1,0 +1,46 @@
+"""benchmarks/noise_robustness.py: the oracle reference rows, and a toy-scale run on a slice of SciFact."""
+
+import datasets
+import pytest
+from conftest import benchmark_module, canonical_row
+
+from hf_robust_ir.data.schema import ROW_FEATURES
+
+
+def test_oracle_rows_keep_restore_and_drop():
+    clean = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 2}}
+    rows = datasets.Dataset.from_list(
+        [
+            canonical_row("q1", ["a", "x"], [1.0, 0.0]),  # clean: kept as it is
+            canonical_row("q2", ["w", "b"], [1.0, 0.0]),  # wrong positive, true one listed as the hard negative
+            canonical_row("q3", ["v", "y"], [1.0, 0.0]),  # wrong positive, true one absent
+        ],
+        features=ROW_FEATURES,
+    )
+    with benchmark_module("noise_robustness") as bench:
+        fixed, counts = bench.oracle_rows(rows, clean)
+    assert counts == {"kept": 1, "restored": 1, "dropped": 1}
+    assert fixed["query_id"] == ["q1", "q2"]
+    assert fixed[0] == rows[0]
+    assert fixed[1]["doc_ids"] == ["w", "b"] and fixed[1]["labels"] == [0.0, 1.0]
+    assert fixed[1]["label_source"] == ["oracle", "oracle"]
+    assert fixed.features == rows.features
+
+
+def test_oracle_is_a_method_of_the_command_and_reports_its_counts(tiny_model_path, scifact_dir, tmp_path):
+    out = tmp_path / "oracle.json"
+    argv = ["--profile", "quick", "--model", tiny_model_path, "--data_dir", str(scifact_dir.parent),
+            "--methods", "oracle_infonce", "--rates", "0.4", "--max_train_queries", "20", "--max_eval_queries", "5",
+            "--max_corpus", "60", "--max_length", "32", "--eval_max_length", "32", "--out", str(out)]  # fmt: skip
+    with benchmark_module("noise_robustness") as bench:
+        with pytest.raises(SystemExit):
+            bench.parse_args([*argv[:-1], str(out), "--methods", "oracle"])
+        assert bench.main(argv) == 0
+        import json
+
+        report = json.loads(out.read_text())
+    record = report["results"]["oracle_infonce"]["scifact"]["semantic_swap"]["0.4"]["seeds"]["0"]
+    counts = record["oracle_rows"]
+    assert counts["kept"] == 12 and counts["restored"] + counts["dropped"] == 8  # 40 % of 20 queries swapped
+    assert 0.0 <= record["ndcg@10"] <= 1.0
+    assert report["methods"]["oracle_infonce"]["loss"]["name"] == "infonce"
