@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -286,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_corpus",
         )
     }
-    store = Store(out, budget, "python benchmarks/self_training.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    command = "python benchmarks/self_training.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    store = Store(out, budget, command)
     folder, train, test = load_scifact(args)
     if args.limited:
         folder = write_subset(folder, train, test, work / "data")
