@@ -799,26 +799,23 @@ def oracle_rows(rows: Any, clean_qrels: dict[str, dict[str, int]]) -> tuple[Any,
     bounds what such a rule (label weakening with replacement) can reach at the budget.
     """
     counts = {"kept": 0, "restored": 0, "dropped": 0}
-
-    def fix(row: dict[str, Any]) -> dict[str, Any]:
+    kept = []
+    for row in rows:
         truth = clean_qrels.get(row["query_id"], {})
         labeled = [d for d, label in zip(row["doc_ids"], row["labels"]) if label > 0]
         if all(truth.get(d, 0) > 0 for d in labeled):
             counts["kept"] += 1
-            return {**row, "keep": True}
-        if not any(truth.get(d, 0) > 0 for d in row["doc_ids"]):
+            kept.append(row)
+        elif not any(truth.get(d, 0) > 0 for d in row["doc_ids"]):
             counts["dropped"] += 1
-            return {**row, "keep": False}
-        counts["restored"] += 1
-        labels = [float(max(truth.get(d, 0), 0)) for d in row["doc_ids"]]
-        sources = [
-            "oracle" if (new > 0) != (old > 0) else source
-            for new, old, source in zip(labels, row["labels"], row["label_source"])
-        ]
-        return {**row, "labels": labels, "label_source": sources, "keep": True}
-
-    fixed = [fix(row) for row in rows]
-    kept = [{k: v for k, v in row.items() if k != "keep"} for row in fixed if row["keep"]]
+        else:
+            counts["restored"] += 1
+            labels = [float(max(truth.get(d, 0), 0)) for d in row["doc_ids"]]
+            sources = [
+                "oracle" if (new > 0) != (old > 0) else source
+                for new, old, source in zip(labels, row["labels"], row["label_source"])
+            ]
+            kept.append({**row, "labels": labels, "label_source": sources})
     return type(rows).from_list(kept, features=rows.features), counts
 
 
