@@ -15,7 +15,8 @@ evaluated on the clean test qrels with the same :class:`~hf_robust_ir.evaluation
   seed, max length, hard negatives).
 
 Results go to ``--out`` (JSON) after every finished run, so a rerun with the same arguments skips what is done; the
-markdown table (``.md``) and the plot (``.png``) next to it are rewritten at the same time.
+markdown table (``.md``) and the plot (``.png``, once some method ran at two or more rates) next to it are rewritten
+at the same time.
 
     python benchmarks/noise_robustness.py --profile quick --seed 0 --out benchmarks/results/noise_robustness_quick.json
 """
@@ -555,17 +556,27 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
-    """nDCG@10 against noise rate, one panel per (dataset, kind), one line per method (error bars: std)."""
+def has_curve(summary: dict[str, Any]) -> bool:
+    """Whether some method was run at two or more noise rates of one setting (a plot has a line to draw)."""
+    return any(
+        len(rates) >= 2 for datasets in summary.values() for kinds in datasets.values() for rates in kinds.values()
+    )
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """nDCG@10 against noise rate, one panel per (dataset, kind), one line per method (error bars: std).
+
+    Returns whether a plot was written: runs at a single noise rate (no method has a curve) get none.
+    """
+    summary = report.get("summary", {})
+    settings = _settings(summary)
+    if not settings or not has_curve(summary):
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = report.get("summary", {})
-    settings = _settings(summary)
-    if not settings:
-        return
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings) + 2.5, 4.2), squeeze=False)
     methods = _method_order(summary)
     colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(methods), 2)))
@@ -612,6 +623,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 0.95))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1111,7 +1123,10 @@ def main(argv: list[str] | None = None) -> int:
     for check in store.report["targets"] + store.report["budget_checks"]:
         verdict = "pass" if check["passed"] else "FAIL"
         log(f"{check['dataset']} {check['kind']}: {check['check']}: {check['value']:+.4f} {verdict}")
-    log(f"done: {args.out}, {Path(args.out).with_suffix('.md')}, {Path(args.out).with_suffix('.png')}")
+    written = [args.out, str(Path(args.out).with_suffix(".md"))]
+    if Path(args.out).with_suffix(".png").exists():
+        written.append(str(Path(args.out).with_suffix(".png")))
+    log("done: " + ", ".join(written))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/noise_robustness.py: the oracle reference rows, and a toy-scale run on a slice of SciFact."""
+"""benchmarks/noise_robustness.py: the oracle reference rows, the plot, and a toy-scale run on a slice of SciFact."""
 
 import datasets
 import pytest
@@ -44,3 +44,16 @@ def test_oracle_is_a_method_of_the_command_and_reports_its_counts(tiny_model_pat
     assert counts["kept"] == 12 and counts["restored"] + counts["dropped"] == 8  # 40 % of 20 queries swapped
     assert 0.0 <= record["ndcg@10"] <= 1.0
     assert report["methods"]["oracle_infonce"]["loss"]["name"] == "infonce"
+
+
+def test_a_plot_only_when_some_method_has_a_curve(tmp_path):
+    budget = {"epochs": 1, "batch_size": 32, "learning_rate": 2e-5, "hard_negatives": 1}
+    one_rate = {"infonce": {"scifact": {"semantic": {"0.4": {"mean": 0.6, "std": 0.0}}}}}
+    two_rates = {
+        "infonce": {"scifact": {"semantic": {"0.0": {"mean": 0.65, "std": 0.0}, "0.4": {"mean": 0.6, "std": 0.01}}}}
+    }
+    with benchmark_module("noise_robustness") as bench:
+        assert not bench.has_curve(one_rate) and bench.has_curve(two_rates)
+        path = tmp_path / "report.png"
+        assert bench.plot({"summary": one_rate, "budget": budget}, path) is False and not path.exists()
+        assert bench.plot({"summary": two_rates, "budget": budget}, path) is True and path.stat().st_size > 0
