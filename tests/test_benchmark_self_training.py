@@ -18,10 +18,29 @@ def test_options():
              HARD_AND_SOFT, "--runs", "self_training"]
         )  # fmt: skip
         assert args.pretrain_loss_kwargs["losses"][0]["name"] == "infonce" and args.runs == ["self_training"]
-        assert args.synthetic_passages == 1000  # the quick profile's
+        assert args.synthetic_passages == 2000 and args.finetune_epochs == 3.0  # the quick profile's
+        assert args.pretrain_bf16 is bench.native_bf16()  # resolved from the machine, never left "auto"
+        assert bench.parse_args(["--out", "x.json", "--model", "m", "--no-pretrain_bf16"]).pretrain_bf16 is False
+        args = bench.parse_args(["--out", "x.json", "--model", "m", "--pretrain_bf16", "--finetune_epochs", "1"])
+        assert args.pretrain_bf16 is True and args.finetune_epochs == 1.0
         for bad in (["--synthetic_passages", "0"], ["--runs", "gist"]):
             with pytest.raises(SystemExit):
                 bench.parse_args(["--out", "x.json", "--model", "m", *bad])
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpuinfo = tmp_path / "cpuinfo"
+    with benchmark_module("self_training") as bench:
+        cpuinfo.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n")
+        assert bench.native_bf16(cpuinfo) is True
+        cpuinfo.write_text("flags\t\t: fpu sse avx2 amx_bf16 amx_tile\n")
+        assert bench.native_bf16(cpuinfo) is True
+        cpuinfo.write_text("flags\t\t: fpu sse avx2 avx512f avx512bw\n")  # AVX-512 without its bf16 extension
+        assert bench.native_bf16(cpuinfo) is False
+        assert bench.native_bf16(tmp_path / "missing") is False
 
 
 def test_a_loop_variant_without_the_baselines(tiny_model_path, scifact_dir, tmp_path):
