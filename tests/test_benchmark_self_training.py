@@ -66,3 +66,20 @@ def test_a_loop_variant_without_the_baselines(tiny_model_path, scifact_dir, tmp_
         assert "distillation_30pct" in json.loads(out.read_text())["results"]
         with pytest.raises(SystemExit, match="another budget"):
             bench.main([*common[:-1], str(out), "--pretrain_epochs", "2", "--runs", "self_training"])
+
+
+def test_the_noise_setting_trains_on_every_query_with_swapped_positives(tiny_model_path, scifact_dir, tmp_path):
+    out = tmp_path / "noise.json"
+    args = ["--profile", "quick", "--seed", "0", "--model", tiny_model_path, "--data_dir", str(scifact_dir.parent),
+            "--max_train_queries", "10", "--max_eval_queries", "5", "--max_corpus", "40", "--max_length", "32",
+            "--synthetic_passages", "8", "--pretrain_group_size", "2", "--settings", "noise40",
+            "--runs", "self_training", "st_mnrl", "--out", str(out)]  # fmt: skip
+    with benchmark_module("self_training") as bench:
+        assert bench.main(args) == 0
+    report = json.loads(out.read_text())
+    assert {"self_training_noise40", "infonce_noise40", "st_mnrl_noise40"} <= set(report["results"])
+    noise = report["runs"]["self_training_noise40"]["0"]["noise"]
+    assert noise["rate"] == 0.4 and noise["queries"] == 10
+    assert noise["selected_queries"] == 4 and noise["changed_queries"] == 4
+    # every query, not 30 % of them: MNRL's rows are the 10 noisy queries once per fine-tuning epoch (3)
+    assert report["runs"]["st_mnrl_noise40"]["0"]["train"]["rows"] == 30
