@@ -76,6 +76,14 @@ def passages_count(value: str) -> int:
     return count
 
 
+def loop_default_kwargs() -> dict[str, Any]:
+    """The loop's own keyword arguments for its default pre-training loss (KL distillation; teacher temperature)."""
+    from hf_robust_ir.self_training import SelfTrainingArguments
+
+    (field,) = (f for f in dataclasses.fields(SelfTrainingArguments) if f.name == "pretrain_loss_kwargs")
+    return field.default_factory()
+
+
 def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether bf16 runs natively here: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX-BF16.
 
@@ -145,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.pretrain_loss_kwargs is None:
-        args.pretrain_loss_kwargs = {"teacher_temperature": 0.05} if args.pretrain_loss == "kl_distillation" else {}
+        args.pretrain_loss_kwargs = loop_default_kwargs() if args.pretrain_loss == "kl_distillation" else {}
     profile = PROFILES[args.profile]
     for name, value in profile.items():
         if name != "seeds" and getattr(args, name, None) is None:
@@ -446,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                     loss_kwargs={
                         "losses": [
                             {"name": "infonce", "weight": 1.0},
-                            {"name": "kl_distillation", "weight": 1.0, "kwargs": {"teacher_temperature": 0.05}},
+                            {"name": "kl_distillation", "weight": 1.0, "kwargs": loop_default_kwargs()},
                         ]
                     },
                     save_strategy="no",
