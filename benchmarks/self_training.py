@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 best = best_round(rounds)
                 record(loop_name, seed, best["metrics"], started, best_round=best["round"], noise=noise_summary)
                 record(f"infonce_{setting}", seed, rounds[0]["metrics"], started, note="round 0 of the loop")
-            # after the first loop, so the target pair comes first; always one epoch, the reference budget
+            # after the first loop, so the target pair comes first; always one epoch, the target's reference budget
             if "st_mnrl_100pct" in args.runs and not store.done("st_mnrl_100pct", seed):
                 started = time.perf_counter()
                 rows = mine_with_base(train.qrels)
