@@ -569,14 +569,14 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     Returns whether a plot was written: runs at a single noise rate (no method has a curve) get none.
     """
     summary = report.get("summary", {})
-    settings = _settings(summary)
-    if not settings or not has_curve(summary):
+    if not has_curve(summary):
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    settings = _settings(summary)
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings) + 2.5, 4.2), squeeze=False)
     methods = _method_order(summary)
     colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(methods), 2)))
@@ -1124,7 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "pass" if check["passed"] else "FAIL"
         log(f"{check['dataset']} {check['kind']}: {check['check']}: {check['value']:+.4f} {verdict}")
     written = [args.out, str(Path(args.out).with_suffix(".md"))]
-    if Path(args.out).with_suffix(".png").exists():
+    if has_curve(store.report["summary"]):
         written.append(str(Path(args.out).with_suffix(".png")))
     log("done: " + ", ".join(written))
     return 0

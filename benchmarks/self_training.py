@@ -88,16 +88,13 @@ def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether bf16 runs natively here: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX-BF16.
 
     Elsewhere bf16 has no matrix units of its own and only costs precision, so ``--pretrain_bf16`` defaults to this.
+    The rule is the throughput benchmark's ``--precision auto``.
     """
     import torch
+    from throughput import choose_precision, cpu_facts
 
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = set(cpuinfo.read_text().split())
-    except OSError:  # not Linux: no cheap way to tell, stay in fp32
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return choose_precision("auto", device, cpu_facts(cpuinfo))[0]
 
 
 def log(message: str) -> None:

@@ -140,12 +140,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------ machine facts
-def cpu_facts() -> dict[str, Any]:
+def cpu_facts(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     import torch
 
     model, flags = platform.processor() or "unknown", set()
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name") and model in ("unknown", platform.processor()):
                 model = line.split(":", 1)[1].strip()
             elif line.startswith("flags"):
