@@ -24,7 +24,9 @@ at the same time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import gc
 import json
 import logging
@@ -36,7 +38,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +336,8 @@ class ResultStore:
             methods[name] = config
         for key in ("zero_shot", "data", "noise", "results"):
             self.report.setdefault(key, {})
-        self.report.setdefault("commands", []).append({"command": command, "started": time.strftime("%Y-%m-%d %H:%M")})
+        self.command = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid()}
+        self.report.setdefault("commands", []).append(self.command)
         self.report["environment"] = environment()
 
     def has_results(self, method: str) -> bool:
@@ -374,7 +377,67 @@ class ResultStore:
         entry["ndcg@10"] = round(float(np.mean([r["ndcg@10"] for r in seeds.values()])), 5)
         self.save()
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive lock on the results file's folder (POSIX ``flock``), held while merging and writing."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(folder)  # closing releases the lock
+
+    def _merge_from_disk(self) -> None:
+        """Take in what other processes wrote to the file since it was loaded: runs, noise records, zero-shot
+        scores, method configurations and commands that this process does not hold. Several processes with the
+        same budget and --out (say, one per core, each with its own --methods) can so fill one results file."""
+        if not self.path.exists():
+            return
+        disk = json.loads(self.path.read_text())
+        if disk.get("budget") != self.report["budget"]:
+            raise SystemExit(f"{self.path} was rewritten with another budget by another process; not merging")
+        for key in ("zero_shot", "data"):
+            for name, value in disk.get(key, {}).items():
+                self.report[key].setdefault(name, value)
+        for name, config in disk.get("methods", {}).items():
+            self.report["methods"].setdefault(name, config)
+        for dataset, kinds in disk.get("noise", {}).items():
+            for kind, rates in kinds.items():
+                for rate, seeds in rates.items():
+                    ours = self.report["noise"].setdefault(dataset, {}).setdefault(kind, {}).setdefault(rate, {})
+                    for seed, summary in seeds.items():
+                        ours.setdefault(seed, summary)
+        for method, datasets in disk.get("results", {}).items():
+            for dataset, kinds in datasets.items():
+                for kind, rates in kinds.items():
+                    for rate, entry in rates.items():
+                        ours = (
+                            self.report["results"]
+                            .setdefault(method, {})
+                            .setdefault(dataset, {})
+                            .setdefault(kind, {})
+                            .setdefault(rate, {})
+                        )
+                        seeds = ours.setdefault("seeds", {})
+                        for seed, record in entry.get("seeds", {}).items():
+                            seeds.setdefault(seed, record)
+                        if seeds:
+                            ours["ndcg@10"] = round(float(np.mean([r["ndcg@10"] for r in seeds.values()])), 5)
+
+        def key(command: dict[str, Any]) -> tuple:
+            return command.get("command"), command.get("started"), command.get("pid")
+
+        known = {key(c) for c in self.report["commands"]}
+        others = [c for c in disk.get("commands", []) if key(c) not in known]
+        self.report["commands"] = sorted([*self.report["commands"], *others], key=lambda c: c.get("started", ""))
+
     def save(self) -> None:
+        with self._locked():
+            self._merge_from_disk()
+            self._write()
+
+    def _write(self) -> None:
         report = self.report
         report["summary"] = summarize(report["results"])
         report["zero_shot_summary"] = {name: m["ndcg@10"] for name, m in report["zero_shot"].items()}
@@ -382,7 +445,7 @@ class ResultStore:
         report["targets"] = target_checks(report["summary"])
         report["budget_checks"] = budget_checks(report["summary"])
         report["finished_runs"] = self.finished_runs()
-        report["commands"][-1]["wall_time_seconds"] = round(time.perf_counter() - self.started, 1)
+        self.command["wall_time_seconds"] = round(time.perf_counter() - self.started, 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
         temporary.write_text(json.dumps(report, indent=2) + "\n")
@@ -851,6 +914,9 @@ def _common_training_arguments(args: argparse.Namespace, seed: int, output_dir: 
         "seed": seed,
         "data_seed": seed,
         "bf16": args.bf16,
+        # transformers refuses bf16 without an accelerator unless told the run is on the CPU (RetrievalTrainingArguments
+        # says it by itself; sentence-transformers' arguments need it said)
+        "use_cpu": _device() == "cpu",
         "save_strategy": "no",
         "eval_strategy": "no",
         "logging_strategy": "steps",

@@ -57,3 +57,47 @@ def test_a_plot_only_when_some_method_has_a_curve(tmp_path):
         path = tmp_path / "report.png"
         assert bench.plot({"summary": one_rate, "budget": budget}, path) is False and not path.exists()
         assert bench.plot({"summary": two_rates, "budget": budget}, path) is True and path.stat().st_size > 0
+
+
+def test_two_processes_fill_one_results_file(tmp_path):
+    """Two stores on one --out (as two processes with their own --methods) each keep the other's runs on save."""
+    import json
+
+    out = tmp_path / "shared.json"
+    common = ["--model", str(tmp_path), "--rates", "0", "0.4", "--out", str(out)]
+    record = {"ndcg@10": 0.5, "train": {"steps": 1}}
+    with benchmark_module("noise_robustness") as bench:
+        first = bench.ResultStore(out, bench.parse_args([*common, "--methods", "infonce"]), "first")
+        first.save()
+        second = bench.ResultStore(out, bench.parse_args([*common, "--methods", "st_mnrl"]), "second")
+        first.put("infonce", "scifact", "semantic_swap", 0.0, 0, {**record, "ndcg@10": 0.68})
+        second.put("st_multiplenegatives", "scifact", "semantic_swap", 0.0, 0, {**record, "ndcg@10": 0.67})
+        first.put("infonce", "scifact", "semantic_swap", 0.4, 0, {**record, "ndcg@10": 0.61})
+        report = json.loads(out.read_text())
+        with pytest.raises(SystemExit, match="another budget"):
+            bench.ResultStore(out, bench.parse_args([*common, "--epochs", "3"]), "third")
+    summary = report["summary"]
+    assert summary["infonce"]["scifact"]["semantic_swap"] == {
+        "0": {"mean": 0.68, "std": 0.0, "n": 1},
+        "0.4": {"mean": 0.61, "std": 0.0, "n": 1},
+    }
+    assert summary["st_multiplenegatives"]["scifact"]["semantic_swap"]["0"]["mean"] == 0.67
+    assert set(report["methods"]) == {"infonce", "st_multiplenegatives"}
+    assert [c["command"] for c in report["commands"]] == ["first", "second"]
+    assert report["noise_cost"]["infonce"]["scifact"]["semantic_swap"]["0.4"] == pytest.approx(0.07)
+
+
+def test_bf16_training_arguments_build_for_both_trainers(tmp_path):
+    """--bf16 on a machine without an accelerator: transformers refuses bf16 there unless the arguments say
+    use_cpu, which the benchmark must say for sentence-transformers' trainer too."""
+    import torch
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    from hf_robust_ir.trainer import RetrievalTrainingArguments
+
+    with benchmark_module("noise_robustness") as bench:
+        kwargs = bench._common_training_arguments(
+            bench.parse_args(["--model", str(tmp_path), "--bf16"]), 0, str(tmp_path)
+        )
+    for arguments in (SentenceTransformerTrainingArguments(**kwargs), RetrievalTrainingArguments(**kwargs)):
+        assert arguments.bf16 and arguments.use_cpu == (not torch.cuda.is_available())
