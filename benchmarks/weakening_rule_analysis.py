@@ -27,6 +27,36 @@ import noise_robustness as shared  # noqa: E402  (the rows are built exactly as 
 THRESHOLDS = [-0.05, 0.0, 0.02, 0.05, 0.1, 0.15, 0.2]
 
 
+def candidate_table(rows, qrels: dict[str, dict[str, int]]) -> dict:
+    """The replacement rule judged per listed negative: a negative whose frozen-model score exceeds the row's best
+    label by more than ``t`` would replace the label. For each ``t``: how many (row, negative) pairs fire, the
+    precision (the share of them that are relevant by the clean qrels: a right replacement) and the recall (the share
+    of the listed relevant negatives that fire). With a pool of several negatives this is what a rule that sees the
+    whole pool at once would do; the collator shows one sampled negative a step."""
+    gaps, relevant = [], []
+    for row in rows:
+        labels, scores = np.array(row["labels"]), np.array(row["teacher_scores"])
+        if not (labels > 0).any():
+            continue
+        best_label = scores[labels > 0].max()
+        truth = qrels.get(row["query_id"], {})
+        for doc, label, score in zip(row["doc_ids"], labels, scores):
+            if label <= 0:
+                gaps.append(float(score - best_label))
+                relevant.append(truth.get(doc, 0) > 0)
+    gaps_array, relevant_array = np.array(gaps), np.array(relevant)
+    table = {}
+    for t in THRESHOLDS:
+        fires = gaps_array > t
+        hits = int((fires & relevant_array).sum())
+        table[str(t)] = {
+            "fired": int(fires.sum()),
+            "precision": round(hits / max(int(fires.sum()), 1), 4),
+            "recall": round(hits / max(int(relevant_array.sum()), 1), 4),
+        }
+    return {"pairs": len(gaps), "relevant_pairs": int(relevant_array.sum()), "fires_above": table}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], epilog="Other flags go to noise_robustness.py (its budget and noise)."
@@ -44,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     base = BiEncoder.from_pretrained(
         bench.model, query_max_length=bench.max_length, document_max_length=bench.max_length
     )
-    index = DocumentIndex.from_corpus(base, train.corpus, show_progress_bar=False)
+    index = DocumentIndex.from_corpus(base, train.corpus, bf16=bench.bf16, show_progress_bar=False)
     print(f"corpus encoded in {time.perf_counter() - began:.0f} s", file=sys.stderr)
     clean_rows = shared.mine(bench, base, train, index)
     candidates = shared.swap_candidates(bench, base, train, clean_rows, index)
@@ -91,12 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/weakening_rule_analysis.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "rate": args.rate,
         "seed": bench.seed,
+        "negative_pool": bench.negative_pool,
         "groups": table,
+        "candidates": candidate_table(noisy_rows, train.qrels),
         "seconds": round(time.perf_counter() - began, 1),
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     for name, row in table.items():
         print(name, row["queries"], row["fires_above"], file=sys.stderr)
+    for threshold, row in report["candidates"]["fires_above"].items():
+        print(f"candidate gap > {threshold}: {row}", file=sys.stderr)
     return 0
 
 
