@@ -374,7 +374,7 @@ class ResultStore:
         )
         seeds = entry.setdefault("seeds", {})
         seeds[str(seed)] = record
-        entry["ndcg@10"] = round(float(np.mean([r["ndcg@10"] for r in seeds.values()])), 5)
+        entry["ndcg@10"] = _seed_mean(seeds)
         self.save()
 
     @contextlib.contextmanager
@@ -397,33 +397,14 @@ class ResultStore:
         disk = json.loads(self.path.read_text())
         if disk.get("budget") != self.report["budget"]:
             raise SystemExit(f"{self.path} was rewritten with another budget by another process; not merging")
-        for key in ("zero_shot", "data"):
-            for name, value in disk.get(key, {}).items():
-                self.report[key].setdefault(name, value)
-        for name, config in disk.get("methods", {}).items():
-            self.report["methods"].setdefault(name, config)
-        for dataset, kinds in disk.get("noise", {}).items():
-            for kind, rates in kinds.items():
-                for rate, seeds in rates.items():
-                    ours = self.report["noise"].setdefault(dataset, {}).setdefault(kind, {}).setdefault(rate, {})
-                    for seed, summary in seeds.items():
-                        ours.setdefault(seed, summary)
-        for method, datasets in disk.get("results", {}).items():
-            for dataset, kinds in datasets.items():
-                for kind, rates in kinds.items():
-                    for rate, entry in rates.items():
-                        ours = (
-                            self.report["results"]
-                            .setdefault(method, {})
-                            .setdefault(dataset, {})
-                            .setdefault(kind, {})
-                            .setdefault(rate, {})
-                        )
-                        seeds = ours.setdefault("seeds", {})
-                        for seed, record in entry.get("seeds", {}).items():
-                            seeds.setdefault(seed, record)
-                        if seeds:
-                            ours["ndcg@10"] = round(float(np.mean([r["ndcg@10"] for r in seeds.values()])), 5)
+        # how deep the keys go down to one process's unit of work: a dataset's zero-shot metrics, a method's config,
+        # noise[dataset][kind][rate][seed], results[method][dataset][kind][rate]["seeds"][seed]
+        for key, depth in (("zero_shot", 1), ("data", 1), ("methods", 1), ("noise", 4), ("results", 6)):
+            _fill_missing(self.report[key], disk.get(key, {}), depth)
+        for kinds in (k for datasets in self.report["results"].values() for k in datasets.values()):
+            for entry in (e for rates in kinds.values() for e in rates.values()):
+                if entry.get("seeds"):
+                    entry["ndcg@10"] = _seed_mean(entry["seeds"])
 
         def key(command: dict[str, Any]) -> tuple:
             return command.get("command"), command.get("started"), command.get("pid")
@@ -446,7 +427,6 @@ class ResultStore:
         report["budget_checks"] = budget_checks(report["summary"])
         report["finished_runs"] = self.finished_runs()
         self.command["wall_time_seconds"] = round(time.perf_counter() - self.started, 1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
         temporary.write_text(json.dumps(report, indent=2) + "\n")
         os.replace(temporary, self.path)
@@ -455,6 +435,21 @@ class ResultStore:
             plot(report, self.path.with_suffix(".png"))
         except Exception as exc:  # a plotting problem must not cost the results
             log(f"plot failed: {exc!r}")
+
+
+def _seed_mean(seeds: dict[str, dict[str, Any]]) -> float:
+    """nDCG@10 of a (method, dataset, kind, rate) entry: the mean over its seeds' runs."""
+    return round(float(np.mean([run["ndcg@10"] for run in seeds.values()])), 5)
+
+
+def _fill_missing(ours: dict[str, Any], theirs: dict[str, Any], depth: int) -> None:
+    """Copy into ``ours`` every key of ``theirs`` it lacks, descending ``depth`` levels of nested dicts; at a key
+    both hold, ``ours`` wins (below ``depth``, or where either value is not a dict)."""
+    for key, value in theirs.items():
+        if key not in ours:
+            ours[key] = value
+        elif depth > 1 and isinstance(ours[key], dict) and isinstance(value, dict):
+            _fill_missing(ours[key], value, depth - 1)
 
 
 def environment() -> dict[str, Any]:
