@@ -12,7 +12,8 @@ evaluated on the clean test qrels with the same :class:`~hf_robust_ir.evaluation
   ``label_weakening`` and the robust zoo), and sentence-transformers' ``SentenceTransformerTrainer`` with
   ``MultipleNegativesRankingLoss`` (``st_multiplenegatives``) or ``GISTEmbedLoss`` guided by the base model
   (``st_gist``), trained on the same noisy rows with the same budget (batch size, learning rate, warm-up, epochs,
-  seed, max length, hard negatives).
+  seed, max length, hard negatives); ``relabel_*``: the rows relabeled once before training with the base model as
+  judge, then InfoNCE (see :func:`relabeled_rows`); ``oracle_infonce``: the reference :func:`oracle_rows` bounds.
 
 Results go to ``--out`` (JSON) after every finished run, so a rerun with the same arguments skips what is done; the
 markdown table (``.md``) and the plot (``.png``, once some method ran at two or more rates) next to it are rewritten
@@ -67,6 +68,15 @@ SENTENCE_TRANSFORMERS = (ST_MNRL, ST_GIST)
 # A reference, not a method: InfoNCE after an oracle that knows the clean qrels fixes each row as well as any rule
 # over the row's own candidates could (see oracle_rows); it bounds what label weakening can reach at a budget.
 ORACLE = "oracle_infonce"
+# Relabel before training, then InfoNCE: the base model judges every listed negative of every row once (an
+# EmbeddingJudge flagging candidates it scores more than --relabel_margin above the row's best label), so a decision
+# holds for every epoch instead of one in-batch step (see relabeled_rows).
+RELABELED = {
+    "relabel_rlhn": "rlhn",
+    "relabel_hn_remove": "hn_remove",
+    "relabel_remove": "remove",
+    "relabel_replace": "replace",
+}
 METHOD_ALIASES = {"st_mnrl": ST_MNRL, "st_gistembed": ST_GIST}
 KINDS = ("semantic_swap", "false_negative")
 DATASETS = ("scifact", "nfcorpus")
@@ -145,7 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--methods",
         nargs="+",
-        help=f"losses {list(OURS)} and {list(SENTENCE_TRANSFORMERS)}; {ORACLE}: the oracle reference (oracle_rows)",
+        help=f"losses {list(OURS)} and {list(SENTENCE_TRANSFORMERS)}; {ORACLE}: the oracle reference (oracle_rows); "
+        f"{list(RELABELED)}: relabeled before training by the base model, then InfoNCE (relabeled_rows)",
     )
     budget = parser.add_argument_group("budget (the same for every method)")
     budget.add_argument("--epochs", type=float, default=1.0)
@@ -171,6 +182,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="per_query",
         help="sentence-transformers rows: per_query = each epoch, the positive and negatives RetrievalTrainer "
         "samples for each query (same steps and examples); per_positive = one row per (query, positive)",
+    )
+    budget.add_argument(
+        "--relabel_margin",
+        type=float,
+        default=0.1,
+        help="relabel_* methods: the base model flags a listed negative scoring more than this (cosine) above the "
+        "row's best labeled positive",
     )
     noise = parser.add_argument_group("noise")
     noise.add_argument("--swap_top_k", type=int, default=20, help="semantic swap pool: top non-relevant candidates")
@@ -206,7 +224,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(not 0.0 <= r <= 1.0 for r in args.rates):
         parser.error("--rates must lie in [0, 1]")
     methods = [METHOD_ALIASES.get(m, m) for m in (args.methods or profile["methods"])]
-    known = [*OURS, *SENTENCE_TRANSFORMERS, ORACLE]
+    known = [*OURS, *SENTENCE_TRANSFORMERS, ORACLE, *RELABELED]
     unknown = [m for m in methods if m not in known]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {known}")
@@ -291,6 +309,17 @@ def method_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "trainer": "hf_robust_ir",
             "loss": get_loss(INFONCE).config(),
             "rows": oracle_rows.__doc__.split("\n")[0],
+        }
+    if name in RELABELED:
+        return {
+            "trainer": "hf_robust_ir",
+            "loss": get_loss(INFONCE).config(),
+            "relabeling": {
+                "judge": "EmbeddingJudge(the base model)",
+                "flag": f"guide score > best labeled positive + {args.relabel_margin:g} (cosine)",
+                "strategy": RELABELED[name],
+                "rows": relabeled_rows.__doc__.split("\n")[0],
+            },
         }
     return {"trainer": "hf_robust_ir", "loss": get_loss(name, **args.loss_kwargs.get(name, {})).config()}
 
@@ -564,7 +593,7 @@ def budget_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _method_order(methods: Iterable[str]) -> list[str]:
-    order = {name: i for i, name in enumerate((*OURS, *SENTENCE_TRANSFORMERS, ORACLE))}
+    order = {name: i for i, name in enumerate((*OURS, *SENTENCE_TRANSFORMERS, ORACLE, *RELABELED))}
     return sorted(methods, key=lambda m: order.get(m, len(order)))
 
 
@@ -889,6 +918,69 @@ def oracle_rows(rows: Any, clean_qrels: dict[str, dict[str, int]]) -> tuple[Any,
     return type(rows).from_list(kept, features=rows.features), counts
 
 
+def relabeled_rows(
+    args: argparse.Namespace, strategy: str, rows: Any, prepared: Prepared, work: str
+) -> tuple[Any, dict[str, Any]]:
+    """Rows relabeled once before training by the base model as an EmbeddingJudge, with one strategy.
+
+    A listed negative is *flagged* when the base model scores it more than ``--relabel_margin`` above the row's best
+    labeled positive. ``rlhn``: flagged negatives become positives (RLHN); ``hn_remove``: they leave the row;
+    ``remove``: the row leaves the training set; ``replace``: they become positives and the row's labeled positives
+    leave it (the label is replaced, as the oracle restores a swapped row). Every strategy keeps rows with nothing
+    flagged as they are. The record counts the flags, how many of them are relevant by the clean qrels (precision),
+    the rows with a flag and the rows left.
+    """
+    from hf_robust_ir.modeling import BiEncoder
+    from hf_robust_ir.relabel.cache import JudgmentCache
+    from hf_robust_ir.relabel.judges import EmbeddingJudge
+    from hf_robust_ir.relabel.runner import relabel
+
+    base = prepared.base
+    if base is None:
+        base = BiEncoder.from_pretrained(
+            args.model, query_max_length=args.eval_max_length, document_max_length=args.eval_max_length
+        ).to(_device())
+    judge = EmbeddingJudge(base, margin=-args.relabel_margin, batch_size=args.encode_batch_size)
+    result = relabel(
+        rows,
+        prepared.train.corpus,
+        judge,
+        ["rlhn" if strategy == "replace" else strategy],
+        JudgmentCache(Path(work) / "judgments.sqlite"),
+        batch_size=256,
+        show_progress_bar=args.verbose,
+    )
+    truth = prepared.train.qrels
+    flags = [
+        (row["query_id"], doc)
+        for row, marks in zip(rows, result.judgments)
+        for doc, mark, label in zip(row["doc_ids"], marks, row["labels"])
+        if mark == "relevant" and label <= 0
+    ]
+    relevant = sum(1 for query_id, doc in flags if truth.get(query_id, {}).get(doc, 0) > 0)
+    new_rows = result.datasets["rlhn" if strategy == "replace" else strategy]
+    if strategy == "replace":
+        new_rows = new_rows.map(_replace_labels, keep_in_memory=True, load_from_cache_file=False)
+    record = {
+        "flagged": len(flags),
+        "flagged_relevant": relevant,
+        "precision": round(relevant / len(flags), 4) if flags else None,
+        "rows_flagged": len({query_id for query_id, _ in flags}),
+        "rows": len(new_rows),
+    }
+    return new_rows, record
+
+
+def _replace_labels(row: dict[str, Any]) -> dict[str, Any]:
+    """A row whose candidates were relabeled (``rlhn``) without its original labeled positives."""
+    relabeled = [str(source).startswith("relabeled:") for source in row["label_source"]]
+    if not any(relabeled):
+        return row
+    keep = [new or label <= 0 for new, label in zip(relabeled, row["labels"])]
+    per_candidate = [c for c, v in row.items() if isinstance(v, list) and v and len(v) == len(keep)]
+    return {**row, **{c: [value for value, kept in zip(row[c], keep) if kept] for c in per_candidate}}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # training
 
@@ -1080,6 +1172,9 @@ def run_one(
             model, train_log = train_sentence_transformers(args, method, rows, prepared.train.corpus, seed, work)
         elif method == ORACLE:
             rows, extra["oracle_rows"] = oracle_rows(rows, prepared.train.qrels)
+            model, train_log = train_ours(args, INFONCE, rows, prepared.train.corpus, seed, work)
+        elif method in RELABELED:
+            rows, extra["relabeling"] = relabeled_rows(args, RELABELED[method], rows, prepared, work)
             model, train_log = train_ours(args, INFONCE, rows, prepared.train.corpus, seed, work)
         else:
             model, train_log = train_ours(args, method, rows, prepared.train.corpus, seed, work)

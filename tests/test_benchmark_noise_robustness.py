@@ -27,11 +27,14 @@ def test_oracle_rows_keep_restore_and_drop():
     assert fixed.features == rows.features
 
 
-def test_oracle_is_a_method_of_the_command_and_reports_its_counts(tiny_model_path, scifact_dir, tmp_path):
+def test_oracle_and_relabeling_are_methods_of_the_command_and_report_their_counts(
+    tiny_model_path, scifact_dir, tmp_path
+):
     out = tmp_path / "oracle.json"
     argv = ["--profile", "quick", "--model", tiny_model_path, "--data_dir", str(scifact_dir.parent),
-            "--methods", "oracle_infonce", "--rates", "0.4", "--max_train_queries", "20", "--max_eval_queries", "5",
-            "--max_corpus", "60", "--max_length", "32", "--eval_max_length", "32", "--out", str(out)]  # fmt: skip
+            "--methods", "oracle_infonce", "relabel_replace", "--rates", "0.4", "--max_train_queries", "20",
+            "--max_eval_queries", "5", "--max_corpus", "60", "--max_length", "32", "--eval_max_length", "32",
+            "--out", str(out)]  # fmt: skip
     with benchmark_module("noise_robustness") as bench:
         with pytest.raises(SystemExit):
             bench.parse_args([*argv[:-1], str(out), "--methods", "oracle"])
@@ -44,6 +47,10 @@ def test_oracle_is_a_method_of_the_command_and_reports_its_counts(tiny_model_pat
     assert counts["kept"] == 12 and counts["restored"] + counts["dropped"] == 8  # 40 % of 20 queries swapped
     assert 0.0 <= record["ndcg@10"] <= 1.0
     assert report["methods"]["oracle_infonce"]["loss"]["name"] == "infonce"
+    relabeled = report["results"]["relabel_replace"]["scifact"]["semantic_swap"]["0.4"]["seeds"]["0"]
+    assert set(relabeled["relabeling"]) == {"flagged", "flagged_relevant", "precision", "rows_flagged", "rows"}
+    assert relabeled["relabeling"]["rows"] == 20  # replacing drops no row
+    assert report["methods"]["relabel_replace"]["relabeling"]["strategy"] == "replace"
 
 
 def test_a_plot_only_when_some_method_has_a_curve(tmp_path):
@@ -101,3 +108,63 @@ def test_bf16_training_arguments_build_for_both_trainers(tmp_path):
         )
     for arguments in (SentenceTransformerTrainingArguments(**kwargs), RetrievalTrainingArguments(**kwargs)):
         assert arguments.bf16 and arguments.use_cpu == (not torch.cuda.is_available())
+
+
+def _relabel_setting(bench, tiny_model_path, margin):
+    import argparse
+
+    from hf_robust_ir.data import RetrievalCorpus
+    from hf_robust_ir.modeling import BiEncoder
+
+    corpus = {d: f"passage {d} about topic {i}" for i, d in enumerate("abwxyz")}
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
+    train = RetrievalCorpus(corpus, {"q1": "question one", "q2": "question two"}, qrels, "toy")
+    base = BiEncoder.from_pretrained(tiny_model_path, query_max_length=16, document_max_length=16)
+    prepared = bench.Prepared("toy", train, None, None, None, base=base)
+    args = argparse.Namespace(
+        model=tiny_model_path, eval_max_length=16, encode_batch_size=4, relabel_margin=margin, verbose=False
+    )
+    rows = datasets.Dataset.from_list(
+        [
+            canonical_row("q1", ["a", "x", "y"], [1.0, 0.0, 0.0]),  # clean: its negatives are not relevant
+            {**canonical_row("q2", ["w", "b", "z"], [1.0, 0.0, 0.0]), "label_source": ["qrels", "mined", "mined"]},
+        ],
+        features=ROW_FEATURES,
+    )
+    return args, rows, prepared
+
+
+@pytest.mark.parametrize(
+    "strategy, expected",
+    [  # margin -10: the judge flags every listed negative (its score beats the best label minus 10)
+        ("rlhn", [(["a", "x", "y"], [1.0, 1.0, 1.0]), (["w", "b", "z"], [1.0, 1.0, 1.0])]),
+        ("hn_remove", [(["a"], [1.0]), (["w"], [1.0])]),
+        ("remove", []),
+        ("replace", [(["x", "y"], [1.0, 1.0]), (["b", "z"], [1.0, 1.0])]),
+    ],
+)
+def test_relabeled_rows_apply_the_strategy_and_count_flag_precision(tiny_model_path, tmp_path, strategy, expected):
+    with benchmark_module("noise_robustness") as bench:
+        args, rows, prepared = _relabel_setting(bench, tiny_model_path, margin=-10.0)
+        new_rows, record = bench.relabeled_rows(args, strategy, rows, prepared, str(tmp_path))
+        assert [(r["doc_ids"], r["labels"]) for r in new_rows] == expected
+        # four flags (two per row), one of them relevant by the clean qrels: q2's true positive b
+        rows_left = len(expected)
+        assert record == {"flagged": 4, "flagged_relevant": 1, "precision": 0.25, "rows_flagged": 2, "rows": rows_left}
+        args.relabel_margin = 10.0  # nothing scores 10 above its label: the rows stay as they are
+        same, record = bench.relabeled_rows(args, strategy, rows, prepared, str(tmp_path / "none"))
+        assert same.to_list() == rows.to_list() and record["flagged"] == 0 and record["precision"] is None
+
+
+def test_replace_keeps_the_relabeled_candidates_and_the_negatives_and_leaves_other_rows_alone():
+    with benchmark_module("noise_robustness") as bench:
+        row = {
+            **canonical_row("q", ["w", "b", "x"], [1.0, 1.0, 0.0], teacher=[0.1, 0.2, 0.3]),
+            "label_source": ["qrels", "relabeled:embedding", "mined"],
+        }
+        replaced = bench._replace_labels(row)
+        assert replaced["doc_ids"] == ["b", "x"] and replaced["labels"] == [1.0, 0.0]
+        assert replaced["label_source"] == ["relabeled:embedding", "mined"]
+        assert replaced["teacher_scores"] == [0.2, 0.3]
+        untouched = canonical_row("q", ["w", "x"], [1.0, 0.0])
+        assert bench._replace_labels(untouched) == untouched
