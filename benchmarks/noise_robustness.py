@@ -62,6 +62,7 @@ OURS = (
     "taylor_ce",
     "poly",
     "rince",
+    "guide_masked",
 )
 ST_MNRL, ST_GIST = "st_multiplenegatives", "st_gist"
 SENTENCE_TRANSFORMERS = (ST_MNRL, ST_GIST)

@@ -1,5 +1,7 @@
 """GuideMaskedLoss: the GISTEmbed mask worked by hand, the inner loss on the masked matrix, the trainer guide path."""
 
+import math
+
 import datasets
 import pytest
 import torch
@@ -110,3 +112,23 @@ def test_trainer_needs_a_guide_for_a_guided_loss(tmp_path, no_dropout_model_path
         RetrievalTrainer(model, args, train_dataset=_rows(), corpus=CORPUS)
     with pytest.raises(ValueError, match="separate copy"):
         RetrievalTrainer(model, args, train_dataset=_rows(), corpus=CORPUS, guide_model=model)
+
+
+def test_a_negative_margin_masks_only_candidates_far_above_the_positive_and_the_inner_weakening_gets_the_guide():
+    # one row: label 0; guide [0.5, 0.8, 0.6, 0.1]; margin -0.2 masks candidate 1 only (0.8 > 0.5 + 0.2; 0.6 is not)
+    scores = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    labels, mask = torch.tensor([[1.0, 0.0, 0.0, 0.0]]), torch.ones(1, 4, dtype=torch.bool)
+    guide = torch.tensor([[0.5, 0.8, 0.6, 0.1]])
+    plain = GuideMaskedLoss(margin=-0.2)
+    # −log softmax over {1, 2, 0} at 1: log(e + e^2 + 1) − 1
+    by_hand = math.log(math.e + math.e**2 + 1) - 1.0
+    assert plain(scores, labels, mask, guide_scores=guide).item() == pytest.approx(by_hand, abs=1e-6)
+    assert plain.stats()["guide_masked_per_query"] == 1.0
+    # inner label weakening (α 0, student margin 0, guide agreement 0.05): among the compared candidates {0, 2, 3},
+    # candidate 2 outranks the label for the student (2 > 1) and the guide (0.6 > 0.5 + 0.05): S = {0, 2},
+    # loss −log((e + e^2) / (e + e^2 + 1)); it needs the guide scores, which the wrapper passes on
+    inner = {"alpha": 0.0, "margin": 0.0, "guide_margin": 0.05}
+    weakened = GuideMaskedLoss(inner="label_weakening", inner_kwargs=inner, margin=-0.2)
+    expected = math.log(math.e + math.e**2 + 1) - math.log(math.e + math.e**2)
+    assert weakened(scores, labels, mask, guide_scores=guide).item() == pytest.approx(expected, abs=1e-6)
+    assert weakened.stats()["added_per_query"] == 1.0 and weakened.stats()["guide_masked_per_query"] == 1.0

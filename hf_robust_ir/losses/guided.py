@@ -26,7 +26,13 @@ class GuideMaskedLoss(RetrievalLoss):
     GISTEmbed's rule; the rules are those of sentence-transformers' ``GISTEmbedLoss`` and of
     :class:`~hf_robust_ir.relabel.judges.EmbeddingJudge`. Rows without a positive are left unchanged.
 
-    The trainer passes ``guide_scores[B, C]`` over the same candidates as ``scores`` (``needs_guide_scores``).
+    A negative ``margin`` masks only candidates the guide ranks that far *above* the positive (``margin=-0.2``: more
+    than 0.2 cosine above it), the in-batch form of removing flagged hard negatives before training (RLHN's
+    ``hn_remove`` with an :class:`~hf_robust_ir.relabel.judges.EmbeddingJudge`; the guide is frozen, so a
+    candidate is masked in every step it is sampled in).
+
+    The trainer passes ``guide_scores[B, C]`` over the same candidates as ``scores`` (``needs_guide_scores``); an
+    inner loss that reads them too (label weakening with ``guide_margin``) gets them, with the masked matrix.
     Scheduled attributes of the inner loss (``alpha``, ...) are read and set through this wrapper.
     """
 
@@ -90,7 +96,10 @@ class GuideMaskedLoss(RetrievalLoss):
             raise ValueError("GuideMaskedLoss needs guide_scores (set guide_model on the trainer)")
         if guide_scores.shape != scores.shape:
             raise ValueError(f"guide_scores {tuple(guide_scores.shape)} do not match scores {tuple(scores.shape)}")
-        return self.inner(scores, labels, self.guide_mask(guide_scores, labels, mask), teacher)
+        masked = self.guide_mask(guide_scores, labels, mask)
+        if getattr(self.inner, "needs_guide_scores", False):  # e.g. label weakening with guide agreement
+            return self.inner(scores, labels, masked, teacher, guide_scores=guide_scores)
+        return self.inner(scores, labels, masked, teacher)
 
     def reset_stats(self) -> None:
         self._masked, self._rows = 0, 0
