@@ -573,6 +573,32 @@ def main(argv: list[str] | None = None) -> int:
     moved = {tuple(pair) for pair in json.loads((work / "moved.json").read_text())}
     corpus = train.corpus
 
+    # ---- downstream training: the arms that need no judge first, so a run stopped while judging already holds the
+    # injection's cost and the in-training recovery
+    prepared = shared.Prepared("nfcorpus", train, evaluator, clean, None)
+
+    def train_arms(runs: dict[str, tuple[str, Any]], judge: str | None = None) -> None:
+        with tempfile.TemporaryDirectory(dir=work) as scratch:
+            for name, (method, rows) in runs.items():
+                if name in report["results"]:
+                    continue
+                shared.log(f"{name}: training on {len(rows)} queries")
+                record = shared.run_one(args, method, prepared, rows, args.seed, scratch)
+                record["train_queries"] = len(rows)
+                if judge is not None:
+                    record["judge"] = judge
+                report["results"][name] = record
+                store.save()
+                shared.log(f"{name}: nDCG@10 {record['ndcg@10']:.4f}")
+
+    judge_free: dict[str, tuple[str, Any]] = {
+        "infonce_clean": ("infonce", clean),
+        "infonce_injected": ("infonce", injected),
+        **{name: (name, injected) for name in IN_TRAINING},
+        "st_gist": (shared.ST_GIST, injected),
+    }
+    train_arms({name: judge_free[name] for name in args.arms if name in judge_free})
+
     # ---- judges (only when a relabeling strategy is trained): precision and recall on the injected rows
     relabeled: dict[str, dict[str, Any]] = {}
     best_judge = None
@@ -641,28 +667,10 @@ def main(argv: list[str] | None = None) -> int:
         report["strategy_judge"] = best_judge
         store.save()
 
-    # ---- downstream training
-    runs: dict[str, tuple[str, Any]] = {
-        "infonce_clean": ("infonce", clean),
-        "infonce_injected": ("infonce", injected),
-        **{name: (name, injected) for name in IN_TRAINING},
-        "st_gist": (shared.ST_GIST, injected),
-        **{name: ("infonce", relabeled[best_judge][name]) for name in STRATEGIES if best_judge is not None},
-    }
-    runs = {name: runs[name] for name in args.arms}
-    prepared = shared.Prepared("nfcorpus", train, evaluator, clean, None)
-    with tempfile.TemporaryDirectory(dir=work) as scratch:
-        for name, (method, rows) in runs.items():
-            if name in report["results"]:
-                continue
-            shared.log(f"{name}: training on {len(rows)} queries")
-            record = shared.run_one(args, method, prepared, rows, args.seed, scratch)
-            record["train_queries"] = len(rows)
-            if name in STRATEGIES:
-                record["judge"] = best_judge
-            report["results"][name] = record
-            store.save()
-            shared.log(f"{name}: nDCG@10 {record['ndcg@10']:.4f}")
+    # ---- the relabeled rows of the best judge
+    if best_judge is not None:
+        strategies = {name: ("infonce", relabeled[best_judge][name]) for name in args.arms if name in STRATEGIES}
+        train_arms(strategies, judge=best_judge)
     store.save()
     shared.log(f"done: {out} (recovered_fraction {report.get('recovered_fraction')})")
     return 0
