@@ -920,7 +920,7 @@ def oracle_rows(rows: Any, clean_qrels: dict[str, dict[str, int]]) -> tuple[Any,
 
 
 def relabeled_rows(
-    args: argparse.Namespace, strategy: str, rows: Any, prepared: Prepared, work: str
+    args: argparse.Namespace, strategy: str, rows: Any, prepared: Prepared, cache_dir: str
 ) -> tuple[Any, dict[str, Any]]:
     """Rows relabeled once before training by the base model as an EmbeddingJudge, with one strategy.
 
@@ -929,12 +929,14 @@ def relabeled_rows(
     ``remove``: the row leaves the training set; ``replace``: they become positives and the row's labeled positives
     leave it (the label is replaced, as the oracle restores a swapped row). Every strategy keeps rows with nothing
     flagged as they are. The record counts the flags, how many of them are relevant by the clean qrels (precision),
-    the rows with a flag and the rows left.
+    the rows with a flag and the rows left. Judgments go to a cache in ``cache_dir``: the relabeling methods of one
+    (noise, seed) judge the same rows, so only the first of them encodes anything.
     """
     from hf_robust_ir.modeling import BiEncoder
     from hf_robust_ir.relabel.cache import JudgmentCache
     from hf_robust_ir.relabel.judges import EmbeddingJudge
     from hf_robust_ir.relabel.runner import relabel
+    from hf_robust_ir.relabel.strategies import RELEVANT
 
     base = prepared.base
     if base is None:
@@ -942,12 +944,13 @@ def relabeled_rows(
             args.model, query_max_length=args.eval_max_length, document_max_length=args.eval_max_length
         ).to(_device())
     judge = EmbeddingJudge(base, margin=-args.relabel_margin, batch_size=args.encode_batch_size)
+    library_strategy = "rlhn" if strategy == "replace" else strategy  # replace = rlhn, then _replace_labels
     result = relabel(
         rows,
         prepared.train.corpus,
         judge,
-        ["rlhn" if strategy == "replace" else strategy],
-        JudgmentCache(Path(work) / "judgments.sqlite"),
+        [library_strategy],
+        JudgmentCache(Path(cache_dir) / "judgments.sqlite"),
         batch_size=256,
         show_progress_bar=args.verbose,
     )
@@ -956,10 +959,10 @@ def relabeled_rows(
         (row["query_id"], doc)
         for row, marks in zip(rows, result.judgments)
         for doc, mark, label in zip(row["doc_ids"], marks, row["labels"])
-        if mark == "relevant" and label <= 0
+        if mark == RELEVANT and label <= 0
     ]
     relevant = sum(1 for query_id, doc in flags if truth.get(query_id, {}).get(doc, 0) > 0)
-    new_rows = result.datasets["rlhn" if strategy == "replace" else strategy]
+    new_rows = result.datasets[library_strategy]
     if strategy == "replace":
         new_rows = new_rows.map(_replace_labels, keep_in_memory=True, load_from_cache_file=False)
     record = {
@@ -974,11 +977,14 @@ def relabeled_rows(
 
 def _replace_labels(row: dict[str, Any]) -> dict[str, Any]:
     """A row whose candidates were relabeled (``rlhn``) without its original labeled positives."""
-    relabeled = [str(source).startswith("relabeled:") for source in row["label_source"]]
+    from hf_robust_ir.relabel.strategies import relabeled_source
+
+    prefix = relabeled_source("")  # the label_source of a relabeled candidate starts with it
+    relabeled = [str(source).startswith(prefix) for source in row["label_source"]]
     if not any(relabeled):
         return row
     keep = [new or label <= 0 for new, label in zip(relabeled, row["labels"])]
-    per_candidate = [c for c, v in row.items() if isinstance(v, list) and v and len(v) == len(keep)]
+    per_candidate = ["doc_ids", "labels", "label_source"] + (["teacher_scores"] if row.get("teacher_scores") else [])
     return {**row, **{c: [value for value, kept in zip(row[c], keep) if kept] for c in per_candidate}}
 
 
@@ -1175,7 +1181,7 @@ def run_one(
             rows, extra["oracle_rows"] = oracle_rows(rows, prepared.train.qrels)
             model, train_log = train_ours(args, INFONCE, rows, prepared.train.corpus, seed, work)
         elif method in RELABELED:
-            rows, extra["relabeling"] = relabeled_rows(args, RELABELED[method], rows, prepared, work)
+            rows, extra["relabeling"] = relabeled_rows(args, RELABELED[method], rows, prepared, work_root)
             model, train_log = train_ours(args, INFONCE, rows, prepared.train.corpus, seed, work)
         else:
             model, train_log = train_ours(args, method, rows, prepared.train.corpus, seed, work)

@@ -168,3 +168,23 @@ def test_replace_keeps_the_relabeled_candidates_and_the_negatives_and_leaves_oth
         assert replaced["teacher_scores"] == [0.2, 0.3]
         untouched = canonical_row("q", ["w", "x"], [1.0, 0.0])
         assert bench._replace_labels(untouched) == untouched
+
+
+def test_relabeling_methods_of_one_run_share_the_judgments(tiny_model_path, tmp_path, monkeypatch):
+    import hf_robust_ir.relabel.runner as runner
+
+    summaries = []
+    relabel = runner.relabel
+
+    def recording(*args, **kwargs):
+        result = relabel(*args, **kwargs)
+        summaries.append(result.summary)
+        return result
+
+    monkeypatch.setattr(runner, "relabel", recording)
+    with benchmark_module("noise_robustness") as bench:
+        args, rows, prepared = _relabel_setting(bench, tiny_model_path, margin=-10.0)
+        records = [bench.relabeled_rows(args, s, rows, prepared, str(tmp_path))[1] for s in ("rlhn", "hn_remove")]
+    assert records[0]["flagged"] == records[1]["flagged"] == 4
+    # the first method judges the four listed negatives; the second finds all four in the cache
+    assert [(s["judged_pairs"], s["cache_hits"]) for s in summaries] == [(4, 0), (0, 4)]
