@@ -88,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "queries have hundreds, which would dominate judging cost)",
     )
     data.add_argument("--injection_rate", type=float, default=0.5, help="fraction of the positives moved")
+    data.add_argument(
+        "--injection_order",
+        choices=("random", "teacher_score"),
+        default="random",
+        help="which positives move: random ones, or each query's best-scored by the base model first (the "
+        "unlabeled relevant passages a miner retrieves)",
+    )
     data.add_argument("--negative_pool", type=int, default=8, help="mined negatives per row")
     data.add_argument(
         "--mining_range_min",
@@ -160,13 +167,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """Everything that changes a result; a results file made with other settings is not resumed."""
     keys = (
-        "profile seed train_queries min_positives max_positives injection_rate negative_pool mining_range_min "
+        "profile seed train_queries min_positives max_positives injection_rate injection_order negative_pool "
+        "mining_range_min "
         "mining_range_max mining_relative_margin epochs batch_size lr "
         "warmup_ratio hard_negatives max_length embedding_margin embedding_references cross_encoder_margin "
         "cross_encoder_epochs cross_encoder_lr cross_encoder_negatives cross_encoder_batch_size "
         "judge_max_candidates eval_max_length max_eval_queries max_corpus"
     ).split()
-    return {key: getattr(args, key) for key in keys}
+    settings = {key: getattr(args, key) for key in keys}
+    if settings["injection_order"] == "random":  # the default before the option existed: older files still resume
+        del settings["injection_order"]
+    return settings
 
 
 class Store:
@@ -548,7 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         shared.log(f"zero-shot nDCG@10 {report['zero_shot']['ndcg@10']:.4f}")
         stats = MiningStats()
         clean = shared.mine(args, base, train, index, stats)
-        injected = FalseNegativeInjection(args.injection_rate, min_positives=args.min_positives, seed=args.seed)
+        injected = FalseNegativeInjection(
+            args.injection_rate, min_positives=args.min_positives, seed=args.seed, order=args.injection_order
+        )
         result = injected.apply(clean, train)
         save_rows(clean, clean_path)
         save_rows(result.rows, injected_path)

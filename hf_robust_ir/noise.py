@@ -523,19 +523,61 @@ class FalseNegativeInjection:
     each eligible query exactly one positive. A moved positive stays in place with label 0, ``label_source``
     ``"noise"`` and its teacher score. The same seed gives the same rows; a higher rate moves a superset of a lower
     rate's positives. Apply to training rows only.
+
+    ``order="teacher_score"`` moves the positives the teacher scores highest instead of random ones: the pairs are
+    taken by their rank within their query (every query's best-scored positive first, then every query's second,
+    ...; ties and queries in seeded random order). This is how false negatives arise in mined data — the unlabeled
+    relevant passages a miner retrieves are the ones its model scores highest (Thakur et al., 2025, RLHN; Moreira et
+    al., 2024, NV-Retriever) — whereas a randomly hidden positive the model already scores low is an easy negative that
+    costs a contrastive loss little. Needs a teacher score on every positive of an eligible query.
     """
 
     kind = "false_negative"
+    orders = ("random", "teacher_score")
 
-    def __init__(self, rate: float, min_positives: int = 2, seed: int = 0):
+    def __init__(self, rate: float, min_positives: int = 2, seed: int = 0, order: str = "random"):
         self.rate = check_rate(rate)
         self.seed = _check_seed(seed)
         if isinstance(min_positives, bool) or not isinstance(min_positives, numbers.Integral) or min_positives < 2:
             raise ValueError(f"min_positives must be an integer >= 2 (a query keeps one positive), got {min_positives}")
         self.min_positives = int(min_positives)
+        if order not in self.orders:
+            raise ValueError(f"order must be one of {self.orders}, got {order!r}")
+        self.order = order
 
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "rate": self.rate, "seed": self.seed, "min_positives": self.min_positives}
+        return {
+            "kind": self.kind,
+            "rate": self.rate,
+            "seed": self.seed,
+            "min_positives": self.min_positives,
+            "order": self.order,
+        }
+
+    def _pair_order(self, table: _Rows, pairs: list[tuple[str, int]]) -> list[int]:
+        """Indices into ``pairs`` in the order positives are moved."""
+        permutation = np.random.default_rng(self.seed).permutation(len(pairs))
+        if self.order == "random":
+            return [int(k) for k in permutation]
+        draw = np.empty(len(pairs), dtype=np.int64)
+        draw[permutation] = np.arange(len(pairs))  # a seeded random tie-break per pair
+        rank_in_query: dict[int, int] = {}
+        by_query: dict[str, list[int]] = {}
+        for k, (qid, _) in enumerate(pairs):
+            by_query.setdefault(qid, []).append(k)
+        for qid, indices in by_query.items():
+            teacher = table.columns["teacher_scores"][table.row_of[qid]] or []
+            scores = {k: float(teacher[pairs[k][1]]) if pairs[k][1] < len(teacher) else float("nan") for k in indices}
+            missing = [pairs[k][1] for k, score in scores.items() if not np.isfinite(score)]
+            if missing:
+                raise ValueError(
+                    f"false_negative order='teacher_score': query {qid!r} has no teacher score for its positive at "
+                    f"position {missing[0]} (field 'teacher_scores'); score the rows first (e.g. mine them) or use "
+                    "order='random'"
+                )
+            ranked = sorted(indices, key=lambda k: (-scores[k], draw[k]))
+            rank_in_query.update((k, rank) for rank, k in enumerate(ranked))
+        return sorted(range(len(pairs)), key=lambda k: (rank_in_query[k], draw[k]))
 
     def __call__(self, rows: datasets.Dataset, data: RetrievalCorpus | Mapping[str, str] | None = None) -> NoiseResult:
         return self.apply(rows, data)
@@ -550,10 +592,10 @@ class FalseNegativeInjection:
         target = noise_count(self.rate, len(pairs))
         remaining = {qid: len(positives[qid]) for qid in eligible}
         moved: list[tuple[str, int]] = []
-        for k in np.random.default_rng(self.seed).permutation(len(pairs)):
+        for k in self._pair_order(table, pairs):
             if len(moved) >= target:
                 break
-            qid, position = pairs[int(k)]
+            qid, position = pairs[k]
             if remaining[qid] > 1:
                 remaining[qid] -= 1
                 moved.append((qid, position))

@@ -102,13 +102,21 @@ def test_judge_free_arms_run_end_to_end_on_a_slice_of_nfcorpus(
     args = ["--model", real_model_path, "--data_dir", str(nfcorpus_dir.parent), "--out", str(out)]
     args += ["--train_queries", "16", "--max_corpus", "50", "--max_eval_queries", "8", "--negative_pool", "2"]
     args += ["--max_length", "32", "--eval_max_length", "32", "--batch_size", "8", "--epochs", "1"]
-    args += ["--arms", "infonce_clean", "infonce_injected", "guide_masked"]
+    args += ["--arms", "infonce_clean", "infonce_injected", "guide_masked", "--injection_order", "teacher_score"]
     assert false_negatives.main(args) == 0
     report = json.loads(out.read_text())
     assert list(report["results"]) == ["infonce_clean", "infonce_injected", "guide_masked"]
     assert all(0.0 <= run["ndcg@10"] <= 1.0 for run in report["results"].values())
     assert report["judges"] == {}  # no relabeling strategy asked for, so no judge ran
     assert report["data"]["injection"]["changes"] > 0
+    assert report["settings"]["injection_order"] == "teacher_score"
+    # the hidden positives are each query's best-scored by the base model: none scores below a kept positive
+    injected = false_negatives.load_rows(tmp_path / "fn_work" / "rows_injected")
+    for row in injected:
+        moved = [s for s, source in zip(row["teacher_scores"], row["label_source"]) if source == "noise"]
+        kept = [s for s, label in zip(row["teacher_scores"], row["labels"]) if label > 0]
+        if moved:
+            assert min(moved) >= max(kept)
     assert report["injection_cost"] == pytest.approx(
         report["results"]["infonce_clean"]["ndcg@10"] - report["results"]["infonce_injected"]["ndcg@10"], abs=1e-5
     )

@@ -380,6 +380,47 @@ def test_false_negative_injection_is_deterministic_and_nested(multi_positive_row
     assert moved[0.2] < moved[0.4] < moved[0.7]
 
 
+@pytest.mark.parametrize(
+    "rate, expected",
+    [
+        # teacher scores are 0.9 - k/10 for positive k: every query's p0 first, then p1 (qb keeps its last one)
+        (0.3, {"qbp0", "qcp0", "qdp0"}),  # 2.7 -> 3: the best-scored positive of each eligible query
+        (0.5, {"qbp0", "qcp0", "qdp0", "qcp1", "qdp1"}),  # 4.5 -> 5
+        (1.0, {"qbp0", "qcp0", "qdp0", "qcp1", "qdp1", "qdp2"}),  # each query keeps its lowest-scored positive
+    ],
+)
+def test_false_negative_injection_by_teacher_score_moves_the_best_scored_positives(multi_positive_rows, rate, expected):
+    for seed in (0, 1, 2):
+        result = FalseNegativeInjection(rate, seed=seed, order="teacher_score").apply(multi_positive_rows)
+        assert {c["doc_id"] for c in result.changes} == expected
+        assert result.config["order"] == "teacher_score"
+
+
+def test_false_negative_injection_by_teacher_score_breaks_ties_by_seed_and_nests(multi_positive_rows):
+    # rate 0.1 moves one positive: one of the three top-ranked ones (qbp0, qcp0, qdp0), which one drawn by the seed
+    picked = {
+        FalseNegativeInjection(0.1, seed=seed, order="teacher_score").apply(multi_positive_rows).changes[0]["doc_id"]
+        for seed in range(12)
+    }
+    assert picked == {"qbp0", "qcp0", "qdp0"}
+    moved = []
+    for rate in (0.1, 0.3, 0.5, 1.0):
+        result = FalseNegativeInjection(rate, seed=4, order="teacher_score").apply(multi_positive_rows)
+        moved.append({c["doc_id"] for c in result.changes})
+    assert moved[0] < moved[1] < moved[2] < moved[3]
+
+
+def test_false_negative_injection_by_teacher_score_needs_scores(multi_positive_rows):
+    rows = multi_positive_rows.to_list()
+    rows[2]["teacher_scores"][1] = float("nan")  # qc's second positive
+    broken = datasets.Dataset.from_list(rows, features=multi_positive_rows.features)
+    with pytest.raises(ValueError, match="query 'qc' has no teacher score for its positive at position 1"):
+        FalseNegativeInjection(0.5, order="teacher_score").apply(broken)
+    FalseNegativeInjection(0.5).apply(broken)  # the random order does not read them
+    with pytest.raises(ValueError, match="order must be one of"):
+        FalseNegativeInjection(0.5, order="hardest")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # command line
 
@@ -437,3 +478,31 @@ def test_noise_command_uniform_and_false_negative_on_prepared_rows(tmp_path, cap
     bad_rate = ["--data", str(tmp_path / "beir"), "--kind", "uniform_swap", "--rate", "2", "--output", "x"]
     assert noise_command.run(parser.parse_args(bad_rate)) == 2
     assert "rate must be" in capsys.readouterr().err
+
+
+def test_noise_command_false_negative_by_teacher_score(tmp_path, capsys):
+    from test_evaluation import write_beir_folder
+
+    from hf_robust_ir.data import load_beir, rows_from_qrels
+
+    write_beir_folder(tmp_path / "beir", split="train")
+    # q1 gets three positives; the rows from qrels carry no teacher scores, a mined file would
+    with open(tmp_path / "beir" / "qrels" / "train.tsv", "a") as f:
+        f.write("q1\td5\t1\nq1\td6\t1\n")
+    rows = rows_from_qrels(load_beir(tmp_path / "beir", split="train"))
+    rows.save_to_disk(str(tmp_path / "unscored"))
+    base = ["--data", str(tmp_path / "beir"), "--kind", "false_negative", "--rate", "0.34", "--order", "teacher_score"]
+    from hf_robust_ir.cli import main
+
+    assert main(["noise", *base, "--rows", str(tmp_path / "unscored"), "--output", str(tmp_path / "x")]) == 2
+    assert "query 'q1' has no teacher score" in capsys.readouterr().err
+
+    scored = rows.to_list()
+    q1 = next(row for row in scored if row["query_id"] == "q1")
+    q1["teacher_scores"] = [{"d1": 0.2, "d5": 0.7, "d6": 0.4}[doc] for doc in q1["doc_ids"]]
+    datasets.Dataset.from_list(scored, features=rows.features).save_to_disk(str(tmp_path / "scored"))
+    summary = run_noise(base + ["--rows", str(tmp_path / "scored"), "--output", str(tmp_path / "fn")], capsys)
+    assert summary["changes"] == 1  # 0.34 * 3 = 1.02 -> 1
+    (change,) = [json.loads(line) for line in (tmp_path / "fn" / "changes.jsonl").read_text().splitlines()]
+    assert change["query_id"] == "q1" and change["doc_id"] == "d5"  # the best-scored positive
+    assert json.loads((tmp_path / "fn" / "hf_robust_ir_data.json").read_text())["noise"]["order"] == "teacher_score"

@@ -52,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="false_negative: only queries with at least this many positives (default: 2)",
     )
+    parser.add_argument(
+        "--order",
+        choices=("random", "teacher_score"),
+        default="random",
+        help="false_negative: which positives move — random ones, or each query's best-scored first (as false "
+        "negatives in mined data are; needs --rows with teacher scores, e.g. from `hf-robust-ir mine`)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -92,11 +99,13 @@ def run(args: argparse.Namespace) -> int:
         elif args.kind == "uniform_swap":
             noise = UniformSwapNoise(data.corpus, args.rate, seed=args.seed)
         else:
-            noise = FalseNegativeInjection(args.rate, min_positives=args.min_positives, seed=args.seed)
+            noise = FalseNegativeInjection(
+                args.rate, min_positives=args.min_positives, seed=args.seed, order=args.order
+            )
+        result = noise.apply(rows, data)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = noise.apply(rows, data)
 
     out = Path(args.output)
     result.save(out)
