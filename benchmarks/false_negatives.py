@@ -210,12 +210,23 @@ class Store:
                     "recovered_fraction": TARGET_RECOVERED,
                     "met": fraction >= TARGET_RECOVERED,
                 }
+            if "zero_shot" in report and clean > injected:
+                no_training = zero_shot_fraction(report["zero_shot"]["ndcg@10"], clean, injected)
+                report["zero_shot_fraction"] = round(no_training, 4)
         report["commands"][-1]["wall_time_seconds"] = round(time.perf_counter() - self.started, 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
         temporary.write_text(json.dumps(report, indent=2) + "\n")
         os.replace(temporary, self.path)
         self.path.with_suffix(".md").write_text(markdown(report))
+
+
+def zero_shot_fraction(zero_shot: float, clean: float, injected: float) -> float | None:
+    """What *not training* recovers, ``(zero_shot − infonce_injected) / (infonce_clean − infonce_injected)``: when
+    the injection drags the model below its starting point, a strategy that merely stops the damage scores high, so
+    this is the bar a strategy has to clear to have learned anything from the rows. ``None`` without a positive
+    cost."""
+    return (zero_shot - injected) / (clean - injected) if clean > injected else None
 
 
 def best_recovery(ndcg: dict[str, float]) -> tuple[str, float] | None:
@@ -258,6 +269,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"Injection cost {report['injection_cost']:+.4f}; best strategy `{report['best_strategy']}` recovers "
             f"{report['recovered_fraction']:.2f} of it (target {TARGET_RECOVERED}).",
         ]
+        if "zero_shot_fraction" in report:
+            lines[-1] += (
+                f" The zero-shot model, not trained at all, stands at {report['zero_shot_fraction']:.2f} of it."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -335,9 +350,17 @@ def combine_seeds(reports: list[dict[str, Any]], sources: list[str]) -> dict[str
             if seed_cost > 0:
                 gain = runs[best]["ndcg@10"] - runs["infonce_injected"]["ndcg@10"]
                 per_seed_fraction[str(seed)] = round(gain / seed_cost, 4)
+        no_training = None
+        if combined["zero_shot"]:
+            no_training = zero_shot_fraction(
+                combined["zero_shot"]["ndcg@10"],
+                results["infonce_clean"]["ndcg@10"],
+                results["infonce_injected"]["ndcg@10"],
+            )
         combined.update(
             best_strategy=best,
             recovered_fraction=round(fraction, 4),
+            zero_shot_fraction=None if no_training is None else round(no_training, 4),
             recovered_fraction_per_seed=per_seed_fraction,
             target={"recovered_fraction": TARGET_RECOVERED, "met": bool(fraction >= TARGET_RECOVERED and clear)},
         )
@@ -378,6 +401,11 @@ def combined_markdown(combined: dict[str, Any], command: str) -> str:
             f"{combined['recovered_fraction']:.2f} (per seed {per_seed}; target {TARGET_RECOVERED}); "
             f"target met: {combined['target']['met']}."
         )
+        if combined.get("zero_shot_fraction") is not None:
+            lines.append(
+                f"The zero-shot model, not trained at all, stands at {combined['zero_shot_fraction']:.2f} of the "
+                "cost: what a strategy recovers beyond that it learned from the rows."
+            )
     else:
         lines.append(f"No recovered fraction: {combined['target']['why']}; target met: False.")
     if combined["judges"]:

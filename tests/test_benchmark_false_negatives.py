@@ -48,6 +48,8 @@ def test_combine_pairs_costs_by_seed_and_recovers_from_the_means(false_negatives
     # per seed, same strategy: 0.008 / 0.010, 0.005 / 0.005, 0.017 / 0.015
     assert combined["recovered_fraction_per_seed"] == pytest.approx({"0": 0.8, "1": 1.0, "2": 1.1333}, abs=1e-4)
     assert combined["target"]["met"] is True
+    # not training at all: (0.3159 - 0.31) / (0.32 - 0.31)
+    assert combined["zero_shot_fraction"] == pytest.approx(0.59)
     assert combined["judges"]["embedding"]["precision"] == pytest.approx(0.3)
     assert combined["settings"] == {"profile": "quick", "lr": 5e-5} and combined["seeds"] == [0, 1, 2]
 
@@ -93,6 +95,7 @@ def test_combine_command_writes_json_and_markdown(false_negatives, tmp_path):
     table = out.with_suffix(".md").read_text()
     assert "| guide_masked | 0.3200 ± 0.0092 | 0.3180, 0.3300, 0.3120 |" in table
     assert "t = 3.46" in table
+    assert "not trained at all, stands at 0.59 of the cost" in table
 
 
 def test_judge_free_arms_run_end_to_end_on_a_slice_of_nfcorpus(
