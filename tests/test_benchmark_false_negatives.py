@@ -105,10 +105,11 @@ def test_judge_free_arms_run_end_to_end_on_a_slice_of_nfcorpus(
     args = ["--model", real_model_path, "--data_dir", str(nfcorpus_dir.parent), "--out", str(out)]
     args += ["--train_queries", "16", "--max_corpus", "50", "--max_eval_queries", "8", "--negative_pool", "2"]
     args += ["--max_length", "32", "--eval_max_length", "32", "--batch_size", "8", "--epochs", "1"]
-    args += ["--arms", "infonce_clean", "infonce_injected", "guide_masked", "--injection_order", "teacher_score"]
+    args += ["--arms", "infonce_clean", "infonce_injected", "guide_masked", "oracle_hn_remove"]
+    args += ["--injection_order", "teacher_score"]
     assert false_negatives.main(args) == 0
     report = json.loads(out.read_text())
-    assert list(report["results"]) == ["infonce_clean", "infonce_injected", "guide_masked"]
+    assert list(report["results"]) == ["infonce_clean", "infonce_injected", "guide_masked", "oracle_hn_remove"]
     assert all(0.0 <= run["ndcg@10"] <= 1.0 for run in report["results"].values())
     assert report["judges"] == {}  # no relabeling strategy asked for, so no judge ran
     assert report["data"]["injection"]["changes"] > 0
@@ -120,6 +121,16 @@ def test_judge_free_arms_run_end_to_end_on_a_slice_of_nfcorpus(
         kept = [s for s, label in zip(row["teacher_scores"], row["labels"]) if label > 0]
         if moved:
             assert min(moved) >= max(kept)
+    # the oracle arm's rows: the injected rows less exactly the moved candidates, everything else aligned
+    oracle = false_negatives.without_moved(injected)
+    for before, after in zip(injected, oracle):
+        kept = [i for i, source in enumerate(before["label_source"]) if source != "noise"]
+        for name in ("doc_ids", "labels", "teacher_scores", "label_source"):
+            assert after[name] == [before[name][i] for i in kept]
+    assert (
+        sum(len(r["doc_ids"]) for r in injected) - sum(len(r["doc_ids"]) for r in oracle)
+        == (report["data"]["injection"]["changes"])
+    )
     assert report["injection_cost"] == pytest.approx(
         report["results"]["infonce_clean"]["ndcg@10"] - report["results"]["infonce_injected"]["ndcg@10"], abs=1e-5
     )
