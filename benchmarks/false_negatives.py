@@ -645,7 +645,10 @@ def main(argv: list[str] | None = None) -> int:
                 if name in report["results"]:
                     continue
                 shared.log(f"{name}: training on {len(rows)} queries")
-                record = shared.run_one(args, method, prepared, rows, args.seed, scratch)
+                if len(rows) == 0:  # e.g. `remove` when every query has a flag: the model stays the base model
+                    record = {**report["zero_shot"], "untrained": "every query was dropped: the base model"}
+                else:
+                    record = shared.run_one(args, method, prepared, rows, args.seed, scratch)
                 record["train_queries"] = len(rows)
                 if judge is not None:
                     record["judge"] = judge

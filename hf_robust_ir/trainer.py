@@ -254,6 +254,11 @@ class RetrievalTrainer(Trainer):
             data_collator = default_collator(model, corpus, args)
         if args.forward_chunk_size is not None and hasattr(model, "forward_chunk_size"):
             model.forward_chunk_size = args.forward_chunk_size
+        if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+            raise ValueError(
+                "the training rows are empty (0 queries): nothing to train on. A relabeling strategy such as "
+                "'remove' drops every query that has a flagged candidate; check the relabel summary's counts"
+            )
         self.loss = loss if loss is not None else get_loss(args.loss, **(args.loss_kwargs or {}))
         _check_teacher_scores(self.loss, train_dataset)
         self.guide_model = self._load_guide(guide_model if guide_model is not None else args.guide_model, model)

@@ -148,6 +148,11 @@ def test_missing_corpus_is_a_clear_error(tmp_path, model_path):
         RetrievalTrainer(BiEncoder.from_pretrained(model_path), _args(tmp_path), _rows())
 
 
+def test_empty_training_rows_are_a_clear_error(tmp_path, model_path):
+    with pytest.raises(ValueError, match=r"training rows are empty \(0 queries\)"):
+        RetrievalTrainer(BiEncoder.from_pretrained(model_path), _args(tmp_path), _rows().select([]), corpus=CORPUS)
+
+
 def test_loss_by_name_and_kwargs_from_arguments(tmp_path, model_path):
     trainer = RetrievalTrainer(
         BiEncoder.from_pretrained(model_path), _args(tmp_path, loss="infonce", loss_kwargs="{}"), _rows(), CORPUS
