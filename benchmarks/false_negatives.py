@@ -661,8 +661,9 @@ def main(argv: list[str] | None = None) -> int:
         "infonce_injected": ("infonce", injected),
         **{name: (name, injected) for name in IN_TRAINING},
         "st_gist": (shared.ST_GIST, injected),
-        ORACLE: ("infonce", without_moved(injected)),
     }
+    if ORACLE in args.arms:  # its rows are built only when the arm is asked for
+        judge_free[ORACLE] = ("infonce", without_moved(injected))
     train_arms({name: judge_free[name] for name in args.arms if name in judge_free})
 
     # ---- judges (only when a relabeling strategy is trained): precision and recall on the injected rows
