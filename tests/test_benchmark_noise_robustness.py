@@ -188,3 +188,40 @@ def test_relabeling_methods_of_one_run_share_the_judgments(tiny_model_path, tmp_
     assert records[0]["flagged"] == records[1]["flagged"] == 4
     # the first method judges the four listed negatives; the second finds all four in the cache
     assert [(s["judged_pairs"], s["cache_hits"]) for s in summaries] == [(4, 0), (0, 4)]
+
+
+def test_teacher_score_false_negatives_are_mined_again_after_the_noise():
+    """Query "1 0" scores a document "s 0" as s: positives p1 .9, p2 .8, p3 .1, p4 .5, negative n1 .7. At rate 0.5
+    the teacher-score order hides p1 and p2 (the best-scored); mined again against p3 and p4, one negative from ranks
+    [0, 3) of p1 .9, p2 .8, n1 .7 is p1, a relevant passage the clean qrels know: one relevant mined negative."""
+    from argparse import Namespace
+
+    from test_mining import VectorEncoder
+
+    from hf_robust_ir.data import rows_from_qrels
+    from hf_robust_ir.data.schema import RetrievalCorpus
+
+    scores = {"p1": 0.9, "p2": 0.8, "p3": 0.1, "p4": 0.5, "n1": 0.7}
+    train = RetrievalCorpus(
+        corpus={doc: f"{score} 0" for doc, score in scores.items()},
+        queries={"q": "1 0"},
+        qrels={"q": {"p1": 1, "p2": 1, "p3": 1, "p4": 1}},
+        name="toy",
+    )
+    clean = rows_from_qrels(train, {"q": [(d, scores[d]) for d in ("p1", "p2", "p3", "p4", "n1")]}, "mined")
+    args = Namespace(
+        hard_negatives=1, negative_pool=1, mining_range_min=0, mining_range_max=3, mining_relative_margin=None,
+        mining_stage="after_noise", fn_min_positives=2, fn_order="teacher_score", encode_batch_size=8, bf16=False,
+        verbose=False,
+    )  # fmt: skip
+    with benchmark_module("noise_robustness") as bench:
+        prepared = bench.Prepared("toy", train, None, clean, None, None, VectorEncoder())
+        rows, summary = bench.noisy_rows(args, prepared, "false_negative", 0.5, seed=0)
+        assert summary["changes"] == 2 and summary["relevant_mined_negatives"] == 1
+        assert dict(zip(rows[0]["doc_ids"], rows[0]["labels"])) == {"p3": 1.0, "p4": 1.0, "p1": 0.0}
+        args.fn_order = "random"  # needs no scores: rows from the qrels alone, as before
+        rows, summary = bench.noisy_rows(args, prepared, "false_negative", 0.5, seed=0)
+        assert summary["changes"] == 2
+        assert sorted(rows[0]["labels"]) == [0.0, 1.0, 1.0]  # two positives left, one negative mined against them
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--model", "m", "--fn_order", "teacher_score", "--hard_negatives", "0"])
