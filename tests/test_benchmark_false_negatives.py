@@ -99,13 +99,19 @@ def test_combine_command_writes_json_and_markdown(false_negatives, tmp_path):
     assert "not trained at all, stands at 0.59 of the cost" in table
 
 
+def slice_args(model, nfcorpus_dir, out, queries: int, corpus: int, eval_queries: int) -> list[str]:
+    """Arguments of a smoke run on a slice of NFCorpus: 32 tokens, one epoch, two mined negatives per row."""
+    args = ["--model", model, "--data_dir", str(nfcorpus_dir.parent), "--out", str(out)]
+    args += ["--train_queries", str(queries), "--max_corpus", str(corpus), "--max_eval_queries", str(eval_queries)]
+    return args + ["--negative_pool", "2", "--max_length", "32", "--eval_max_length", "32", "--batch_size", "8",
+                   "--epochs", "1"]  # fmt: skip
+
+
 def test_judge_free_arms_run_end_to_end_on_a_slice_of_nfcorpus(
     false_negatives, real_model_path, nfcorpus_dir, tmp_path
 ):
     out = tmp_path / "fn.json"
-    args = ["--model", real_model_path, "--data_dir", str(nfcorpus_dir.parent), "--out", str(out)]
-    args += ["--train_queries", "16", "--max_corpus", "50", "--max_eval_queries", "8", "--negative_pool", "2"]
-    args += ["--max_length", "32", "--eval_max_length", "32", "--batch_size", "8", "--epochs", "1"]
+    args = slice_args(real_model_path, nfcorpus_dir, out, queries=16, corpus=50, eval_queries=8)
     args += ["--arms", "infonce_clean", "infonce_injected", "guide_masked", "oracle_hn_remove"]
     args += ["--injection_order", "teacher_score"]
     assert false_negatives.main(args) == 0
@@ -222,9 +228,7 @@ def test_the_heldout_reranker_judges_and_drives_the_strategies_when_asked(
     false_negatives, real_model_path, nfcorpus_dir, tmp_path
 ):
     out = tmp_path / "fn.json"
-    args = ["--model", real_model_path, "--data_dir", str(nfcorpus_dir.parent), "--out", str(out)]
-    args += ["--train_queries", "12", "--max_corpus", "40", "--max_eval_queries", "6", "--negative_pool", "2"]
-    args += ["--max_length", "32", "--eval_max_length", "32", "--batch_size", "8", "--epochs", "1"]
+    args = slice_args(real_model_path, nfcorpus_dir, out, queries=12, corpus=40, eval_queries=6)
     args += ["--cross_encoder_batch_size", "4", "--embedding_references", "best", "--arms", "rlhn"]
     args += ["--cross_encoder_heldout", "--cross_encoder_heldout_queries", "12"]
     args += ["--mining_stage", "after_injection", "--mining_range_min", "0"]  # hidden positives listed where mined
