@@ -17,7 +17,13 @@ from hf_robust_ir.modeling import BiEncoder, CrossEncoder
 from hf_robust_ir.relabel.arhn import AnswerabilityJudge
 from hf_robust_ir.relabel.backends import ChatBackend, HFCausalLMBackend, render_plain
 from hf_robust_ir.relabel.base import NO_VERDICT, Judge, Judgment, Verdict
-from hf_robust_ir.relabel.judges import CascadeJudge, CrossEncoderJudge, EmbeddingJudge, GenerativeJudge
+from hf_robust_ir.relabel.judges import (
+    CascadeJudge,
+    CrossEncoderJudge,
+    EmbeddingJudge,
+    GenerativeJudge,
+    weights_digest,
+)
 from hf_robust_ir.relabel.prompts import PROMPT_VERSION
 
 QUERY = "what is label noise"
@@ -135,6 +141,7 @@ def test_embedding_judge_many_equals_rows_and_handles_no_positives(bi_encoder, t
     config = judge.config()
     assert config == {
         "model": tiny_model_path,
+        "weights": EmbeddingJudge(tiny_model_path).config()["weights"],  # the same folder loaded again
         "margin": 0.05,
         "margin_strategy": "relative",
         "positive_reference": "best",
@@ -189,6 +196,27 @@ def test_cross_encoder_judge_margin_without_positives_and_config(reranker):
     assert judge.config()["threshold"] is None and judge.config()["margin"] == 0.1
     with pytest.raises(ValueError):
         CrossEncoderJudge(reranker)
+
+
+def test_a_reranker_trained_again_into_the_same_folder_gets_a_new_cache_key(tiny_model_path, tmp_path):
+    def save_reranker(seed: int) -> None:
+        torch.manual_seed(seed)
+        BertForSequenceClassification(tiny_bert_config(num_labels=1)).save_pretrained(tmp_path)
+        AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(tmp_path)
+
+    save_reranker(0)
+    first = CrossEncoderJudge(str(tmp_path), margin=0.0)
+    assert CrossEncoderJudge(str(tmp_path), margin=0.0).cache_key() == first.cache_key()  # same weights, same key
+    save_reranker(1)
+    again = CrossEncoderJudge(str(tmp_path), margin=0.0)
+    assert again.config()["model"] == first.config()["model"]
+    assert again.cache_key() != first.cache_key()
+    # one changed weight is enough: the digest is of the weights as they are now, not as they were loaded
+    key = first.cache_key()
+    with torch.no_grad():
+        next(first.model.parameters()).view(-1)[0] += 1.0
+    assert first.cache_key() != key
+    assert weights_digest("not a torch module") is None
 
 
 # ---------------------------------------------------------------- GenerativeJudge over a scripted backend
