@@ -40,6 +40,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -793,86 +794,78 @@ def main(argv: list[str] | None = None) -> int:
             for doc in [d for d, label in zip(docs, labels) if label <= 0][:limit]
         ]
         judged, in_judged = len(judged_pairs), set(judged_pairs) & moved
-        guide = EmbeddingJudge(base, margin=args.embedding_margin, margin_strategy="absolute")
-        for reference in args.embedding_references:
-            name = "embedding" if reference == "best" else f"embedding_{reference}"
-            if name not in report["judges"] or not (work / f"relabeled_{name}").exists():
+
+        def record_judge(name: str, relabel: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> None:
+            """One judge's relabeled rows per strategy and its precision and recall, unless a resumed run holds
+            them; ``relabel`` returns the strategies' rows and what the report says of the judge (its config)."""
+            folder = work / f"relabeled_{name}"
+            if name not in report["judges"] or not folder.exists():
                 began = time.perf_counter()
-                judge = guide.with_rule(positive_reference=reference)  # the rules share one document encoding
-                result = relabel_with(judge, to_judge, corpus, work / "judgments.sqlite", args)
-                for strategy, rows in result.datasets.items():
-                    save_rows(rows, work / f"relabeled_{name}" / strategy)
+                rows_by_strategy, about = relabel()
+                for strategy, rows in rows_by_strategy.items():
+                    save_rows(rows, folder / strategy)
                 report["judges"][name] = {
-                    **flag_quality(result.datasets["rlhn"], in_judged, judged),
-                    "config": judge.config(),
+                    **flag_quality(rows_by_strategy["rlhn"], in_judged, judged),
+                    **about,
                     "seconds": round(time.perf_counter() - began, 1),
                 }
                 store.save()
                 shared.log(f"{name} judge: {report['judges'][name]}")
-            relabeled[name] = {s: load_rows(work / f"relabeled_{name}" / s) for s in STRATEGIES}
+            relabeled[name] = {s: load_rows(folder / s) for s in STRATEGIES}
 
-        if not args.no_cross_encoder:  # two rerankers cross-fitted on the injected rows
-            if "cross_encoder" not in report["judges"] or not (work / "relabeled_cross_encoder").exists():
-                began = time.perf_counter()
-                ids = list(to_judge["query_id"])
-                halves = [set(ids[0::2]), set(ids[1::2])]
-                parts: dict[str, list[Any]] = {s: [] for s in STRATEGIES}
-                configs = []
-                for fold, judged_half in enumerate(halves):
-                    folder = work / f"reranker_fold{fold}"
-                    if not folder.exists():
-                        training_rows = injected.filter(lambda row, keep=judged_half: row["query_id"] not in keep)
-                        train_cross_encoder(args, training_rows, corpus, folder)
-                        shared.log(f"reranker fold {fold} trained on {len(training_rows)} queries")
-                    reranker = CrossEncoder.from_pretrained(folder)
-                    judge = CrossEncoderJudge(reranker, margin=args.cross_encoder_margin)
-                    configs.append(judge.config())
-                    rows = to_judge.filter(lambda row, keep=judged_half: row["query_id"] in keep)
-                    result = relabel_with(judge, rows, corpus, work / "judgments.sqlite", args)
-                    for name in STRATEGIES:
-                        parts[name].append(result.datasets[name])
-                    del reranker
-                    gc.collect()
-                for name in STRATEGIES:
-                    save_rows(datasets.concatenate_datasets(parts[name]), work / "relabeled_cross_encoder" / name)
-                combined = load_rows(work / "relabeled_cross_encoder" / "rlhn")
-                report["judges"]["cross_encoder"] = {
-                    **flag_quality(combined, in_judged, judged),
-                    "config": configs,
-                    "training": "fine-tuned from the base model on the injected rows; two-fold cross-fitting",
-                    "seconds": round(time.perf_counter() - began, 1),
-                }
-                store.save()
-                shared.log(f"cross-encoder judge: {report['judges']['cross_encoder']}")
-            relabeled["cross_encoder"] = {s: load_rows(work / "relabeled_cross_encoder" / s) for s in STRATEGIES}
+        def with_judge(judge: Any, **about: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+            result = relabel_with(judge, to_judge, corpus, work / "judgments.sqlite", args)
+            return result.datasets, {"config": judge.config(), **about}
 
-        name = "cross_encoder_heldout"
-        if args.cross_encoder_heldout:
-            if name not in report["judges"] or not (work / f"relabeled_{name}").exists():
-                began = time.perf_counter()
-                folder = work / "reranker_heldout"
+        guide = EmbeddingJudge(base, margin=args.embedding_margin, margin_strategy="absolute")
+        for reference in args.embedding_references:
+            judge = guide.with_rule(positive_reference=reference)  # the rules share one document encoding
+            record_judge(
+                "embedding" if reference == "best" else f"embedding_{reference}", lambda j=judge: with_judge(j)
+            )
+
+        def cross_fitted_rerankers() -> tuple[dict[str, Any], dict[str, Any]]:
+            ids = list(to_judge["query_id"])
+            parts: dict[str, list[Any]] = {s: [] for s in STRATEGIES}
+            configs = []
+            for fold, judged_half in enumerate([set(ids[0::2]), set(ids[1::2])]):
+                folder = work / f"reranker_fold{fold}"
                 if not folder.exists():
-                    heldout = heldout_queries(full_train, train, args.cross_encoder_heldout_queries, args.seed)
-                    index = evaluator.build_index(base, keep_ids=shared.positive_ids(heldout))
-                    training_rows = shared.mine(args, base, heldout, index, MiningStats())
-                    del index
+                    training_rows = injected.filter(lambda row, keep=judged_half: row["query_id"] not in keep)
                     train_cross_encoder(args, training_rows, corpus, folder)
-                    report["data"]["heldout_judge_queries"] = len(training_rows)
-                    shared.log(f"held-out reranker trained on {len(training_rows)} queries")
+                    shared.log(f"reranker fold {fold} trained on {len(training_rows)} queries")
                 judge = CrossEncoderJudge(CrossEncoder.from_pretrained(folder), margin=args.cross_encoder_margin)
-                result = relabel_with(judge, to_judge, corpus, work / "judgments.sqlite", args)
-                for strategy, rows in result.datasets.items():
-                    save_rows(rows, work / f"relabeled_{name}" / strategy)
-                report["judges"][name] = {
-                    **flag_quality(result.datasets["rlhn"], in_judged, judged),
-                    "config": judge.config(),
-                    "training": "fine-tuned from the base model on the training queries this run leaves out, "
-                    "with their own labels",
-                    "seconds": round(time.perf_counter() - began, 1),
-                }
-                store.save()
-                shared.log(f"held-out cross-encoder judge: {report['judges'][name]}")
-            relabeled[name] = {s: load_rows(work / f"relabeled_{name}" / s) for s in STRATEGIES}
+                configs.append(judge.config())
+                rows = to_judge.filter(lambda row, keep=judged_half: row["query_id"] in keep)
+                result = relabel_with(judge, rows, corpus, work / "judgments.sqlite", args)
+                for name in STRATEGIES:
+                    parts[name].append(result.datasets[name])
+                del judge
+                gc.collect()
+            rows_by_strategy = {name: datasets.concatenate_datasets(parts[name]) for name in STRATEGIES}
+            training = "fine-tuned from the base model on the injected rows; two-fold cross-fitting"
+            return rows_by_strategy, {"config": configs, "training": training}
+
+        def heldout_reranker() -> tuple[dict[str, Any], dict[str, Any]]:
+            folder = work / "reranker_heldout"
+            if not folder.exists():
+                heldout = heldout_queries(full_train, train, args.cross_encoder_heldout_queries, args.seed)
+                index = evaluator.build_index(base, keep_ids=shared.positive_ids(heldout))
+                training_rows = shared.mine(args, base, heldout, index, MiningStats())
+                del index
+                train_cross_encoder(args, training_rows, corpus, folder)
+                report["data"]["heldout_judge_queries"] = len(training_rows)
+                shared.log(f"held-out reranker trained on {len(training_rows)} queries")
+            judge = CrossEncoderJudge(CrossEncoder.from_pretrained(folder), margin=args.cross_encoder_margin)
+            training = (
+                "fine-tuned from the base model on the training queries this run leaves out, with their own labels"
+            )
+            return with_judge(judge, training=training)
+
+        if not args.no_cross_encoder:
+            record_judge("cross_encoder", cross_fitted_rerankers)
+        if args.cross_encoder_heldout:
+            record_judge("cross_encoder_heldout", heldout_reranker)
 
         best_judge = args.strategy_judge or max(report["judges"], key=lambda name: report["judges"][name]["f1"])
         report["strategy_judge"] = best_judge

@@ -272,3 +272,7 @@ def test_without_the_cross_encoder_the_embedding_judge_drives_the_strategies(
     assert len(removed) == len(injected) == report["results"]["hn_remove"]["train_queries"] == 12
     dropped = sum(len(r["doc_ids"]) for r in injected) - sum(len(r["doc_ids"]) for r in removed)
     assert dropped == report["judges"]["embedding"]["flagged"] > 0
+    # started again on the same file, the run judges and trains nothing anew (the seconds would differ)
+    assert false_negatives.main(args) == 0
+    again = json.loads(out.read_text())
+    assert again["judges"] == report["judges"] and again["results"] == report["results"]
