@@ -321,6 +321,14 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {judge['flagged']} | {judge['precision']:.3f} | {judge['recall']:.3f} | {judge['f1']:.3f} |"
         )
+    separation = report.get("separation", {})
+    if "auc_score" in separation:
+        lines += [
+            "",
+            f"The base model's scores tell the {separation['hidden_positives']} hidden positives from the "
+            f"{separation['other_negatives']} other listed negatives with ROC AUC {separation['auc_score']:.3f} "
+            f"(score gap to the best labeled positive: {separation.get('auc_gap', float('nan')):.3f}; 0.5 is chance).",
+        ]
     lines += ["", "| training rows | test nDCG@10 |", "|---|---|"]
     if "zero_shot" in report:
         lines.append(f"| zero-shot (base model) | {report['zero_shot']['ndcg@10']:.4f} |")
@@ -409,6 +417,7 @@ def merge_runs(reports: list[dict[str, Any]], sources: list[str]) -> dict[str, A
         "model": first.get("model"),
         "zero_shot": first.get("zero_shot"),
         "data": first.get("data"),
+        "separation": next((r["separation"] for r in reports if "separation" in r), None),
         "environment": first.get("environment"),
         "results": {},
         "judges": {},
@@ -423,8 +432,9 @@ def merge_runs(reports: list[dict[str, Any]], sources: list[str]) -> dict[str, A
         merged["commands"] += [{**command, "results_file": source} for command in report.get("commands", [])]
     order = {name: i for i, name in enumerate(ARMS)}
     merged["results"] = dict(sorted(merged["results"].items(), key=lambda item: order.get(item[0], len(order))))
-    if merged["zero_shot"] is None:
-        del merged["zero_shot"]
+    for key in ("zero_shot", "separation"):
+        if merged[key] is None:
+            del merged[key]
     summarize(merged)
     return merged
 
@@ -708,6 +718,34 @@ def listed_counts(rows: Any) -> dict[str, int]:
     return {"listed_negatives": negatives, "hidden_positives_listed": hidden}
 
 
+def score_separation(rows: Any) -> dict[str, Any]:
+    """How well the base model's own scores tell the hidden positives from the other listed negatives: the ROC AUC
+    of the score ``s(q, d)``, and of its gap to the row's best labeled positive ``s(q, d) − max s(q, d+)`` (what
+    :class:`EmbeddingJudge` thresholds). 0.5 is chance; under 0.5 the hidden positives score *below* the mined
+    negatives. No judge built on the base model's scores alone can beat what these allow."""
+    from sklearn.metrics import roc_auc_score
+
+    from hf_robust_ir.noise import NOISE_SOURCE
+
+    hidden: dict[str, list[float]] = {"score": [], "gap": []}
+    mined: dict[str, list[float]] = {"score": [], "gap": []}
+    for scores, labels, sources in zip(rows["teacher_scores"], rows["labels"], rows["label_source"]):
+        positives = [score for score, label in zip(scores, labels) if label > 0]
+        for score, label, source in zip(scores, labels, sources or [""] * len(labels)):
+            if label > 0:
+                continue
+            side = hidden if source == NOISE_SOURCE else mined
+            side["score"].append(score)
+            if positives:
+                side["gap"].append(score - max(positives))
+    out: dict[str, Any] = {"hidden_positives": len(hidden["score"]), "other_negatives": len(mined["score"])}
+    for key in ("score", "gap"):
+        if hidden[key] and mined[key]:
+            truth = [1] * len(hidden[key]) + [0] * len(mined[key])
+            out[f"auc_{key}"] = round(float(roc_auc_score(truth, hidden[key] + mined[key])), 4)
+    return out
+
+
 def save_rows(rows: Any, path: Path) -> None:
     rows.save_to_disk(str(path))
 
@@ -871,6 +909,9 @@ def main(argv: list[str] | None = None) -> int:
         store.save()
         del index
     clean, injected = load_rows(clean_path), load_rows(injected_path)
+    if "separation" not in report:
+        report["separation"] = score_separation(injected)
+        store.save()
     moved = {tuple(pair) for pair in json.loads((work / "moved.json").read_text())}
     corpus = train.corpus
 

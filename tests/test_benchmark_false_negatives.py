@@ -99,6 +99,20 @@ def test_combine_command_writes_json_and_markdown(false_negatives, tmp_path):
     assert "not trained at all, stands at 0.59 of the cost" in table
 
 
+def test_score_separation_is_the_auc_of_the_base_model_scores_worked_by_hand(false_negatives):
+    rows = {
+        "teacher_scores": [[0.9, 0.8, 0.5, 0.7], [0.6, 0.65, 0.7], [0.3, 0.2]],
+        "labels": [[1, 0, 0, 0], [1, 0, 0], [0, 0]],
+        "label_source": [["qrels", "noise", "mined", "noise"], ["qrels", "noise", "mined"], None],
+    }
+    separation = false_negatives.score_separation(rows)
+    assert separation["hidden_positives"] == 3 and separation["other_negatives"] == 4
+    # hidden 0.8, 0.7, 0.65 against 0.5, 0.7, 0.3, 0.2: 4 + 3.5 (the tie 0.7, 0.7 counts half) + 3 of 12 pairs
+    assert separation["auc_score"] == pytest.approx(10.5 / 12, abs=1e-4)
+    # gaps to the best positive (the third row has none): hidden -0.1, -0.2, +0.05 against -0.4, +0.1: 3 of 6
+    assert separation["auc_gap"] == pytest.approx(0.5)
+
+
 def side_by_side_runs() -> list[dict]:
     """Seed 0 of the full profile as three processes would leave it: the two InfoNCE arms, then rlhn with a judge."""
     settings = {"profile": "full", "seed": 0, "lr": 5e-5, "injection_rate": 0.5, "epochs": 3.0, "batch_size": 32,
@@ -136,6 +150,7 @@ def test_merge_joins_the_arms_of_one_seed_and_recomputes_the_recovery(false_nega
     assert merged["settings_per_source"]["clean.json"] == {}
     assert [c["results_file"] for c in merged["commands"]] == sources
     assert merged["judges"]["embedding"]["flagged"] == 9000
+    assert "separation" not in merged  # none of these runs measured it
     table = false_negatives.markdown(merged)
     assert "| rlhn (judge `embedding`) | 0.3200 |" in table
     assert "`python benchmarks/false_negatives.py --arms infonce_clean`" in table
@@ -197,6 +212,8 @@ def test_judge_free_arms_run_end_to_end_on_a_slice_of_nfcorpus(
     assert list(report["results"]) == ["infonce_clean", "infonce_injected", "guide_masked", "oracle_hn_remove"]
     assert all(0.0 <= run["ndcg@10"] <= 1.0 for run in report["results"].values())
     assert report["judges"] == {}  # no relabeling strategy asked for, so no judge ran
+    assert report["separation"]["hidden_positives"] == report["data"]["injection"]["changes"]
+    assert 0.0 <= report["separation"]["auc_score"] <= 1.0
     assert report["data"]["injection"]["changes"] > 0
     assert report["settings"]["injection_order"] == "teacher_score"
     # the hidden positives are each query's best-scored by the base model: none scores below a kept positive
