@@ -389,19 +389,25 @@ def merge_runs(reports: list[dict[str, Any]], sources: list[str]) -> dict[str, A
     def rows_settings(report: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in report["settings"].items() if k not in JUDGE_SETTINGS}
 
-    def rows_summary(report: dict[str, Any]) -> dict[str, Any]:
-        return {
-            k: v for k, v in report.get("data", {}).items() if k not in ("prepare_seconds", "heldout_judge_queries")
-        }
+    def same_rows(one: dict[str, Any], other: dict[str, Any]) -> bool:
+        """Equal zero-shot scores and data summaries (timings aside); an entry only one run records (a newer run
+        records more about the same rows) is no contradiction."""
+        mine, theirs = one.get("data", {}), other.get("data", {})
+        shared_keys = (mine.keys() & theirs.keys()) - {"prepare_seconds", "heldout_judge_queries"}
+        return one.get("zero_shot") == other.get("zero_shot") and all(mine[k] == theirs[k] for k in shared_keys)
 
     first = reports[0]
-    for source, report in zip(sources[1:], reports[1:]):
+    for i in range(1, len(reports)):
+        source, report = sources[i], reports[i]
         mine, theirs = rows_settings(first), rows_settings(report)
         if mine != theirs:
             differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
             raise ValueError(f"--merge: {source} was made with other settings than {sources[0]}: {differing}")
-        if report.get("zero_shot") != first.get("zero_shot") or rows_summary(report) != rows_summary(first):
-            raise ValueError(f"--merge: {source} holds other rows than {sources[0]} (zero-shot or data summary differ)")
+        for earlier_source, earlier in zip(sources[:i], reports[:i]):
+            if not same_rows(earlier, report):
+                raise ValueError(
+                    f"--merge: {source} holds other rows than {earlier_source} (zero-shot or data summary differ)"
+                )
     keys = {k for report in reports for k in report["settings"]}
     common = {k for k in keys if all(r["settings"].get(k) == first["settings"].get(k) for r in reports)}
     per_source = {
@@ -416,7 +422,7 @@ def merge_runs(reports: list[dict[str, Any]], sources: list[str]) -> dict[str, A
         "settings_per_source": per_source if keys - common else {},
         "model": first.get("model"),
         "zero_shot": first.get("zero_shot"),
-        "data": first.get("data"),
+        "data": {k: v for report in reversed(reports) for k, v in report.get("data", {}).items()} or None,
         "separation": next((r["separation"] for r in reports if "separation" in r), None),
         "environment": first.get("environment"),
         "results": {},
@@ -432,7 +438,7 @@ def merge_runs(reports: list[dict[str, Any]], sources: list[str]) -> dict[str, A
         merged["commands"] += [{**command, "results_file": source} for command in report.get("commands", [])]
     order = {name: i for i, name in enumerate(ARMS)}
     merged["results"] = dict(sorted(merged["results"].items(), key=lambda item: order.get(item[0], len(order))))
-    for key in ("zero_shot", "separation"):
+    for key in ("zero_shot", "data", "separation"):
         if merged[key] is None:
             del merged[key]
     summarize(merged)

@@ -171,6 +171,12 @@ def test_merge_refuses_runs_that_trained_on_other_rows_or_disagree(false_negativ
     with pytest.raises(ValueError, match="results 'infonce_injected' of b.json differs"):
         false_negatives.merge_runs(runs, sources)
     runs = side_by_side_runs()
+    runs[1]["data"]["injected_rows"] = {"listed_negatives": 27472}  # recorded by one run only: no contradiction
+    assert false_negatives.merge_runs(runs, sources)["data"]["injected_rows"] == {"listed_negatives": 27472}
+    runs[2]["data"]["injected_rows"] = {"listed_negatives": 14016}
+    with pytest.raises(ValueError, match=r"c\.json holds other rows"):
+        false_negatives.merge_runs(runs, sources)
+    runs = side_by_side_runs()
     runs[1]["results"]["infonce_injected"] = {"ndcg@10": 0.25, "train_seconds": 1.0}  # the same run: merged once
     assert false_negatives.merge_runs(runs, sources)["results"]["infonce_injected"]["ndcg@10"] == 0.25
 
