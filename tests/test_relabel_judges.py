@@ -345,6 +345,16 @@ def test_hf_backend_uses_the_chat_template(tmp_path):
     assert len(backend.complete([[{"role": "user", "content": "hi"}]], max_new_tokens=2)) == 1
 
 
+def test_a_causal_lm_trained_again_into_the_same_folder_gets_a_new_cache_key(tmp_path):
+    keys = []
+    for seed in (0, 1, 1):
+        model, tokenizer = tiny_causal_lm(seed)
+        model.save_pretrained(tmp_path)
+        tokenizer.save_pretrained(tmp_path)
+        keys.append(GenerativeJudge(HFCausalLMBackend(str(tmp_path))).cache_key())
+    assert keys[0] != keys[1] and keys[1] == keys[2]
+
+
 def test_random_lm_garbage_never_flips_a_label(tiny_backend):
     rows = [(QUERY, POSITIVES, CANDIDATES + [INJECTION]), ("cats", ["cats sleep"], ["dogs", "yes yes yes"])]
     for mode in ("pointwise", "list"):

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
+from .base import weights_digest
 from .prompts import Message, parse_yes_no
 
 logger = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ class HFCausalLMBackend:
         return {
             "backend": "hf_causal_lm",
             "model": getattr(self.model.config, "_name_or_path", None) or type(self.model).__name__,
+            "weights": weights_digest(self.model),
             "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
             "max_prompt_tokens": self.max_prompt_tokens,
             "decoding": "greedy",

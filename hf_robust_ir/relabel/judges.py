@@ -5,7 +5,6 @@ All implement :class:`~hf_robust_ir.relabel.base.Judge`: ``judge(query, positive
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections import OrderedDict
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .backends import ChatBackend, OpenAICompatibleBackend
-from .base import NO_VERDICT, Judge, Judgment, Verdict
+from .base import NO_VERDICT, Judge, Judgment, Verdict, weights_digest
 from .prompts import PROMPT_VERSION, list_messages, parse_relevant_list, pointwise_messages
 
 Row = tuple[str, Sequence[str], Sequence[str]]
@@ -30,23 +29,6 @@ def _model_name(model: Any) -> str:
             return str(name)
     base = getattr(getattr(model, "retrieval_config", None), "base_model", None)
     return str(base) if base else type(model).__name__
-
-
-def weights_digest(model: Any) -> str | None:
-    """A digest of a torch model's parameters and buffers (names, dtypes, shapes and bytes), for ``config()``.
-
-    The judgment cache keys on it as well as on the folder name, so a reranker trained again into the same folder is
-    judged again rather than answered from the verdicts of the weights it replaced. ``None`` for anything that is not
-    a ``torch.nn.Module``. Hashing reads every weight once (about 0.1 s for a MiniLM)."""
-    import torch
-
-    if not isinstance(model, torch.nn.Module):
-        return None
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)};".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 class EmbeddingJudge(Judge):
