@@ -371,6 +371,11 @@ JUDGE_SETTINGS = (
 ).split()
 
 
+def differing_keys(one: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """The settings two runs do not share, whichever of them records the key."""
+    return sorted(k for k in one.keys() | other.keys() if one.get(k) != other.get(k))
+
+
 def without_timings(entry: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in entry.items() if "seconds" not in key}
 
@@ -401,8 +406,9 @@ def merge_runs(reports: list[dict[str, Any]], sources: list[str]) -> dict[str, A
         source, report = sources[i], reports[i]
         mine, theirs = rows_settings(first), rows_settings(report)
         if mine != theirs:
-            differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-            raise ValueError(f"--merge: {source} was made with other settings than {sources[0]}: {differing}")
+            raise ValueError(
+                f"--merge: {source} was made with other settings than {sources[0]}: {differing_keys(mine, theirs)}"
+            )
         for earlier_source, earlier in zip(sources[:i], reports[:i]):
             if not same_rows(earlier, report):
                 raise ValueError(
@@ -489,8 +495,10 @@ def combine_seeds(reports: list[dict[str, Any]], sources: list[str]) -> dict[str
     settings = [{k: v for k, v in report["settings"].items() if k != "seed"} for report in reports]
     for source, setting in zip(sources[1:], settings[1:]):
         if setting != settings[0]:
-            differing = sorted(k for k in setting if setting[k] != settings[0].get(k))
-            raise ValueError(f"--combine: {source} was made with other settings than {sources[0]}: {differing}")
+            raise ValueError(
+                f"--combine: {source} was made with other settings than {sources[0]}: "
+                f"{differing_keys(settings[0], setting)}"
+            )
     names = [name for name in reports[0]["results"] if all(name in report["results"] for report in reports)]
     for needed in ("infonce_clean", "infonce_injected"):
         if needed not in names:
