@@ -468,9 +468,15 @@ def run_merge(args: argparse.Namespace, command: str) -> int:
 
 def read_report(source: str, option: str) -> dict[str, Any]:
     try:
-        return json.loads(Path(source).read_text())
+        report = json.loads(Path(source).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise SystemExit(f"{option}: cannot read {source}: {error}") from error
+    if not isinstance(report, dict) or report.get("benchmark", "false_negatives") != "false_negatives":
+        raise SystemExit(f"{option}: {source} is not a results file of this benchmark")
+    missing = [key for key in ("settings", "results") if not isinstance(report.get(key), dict)]
+    if missing:
+        raise SystemExit(f"{option}: {source} has no {' or '.join(missing)} object: not a finished or started run")
+    return report
 
 
 # --------------------------------------------------------------------------------------------------------------------

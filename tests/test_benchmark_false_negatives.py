@@ -192,6 +192,10 @@ def test_merge_command_writes_json_and_markdown(false_negatives, tmp_path):
         false_negatives.parse_args(["--merge", *sources, "--combine", *sources, "--out", str(out)])
     with pytest.raises(SystemExit, match="cannot read"):
         false_negatives.main(["--merge", *sources, str(tmp_path / "missing.json"), "--out", str(out)])
+    for text, message in (("[1]", "is not a results file"), ('{"settings": {}}', "has no results object")):
+        (tmp_path / "odd.json").write_text(text)
+        with pytest.raises(SystemExit, match=message):
+            false_negatives.main(["--merge", *sources, str(tmp_path / "odd.json"), "--out", str(out)])
     assert false_negatives.main(["--merge", *sources, "--out", str(out)]) == 0
     merged = json.loads(out.read_text())
     assert merged["merged_from"] == sources and merged["merge_command"].startswith("python ")
