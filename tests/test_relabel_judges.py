@@ -543,3 +543,55 @@ def test_embedding_judge_rules_share_one_document_encoding(tiny_model_path):
     assert encoded == []  # every document vector came from the first judge's encoding
     with pytest.raises(ValueError, match="with_rule"):
         best.with_rule(batch_size=8)
+
+
+def test_embedding_judge_score_threshold_is_a_rule_on_the_candidates_own_score(bi_encoder):
+    """NV-Retriever's TopK-Abs: RELEVANT iff s(q, d) > t, whatever the positives score; strict at t."""
+    positive, scores = _hand_scores(bi_encoder, QUERY, POSITIVES, CANDIDATES)
+    top, second = sorted(scores, reverse=True)[:2]
+    judge = EmbeddingJudge(bi_encoder, score_threshold=(top + second) / 2)
+    judgments = judge.judge(QUERY, POSITIVES, CANDIDATES)
+    assert [j.score for j in judgments] == pytest.approx(scores, abs=1e-5)
+    assert [j.verdict for j in judgments] == [Verdict.RELEVANT if s == top else Verdict.NOT_RELEVANT for s in scores]
+    assert f"> score threshold {(top + second) / 2:g}" in judgments[scores.index(top)].rationale
+    # a threshold under every candidate flags them all, however the positives score
+    low = EmbeddingJudge(bi_encoder, score_threshold=min(scores) - 1.0).judge(QUERY, POSITIVES, CANDIDATES)
+    assert all(j.verdict is Verdict.RELEVANT for j in low)
+    # without labeled positives every candidate still gets a verdict (a margin rule gives NO_VERDICT)
+    assert judge.judge(QUERY, [], CANDIDATES) == judgments
+    # strict: a candidate scoring exactly the threshold stays negative
+    exact = judgments[scores.index(top)].score
+    at = EmbeddingJudge(bi_encoder, score_threshold=exact).judge(QUERY, POSITIVES, CANDIDATES)
+    assert at[scores.index(top)].verdict is Verdict.NOT_RELEVANT
+
+
+def test_embedding_judge_score_threshold_config_and_bad_combinations(bi_encoder):
+    margin_rule = EmbeddingJudge(bi_encoder)
+    threshold_rule = EmbeddingJudge(bi_encoder, score_threshold=0.5)
+    assert "score_threshold" not in margin_rule.config()  # earlier cache keys of margin rules are unchanged
+    assert threshold_rule.config()["score_threshold"] == 0.5
+    assert threshold_rule.cache_key() != margin_rule.cache_key()
+    assert threshold_rule.cache_key() != EmbeddingJudge(bi_encoder, score_threshold=0.6).cache_key()
+    for margin_rule_setting in ({"margin": 0.1}, {"margin_strategy": "relative"}, {"positive_reference": "worst"}):
+        with pytest.raises(ValueError, match="score_threshold"):
+            EmbeddingJudge(bi_encoder, score_threshold=0.5, **margin_rule_setting)
+
+
+def test_with_rule_switches_between_score_threshold_and_margin_rules(bi_encoder):
+    guide = EmbeddingJudge(bi_encoder, margin=0.05, margin_strategy="relative")
+    threshold = guide.with_rule(score_threshold=0.3)
+    assert (threshold.score_threshold, threshold.margin, threshold.margin_strategy) == (0.3, 0.0, "absolute")
+    assert threshold._document_vectors is guide._document_vectors
+    back = threshold.with_rule(positive_reference="mean")  # a margin rule drops the threshold
+    assert (back.score_threshold, back.positive_reference, back.margin) == (None, "mean", 0.0)
+    assert threshold.with_rule().config() == threshold.config()
+    assert guide.with_rule().config() == guide.config()
+    expected = EmbeddingJudge(bi_encoder, score_threshold=0.3).judge(QUERY, POSITIVES, CANDIDATES)
+    assert threshold.judge(QUERY, POSITIVES, CANDIDATES) == expected
+
+
+def test_build_judge_passes_score_threshold(tiny_model_path):
+    from hf_robust_ir.relabel.factory import build_judge
+
+    judge = build_judge({"type": "embedding", "model": tiny_model_path, "score_threshold": 0.4})
+    assert isinstance(judge, EmbeddingJudge) and judge.score_threshold == 0.4

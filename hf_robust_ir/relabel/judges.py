@@ -48,6 +48,10 @@ class EmbeddingJudge(Judge):
     ``"worst"`` (the minimum: a candidate the guide prefers to some labeled positive). The comparison is strict: a
     candidate exactly at the threshold stays negative. A query without positives has no reference: every candidate
     gets NO_VERDICT. With ``"best"`` these are the rules of sentence-transformers' ``GISTEmbedLoss``.
+
+    ``score_threshold=t`` replaces that rule by one on the candidate's own score, NV-Retriever's TopK-Abs: RELEVANT
+    iff ``s > t``. It needs no labeled positive (every candidate gets a verdict) and suits data whose labeled
+    positives score below the mined negatives, where every rule relative to them flags nearly everything.
     """
 
     name = "embedding"
@@ -60,6 +64,7 @@ class EmbeddingJudge(Judge):
         batch_size: int = 64,
         max_cached_documents: int = 100_000,
         positive_reference: str = "best",
+        score_threshold: float | None = None,
         **load_kwargs: Any,
     ):
         from ..modeling import BiEncoder
@@ -71,6 +76,11 @@ class EmbeddingJudge(Judge):
 
         if margin_strategy not in ("absolute", "relative"):
             raise ValueError(f"margin_strategy must be 'absolute' or 'relative', got {margin_strategy!r}")
+        if score_threshold is not None and (margin, margin_strategy, positive_reference) != (0.0, "absolute", "best"):
+            raise ValueError(
+                "score_threshold is a rule on the candidate's own score: give it without margin, margin_strategy or "
+                "positive_reference"
+            )
         if isinstance(model, (str, os.PathLike)):
             model = BiEncoder.from_pretrained(model, **load_kwargs)
         self.model = model
@@ -79,6 +89,7 @@ class EmbeddingJudge(Judge):
         self.batch_size = batch_size
         self.max_cached_documents = max_cached_documents
         self.positive_reference = positive_reference
+        self.score_threshold = None if score_threshold is None else float(score_threshold)
         self._document_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> vector, least recent first
 
     def _encode_documents(self, documents: list[str]) -> dict[str, np.ndarray]:
@@ -98,17 +109,26 @@ class EmbeddingJudge(Judge):
         return found
 
     def with_rule(self, **rule: Any) -> EmbeddingJudge:
-        """The same guide under another margin rule (``margin``, ``margin_strategy``, ``positive_reference``),
-        sharing this judge's document vectors: judging the same rows under several rules encodes them once."""
-        unknown = set(rule) - {"margin", "margin_strategy", "positive_reference"}
+        """The same guide under another rule (``margin``, ``margin_strategy``, ``positive_reference`` or
+        ``score_threshold``), sharing this judge's document vectors: judging the same rows under several rules encodes
+        them once. Settings not given are this judge's, except that a score threshold and a margin rule exclude each
+        other: giving one drops the other."""
+        margin_keys = {"margin", "margin_strategy", "positive_reference"}
+        unknown = set(rule) - margin_keys - {"score_threshold"}
         if unknown:
-            raise ValueError(f"with_rule takes margin, margin_strategy and positive_reference, got {sorted(unknown)}")
-        settings = {
+            raise ValueError(f"with_rule takes {sorted(margin_keys | {'score_threshold'})}, got {sorted(unknown)}")
+        current = {
             "margin": self.margin,
             "margin_strategy": self.margin_strategy,
             "positive_reference": self.positive_reference,
-            **rule,
+            "score_threshold": self.score_threshold,
         }
+        if rule.get("score_threshold") is not None:
+            settings = dict(rule)  # the margin rule is not carried over
+        elif margin_keys & set(rule):
+            settings = {**current, "score_threshold": None, **rule}
+        else:
+            settings = {**current, **rule}
         judge = EmbeddingJudge(
             self.model, batch_size=self.batch_size, max_cached_documents=self.max_cached_documents, **settings
         )
@@ -116,11 +136,15 @@ class EmbeddingJudge(Judge):
         return judge
 
     def threshold(self, positive_score: float) -> float:
+        if self.score_threshold is not None:
+            return self.score_threshold
         if self.margin_strategy == "absolute":
             return positive_score - self.margin
         return positive_score * (1.0 - self.margin)
 
     def _rule(self, positive_score: float) -> str:
+        if self.score_threshold is not None:
+            return f"score threshold {self.score_threshold:g}"
         if self.margin_strategy == "absolute":
             return f"{self.positive_reference} positive {positive_score:.4f} - {self.margin:g}"
         return f"{self.positive_reference} positive {positive_score:.4f} * (1 - {self.margin:g})"
@@ -136,12 +160,14 @@ class EmbeddingJudge(Judge):
         query_index = {q: i for i, q in enumerate(queries)}
         out = []
         for query, positives, candidates in rows:
-            if not positives:
+            if not positives and self.score_threshold is None:
                 out.append([NO_VERDICT] * len(candidates))
                 continue
             q = query_vectors[query_index[query]]
-            positive_score = POSITIVE_REFERENCES[self.positive_reference](
-                [float(np.dot(q, document_vectors[p])) for p in positives]
+            positive_score = (
+                POSITIVE_REFERENCES[self.positive_reference]([float(np.dot(q, document_vectors[p])) for p in positives])
+                if positives
+                else float("nan")  # not read by the score-threshold rule
             )
             threshold = self.threshold(positive_score)
             judgments = []
@@ -167,6 +193,8 @@ class EmbeddingJudge(Judge):
             "margin_strategy": self.margin_strategy,
             "positive_reference": self.positive_reference,
             "similarity": "cosine" if self.model.retrieval_config.normalize else "dot",
+            # only when set, so the cache keys of margin-rule judges stay those of earlier versions
+            **({"score_threshold": self.score_threshold} if self.score_threshold is not None else {}),
         }
 
 
