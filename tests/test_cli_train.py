@@ -63,9 +63,13 @@ def test_unknown_recipe_key_is_an_error(recipe):
         main(["train", "--config", str(recipe), "--no_such_option", "1"])
 
 
-def test_missing_recipe_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
-        main(["train", "--config", str(tmp_path / "nope.yaml")])
+def test_missing_or_malformed_recipe_is_a_one_line_error(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: recipe '{tmp_path / 'nope.yaml'}' not found"
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    assert main(["train", "--config", str(listed)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {listed}: a recipe is a mapping of argument names to values"
 
 
 def _launch(prefix, recipe, tmp_path):

@@ -221,7 +221,11 @@ def run(args: argparse.Namespace) -> int:
     from ..trainer import RetrievalTrainer
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    model_args, data_args, training_args = parse_recipe(args.config, args.overrides)
+    try:
+        model_args, data_args, training_args = parse_recipe(args.config, args.overrides)
+    except (FileNotFoundError, ValueError) as exc:  # a missing or malformed recipe: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     is_main = training_args.process_index == 0
     logger.info("world_size=%d process_index=%d", training_args.world_size, training_args.process_index)
     data_dir = resolve_data_dir(data_args)
