@@ -196,10 +196,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--max_corpus", type=int, help="smoke runs: judged documents plus the first N of the corpus")
     run.add_argument(
         "--arms",
-        nargs="+",
+        nargs="*",
         choices=ARMS,
         default=list(ARMS),
-        help="training runs to make, in this order (default: all); without a relabeling strategy no judge runs",
+        help="training runs to make, in this order (default: all); without a relabeling strategy no judge runs; "
+        "`--arms` alone prepares the rows and reports their separation only",
     )
     run.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -350,6 +351,12 @@ def markdown(report: dict[str, Any]) -> str:
             f"{separation['other_negatives']} other listed negatives with ROC AUC {separation['auc_score']:.3f} "
             f"(score gap to the best labeled positive: {separation.get('auc_gap', float('nan')):.3f}; 0.5 is chance).",
         ]
+        if "score_threshold" in separation:
+            flags = "; ".join(
+                f"> {t}: {rule['flagged']} flagged, precision {rule['precision']:.3f}, recall {rule['recall']:.3f}"
+                for t, rule in separation["score_threshold"].items()
+            )
+            lines.append(f"Flagging by the recorded score (base rate {separation['base_rate']:.3f}): {flags}.")
     lines += ["", "| training rows | test nDCG@10 |", "|---|---|"]
     if "zero_shot" in report:
         lines.append(f"| zero-shot (base model) | {report['zero_shot']['ndcg@10']:.4f} |")
@@ -450,7 +457,7 @@ def merge_runs(reports: list[dict[str, Any]], sources: list[str]) -> dict[str, A
         "model": first.get("model"),
         "zero_shot": first.get("zero_shot"),
         "data": {k: v for report in reversed(reports) for k, v in report.get("data", {}).items()} or None,
-        "separation": next((r["separation"] for r in reports if "separation" in r), None),
+        "separation": {k: v for report in reversed(reports) for k, v in report.get("separation", {}).items()} or None,
         "environment": first.get("environment"),
         "results": {},
         "judges": {},
@@ -759,11 +766,18 @@ def listed_counts(rows: Any) -> dict[str, int]:
     return {"listed_negatives": negatives, "hidden_positives_listed": hidden}
 
 
+# the cosine thresholds at which `separation` reports what the rule s(q, d) > t would flag
+SEPARATION_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
 def score_separation(rows: Any) -> dict[str, Any]:
     """How well the base model's own scores tell the hidden positives from the other listed negatives: the ROC AUC
     of the score ``s(q, d)``, and of its gap to the row's best labeled positive ``s(q, d) − max s(q, d+)`` (what
-    :class:`EmbeddingJudge` thresholds). 0.5 is chance; under 0.5 the hidden positives score *below* the mined
-    negatives. No judge built on the base model's scores alone can beat what these allow."""
+    :class:`EmbeddingJudge`'s margin rules threshold). 0.5 is chance; under 0.5 the hidden positives score *below*
+    the mined negatives. No judge built on the base model's scores alone can beat what these allow. Also, per
+    threshold ``t`` of :data:`SEPARATION_THRESHOLDS`, the flags, precision and recall of the score-threshold rule
+    ``s(q, d) > t`` (``EmbeddingJudge(score_threshold=t)``) on the scores the rows record, and the base rate (the
+    precision of flagging every listed negative)."""
     from sklearn.metrics import roc_auc_score
 
     from hf_robust_ir.noise import NOISE_SOURCE
@@ -784,6 +798,17 @@ def score_separation(rows: Any) -> dict[str, Any]:
         if hidden[key] and mined[key]:
             truth = [1] * len(hidden[key]) + [0] * len(mined[key])
             out[f"auc_{key}"] = round(float(roc_auc_score(truth, hidden[key] + mined[key])), 4)
+    if hidden["score"]:
+        out["base_rate"] = round(len(hidden["score"]) / (len(hidden["score"]) + len(mined["score"])), 4)
+        out["score_threshold"] = {}
+        for threshold in SEPARATION_THRESHOLDS:
+            true_flags = sum(score > threshold for score in hidden["score"])
+            flagged = true_flags + sum(score > threshold for score in mined["score"])
+            out["score_threshold"][f"{threshold:g}"] = {
+                "flagged": flagged,
+                "precision": round(true_flags / flagged, 4) if flagged else 0.0,
+                "recall": round(true_flags / len(hidden["score"]), 4),
+            }
     return out
 
 
@@ -950,7 +975,7 @@ def main(argv: list[str] | None = None) -> int:
         store.save()
         del index
     clean, injected = load_rows(clean_path), load_rows(injected_path)
-    if "separation" not in report:
+    if "score_threshold" not in report.get("separation", {}):  # files from before the threshold rule gain it
         report["separation"] = score_separation(injected)
         store.save()
     moved = {tuple(pair) for pair in json.loads((work / "moved.json").read_text())}

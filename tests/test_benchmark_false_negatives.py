@@ -111,6 +111,15 @@ def test_score_separation_is_the_auc_of_the_base_model_scores_worked_by_hand(fal
     assert separation["auc_score"] == pytest.approx(10.5 / 12, abs=1e-4)
     # gaps to the best positive (the third row has none): hidden -0.1, -0.2, +0.05 against -0.4, +0.1: 3 of 6
     assert separation["auc_gap"] == pytest.approx(0.5)
+    # the rule s > t, strict: hidden 0.8, 0.7, 0.65 against 0.5, 0.7, 0.3, 0.2
+    assert separation["base_rate"] == pytest.approx(3 / 7, abs=1e-4)
+    assert separation["score_threshold"] == {
+        "0.3": {"flagged": 5, "precision": 0.6, "recall": 1.0},
+        "0.4": {"flagged": 5, "precision": 0.6, "recall": 1.0},
+        "0.5": {"flagged": 4, "precision": 0.75, "recall": 1.0},
+        "0.6": {"flagged": 4, "precision": 0.75, "recall": 1.0},
+        "0.7": {"flagged": 1, "precision": 1.0, "recall": 0.3333},
+    }
 
 
 def side_by_side_runs() -> list[dict]:
@@ -410,3 +419,20 @@ def test_score_threshold_judges_are_measured_and_can_drive_the_strategies(
     dropped = sum(len(r["doc_ids"]) for r in injected) - sum(len(r["doc_ids"]) for r in removed)
     assert dropped == judges["embedding_score_0.3"]["flagged"]
     assert report["results"]["hn_remove"]["judge"] == "embedding_score_0.3"
+
+
+def test_arms_alone_prepares_the_rows_and_reports_their_separation_only(
+    false_negatives, real_model_path, nfcorpus_dir, tmp_path
+):
+    out = tmp_path / "fn.json"
+    args = slice_args(real_model_path, nfcorpus_dir, out, queries=12, corpus=40, eval_queries=6) + ["--arms"]
+    assert false_negatives.main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["results"] == {} and report["judges"] == {}
+    assert (tmp_path / "fn_work" / "rows_injected").exists()
+    separation = report["separation"]
+    assert separation["hidden_positives"] == report["data"]["injected_rows"]["hidden_positives_listed"] > 0
+    assert list(separation["score_threshold"]) == ["0.3", "0.4", "0.5", "0.6", "0.7"]
+    flags = [rule["flagged"] for rule in separation["score_threshold"].values()]
+    assert flags == sorted(flags, reverse=True)  # a higher threshold never flags more
+    assert "Flagging by the recorded score" in out.with_suffix(".md").read_text()
