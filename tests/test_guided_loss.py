@@ -36,6 +36,23 @@ def test_relative_and_zero_margin():
         GuideMaskedLoss(margin_strategy="percent")
 
 
+def test_score_threshold_mask_by_hand():
+    loss = GuideMaskedLoss(score_threshold=0.8)
+    # row 0: 0.85 > 0.8 masked (the positive's 0.80 does not enter); row 1: 0.90 masked, the positives 0.50 and 0.70
+    # never are, 0.95 was already masked; row 2 has no positive and is masked too: 0.9 > 0.8 everywhere
+    expected = torch.tensor([[True, False, True, True], [False, True, True, False], [False, False, False, False]])
+    assert torch.equal(loss.guide_mask(GUIDE, LABELS, MASK), expected)
+    assert loss.stats() == {"guide_masked_per_query": (1 + 1 + 4) / 3}
+    at_threshold = GuideMaskedLoss(score_threshold=0.85)  # strict: 0.85 stays, 0.90 and 0.9 go
+    expected = torch.tensor([[True, True, True, True], [False, True, True, False], [False, False, False, False]])
+    assert torch.equal(at_threshold.guide_mask(GUIDE, LABELS, MASK), expected)
+    assert loss.config() == {"name": "guide_masked", "inner": {"name": "infonce"}, "margin": 0.0,
+                             "margin_strategy": "absolute", "score_threshold": 0.8}  # fmt: skip
+    assert "score_threshold" not in GuideMaskedLoss().config()
+    with pytest.raises(ValueError, match="score_threshold"):
+        GuideMaskedLoss(margin=0.1, score_threshold=0.8)
+
+
 def test_forward_is_the_inner_loss_on_the_masked_matrix():
     scores = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.3, 1.5, 0.2, 0.0], [0.1, 0.2, 0.3, 0.4]], requires_grad=True)
     loss = get_loss("guide_masked", inner="infonce", margin=0.05)

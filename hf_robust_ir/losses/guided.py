@@ -31,6 +31,11 @@ class GuideMaskedLoss(RetrievalLoss):
     ``hn_remove`` with an :class:`~hf_robust_ir.relabel.judges.EmbeddingJudge`; the guide is frozen, so a
     candidate is masked in every step it is sampled in).
 
+    ``score_threshold=t`` replaces the rule relative to the positive by one on the candidate's own guide score
+    (NV-Retriever's TopK-Abs, Moreira et al. 2024, arXiv 2407.15831): every non-positive candidate with
+    ``g[i, c] > t`` is masked, in rows without a positive too. It suits data whose labeled positives score below the
+    mined negatives, where any rule relative to the positive masks nearly everything.
+
     The trainer passes ``guide_scores[B, C]`` over the same candidates as ``scores`` (``needs_guide_scores``); an
     inner loss that reads them too (label weakening with ``guide_margin``) gets them, with the masked matrix.
     Scheduled attributes of the inner loss (``alpha``, ...) are read and set through this wrapper.
@@ -48,13 +53,19 @@ class GuideMaskedLoss(RetrievalLoss):
         inner_kwargs: dict[str, Any] | None = None,
         margin: float = 0.0,
         margin_strategy: str = "absolute",
+        score_threshold: float | None = None,
     ):
         super().__init__()
         if margin_strategy not in ("absolute", "relative"):
             raise ValueError(f"margin_strategy must be 'absolute' or 'relative', got {margin_strategy!r}")
+        if score_threshold is not None and (margin, margin_strategy) != (0.0, "absolute"):
+            raise ValueError(
+                "score_threshold is a rule on the candidate's own score: give it without margin or margin_strategy"
+            )
         self.inner = get_loss(inner, **(inner_kwargs or {})) if isinstance(inner, str) else inner
         self.margin = float(margin)
         self.margin_strategy = margin_strategy
+        self.score_threshold = None if score_threshold is None else float(score_threshold)
         self.reset_stats()
 
     def __getattr__(self, name: str) -> Any:
@@ -77,6 +88,7 @@ class GuideMaskedLoss(RetrievalLoss):
             "inner": self.inner.config(),
             "margin": self.margin,
             "margin_strategy": self.margin_strategy,
+            **({"score_threshold": self.score_threshold} if self.score_threshold is not None else {}),
         }
 
     @torch.no_grad()
@@ -84,11 +96,16 @@ class GuideMaskedLoss(RetrievalLoss):
         """``mask`` with the candidates the guide ranks too close to the best positive switched off."""
         guide = guide_scores.float()
         positives = (labels > 0) & mask
-        best = torch.where(positives, guide, torch.full_like(guide, float("-inf"))).amax(-1, keepdim=True)
-        limit = best - self.margin if self.margin_strategy == "absolute" else best * (1 - self.margin)
-        too_close = (guide > limit) & ~positives & positives.any(-1, keepdim=True)
+        if self.score_threshold is not None:
+            too_close = (guide > self.score_threshold) & ~positives
+            judged_rows = torch.ones_like(positives[:, 0])
+        else:
+            best = torch.where(positives, guide, torch.full_like(guide, float("-inf"))).amax(-1, keepdim=True)
+            limit = best - self.margin if self.margin_strategy == "absolute" else best * (1 - self.margin)
+            judged_rows = positives.any(-1)
+            too_close = (guide > limit) & ~positives & judged_rows[:, None]
         self._masked = self._masked + (too_close & mask).sum()  # tensors: no device sync per step
-        self._rows = self._rows + positives.any(-1).sum()
+        self._rows = self._rows + judged_rows.sum()
         return mask & ~too_close
 
     def forward(self, scores, labels, mask, teacher=None, guide_scores=None) -> torch.Tensor:
@@ -107,8 +124,8 @@ class GuideMaskedLoss(RetrievalLoss):
             self.inner.reset_stats()
 
     def stats(self) -> dict[str, float]:
-        """``guide_masked_per_query``: candidates masked per query with a positive since the last reset (plus the
-        inner loss's statistics)."""
+        """``guide_masked_per_query``: candidates masked per query the rule applies to (with a positive, or every
+        query under ``score_threshold``) since the last reset (plus the inner loss's statistics)."""
         values = dict(self.inner.stats()) if hasattr(self.inner, "stats") else {}
         if int(self._rows):
             values["guide_masked_per_query"] = float(self._masked) / float(self._rows)
