@@ -93,7 +93,8 @@ class GuideMaskedLoss(RetrievalLoss):
 
     @torch.no_grad()
     def guide_mask(self, guide_scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``mask`` with the candidates the guide ranks too close to the best positive switched off."""
+        """``mask`` with the candidates the guide ranks too close to the best positive (or, under
+        ``score_threshold``, above the threshold) switched off."""
         guide = guide_scores.float()
         positives = (labels > 0) & mask
         if self.score_threshold is not None:
