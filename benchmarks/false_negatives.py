@@ -413,8 +413,9 @@ def merge_runs(reports: list[dict[str, Any]], sources: list[str]) -> dict[str, A
 
     They must hold the same rows: equal settings apart from :data:`JUDGE_SETTINGS`, the same zero-shot scores and
     the same data summary (training queries, mining, injection). A training run or judge found in several files must
-    agree (timings aside). Every command is kept with its results file; the settings on which the files differ are
-    listed per file; the injection cost and recovered fraction are computed from the merged runs.
+    agree (timings aside). Every command is kept with its results file. The judge settings are those of the runs that
+    judged (a run that judged nothing made no result they describe; its command still shows them), listed per file
+    where those runs differ; the injection cost and recovered fraction are computed from the merged runs.
     """
     if len(reports) < 2:
         raise ValueError("--merge needs at least two results files")
@@ -442,18 +443,24 @@ def merge_runs(reports: list[dict[str, Any]], sources: list[str]) -> dict[str, A
                 raise ValueError(
                     f"--merge: {source} holds other rows than {earlier_source} (zero-shot or data summary differ)"
                 )
-    keys = {k for report in reports for k in report["settings"]}
-    common = {k for k in keys if all(r["settings"].get(k) == first["settings"].get(k) for r in reports)}
+    # the judge settings of a run that judged nothing describe none of the results: they are read from the runs that
+    # judged (from all when none did); where those disagree, per file
+    judging = [r for r in reports if r.get("judges")] or reports
+    judge_keys = {k for r in judging for k in r["settings"] if k in JUDGE_SETTINGS}
+    varying = {k for k in judge_keys if len({json.dumps(r["settings"].get(k)) for r in judging}) > 1}
+    settings = rows_settings(first)
+    settings |= {k: v for k, v in judging[0]["settings"].items() if k in judge_keys - varying}
     per_source = {
-        source: {k: r["settings"][k] for k in sorted(keys - common) if k in r["settings"]}
+        source: {k: r["settings"][k] for k in sorted(varying) if k in r["settings"]}
         for source, r in zip(sources, reports)
+        if any(r is j for j in judging)
     }
     merged: dict[str, Any] = {
         "benchmark": "false_negatives",
         "dataset": "nfcorpus",
         "merged_from": sources,
-        "settings": {k: v for k, v in first["settings"].items() if k in common},
-        "settings_per_source": per_source if keys - common else {},
+        "settings": settings,
+        "settings_per_source": per_source if varying else {},
         "model": first.get("model"),
         "zero_shot": first.get("zero_shot"),
         "data": {k: v for report in reversed(reports) for k, v in report.get("data", {}).items()} or None,

@@ -153,16 +153,39 @@ def test_merge_joins_the_arms_of_one_seed_and_recomputes_the_recovery(false_nega
     assert merged["best_strategy"] == "rlhn" and merged["recovered_fraction"] == pytest.approx(0.875)
     assert merged["target"]["met"] is True
     assert merged["zero_shot_fraction"] == pytest.approx(0.82375, abs=1e-4)
-    # the judge settings of one run are set apart, not lost
-    assert "strategy_judge" not in merged["settings"] and merged["settings"]["seed"] == 0
-    assert merged["settings_per_source"]["rlhn.json"] == {"no_cross_encoder": True, "strategy_judge": "embedding"}
-    assert merged["settings_per_source"]["clean.json"] == {}
+    # the judge settings are those of the run that judged: the InfoNCE runs' describe no result
+    assert merged["settings"]["strategy_judge"] == "embedding" and merged["settings"]["no_cross_encoder"] is True
+    assert merged["settings"]["seed"] == 0 and merged["settings_per_source"] == {}
     assert [c["results_file"] for c in merged["commands"]] == sources
     assert merged["judges"]["embedding"]["flagged"] == 9000
     assert "separation" not in merged  # none of these runs measured it
     table = false_negatives.markdown(merged)
     assert "| rlhn (judge `embedding`) | 0.3200 |" in table
     assert "`python benchmarks/false_negatives.py --arms infonce_clean`" in table
+
+
+def test_merge_lists_the_judge_settings_per_file_where_the_runs_that_judged_differ(false_negatives):
+    runs = side_by_side_runs()
+    other_judge = json.loads(json.dumps(runs[2]))
+    other_judge["settings"]["strategy_judge"] = "embedding_worst"
+    other_judge["results"] = {"hn_remove": {"ndcg@10": 0.27, "judge": "embedding_worst"}}
+    merged = false_negatives.merge_runs([*runs, other_judge], ["i.json", "c.json", "r.json", "h.json"])
+    assert "strategy_judge" not in merged["settings"] and merged["settings"]["no_cross_encoder"] is True
+    assert merged["settings_per_source"] == {
+        "r.json": {"strategy_judge": "embedding"},
+        "h.json": {"strategy_judge": "embedding_worst"},
+    }
+    # the same seed's runs with the judge's flags on every file, or only on the one that judged, merge alike, so the
+    # seeds combine
+    flagged_everywhere = side_by_side_runs()
+    for run in flagged_everywhere[:2]:
+        run["settings"] |= {"no_cross_encoder": True, "strategy_judge": "embedding"}
+    for run in flagged_everywhere:
+        run["settings"]["seed"] = 1
+    seed0 = false_negatives.merge_runs(side_by_side_runs(), ["i.json", "c.json", "r.json"])
+    seed1 = false_negatives.merge_runs(flagged_everywhere, ["i.json", "c.json", "r.json"])
+    combined = false_negatives.combine_seeds([seed0, seed1], ["seed0.json", "seed1.json"])
+    assert combined["seeds"] == [0, 1] and combined["recovered_fraction"] == pytest.approx(0.875)
 
 
 def test_merge_refuses_runs_that_trained_on_other_rows_or_disagree(false_negatives):
