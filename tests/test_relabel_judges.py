@@ -588,6 +588,13 @@ def test_with_rule_switches_between_score_threshold_and_margin_rules(bi_encoder)
     assert guide.with_rule().config() == guide.config()
     expected = EmbeddingJudge(bi_encoder, score_threshold=0.3).judge(QUERY, POSITIVES, CANDIDATES)
     assert threshold.judge(QUERY, POSITIVES, CANDIDATES) == expected
+    # the rule never reads the positives, so a fresh threshold judge encodes the candidates only
+    encoded: list[str] = []
+    fresh = EmbeddingJudge(bi_encoder, score_threshold=0.3)
+    real = fresh._encode_documents
+    fresh._encode_documents = lambda documents: encoded.extend(documents) or real(documents)
+    assert fresh.judge(QUERY, POSITIVES, CANDIDATES) == expected
+    assert sorted(encoded) == sorted(set(CANDIDATES))
 
 
 def test_build_judge_passes_score_threshold(tiny_model_path):

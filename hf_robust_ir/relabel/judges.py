@@ -153,21 +153,24 @@ class EmbeddingJudge(Judge):
         return self.judge_many([(query, positives, candidates)])[0]
 
     def judge_many(self, rows: Sequence[Row]) -> list[list[Judgment]]:
+        reads_positives = self.score_threshold is None  # the score-threshold rule never reads them: not encoded
         queries = list(dict.fromkeys(q for q, _, _ in rows))
-        documents = list(dict.fromkeys(d for _, pos, cands in rows for d in (*pos, *cands)))
+        documents = list(
+            dict.fromkeys(d for _, pos, cands in rows for d in (*(pos if reads_positives else ()), *cands))
+        )
         query_vectors = self.model.encode(queries, "query", batch_size=self.batch_size)
         document_vectors = self._encode_documents(documents)
         query_index = {q: i for i, q in enumerate(queries)}
         out = []
         for query, positives, candidates in rows:
-            if not positives and self.score_threshold is None:
+            if reads_positives and not positives:
                 out.append([NO_VERDICT] * len(candidates))
                 continue
             q = query_vectors[query_index[query]]
             positive_score = (
                 POSITIVE_REFERENCES[self.positive_reference]([float(np.dot(q, document_vectors[p])) for p in positives])
-                if positives
-                else float("nan")  # not read by the score-threshold rule
+                if reads_positives
+                else float("nan")
             )
             threshold = self.threshold(positive_score)
             judgments = []
