@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the throughput benchmark's CPU facts (native_bf16)
 
 OURS = (
     "infonce",
@@ -82,6 +83,12 @@ METHOD_ALIASES = {"st_mnrl": ST_MNRL, "st_gistembed": ST_GIST}
 KINDS = ("semantic_swap", "false_negative")
 DATASETS = ("scifact", "nfcorpus")
 
+# The label-weakening rule the profiles run (variant 6 of benchmarks/NOISE_ROBUSTNESS.md, the best of three seeds at
+# the quick budget): a candidate joins the plausible set when the model ranks it above every label and the frozen base
+# model does too by 0.05 cosine; a row the base model judges 0.15 above its label drops the label. --loss_kwargs
+# label_weakening=... replaces it.
+WEAKENING_RULE = {"margin": 0.0, "guide_margin": 0.05, "replace_margin": 0.15}
+
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "datasets": ["scifact"],
@@ -89,6 +96,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rates": [0.0, 0.4],
         "methods": ["infonce", ST_MNRL, "label_weakening", ST_GIST, "label_relaxation"],
         "n_seeds": 1,
+        "loss_kwargs": {"label_weakening": WEAKENING_RULE},
     },
     "full": {
         "datasets": ["scifact", "nfcorpus"],
@@ -96,6 +104,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rates": [0.0, 0.2, 0.4, 0.6],
         "methods": [*OURS, *SENTENCE_TRANSFORMERS],
         "n_seeds": 3,
+        "loss_kwargs": {"label_weakening": WEAKENING_RULE},
     },
 }
 
@@ -121,9 +130,12 @@ BUDGET_RATIONALE = (
 )
 
 
+LOG_PREFIX = [""]  # "[worker I/N] " in a worker of --workers
+
+
 def log(message: str) -> None:
     """Progress on stderr with a timestamp."""
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", file=sys.stderr, flush=True)
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {LOG_PREFIX[0]}{message}", file=sys.stderr, flush=True)
 
 
 def rate_key(rate: float) -> str:
@@ -206,7 +218,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = parser.add_argument_group("evaluation and running")
     run.add_argument("--eval_max_length", type=int, default=256, help="evaluation truncation (MTEB: 256)")
     run.add_argument("--encode_batch_size", type=int, default=64)
-    run.add_argument("--bf16", action="store_true", help="bf16 training and encoding (GPUs, AVX-512 BF16/AMX CPUs)")
+    run.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast for training and encoding, every method alike (default: on where bf16 is native: a CUDA "
+        "GPU that supports it, a CPU with AMX-BF16 or AVX512-BF16; --no-bf16 for fp32)",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes that share the plan's runs, each on cores/N threads, all writing --out (2 on a 2-core CPU)",
+    )
+    run.add_argument("--shard", help=argparse.SUPPRESS)  # "I/N": set by --workers for its worker I of N
     run.add_argument(
         "--loss_kwargs",
         action="append",
@@ -245,8 +270,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("GISTEmbedLoss takes (anchor, positive[, negative]): --hard_negatives must be 0 or 1 with st_gist")
     if args.fn_order == "teacher_score" and not args.hard_negatives:
         parser.error("--fn_order teacher_score needs --hard_negatives >= 1: the positives' scores come from mining")
-    args.loss_kwargs = _parse_loss_kwargs(parser, args.loss_kwargs)
+    args.loss_kwargs = {**profile.get("loss_kwargs", {}), **_parse_loss_kwargs(parser, args.loss_kwargs)}
+    if args.bf16 is None:
+        args.bf16 = native_bf16()
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    args.shard = _parse_shard(parser, args.shard)
     return args
+
+
+def native_bf16() -> bool:
+    """Whether bf16 runs natively here (the throughput benchmark's ``--precision auto``): a CUDA GPU that supports
+    it, or a CPU with AMX-BF16 or AVX512-BF16. Elsewhere bf16 is emulated, slower than fp32, and only costs
+    precision."""
+    import torch
+    from throughput import choose_precision, cpu_facts
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return choose_precision("auto", device, cpu_facts(Path("/proc/cpuinfo")))[0]
+
+
+def _parse_shard(parser: argparse.ArgumentParser, text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    index, _, count = text.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        parser.error(f"--shard expects I/N, got {text!r}")
+    if not 0 <= shard[0] < shard[1]:
+        parser.error(f"--shard expects 0 <= I < N, got {text!r}")
+    return shard
 
 
 def _parse_loss_kwargs(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, dict[str, Any]]:
@@ -1226,16 +1280,48 @@ def run_one(
 
 def pending_runs(args: argparse.Namespace, store: ResultStore, dataset: str) -> list[tuple[int, str, float, str]]:
     """(seed, kind, rate, method) still to do: per seed, method by method in the plan's order (so an interrupted run
-    already holds whole comparisons), each at rate 0, TARGET_RATE, then the other rates."""
+    already holds whole comparisons), each at rate 0, TARGET_RATE, then the other rates.
+
+    With ``args.shard = (i, n)`` only worker ``i``'s share: the plan's runs are dealt out in turn, counting a
+    method's clean runs of every noise kind as one (they are trained once and shared), so the share does not depend
+    on what a resumed file already holds."""
     order = sorted(args.rates, key=lambda r: (r != 0.0, r != TARGET_RATE, r))
-    todo = []
+    todo, units = [], {}
     for seed in args.seeds:
         for method in args.methods:
             for kind in args.kind_plan[dataset]:
                 for rate in order:
+                    unit = units.setdefault((seed, method, "clean" if rate == 0.0 else kind, rate), len(units))
+                    if args.shard is not None and unit % args.shard[1] != args.shard[0]:
+                        continue
                     if store.run(method, dataset, kind, rate, seed) is None:
                         todo.append((seed, kind, rate, method))
     return todo
+
+
+def run_workers(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run the plan in ``args.workers`` processes of this script (``--shard I/N``), each on ``cores / N`` threads
+    unless ``OMP_NUM_THREADS`` is set, all merging their runs into ``--out``; the exit status is the first failure's.
+    Interrupting stops them all; run the command again to resume."""
+    import subprocess
+
+    threads = str(max(1, (os.cpu_count() or 1) // args.workers))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+    env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), *argv, "--shard", f"{i}/{args.workers}"], env=env
+        )
+        for i in range(args.workers)
+    ]
+    log(f"{args.workers} workers, {env['OMP_NUM_THREADS']} threads each: pids {[w.pid for w in workers]}")
+    try:
+        codes = [w.wait() for w in workers]
+    except KeyboardInterrupt:
+        for w in workers:
+            w.terminate()
+        raise
+    return next((code for code in codes if code), 0)
 
 
 def run_dataset(args: argparse.Namespace, store: ResultStore, dataset: str, work_root: str) -> None:
@@ -1291,9 +1377,17 @@ def main(argv: list[str] | None = None) -> int:
         transformers.logging.set_verbosity_error()
         logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
 
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    argv = list(argv if argv is not None else sys.argv[1:])
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *argv])
+    if args.shard is not None:
+        LOG_PREFIX[0] = f"[worker {args.shard[0]}/{args.shard[1]}] "
     store = ResultStore(Path(args.out), args, command)
     store.save()
+    if args.workers > 1 and args.shard is None:
+        code = run_workers(args, argv)
+        store.save()  # takes in every worker's runs from the file
+        report_targets(store, args)
+        return code
     log(
         f"profile {args.profile}: datasets {args.datasets}, kinds {args.kind_plan}, rates {args.rates}, "
         f"methods {args.methods}, seeds {args.seeds}, device {_device()}; results -> {args.out}"
@@ -1302,6 +1396,13 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in args.datasets:
             run_dataset(args, store, dataset, work_root)
     store.save()
+    if args.shard is None:
+        report_targets(store, args)
+    return 0
+
+
+def report_targets(store: ResultStore, args: argparse.Namespace) -> None:
+    """Log the target and budget checks and the files written."""
     for check in store.report["targets"] + store.report["budget_checks"]:
         verdict = "pass" if check["passed"] else "FAIL"
         log(f"{check['dataset']} {check['kind']}: {check['check']}: {check['value']:+.4f} {verdict}")
@@ -1309,7 +1410,6 @@ def main(argv: list[str] | None = None) -> int:
     if has_curve(store.report["summary"]):
         written.append(str(Path(args.out).with_suffix(".png")))
     log("done: " + ", ".join(written))
-    return 0
 
 
 if __name__ == "__main__":

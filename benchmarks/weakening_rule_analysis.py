@@ -25,6 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import noise_robustness as shared  # noqa: E402  (the rows are built exactly as the noise benchmark builds them)
 
 THRESHOLDS = [-0.05, 0.0, 0.02, 0.05, 0.1, 0.15, 0.2]
+RANK_DEPTHS = [1, 2, 3, 5, 10, 20]
+POOL_DEPTHS = [1, 3, 10]
+POOL_THRESHOLDS = [0.0, 0.1, 0.2]
 
 
 def candidate_table(rows, qrels: dict[str, dict[str, int]]) -> dict:
@@ -55,6 +58,77 @@ def candidate_table(rows, qrels: dict[str, dict[str, int]]) -> dict:
             "recall": round(hits / max(int(relevant_array.sum()), 1), 4),
         }
     return {"pairs": len(gaps), "relevant_pairs": int(relevant_array.sum()), "fires_above": table}
+
+
+def beyond_row_table(
+    noisy_rows, clean_rows, candidates: dict[str, list[tuple[str, float]]], qrels: dict[str, dict[str, int]]
+) -> dict:
+    """What candidates beyond a row's listed ones could give: the frozen model's ranking of every passage a noisy row
+    does not label (``candidates``: the query's top documents with their scores, best first, as the semantic swap
+    retrieved them).
+
+    - ``true_positive_rank``: for each swapped query (noisy labels differ from the clean ones), the rank of its best
+      ranked clean positive among the passages the noisy row does not label (1: the hardest mined negative), counted
+      cumulatively up to each depth; ``beyond`` when it is not in the retrieved list at all.
+    - ``pool_rule[k][t]``: a rule that takes the top ``k`` unlabeled passages and keeps those scoring more than ``t``
+      above the row's best label — a plausible set drawn from the corpus. ``fired`` passages, their ``precision``
+      (relevant by the clean qrels), the share of swapped queries given back a relevant passage
+      (``swapped_recovered``) and the share of rows not swapped that get any passage (``unswapped_fired``: a wrong
+      addition unless the qrels missed a relevant passage).
+    """
+    clean_positives = {
+        query_id: {d for d, label in zip(doc_ids, labels) if label > 0}
+        for query_id, doc_ids, labels in zip(clean_rows["query_id"], clean_rows["doc_ids"], clean_rows["labels"])
+    }
+    ranks: list[int | None] = []
+    pool = {
+        k: {t: {"fired": 0, "hits": 0, "recovered": 0, "unswapped_fired": 0} for t in POOL_THRESHOLDS}
+        for k in POOL_DEPTHS
+    }
+    swapped_count = unswapped_count = 0
+    for row in noisy_rows:
+        query_id = row["query_id"]
+        labels, scores = np.array(row["labels"]), np.array(row["teacher_scores"])
+        if not (labels > 0).any() or query_id not in candidates:
+            continue
+        noisy_labels = {d for d, label in zip(row["doc_ids"], labels) if label > 0}
+        best_label = float(scores[labels > 0].max())
+        truth = qrels.get(query_id, {})
+        swapped = noisy_labels != clean_positives.get(query_id, noisy_labels)
+        swapped_count += swapped
+        unswapped_count += not swapped
+        ranking = [(doc, float(score)) for doc, score in candidates[query_id] if doc not in noisy_labels]
+        if swapped:
+            ranks.append(next((i + 1 for i, (doc, _) in enumerate(ranking) if truth.get(doc, 0) > 0), None))
+        for k in POOL_DEPTHS:
+            for t in POOL_THRESHOLDS:
+                chosen = [doc for doc, score in ranking[:k] if score - best_label > t]
+                hits = sum(truth.get(doc, 0) > 0 for doc in chosen)
+                cell = pool[k][t]
+                cell["fired"] += len(chosen)
+                cell["hits"] += hits
+                cell["recovered"] += bool(swapped and hits)
+                cell["unswapped_fired"] += bool(not swapped and chosen)
+    rank_table = {str(d): sum(r is not None and r <= d for r in ranks) for d in RANK_DEPTHS}
+    rank_table["beyond"] = sum(r is None for r in ranks)
+    pool_table = {
+        str(k): {
+            str(t): {
+                "fired": cell["fired"],
+                "precision": round(cell["hits"] / max(cell["fired"], 1), 4),
+                "swapped_recovered": round(cell["recovered"] / max(swapped_count, 1), 4),
+                "unswapped_fired": round(cell["unswapped_fired"] / max(unswapped_count, 1), 4),
+            }
+            for t, cell in cells.items()
+        }
+        for k, cells in pool.items()
+    }
+    return {
+        "swapped_queries": swapped_count,
+        "unswapped_queries": unswapped_count,
+        "true_positive_rank": rank_table,
+        "pool_rule": pool_table,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "negative_pool": bench.negative_pool,
         "groups": table,
         "candidates": candidate_table(noisy_rows, train.qrels),
+        "beyond_row": beyond_row_table(noisy_rows, clean_rows, candidates, train.qrels),
         "seconds": round(time.perf_counter() - began, 1),
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -131,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(name, row["queries"], row["fires_above"], file=sys.stderr)
     for threshold, row in report["candidates"]["fires_above"].items():
         print(f"candidate gap > {threshold}: {row}", file=sys.stderr)
+    print("beyond the row:", json.dumps(report["beyond_row"]), file=sys.stderr)
     return 0
 
 

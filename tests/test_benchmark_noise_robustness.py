@@ -225,3 +225,73 @@ def test_teacher_score_false_negatives_are_mined_again_after_the_noise():
         assert sorted(rows[0]["labels"]) == [0.0, 1.0, 1.0]  # two positives left, one negative mined against them
         with pytest.raises(SystemExit):
             bench.parse_args(["--model", "m", "--fn_order", "teacher_score", "--hard_negatives", "0"])
+
+
+def test_profiles_run_the_chosen_weakening_rule_and_bf16_follows_the_machine(tmp_path):
+    with benchmark_module("noise_robustness") as bench:
+        args = bench.parse_args(["--model", str(tmp_path)])
+        assert args.loss_kwargs == {"label_weakening": bench.WEAKENING_RULE}
+        assert bench.method_config("label_weakening", args)["loss"]["replace_margin"] == 0.15
+        mine = bench.parse_args(["--model", str(tmp_path), "--loss_kwargs", 'label_weakening={"margin": 0.5}'])
+        assert mine.loss_kwargs == {"label_weakening": {"margin": 0.5}}  # replaces the rule, not merged into it
+        assert args.bf16 is bench.native_bf16()  # resolved from the machine, never left None
+        assert bench.parse_args(["--model", str(tmp_path), "--no-bf16"]).bf16 is False
+        assert bench.parse_args(["--model", str(tmp_path), "--bf16"]).bf16 is True
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--model", str(tmp_path), "--shard", "2/2"])
+
+
+def test_workers_share_the_plan_without_overlap_and_independently_of_what_is_done(tmp_path):
+    class Store:
+        def __init__(self, done=()):
+            self.done = set(done)
+
+        def run(self, method, dataset, kind, rate, seed):
+            return {"ndcg@10": 0.5} if (method, kind, rate, seed) in self.done else None
+
+    common = ["--model", str(tmp_path), "--datasets", "nfcorpus", "--kinds", "semantic_swap", "false_negative",
+              "--rates", "0", "0.4", "--seeds", "0", "1",
+              "--methods", "infonce", "st_mnrl"]  # fmt: skip
+    with benchmark_module("noise_robustness") as bench:
+        everything = bench.pending_runs(bench.parse_args(common), Store(), "nfcorpus")
+        shares = [
+            bench.pending_runs(bench.parse_args([*common, "--shard", f"{i}/2"]), Store(), "nfcorpus") for i in (0, 1)
+        ]
+        assert len(everything) == 2 * 2 * 2 * 2  # seeds x methods x kinds x rates
+        assert sorted(shares[0] + shares[1]) == sorted(everything) and not set(shares[0]) & set(shares[1])
+        # a method's clean runs of both noise kinds are one unit: trained once, by one worker
+        for share in shares:
+            clean = {(seed, method) for seed, kind, rate, method in share if rate == 0.0}
+            kinds = {
+                (seed, method): {k for s, k, r, m in share if (s, m) == (seed, method) and r == 0.0}
+                for seed, method in clean
+            }
+            assert all(found == {"semantic_swap", "false_negative"} for found in kinds.values())
+        # units alternate: (seed 0, infonce, clean) to worker 0, then its two noisy runs to 1 and 0, ...
+        assert shares[0][:3] == [(0, "semantic_swap", 0.0, "infonce"), (0, "false_negative", 0.0, "infonce"),
+                                 (0, "false_negative", 0.4, "infonce")]  # fmt: skip
+        assert shares[1][0] == (0, "semantic_swap", 0.4, "infonce")
+        # what a resumed file holds leaves the deal unchanged
+        resumed = bench.pending_runs(
+            bench.parse_args([*common, "--shard", "1/2"]), Store({("infonce", "semantic_swap", 0.4, 0)}), "nfcorpus"
+        )
+        assert resumed == shares[1][1:]
+
+
+def test_workers_fill_one_results_file(tiny_model_path, scifact_dir, tmp_path):
+    """--workers 2: two processes of the script, each one method here, one results file with both runs."""
+    import json
+
+    out = tmp_path / "workers.json"
+    argv = ["--profile", "quick", "--model", tiny_model_path, "--data_dir", str(scifact_dir.parent),
+            "--methods", "infonce", "label_relaxation", "--rates", "0.4", "--max_train_queries", "16",
+            "--max_eval_queries", "4", "--max_corpus", "40", "--max_length", "32", "--eval_max_length", "32",
+            "--no-bf16", "--workers", "2", "--out", str(out)]  # fmt: skip
+    with benchmark_module("noise_robustness") as bench:
+        assert bench.main(argv) == 0
+    report = json.loads(out.read_text())
+    for method in ("infonce", "label_relaxation"):
+        assert 0.0 <= report["results"][method]["scifact"]["semantic_swap"]["0.4"]["seeds"]["0"]["ndcg@10"] <= 1.0
+    commands = [c["command"] for c in report["commands"]]
+    assert len(commands) == 3 and sum("--shard 0/2" in c for c in commands) == 1
+    assert sum("--shard 1/2" in c for c in commands) == 1

@@ -21,3 +21,34 @@ def test_candidate_table_counts_precision_and_recall_by_hand():
     assert fires["0.1"] == {"fired": 2, "precision": 1.0, "recall": 1.0}  # t and b
     assert fires["0.2"] == {"fired": 1, "precision": 1.0, "recall": 0.5}  # b only
     assert fires["-0.05"]["fired"] == 3  # x's gap -0.2 stays below every threshold
+
+
+def test_beyond_row_table_ranks_the_true_positive_and_judges_a_pool_drawn_from_the_corpus():
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1}}
+    clean_rows = {"query_id": ["q1", "q2", "q3"], "doc_ids": [["a"], ["b"], ["c"]], "labels": [[1.0], [1.0], [1.0]]}
+    noisy_rows = [
+        canonical_row("q1", ["a"], [1.0], teacher=[0.5]),  # not swapped
+        canonical_row("q2", ["w"], [1.0], teacher=[0.4]),  # swapped: b is second among the unlabeled
+        canonical_row("q3", ["v"], [1.0], teacher=[0.6]),  # swapped: c was not retrieved
+    ]
+    candidates = {
+        "q1": [("x", 0.7), ("a", 0.5), ("y", 0.45)],
+        "q2": [("y", 0.8), ("b", 0.7), ("w", 0.4), ("z", 0.3)],
+        "q3": [("v", 0.6), ("e", 0.5)],
+    }
+    with benchmark_module("weakening_rule_analysis") as analysis:
+        table = analysis.beyond_row_table(noisy_rows, clean_rows, candidates, qrels)
+    assert table["swapped_queries"] == 2 and table["unswapped_queries"] == 1
+    assert table["true_positive_rank"] == {"1": 0, "2": 1, "3": 1, "5": 1, "10": 1, "20": 1, "beyond": 1}
+    pool = table["pool_rule"]
+    # top 1 above the label: x (q1, not relevant) and y (q2, not relevant); q3's e is under its label
+    assert pool["1"]["0.0"] == {"fired": 2, "precision": 0.0, "swapped_recovered": 0.0, "unswapped_fired": 1.0}
+    # top 3 above the label: x, then y and b for q2 (b relevant); y of q1 is 0.05 under its label
+    assert pool["3"]["0.0"] == {
+        "fired": 3,
+        "precision": round(1 / 3, 4),
+        "swapped_recovered": 0.5,
+        "unswapped_fired": 1.0,
+    }
+    # more than 0.2 above: only q2's y (+0.4) and b (+0.3); x is 0.2 above, not more
+    assert pool["3"]["0.2"] == {"fired": 2, "precision": 0.5, "swapped_recovered": 0.5, "unswapped_fired": 0.0}
