@@ -12,8 +12,9 @@ evaluated on the clean test qrels with the same :class:`~hf_robust_ir.evaluation
   ``label_weakening`` and the robust zoo), and sentence-transformers' ``SentenceTransformerTrainer`` with
   ``MultipleNegativesRankingLoss`` (``st_multiplenegatives``) or ``GISTEmbedLoss`` guided by the base model
   (``st_gist``), trained on the same noisy rows with the same budget (batch size, learning rate, warm-up, epochs,
-  seed, max length, hard negatives); ``relabel_*``: the rows relabeled once before training with the base model as
-  judge, then InfoNCE (see :func:`relabeled_rows`); ``oracle_infonce``: the reference :func:`oracle_rows` bounds.
+  seed, max length, hard negatives); ``relabel_*``: the rows relabeled once before training with the base model
+  (or cross-fitted fine-tuned models) as judge, then InfoNCE (see :func:`relabeled_rows`); ``oracle_infonce``: the
+  reference :func:`oracle_rows` bounds.
 
 Results go to ``--out`` (JSON) after every finished run, so a rerun with the same arguments skips what is done; the
 markdown table (``.md``) and the plot (``.png``, once some method ran at two or more rates) next to it are rewritten
@@ -200,8 +201,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--relabel_margin",
         type=float,
         default=0.1,
-        help="relabel_* methods: the base model flags a listed negative scoring more than this (cosine) above the "
+        help="relabel_* methods: the judge flags a listed negative scoring more than this (cosine) above the "
         "row's best labeled positive",
+    )
+    budget.add_argument(
+        "--relabel_judge",
+        choices=("base", "cross_fitted"),
+        default="base",
+        help="relabel_* methods: the judge is the base model, or (cross_fitted) two models fine-tuned from it with "
+        "label weakening on the noisy rows of one half of the queries each, each judging the other half",
     )
     noise = parser.add_argument_group("noise")
     noise.add_argument("--swap_top_k", type=int, default=20, help="semantic swap pool: top non-relevant candidates")
@@ -382,7 +390,13 @@ def method_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "trainer": "hf_robust_ir",
             "loss": get_loss(INFONCE).config(),
             "relabeling": {
-                "judge": "EmbeddingJudge(the base model)",
+                "judge": "EmbeddingJudge(the base model)"
+                if args.relabel_judge == "base"
+                else {
+                    "cross_fitted": "EmbeddingJudge(a model fine-tuned on the other half of the queries' noisy rows)",
+                    "folds": 2,
+                    "fine_tuning": get_loss(CROSS_FIT_LOSS, **args.loss_kwargs.get(CROSS_FIT_LOSS, {})).config(),
+                },
                 "flag": f"guide score > best labeled positive + {args.relabel_margin:g} (cosine)",
                 "strategy": RELABELED[name],
                 "rows": relabeled_rows.__doc__.split("\n")[0],
@@ -995,47 +1009,62 @@ def oracle_rows(rows: Any, clean_qrels: dict[str, dict[str, int]]) -> tuple[Any,
 def relabeled_rows(
     args: argparse.Namespace, strategy: str, rows: Any, prepared: Prepared, cache_dir: str
 ) -> tuple[Any, dict[str, Any]]:
-    """Rows relabeled once before training by the base model as an EmbeddingJudge, with one strategy.
+    """Rows relabeled once before training by an EmbeddingJudge, with one strategy.
 
-    A listed negative is *flagged* when the base model scores it more than ``--relabel_margin`` above the row's best
-    labeled positive. ``rlhn``: flagged negatives become positives (RLHN); ``hn_remove``: they leave the row;
-    ``remove``: the row leaves the training set; ``replace``: they become positives and the row's labeled positives
-    leave it (the label is replaced, as the oracle restores a swapped row). Every strategy keeps rows with nothing
-    flagged as they are. The record counts the flags, how many of them are relevant by the clean qrels (precision),
-    the rows with a flag and the rows left. Judgments go to a cache in ``cache_dir``: the relabeling methods of one
-    (noise, seed) judge the same rows, so only the first of them encodes anything.
+    A listed negative is *flagged* when the judge scores it more than ``--relabel_margin`` above the row's best
+    labeled positive; the judge is the base model, or with ``--relabel_judge cross_fitted`` the fine-tuned model of
+    :func:`cross_fitted_judge_models` that did not see the row's query. ``rlhn``: flagged negatives become positives
+    (RLHN); ``hn_remove``: they leave the row; ``remove``: the row leaves the training set; ``replace``: they become
+    positives and the row's labeled positives leave it (the label is replaced, as the oracle restores a swapped row).
+    Every strategy keeps rows with nothing flagged as they are. The record counts the flags, how many of them are
+    relevant by the clean qrels (precision), the rows with a flag and the rows left. Judgments go to a cache in
+    ``cache_dir``: the relabeling methods of one (noise, seed) judge the same rows, so only the first of them encodes
+    anything.
     """
+    import datasets
+
     from hf_robust_ir.modeling import BiEncoder
     from hf_robust_ir.relabel.cache import JudgmentCache
     from hf_robust_ir.relabel.judges import EmbeddingJudge
     from hf_robust_ir.relabel.runner import relabel
     from hf_robust_ir.relabel.strategies import RELEVANT
 
-    base = prepared.base
-    if base is None:
-        base = BiEncoder.from_pretrained(
-            args.model, query_max_length=args.eval_max_length, document_max_length=args.eval_max_length
-        ).to(_device())
-    judge = EmbeddingJudge(base, margin=-args.relabel_margin, batch_size=args.encode_batch_size)
     library_strategy = "rlhn" if strategy == "replace" else strategy  # replace = rlhn, then _replace_labels
-    result = relabel(
-        rows,
-        prepared.train.corpus,
-        judge,
-        [library_strategy],
-        JudgmentCache(Path(cache_dir) / "judgments.sqlite"),
-        batch_size=256,
-        show_progress_bar=args.verbose,
-    )
+    if args.relabel_judge == "cross_fitted":
+        parts = [
+            (rows.select(indices), model)
+            for indices, model in cross_fitted_judge_models(args, rows, prepared.train.corpus, cache_dir)
+        ]
+    else:
+        base = prepared.base
+        if base is None:
+            base = BiEncoder.from_pretrained(
+                args.model, query_max_length=args.eval_max_length, document_max_length=args.eval_max_length
+            ).to(_device())
+        parts = [(rows, base)]
+    judged_rows, judgments, relabeled = [], [], []
+    for part, model in parts:
+        result = relabel(
+            part,
+            prepared.train.corpus,
+            EmbeddingJudge(model, margin=-args.relabel_margin, batch_size=args.encode_batch_size),
+            [library_strategy],
+            JudgmentCache(Path(cache_dir) / "judgments.sqlite"),
+            batch_size=256,
+            show_progress_bar=args.verbose,
+        )
+        judged_rows += list(part)
+        judgments += result.judgments
+        relabeled.append(result.datasets[library_strategy])
     truth = prepared.train.qrels
     flags = [
         (row["query_id"], doc)
-        for row, marks in zip(rows, result.judgments)
+        for row, marks in zip(judged_rows, judgments)
         for doc, mark, label in zip(row["doc_ids"], marks, row["labels"])
         if mark == RELEVANT and label <= 0
     ]
     relevant = sum(1 for query_id, doc in flags if truth.get(query_id, {}).get(doc, 0) > 0)
-    new_rows = result.datasets[library_strategy]
+    new_rows = relabeled[0] if len(relabeled) == 1 else datasets.concatenate_datasets(relabeled)
     if strategy == "replace":
         new_rows = new_rows.map(_replace_labels, keep_in_memory=True, load_from_cache_file=False)
     record = {
@@ -1046,6 +1075,39 @@ def relabeled_rows(
         "rows": len(new_rows),
     }
     return new_rows, record
+
+
+CROSS_FIT_LOSS = "label_weakening"  # the cross-fitted judges' fine-tuning loss (with the run's loss_kwargs)
+
+
+def cross_fitted_judge_models(args: argparse.Namespace, rows: Any, corpus: dict[str, str], cache_dir: str) -> list:
+    """Two judges for ``rows`` that never saw the queries they judge: the queries are split in two halves (alternate
+    query ids); each half's judge is the base model fine-tuned with label weakening and the run's budget on the
+    noisy rows of the *other* half. Returns ``[(row indices of a half, its judge)]``. The models are kept in
+    ``cache_dir`` per set of rows, so the relabeling methods of one (noise, seed) train them once."""
+    from hf_robust_ir.modeling import BiEncoder
+
+    row_ids = list(rows["query_id"])
+    key = zlib.crc32(json.dumps([[r["query_id"], list(r["doc_ids"]), list(r["labels"])] for r in rows]).encode())
+    query_ids = sorted(set(row_ids))
+    halves = [set(query_ids[0::2]), set(query_ids[1::2])]
+    judges = []
+    for fold, judged in enumerate(halves):
+        folder = Path(cache_dir) / f"cross_fitted_judge_{key:08x}_{fold}"
+        if not folder.exists():
+            training = rows.select([i for i, q in enumerate(row_ids) if q not in judged])
+            with tempfile.TemporaryDirectory(dir=cache_dir) as work:
+                model, _ = train_ours(args, CROSS_FIT_LOSS, training, corpus, args.seeds[0], work)
+                model.save_pretrained(str(Path(work) / "judge"))
+                os.replace(Path(work) / "judge", folder)  # whole or absent
+            log(f"cross-fitted judge {fold}: fine-tuned on {len(training)} queries")
+            del model
+        model = BiEncoder.from_pretrained(
+            str(folder), query_max_length=args.eval_max_length, document_max_length=args.eval_max_length
+        ).to(_device())
+        model.eval()
+        judges.append(([i for i, q in enumerate(row_ids) if q in judged], model))
+    return judges
 
 
 def _replace_labels(row: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,12 @@ negative. The weakening rule with a guide adds the hard negative when ``gap = sc
 label) > guide_margin``. For each threshold this reports how often it fires on clean rows (every addition there is a
 wrong one unless the qrels missed a relevant passage), on the noisy rows whose hard negative is a relevant passage by
 the clean qrels (the additions the rule exists for), and on the other noisy rows.
+
+``beyond_row`` asks the same of candidates a row does not list: where the judge ranks each swapped query's true
+positive among the passages the noisy row does not label, and what a rule drawing the label's replacement from the
+judge's top ``k`` would give back. ``--judge cross_fitted`` replaces the base model as judge by two models fine-tuned
+on the noisy rows of one half of the queries each, each judging the other half (the base model is the one that chose
+the wrong positives, so it scores them close to the true ones by construction).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,8 +84,7 @@ def beyond_row_table(
       addition unless the qrels missed a relevant passage).
     """
     clean_positives = {
-        query_id: {d for d, label in zip(doc_ids, labels) if label > 0}
-        for query_id, doc_ids, labels in zip(clean_rows["query_id"], clean_rows["doc_ids"], clean_rows["labels"])
+        row["query_id"]: {d for d, y in zip(row["doc_ids"], row["labels"]) if y > 0} for row in clean_rows
     }
     ranks: list[int | None] = []
     pool = {
@@ -131,12 +137,56 @@ def beyond_row_table(
     }
 
 
+def rescore(
+    model, rows, candidates: dict[str, list[tuple[str, float]]], queries: dict[str, str], corpus: dict[str, str], bf16
+) -> tuple[list[dict], dict[str, list[tuple[str, float]]]]:
+    """``rows`` with ``teacher_scores`` replaced by ``model``'s ``q·d``, and the ``candidates`` of their queries
+    scored by it and sorted best first: the same passages, judged by another model."""
+    rows = [dict(row) for row in rows]
+    query_ids = [row["query_id"] for row in rows]
+    doc_ids = sorted({d for row in rows for d in row["doc_ids"]} | {d for q in query_ids for d, _ in candidates[q]})
+    query_vectors = model.encode_queries([queries[q] for q in query_ids], bf16=bf16)
+    doc_vectors = model.encode_documents([corpus[d] for d in doc_ids], bf16=bf16)
+    scores = query_vectors @ doc_vectors.T
+    column = {d: j for j, d in enumerate(doc_ids)}
+    rescored = {}
+    for i, row in enumerate(rows):
+        row["teacher_scores"] = [float(scores[i, column[d]]) for d in row["doc_ids"]]
+        ranked = [(d, float(scores[i, column[d]])) for d, _ in candidates[row["query_id"]]]
+        rescored[row["query_id"]] = sorted(ranked, key=lambda pair: -pair[1])
+    return rows, rescored
+
+
+def cross_fitted_scores(bench, train, clean_rows, noisy_rows, candidates, work: str):
+    """Every row and candidate list scored by a model that never saw its query: the noise benchmark's two
+    cross-fitted judges (fine-tuned from the base model with label weakening and the benchmark's budget on the noisy
+    rows of one half of the queries each), each judging the other half. What a user can build from the noisy data
+    alone."""
+    clean_by_query = {row["query_id"]: row for row in clean_rows}
+    clean_out, noisy_out, candidates_out = [], [], {}
+    for indices, model in shared.cross_fitted_judge_models(bench, noisy_rows, train.corpus, work):
+        judged = [noisy_rows[i] for i in indices]
+        rows, ranked = rescore(model, judged, candidates, train.queries, train.corpus, bench.bf16)
+        noisy_out += rows
+        candidates_out.update(ranked)
+        clean_judged = [clean_by_query[row["query_id"]] for row in judged]
+        clean_out += rescore(model, clean_judged, candidates, train.queries, train.corpus, bench.bf16)[0]
+    return clean_out, noisy_out, candidates_out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], epilog="Other flags go to noise_robustness.py (its budget and noise)."
     )
     parser.add_argument("--out", required=True)
     parser.add_argument("--rate", type=float, default=0.4)
+    parser.add_argument(
+        "--judge",
+        choices=("base", "cross_fitted"),
+        default="base",
+        help="who scores the rows: the base model (which chose the wrong positives), or two models fine-tuned on "
+        "the noisy rows of one half of the queries each, judging the other half",
+    )
     args, rest = parser.parse_known_args(argv)
     bench = shared.parse_args(rest)
 
@@ -154,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     candidates = shared.swap_candidates(bench, base, train, clean_rows, index)
     prepared = shared.Prepared("scifact", train, None, clean_rows, candidates, index, base)
     noisy_rows, _ = shared.noisy_rows(bench, prepared, "semantic_swap", args.rate, bench.seed)
+    if args.judge == "cross_fitted":
+        with tempfile.TemporaryDirectory(prefix="weakening_rule_analysis_") as work:
+            clean_rows, noisy_rows, candidates = cross_fitted_scores(
+                bench, train, clean_rows, noisy_rows, candidates, work
+            )
 
     def gaps(rows):
         out = {}
@@ -190,12 +245,16 @@ def main(argv: list[str] | None = None) -> int:
             "fires_above": {str(t): round(float(np.mean(np.array(values) > t)), 4) for t in THRESHOLDS},
         }
         for name, values in groups.items()
+        if values  # a small slice may leave a group empty
     }
     report = {
         "command": "python benchmarks/weakening_rule_analysis.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "rate": args.rate,
         "seed": bench.seed,
         "negative_pool": bench.negative_pool,
+        "judge": args.judge
+        if args.judge == "base"
+        else {"cross_fitted": shared.method_config(shared.CROSS_FIT_LOSS, bench), "epochs": bench.epochs, "folds": 2},
         "groups": table,
         "candidates": candidate_table(noisy_rows, train.qrels),
         "beyond_row": beyond_row_table(noisy_rows, clean_rows, candidates, train.qrels),

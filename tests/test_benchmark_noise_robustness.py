@@ -295,3 +295,33 @@ def test_workers_fill_one_results_file(tiny_model_path, scifact_dir, tmp_path):
     commands = [c["command"] for c in report["commands"]]
     assert len(commands) == 3 and sum("--shard 0/2" in c for c in commands) == 1
     assert sum("--shard 1/2" in c for c in commands) == 1
+
+
+def test_cross_fitted_judges_are_trained_once_and_never_judge_their_own_queries(
+    tiny_model_path, scifact_dir, tmp_path, monkeypatch
+):
+    import json
+
+    out = tmp_path / "cross_fitted.json"
+    argv = ["--profile", "quick", "--model", tiny_model_path, "--data_dir", str(scifact_dir.parent),
+            "--methods", "relabel_hn_remove", "relabel_rlhn", "--rates", "0.4", "--relabel_judge", "cross_fitted",
+            "--max_train_queries", "16", "--max_eval_queries", "4", "--max_corpus", "40", "--max_length", "32",
+            "--eval_max_length", "32", "--no-bf16", "--out", str(out)]  # fmt: skip
+    trained = []
+    with benchmark_module("noise_robustness") as bench:
+        original = bench.train_ours
+
+        def counting(args, loss_name, rows, corpus, seed, work):
+            trained.append((loss_name, sorted(rows["query_id"])))
+            return original(args, loss_name, rows, corpus, seed, work)
+
+        monkeypatch.setattr(bench, "train_ours", counting)
+        assert bench.main(argv) == 0
+    judges = [queries for loss, queries in trained if loss == "label_weakening"]
+    assert len(judges) == 2 and [loss for loss, _ in trained].count("infonce") == 2  # judges shared by both methods
+    assert not set(judges[0]) & set(judges[1]) and len(judges[0]) + len(judges[1]) == 16
+    report = json.loads(out.read_text())
+    config = report["methods"]["relabel_rlhn"]["relabeling"]["judge"]
+    assert config["folds"] == 2 and config["fine_tuning"]["name"] == "label_weakening"
+    record = report["results"]["relabel_hn_remove"]["scifact"]["semantic_swap"]["0.4"]["seeds"]["0"]["relabeling"]
+    assert record["rows"] == 16  # hn_remove keeps every row

@@ -25,7 +25,7 @@ def test_candidate_table_counts_precision_and_recall_by_hand():
 
 def test_beyond_row_table_ranks_the_true_positive_and_judges_a_pool_drawn_from_the_corpus():
     qrels = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1}}
-    clean_rows = {"query_id": ["q1", "q2", "q3"], "doc_ids": [["a"], ["b"], ["c"]], "labels": [[1.0], [1.0], [1.0]]}
+    clean_rows = [canonical_row(q, [d], [1.0]) for q, d in (("q1", "a"), ("q2", "b"), ("q3", "c"))]
     noisy_rows = [
         canonical_row("q1", ["a"], [1.0], teacher=[0.5]),  # not swapped
         canonical_row("q2", ["w"], [1.0], teacher=[0.4]),  # swapped: b is second among the unlabeled
@@ -52,3 +52,38 @@ def test_beyond_row_table_ranks_the_true_positive_and_judges_a_pool_drawn_from_t
     }
     # more than 0.2 above: only q2's y (+0.4) and b (+0.3); x is 0.2 above, not more
     assert pool["3"]["0.2"] == {"fired": 2, "precision": 0.5, "swapped_recovered": 0.5, "unswapped_fired": 0.0}
+
+
+def test_rescore_replaces_every_score_with_the_judges_and_sorts_the_candidates():
+    import numpy as np
+
+    vectors = {"q": [1.0, 0.0], "a": [0.2, 0.0], "b": [0.9, 0.0], "c": [0.5, 0.0]}
+
+    class Judge:
+        def encode_queries(self, texts, bf16=False):
+            return np.array([vectors[t] for t in texts])
+
+        encode_documents = encode_queries
+
+    rows = [canonical_row("q1", ["a", "b"], [1.0, 0.0], teacher=[0.8, 0.1])]
+    candidates = {"q1": [("a", 0.8), ("c", 0.7), ("b", 0.1)]}
+    with benchmark_module("weakening_rule_analysis") as analysis:
+        rescored, ranked = analysis.rescore(Judge(), rows, candidates, {"q1": "q"}, {d: d for d in "abc"}, False)
+    assert rescored[0]["teacher_scores"] == [0.2, 0.9] and rows[0]["teacher_scores"] == [0.8, 0.1]
+    assert ranked == {"q1": [("b", 0.9), ("c", 0.5), ("a", 0.2)]}
+
+
+def test_cross_fitted_judges_score_every_row_on_a_slice_of_scifact(tiny_model_path, scifact_dir, tmp_path):
+    import json
+
+    out = tmp_path / "analysis.json"
+    argv = ["--out", str(out), "--judge", "cross_fitted", "--model", tiny_model_path, "--data_dir",
+            str(scifact_dir.parent), "--max_train_queries", "16", "--max_corpus", "40", "--max_length", "32",
+            "--no-bf16"]  # fmt: skip
+    with benchmark_module("weakening_rule_analysis") as analysis:
+        assert analysis.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["judge"]["cross_fitted"]["loss"]["name"] == "label_weakening" and report["judge"]["folds"] == 2
+    beyond = report["beyond_row"]
+    assert beyond["swapped_queries"] + beyond["unswapped_queries"] == 16
+    assert report["groups"]["clean rows"]["queries"] == 16
