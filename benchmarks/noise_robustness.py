@@ -519,9 +519,10 @@ class ResultStore:
         def key(command: dict[str, Any]) -> tuple:
             return command.get("command"), command.get("started"), command.get("pid")
 
-        known = {key(c) for c in self.report["commands"]}
-        others = [c for c in disk.get("commands", []) if key(c) not in known]
-        self.report["commands"] = sorted([*self.report["commands"], *others], key=lambda c: c.get("started", ""))
+        # this process's own command is its own to update; every other one is the file's (its process's latest)
+        commands = {key(c): c for c in self.report["commands"]}
+        commands.update({key(c): c for c in disk.get("commands", []) if key(c) != key(self.command)})
+        self.report["commands"] = sorted(commands.values(), key=lambda c: c.get("started", ""))
 
     def save(self) -> None:
         with self._locked():
@@ -1370,10 +1371,11 @@ def run_workers(args: argparse.Namespace, argv: list[str]) -> int:
     threads = str(max(1, (os.cpu_count() or 1) // args.workers))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
     env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
+    script = Path(__file__).resolve()
+    with contextlib.suppress(ValueError):  # the path as typed in this folder, for the commands the results list
+        script = script.relative_to(Path.cwd())
     workers = [
-        subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), *argv, "--shard", f"{i}/{args.workers}"], env=env
-        )
+        subprocess.Popen([sys.executable, str(script), *argv, "--shard", f"{i}/{args.workers}"], env=env)
         for i in range(args.workers)
     ]
     log(f"{args.workers} workers, {env['OMP_NUM_THREADS']} threads each: pids {[w.pid for w in workers]}")

@@ -91,6 +91,14 @@ def test_two_processes_fill_one_results_file(tmp_path):
     assert summary["st_multiplenegatives"]["scifact"]["semantic_swap"]["0"]["mean"] == 0.67
     assert set(report["methods"]) == {"infonce", "st_multiplenegatives"}
     assert [c["command"] for c in report["commands"]] == ["first", "second"]
+    # each process's entry keeps its own latest wall time, whoever writes last
+    second.started -= 100.0  # second runs on: its next write records a wall time first has not seen
+    second._write()
+    assert second.command["wall_time_seconds"] >= 100.0
+    first.save()
+    written = {c["command"]: c for c in json.loads(out.read_text())["commands"]}
+    assert written["second"]["wall_time_seconds"] == second.command["wall_time_seconds"]
+    assert written["first"]["wall_time_seconds"] == first.command["wall_time_seconds"]
     assert report["noise_cost"]["infonce"]["scifact"]["semantic_swap"]["0.4"] == pytest.approx(0.07)
 
 
