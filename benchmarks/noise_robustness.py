@@ -1008,7 +1008,7 @@ def oracle_rows(rows: Any, clean_qrels: dict[str, dict[str, int]]) -> tuple[Any,
 
 
 def relabeled_rows(
-    args: argparse.Namespace, strategy: str, rows: Any, prepared: Prepared, cache_dir: str
+    args: argparse.Namespace, strategy: str, rows: Any, prepared: Prepared, cache_dir: str, seed: int = 0
 ) -> tuple[Any, dict[str, Any]]:
     """Rows relabeled once before training by an EmbeddingJudge, with one strategy.
 
@@ -1034,7 +1034,7 @@ def relabeled_rows(
     if args.relabel_judge == "cross_fitted":
         parts = [
             (rows.select(indices), model)
-            for indices, model in cross_fitted_judge_models(args, rows, prepared.train.corpus, cache_dir)
+            for indices, model in cross_fitted_judge_models(args, rows, prepared.train.corpus, cache_dir, seed)
         ]
     else:
         base = prepared.base
@@ -1081,15 +1081,19 @@ def relabeled_rows(
 CROSS_FIT_LOSS = "label_weakening"  # the cross-fitted judges' fine-tuning loss (with the run's loss_kwargs)
 
 
-def cross_fitted_judge_models(args: argparse.Namespace, rows: Any, corpus: dict[str, str], cache_dir: str) -> list:
+def cross_fitted_judge_models(
+    args: argparse.Namespace, rows: Any, corpus: dict[str, str], cache_dir: str, seed: int = 0
+) -> list:
     """Two judges for ``rows`` that never saw the queries they judge: the queries are split in two halves (alternate
-    query ids); each half's judge is the base model fine-tuned with label weakening and the run's budget on the
-    noisy rows of the *other* half. Returns ``[(row indices of a half, its judge)]``. The models are kept in
-    ``cache_dir`` per set of rows, so the relabeling methods of one (noise, seed) train them once."""
+    query ids); each half's judge is the base model fine-tuned with label weakening and the run's budget (and
+    ``seed``) on the noisy rows of the *other* half. Returns ``[(row indices of a half, its judge)]``. The models are
+    kept in ``cache_dir`` per set of rows and seed, so the relabeling methods of one (noise, seed) train them once."""
     from hf_robust_ir.modeling import BiEncoder
 
     row_ids = list(rows["query_id"])
-    key = zlib.crc32(json.dumps([[r["query_id"], list(r["doc_ids"]), list(r["labels"])] for r in rows]).encode())
+    key = zlib.crc32(
+        json.dumps([seed, [[r["query_id"], list(r["doc_ids"]), list(r["labels"])] for r in rows]]).encode()
+    )
     query_ids = sorted(set(row_ids))
     halves = [set(query_ids[0::2]), set(query_ids[1::2])]
     judges = []
@@ -1098,7 +1102,7 @@ def cross_fitted_judge_models(args: argparse.Namespace, rows: Any, corpus: dict[
         if not folder.exists():
             training = rows.select([i for i, q in enumerate(row_ids) if q not in judged])
             with tempfile.TemporaryDirectory(dir=cache_dir) as work:
-                model, _ = train_ours(args, CROSS_FIT_LOSS, training, corpus, args.seeds[0], work)
+                model, _ = train_ours(args, CROSS_FIT_LOSS, training, corpus, seed, work)
                 model.save_pretrained(str(Path(work) / "judge"))
                 os.replace(Path(work) / "judge", folder)  # whole or absent
             log(f"cross-fitted judge {fold}: fine-tuned on {len(training)} queries")
@@ -1317,7 +1321,7 @@ def run_one(
             rows, extra["oracle_rows"] = oracle_rows(rows, prepared.train.qrels)
             model, train_log = train_ours(args, INFONCE, rows, prepared.train.corpus, seed, work)
         elif method in RELABELED:
-            rows, extra["relabeling"] = relabeled_rows(args, RELABELED[method], rows, prepared, work_root)
+            rows, extra["relabeling"] = relabeled_rows(args, RELABELED[method], rows, prepared, work_root, seed)
             model, train_log = train_ours(args, INFONCE, rows, prepared.train.corpus, seed, work)
         else:
             model, train_log = train_ours(args, method, rows, prepared.train.corpus, seed, work)
@@ -1450,6 +1454,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers > 1 and args.shard is None:
         code = run_workers(args, argv)
         store.save()  # takes in every worker's runs from the file
+        if code:
+            log(f"a worker failed (exit status {code}); the runs it finished are kept: run the command again to resume")
         report_targets(store, args)
         return code
     log(

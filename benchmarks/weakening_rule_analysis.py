@@ -164,7 +164,7 @@ def cross_fitted_scores(bench, train, clean_rows, noisy_rows, candidates, work: 
     alone."""
     clean_by_query = {row["query_id"]: row for row in clean_rows}
     clean_out, noisy_out, candidates_out = [], [], {}
-    for indices, model in shared.cross_fitted_judge_models(bench, noisy_rows, train.corpus, work):
+    for indices, model in shared.cross_fitted_judge_models(bench, noisy_rows, train.corpus, work, bench.seed):
         judged = [noisy_rows[i] for i in indices]
         rows, ranked = rescore(model, judged, candidates, train.queries, train.corpus, bench.bf16)
         noisy_out += rows

@@ -130,7 +130,12 @@ def _relabel_setting(bench, tiny_model_path, margin):
     base = BiEncoder.from_pretrained(tiny_model_path, query_max_length=16, document_max_length=16)
     prepared = bench.Prepared("toy", train, None, None, None, base=base)
     args = argparse.Namespace(
-        model=tiny_model_path, eval_max_length=16, encode_batch_size=4, relabel_margin=margin, verbose=False
+        model=tiny_model_path,
+        eval_max_length=16,
+        encode_batch_size=4,
+        relabel_margin=margin,
+        relabel_judge="base",
+        verbose=False,
     )
     rows = datasets.Dataset.from_list(
         [
