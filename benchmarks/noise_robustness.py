@@ -287,15 +287,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def native_bf16() -> bool:
+def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether bf16 runs natively here (the throughput benchmark's ``--precision auto``): a CUDA GPU that supports
     it, or a CPU with AMX-BF16 or AVX512-BF16. Elsewhere bf16 is emulated, slower than fp32, and only costs
-    precision."""
+    precision; the benchmarks' bf16 defaults follow this."""
     import torch
     from throughput import choose_precision, cpu_facts
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return choose_precision("auto", device, cpu_facts(Path("/proc/cpuinfo")))[0]
+    return choose_precision("auto", device, cpu_facts(cpuinfo))[0]
 
 
 def _parse_shard(parser: argparse.ArgumentParser, text: str | None) -> tuple[int, int] | None:

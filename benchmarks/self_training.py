@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from noise_robustness import mean_std  # noqa: E402  (the benchmarks' shared helpers)
+from noise_robustness import mean_std, native_bf16  # noqa: E402  (the benchmarks' shared helpers)
 
 PROFILES = {
     "quick": {
@@ -82,19 +82,6 @@ def loop_default_kwargs() -> dict[str, Any]:
 
     (field,) = (f for f in dataclasses.fields(SelfTrainingArguments) if f.name == "pretrain_loss_kwargs")
     return field.default_factory()
-
-
-def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether bf16 runs natively here: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX-BF16.
-
-    Elsewhere bf16 has no matrix units of its own and only costs precision, so ``--pretrain_bf16`` defaults to this.
-    The rule is the throughput benchmark's ``--precision auto``.
-    """
-    import torch
-    from throughput import choose_precision, cpu_facts
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return choose_precision("auto", device, cpu_facts(cpuinfo))[0]
 
 
 def log(message: str) -> None:
