@@ -143,17 +143,18 @@ def rescore(
     """``rows`` with ``teacher_scores`` replaced by ``model``'s ``q·d``, and the ``candidates`` of their queries
     scored by it and sorted best first: the same passages, judged by another model."""
     rows = [dict(row) for row in rows]
-    query_ids = [row["query_id"] for row in rows]
+    query_ids = list(dict.fromkeys(row["query_id"] for row in rows))  # a query's rows (noisy, clean) share its vector
     doc_ids = sorted({d for row in rows for d in row["doc_ids"]} | {d for q in query_ids for d, _ in candidates[q]})
     query_vectors = model.encode_queries([queries[q] for q in query_ids], bf16=bf16)
     doc_vectors = model.encode_documents([corpus[d] for d in doc_ids], bf16=bf16)
     scores = query_vectors @ doc_vectors.T
-    column = {d: j for j, d in enumerate(doc_ids)}
-    rescored = {}
-    for i, row in enumerate(rows):
-        row["teacher_scores"] = [float(scores[i, column[d]]) for d in row["doc_ids"]]
-        ranked = [(d, float(scores[i, column[d]])) for d, _ in candidates[row["query_id"]]]
-        rescored[row["query_id"]] = sorted(ranked, key=lambda pair: -pair[1])
+    line, column = {q: i for i, q in enumerate(query_ids)}, {d: j for j, d in enumerate(doc_ids)}
+    for row in rows:
+        row["teacher_scores"] = [float(scores[line[row["query_id"]], column[d]]) for d in row["doc_ids"]]
+    rescored = {
+        q: sorted(((d, float(scores[line[q], column[d]])) for d, _ in candidates[q]), key=lambda pair: -pair[1])
+        for q in query_ids
+    }
     return rows, rescored
 
 
@@ -166,11 +167,12 @@ def cross_fitted_scores(bench, train, clean_rows, noisy_rows, candidates, work: 
     clean_out, noisy_out, candidates_out = [], [], {}
     for indices, model in shared.cross_fitted_judge_models(bench, noisy_rows, train.corpus, work, bench.seed):
         judged = [noisy_rows[i] for i in indices]
-        rows, ranked = rescore(model, judged, candidates, train.queries, train.corpus, bench.bf16)
-        noisy_out += rows
-        candidates_out.update(ranked)
         clean_judged = [clean_by_query[row["query_id"]] for row in judged]
-        clean_out += rescore(model, clean_judged, candidates, train.queries, train.corpus, bench.bf16)[0]
+        # one encode of the half's queries and passages scores its noisy and its clean rows
+        rows, ranked = rescore(model, judged + clean_judged, candidates, train.queries, train.corpus, bench.bf16)
+        noisy_out += rows[: len(judged)]
+        clean_out += rows[len(judged) :]
+        candidates_out.update(ranked)
     return clean_out, noisy_out, candidates_out
 
 
