@@ -55,6 +55,13 @@ class RetrievalTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "guide BiEncoder folder for losses that mask by guide scores (loss: guide_masked)"},
     )
+    guide_lexical_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "add BM25 over the training corpus to the guide's scores with this weight (HybridGuide: cosine + "
+            "w x BM25 / the query's largest attainable BM25); needs bm25s"
+        },
+    )
     student_noise: dict | str | None = field(
         default=None,
         metadata={
@@ -261,7 +268,9 @@ class RetrievalTrainer(Trainer):
             )
         self.loss = loss if loss is not None else get_loss(args.loss, **(args.loss_kwargs or {}))
         _check_teacher_scores(self.loss, train_dataset)
-        self.guide_model = self._load_guide(guide_model if guide_model is not None else args.guide_model, model)
+        self.guide_model = self._load_guide(
+            guide_model if guide_model is not None else args.guide_model, model, args, corpus, train_dataset
+        )
         self.evaluator = evaluator
         kwargs.setdefault("processing_class", getattr(model, "tokenizer", None))
         # Trainer refuses an eval strategy without an eval_dataset; the evaluator stands in for one.
@@ -347,8 +356,12 @@ class RetrievalTrainer(Trainer):
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ guide model
-    def _load_guide(self, guide: Any, model: torch.nn.Module) -> torch.nn.Module | None:
+    def _load_guide(
+        self, guide: Any, model: torch.nn.Module, args: Any, corpus: Any, train_dataset: Any
+    ) -> torch.nn.Module | None:
         if not getattr(self.loss, "needs_guide_scores", False):
+            if args.guide_lexical_weight is not None:
+                raise ValueError(f"guide_lexical_weight is set but loss {self.loss.config()['name']!r} reads no guide")
             return None
         if guide is None:
             raise ValueError(f"loss {self.loss.config()['name']!r} needs a guide model: set guide_model")
@@ -358,6 +371,19 @@ class RetrievalTrainer(Trainer):
             from .modeling import BiEncoder
 
             guide = BiEncoder.from_pretrained(str(guide))
+        if args.guide_lexical_weight is not None:
+            from .modeling import HybridGuide
+
+            if isinstance(guide, HybridGuide):
+                raise ValueError("guide_lexical_weight is for a dense guide; this guide is already a HybridGuide")
+            if corpus is None:
+                raise ValueError("guide_lexical_weight needs the corpus (BM25's statistics): pass corpus=")
+            queries = (
+                list(train_dataset["query"])
+                if train_dataset is not None and hasattr(train_dataset, "column_names")
+                else None
+            )
+            guide = HybridGuide(guide, corpus, queries=queries, lexical_weight=args.guide_lexical_weight)
         guide.requires_grad_(False)
         return guide.eval()
 
