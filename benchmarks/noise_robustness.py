@@ -65,6 +65,7 @@ OURS = (
     "poly",
     "rince",
     "guide_masked",
+    "label_weakening_hybrid",
 )
 ST_MNRL, ST_GIST = "st_multiplenegatives", "st_gist"
 SENTENCE_TRANSFORMERS = (ST_MNRL, ST_GIST)
@@ -89,6 +90,11 @@ DATASETS = ("scifact", "nfcorpus")
 # model does too by 0.05 cosine; a row the base model judges 0.15 above its label drops the label. --loss_kwargs
 # label_weakening=... replaces it.
 WEAKENING_RULE = {"margin": 0.0, "guide_margin": 0.05, "replace_margin": 0.15}
+# Label weakening whose guide adds BM25 to the base model (hf_robust_ir.modeling.HybridGuide, weight --lexical_weight):
+# its scores gain up to the weight, so the rule's margins are those the weakening-rule analysis found to fire on as
+# many swapped rows as the base model's 0.05 / 0.15 and on fewer clean ones (benchmarks/NOISE_ROBUSTNESS.md).
+HYBRID_GUIDED = {"label_weakening_hybrid": "label_weakening"}  # method -> the registered loss it trains
+HYBRID_WEAKENING_RULE = {"margin": 0.0, "guide_margin": 0.1, "replace_margin": 0.2}
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -97,7 +103,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rates": [0.0, 0.4],
         "methods": ["infonce", ST_MNRL, "label_weakening", ST_GIST, "label_relaxation"],
         "n_seeds": 1,
-        "loss_kwargs": {"label_weakening": WEAKENING_RULE},
+        "loss_kwargs": {"label_weakening": WEAKENING_RULE, "label_weakening_hybrid": HYBRID_WEAKENING_RULE},
     },
     "full": {
         "datasets": ["scifact", "nfcorpus"],
@@ -105,13 +111,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rates": [0.0, 0.2, 0.4, 0.6],
         "methods": [*OURS, *SENTENCE_TRANSFORMERS],
         "n_seeds": 3,
-        "loss_kwargs": {"label_weakening": WEAKENING_RULE},
+        "loss_kwargs": {"label_weakening": WEAKENING_RULE, "label_weakening_hybrid": HYBRID_WEAKENING_RULE},
     },
 }
 
 # The issue's target checks, at TARGET_RATE against the clean run.
 TARGET_RATE = 0.4
 WEAKENING, INFONCE = "label_weakening", "infonce"
+WEAKENING_METHODS = (WEAKENING, *HYBRID_GUIDED)  # the methods the targets are checked for
 MIN_GAIN_OVER_MNRL = 0.010
 MAX_CLEAN_GAP_TO_INFONCE = 0.005
 MIN_NOISE_COST = 0.010  # below this, noise costs the baselines too little for the benchmark to measure anything
@@ -196,6 +203,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="per_query",
         help="sentence-transformers rows: per_query = each epoch, the positive and negatives RetrievalTrainer "
         "samples for each query (same steps and examples); per_positive = one row per (query, positive)",
+    )
+    budget.add_argument(
+        "--lexical_weight",
+        type=float,
+        default=0.6,
+        help="label_weakening_hybrid: the guide's score is the base model's cosine + this x BM25 / the query's "
+        "largest attainable BM25",
     )
     budget.add_argument(
         "--relabel_margin",
@@ -402,7 +416,17 @@ def method_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 "rows": relabeled_rows.__doc__.split("\n")[0],
             },
         }
-    return {"trainer": "hf_robust_ir", "loss": get_loss(name, **args.loss_kwargs.get(name, {})).config()}
+    config = {
+        "trainer": "hf_robust_ir",
+        "loss": get_loss(HYBRID_GUIDED.get(name, name), **args.loss_kwargs.get(name, {})).config(),
+    }
+    if name in HYBRID_GUIDED:
+        config["guide"] = {
+            "dense": "the base model",
+            "lexical": "BM25 over the training corpus",
+            "lexical_weight": args.lexical_weight,
+        }
+    return config
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -635,28 +659,31 @@ def _check(dataset: str, kind: str, name: str, value: float, passed: bool) -> di
 
 
 def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, for each (dataset, kind) whose runs exist; computed from the summary means."""
+    """The issue's targets, for each (dataset, kind) whose runs exist and each label-weakening method (the checks of
+    ``label_weakening_hybrid`` are named ``weakening_hybrid@...``); computed from the summary means."""
     r = f"{TARGET_RATE:g}"
     checks = []
     for dataset, kind in _settings(summary):
-        w_noisy, w_clean = (_mean(summary, WEAKENING, dataset, kind, rate) for rate in (TARGET_RATE, 0.0))
         m_noisy, m_clean = (_mean(summary, ST_MNRL, dataset, kind, rate) for rate in (TARGET_RATE, 0.0))
         g_noisy = _mean(summary, ST_GIST, dataset, kind, TARGET_RATE)
         i_clean = _mean(summary, INFONCE, dataset, kind, 0.0)
-        if w_noisy is not None and m_clean is not None:
-            gap = w_noisy - m_clean
-            checks.append(_check(dataset, kind, f"weakening@{r} >= multiplenegatives@0", gap, gap >= -1e-12))
-        if w_noisy is not None and m_noisy is not None:
-            gain = w_noisy - m_noisy
-            name = f"weakening@{r} - multiplenegatives@{r} >= {MIN_GAIN_OVER_MNRL:+.3f}"
-            checks.append(_check(dataset, kind, name, gain, gain >= MIN_GAIN_OVER_MNRL - 1e-12))
-        if w_noisy is not None and g_noisy is not None:
-            gain = w_noisy - g_noisy
-            checks.append(_check(dataset, kind, f"weakening@{r} > gist@{r}", gain, gain > 0))
-        if w_clean is not None and i_clean is not None:
-            gap = abs(w_clean - i_clean)
-            name = f"|weakening@0 - infonce@0| <= {MAX_CLEAN_GAP_TO_INFONCE:.3f}"
-            checks.append(_check(dataset, kind, name, gap, gap <= MAX_CLEAN_GAP_TO_INFONCE + 1e-12))
+        for method in WEAKENING_METHODS:
+            w = method.removeprefix("label_")
+            w_noisy, w_clean = (_mean(summary, method, dataset, kind, rate) for rate in (TARGET_RATE, 0.0))
+            if w_noisy is not None and m_clean is not None:
+                gap = w_noisy - m_clean
+                checks.append(_check(dataset, kind, f"{w}@{r} >= multiplenegatives@0", gap, gap >= -1e-12))
+            if w_noisy is not None and m_noisy is not None:
+                gain = w_noisy - m_noisy
+                name = f"{w}@{r} - multiplenegatives@{r} >= {MIN_GAIN_OVER_MNRL:+.3f}"
+                checks.append(_check(dataset, kind, name, gain, gain >= MIN_GAIN_OVER_MNRL - 1e-12))
+            if w_noisy is not None and g_noisy is not None:
+                gain = w_noisy - g_noisy
+                checks.append(_check(dataset, kind, f"{w}@{r} > gist@{r}", gain, gain > 0))
+            if w_clean is not None and i_clean is not None:
+                gap = abs(w_clean - i_clean)
+                name = f"|{w}@0 - infonce@0| <= {MAX_CLEAN_GAP_TO_INFONCE:.3f}"
+                checks.append(_check(dataset, kind, name, gap, gap <= MAX_CLEAN_GAP_TO_INFONCE + 1e-12))
     return checks
 
 
@@ -756,7 +783,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
                 continue
             rates = sorted(cells, key=float)
             style = "--" if method in SENTENCE_TRANSFORMERS else "-"
-            width = 2.4 if method in (WEAKENING, INFONCE, ST_MNRL, ST_GIST) else 1.2
+            width = 2.4 if method in (*WEAKENING_METHODS, INFONCE, ST_MNRL, ST_GIST) else 1.2
             ax.errorbar(
                 [float(r) for r in rates],
                 [cells[r]["mean"] for r in rates],
@@ -1175,26 +1202,31 @@ def _train_log(trainer: Any) -> dict[str, Any]:
     return summary
 
 
-def train_ours(args: argparse.Namespace, loss_name: str, rows: Any, corpus: dict[str, str], seed: int, work: str):
-    """RetrievalTrainer with the registered loss ``loss_name``; returns the trained BiEncoder and its training log."""
+def train_ours(args: argparse.Namespace, method: str, rows: Any, corpus: dict[str, str], seed: int, work: str):
+    """RetrievalTrainer with the registered loss of ``method`` (its name, or for ``label_weakening_hybrid`` label
+    weakening with a HybridGuide); returns the trained BiEncoder and its training log."""
     from hf_robust_ir.losses import get_loss
-    from hf_robust_ir.modeling import BiEncoder
+    from hf_robust_ir.modeling import BiEncoder, HybridGuide
     from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
+
+    loss_name, loss_kwargs = HYBRID_GUIDED.get(method, method), args.loss_kwargs.get(method) or None
 
     model = BiEncoder.from_pretrained(args.model, query_max_length=args.max_length, document_max_length=args.max_length)
     training_args = RetrievalTrainingArguments(
         **_common_training_arguments(args, seed, work),
         num_train_epochs=args.epochs,
         loss=loss_name,
-        loss_kwargs=args.loss_kwargs.get(loss_name) or None,
+        loss_kwargs=loss_kwargs,
         group_size=1 + args.hard_negatives,
         positives_per_query=1,
     )
     guide = None  # losses that read a frozen guide's scores get the base model, as GISTEmbed does
-    if getattr(get_loss(loss_name, **(args.loss_kwargs.get(loss_name) or {})), "needs_guide_scores", False):
+    if getattr(get_loss(loss_name, **(loss_kwargs or {})), "needs_guide_scores", False):
         guide = BiEncoder.from_pretrained(
             args.model, query_max_length=args.max_length, document_max_length=args.max_length
         )
+        if method in HYBRID_GUIDED:
+            guide = HybridGuide(guide, corpus, queries=list(rows["query"]), lexical_weight=args.lexical_weight)
     trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus, guide_model=guide)
     _quiet(trainer)
     trainer.train()

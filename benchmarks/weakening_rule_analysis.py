@@ -14,7 +14,9 @@ the clean qrels (the additions the rule exists for), and on the other noisy rows
 positive among the passages the noisy row does not label, and what a rule drawing the label's replacement from the
 judge's top ``k`` would give back. ``--judge cross_fitted`` replaces the base model as judge by two models fine-tuned
 on the noisy rows of one half of the queries each, each judging the other half (the base model is the one that chose
-the wrong positives, so it scores them close to the true ones by construction).
+the wrong positives, so it scores them close to the true ones by construction); ``--judge hybrid`` by the base model
+plus ``--lexical_weight`` × BM25 (:class:`~hf_robust_ir.modeling.HybridGuide`, label weakening's hybrid guide). The
+hybrid judge reorders the candidates the base model retrieved; it does not retrieve others.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import noise_robustness as shared  # noqa: E402  (the rows are built exactly as the noise benchmark builds them)
 
-THRESHOLDS = [-0.05, 0.0, 0.02, 0.05, 0.1, 0.15, 0.2]
+THRESHOLDS = [-0.05, 0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 RANK_DEPTHS = [1, 2, 3, 5, 10, 20]
 POOL_DEPTHS = [1, 3, 10]
 POOL_THRESHOLDS = [0.0, 0.1, 0.2]
@@ -184,16 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=0.4)
     parser.add_argument(
         "--judge",
-        choices=("base", "cross_fitted"),
+        choices=("base", "cross_fitted", "hybrid"),
         default="base",
-        help="who scores the rows: the base model (which chose the wrong positives), or two models fine-tuned on "
-        "the noisy rows of one half of the queries each, judging the other half",
+        help="who scores the rows: the base model (which chose the wrong positives), two models fine-tuned on "
+        "the noisy rows of one half of the queries each, judging the other half, or the base model plus "
+        "--lexical_weight x BM25 (label weakening's hybrid guide)",
     )
     args, rest = parser.parse_known_args(argv)
     bench = shared.parse_args(rest)
 
     from hf_robust_ir.evaluation import DocumentIndex
-    from hf_robust_ir.modeling import BiEncoder
+    from hf_robust_ir.modeling import BiEncoder, HybridGuide
 
     began = time.perf_counter()
     train, _ = shared.load_dataset(bench, "scifact")
@@ -211,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             clean_rows, noisy_rows, candidates = cross_fitted_scores(
                 bench, train, clean_rows, noisy_rows, candidates, work
             )
+    elif args.judge == "hybrid":
+        judge = HybridGuide(base, train.corpus, queries=train.queries, lexical_weight=bench.lexical_weight)
+        rows, candidates = rescore(
+            judge, [*noisy_rows, *clean_rows], candidates, train.queries, train.corpus, bench.bf16
+        )
+        noisy_rows, clean_rows = rows[: len(noisy_rows)], rows[len(noisy_rows) :]
 
     def gaps(rows):
         out = {}
@@ -254,9 +263,15 @@ def main(argv: list[str] | None = None) -> int:
         "rate": args.rate,
         "seed": bench.seed,
         "negative_pool": bench.negative_pool,
-        "judge": args.judge
-        if args.judge == "base"
-        else {"cross_fitted": shared.method_config(shared.CROSS_FIT_LOSS, bench), "epochs": bench.epochs, "folds": 2},
+        "judge": {
+            "base": "base",
+            "hybrid": {"hybrid": "the base model + BM25", "lexical_weight": bench.lexical_weight},
+            "cross_fitted": {
+                "cross_fitted": shared.method_config(shared.CROSS_FIT_LOSS, bench),
+                "epochs": bench.epochs,
+                "folds": 2,
+            },
+        }[args.judge],
         "groups": table,
         "candidates": candidate_table(noisy_rows, train.qrels),
         "beyond_row": beyond_row_table(noisy_rows, clean_rows, candidates, train.qrels),

@@ -243,10 +243,16 @@ def test_teacher_score_false_negatives_are_mined_again_after_the_noise():
 def test_profiles_run_the_chosen_weakening_rule_and_bf16_follows_the_machine(tmp_path):
     with benchmark_module("noise_robustness") as bench:
         args = bench.parse_args(["--model", str(tmp_path)])
-        assert args.loss_kwargs == {"label_weakening": bench.WEAKENING_RULE}
+        assert args.loss_kwargs == {
+            "label_weakening": bench.WEAKENING_RULE,
+            "label_weakening_hybrid": bench.HYBRID_WEAKENING_RULE,
+        }
         assert bench.method_config("label_weakening", args)["loss"]["replace_margin"] == 0.15
+        hybrid = bench.method_config("label_weakening_hybrid", args)
+        assert hybrid["loss"]["name"] == "label_weakening" and hybrid["loss"]["replace_margin"] == 0.2
+        assert hybrid["guide"]["lexical_weight"] == 0.6
         mine = bench.parse_args(["--model", str(tmp_path), "--loss_kwargs", 'label_weakening={"margin": 0.5}'])
-        assert mine.loss_kwargs == {"label_weakening": {"margin": 0.5}}  # replaces the rule, not merged into it
+        assert mine.loss_kwargs["label_weakening"] == {"margin": 0.5}  # replaces the rule, not merged into it
         assert args.bf16 is bench.native_bf16()  # resolved from the machine, never left None
         assert bench.parse_args(["--model", str(tmp_path), "--no-bf16"]).bf16 is False
         assert bench.parse_args(["--model", str(tmp_path), "--bf16"]).bf16 is True
@@ -338,3 +344,29 @@ def test_cross_fitted_judges_are_trained_once_and_never_judge_their_own_queries(
     assert config["folds"] == 2 and config["fine_tuning"]["name"] == "label_weakening"
     record = report["results"]["relabel_hn_remove"]["scifact"]["semantic_swap"]["0.4"]["seeds"]["0"]["relabeling"]
     assert record["rows"] == 16  # hn_remove keeps every row
+
+
+def test_targets_are_checked_for_each_weakening_method(tmp_path):
+    with benchmark_module("noise_robustness") as bench:
+
+        def cell(mean):
+            return {"mean": mean, "std": 0.0, "n": 1}
+
+        def curve(clean, noisy):
+            return {"scifact": {"semantic_swap": {"0": cell(clean), "0.4": cell(noisy)}}}
+
+        summary = {
+            "infonce": curve(0.678, 0.606),
+            "st_multiplenegatives": curve(0.679, 0.605),
+            "st_gist": curve(0.660, 0.660),
+            "label_weakening": curve(0.674, 0.673),
+            "label_weakening_hybrid": curve(0.677, 0.680),
+        }
+        checks = {c["check"]: (c["value"], c["passed"]) for c in bench.target_checks(summary)}
+        assert checks["weakening@0.4 >= multiplenegatives@0"] == (pytest.approx(-0.006), False)
+        assert checks["weakening_hybrid@0.4 >= multiplenegatives@0"] == (pytest.approx(0.001), True)
+        assert checks["weakening_hybrid@0.4 - multiplenegatives@0.4 >= +0.010"] == (pytest.approx(0.075), True)
+        assert checks["weakening_hybrid@0.4 > gist@0.4"] == (pytest.approx(0.020), True)
+        assert checks["|weakening_hybrid@0 - infonce@0| <= 0.005"] == (pytest.approx(0.001), True)
+        assert checks["|weakening@0 - infonce@0| <= 0.005"] == (pytest.approx(0.004), True)
+        assert len(checks) == 8

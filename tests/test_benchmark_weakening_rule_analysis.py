@@ -87,3 +87,19 @@ def test_cross_fitted_judges_score_every_row_on_a_slice_of_scifact(tiny_model_pa
     beyond = report["beyond_row"]
     assert beyond["swapped_queries"] + beyond["unswapped_queries"] == 16
     assert report["groups"]["clean rows"]["queries"] == 16
+
+
+def test_the_hybrid_judge_scores_every_row_on_a_slice_of_scifact(tiny_model_path, scifact_dir, tmp_path):
+    import json
+
+    out = tmp_path / "analysis.json"
+    argv = ["--out", str(out), "--judge", "hybrid", "--lexical_weight", "0.5", "--model", tiny_model_path,
+            "--data_dir", str(scifact_dir.parent), "--max_train_queries", "16", "--max_corpus", "40",
+            "--max_length", "32", "--no-bf16"]  # fmt: skip
+    with benchmark_module("weakening_rule_analysis") as analysis:
+        assert analysis.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["judge"] == {"hybrid": "the base model + BM25", "lexical_weight": 0.5}
+    assert report["groups"]["clean rows"]["queries"] == 16
+    beyond = report["beyond_row"]
+    assert beyond["swapped_queries"] + beyond["unswapped_queries"] == 16
