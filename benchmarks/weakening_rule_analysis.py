@@ -139,6 +139,28 @@ def beyond_row_table(
     }
 
 
+def true_positive_preferred(noisy_rows, clean_rows) -> dict[str, int]:
+    """For the swapped queries (noisy labels differ from the clean ones), how often the judge scores the clean best
+    label above the noisy best label: a rule comparing the two could put the right one back. Both row sets carry the
+    judge's scores (``teacher_scores``)."""
+
+    def best_label(row):
+        labels, scores = np.array(row["labels"]), np.array(row["teacher_scores"])
+        return float(scores[labels > 0].max()), {d for d, y in zip(row["doc_ids"], row["labels"]) if y > 0}
+
+    clean = {row["query_id"]: best_label(row) for row in clean_rows if any(y > 0 for y in row["labels"])}
+    swapped = preferred = 0
+    for row in noisy_rows:
+        if not any(y > 0 for y in row["labels"]) or row["query_id"] not in clean:
+            continue
+        noisy_score, noisy_labels = best_label(row)
+        clean_score, clean_labels = clean[row["query_id"]]
+        if noisy_labels != clean_labels:
+            swapped += 1
+            preferred += clean_score > noisy_score
+    return {"swapped_queries": swapped, "true_positive_scored_higher": preferred}
+
+
 def rescore(
     model, rows, candidates: dict[str, list[tuple[str, float]]], queries: dict[str, str], corpus: dict[str, str], bf16
 ) -> tuple[list[dict], dict[str, list[tuple[str, float]]]]:
@@ -275,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "groups": table,
         "candidates": candidate_table(noisy_rows, train.qrels),
         "beyond_row": beyond_row_table(noisy_rows, clean_rows, candidates, train.qrels),
+        "true_positive_preferred": true_positive_preferred(noisy_rows, clean_rows),
         "seconds": round(time.perf_counter() - began, 1),
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -283,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     for threshold, row in report["candidates"]["fires_above"].items():
         print(f"candidate gap > {threshold}: {row}", file=sys.stderr)
     print("beyond the row:", json.dumps(report["beyond_row"]), file=sys.stderr)
+    print("true positive scored above the wrong label:", report["true_positive_preferred"], file=sys.stderr)
     return 0
 
 

@@ -103,3 +103,19 @@ def test_the_hybrid_judge_scores_every_row_on_a_slice_of_scifact(tiny_model_path
     assert report["groups"]["clean rows"]["queries"] == 16
     beyond = report["beyond_row"]
     assert beyond["swapped_queries"] + beyond["unswapped_queries"] == 16
+
+
+def test_true_positive_preferred_counts_swapped_queries_whose_clean_label_the_judge_scores_higher():
+    clean = [
+        canonical_row("q1", ["t1", "n1"], [1.0, 0.0], teacher=[0.9, 0.2]),
+        canonical_row("q2", ["t2", "n2"], [1.0, 0.0], teacher=[0.5, 0.4]),
+        canonical_row("q3", ["t3", "n3"], [1.0, 0.0], teacher=[0.7, 0.1]),
+    ]
+    noisy = [
+        canonical_row("q1", ["w1", "t1"], [1.0, 0.0], teacher=[0.6, 0.9]),  # swapped; true 0.9 > wrong 0.6
+        canonical_row("q2", ["w2", "t2"], [1.0, 0.0], teacher=[0.8, 0.5]),  # swapped; true 0.5 < wrong 0.8
+        canonical_row("q3", ["t3", "n3"], [1.0, 0.0], teacher=[0.7, 0.1]),  # not swapped
+    ]
+    with benchmark_module("weakening_rule_analysis") as analysis:
+        counts = analysis.true_positive_preferred(noisy, clean)
+    assert counts == {"swapped_queries": 2, "true_positive_scored_higher": 1}
