@@ -56,6 +56,23 @@ def canonical_row(qid, doc_ids, labels, teacher=(), query=None) -> dict:
     }
 
 
+TOPIC_CORPUS = {f"d{i}": f"document number {i} about topic {i % 5}" for i in range(20)}
+
+
+def topic_rows(n: int = 4):
+    """``n`` rows over :data:`TOPIC_CORPUS`: query ``i`` labels ``d{i}``, with ``d{i+5}`` and ``d{i+10}`` negative."""
+    import datasets
+
+    from hf_robust_ir.data.schema import ROW_FEATURES
+
+    rows = [
+        canonical_row(f"q{i}", [f"d{i}", f"d{(i + 5) % 20}", f"d{(i + 10) % 20}"], [1.0, 0.0, 0.0],
+                      query=f"topic {i % 5} question {i}")
+        for i in range(n)
+    ]  # fmt: skip
+    return datasets.Dataset.from_list(rows, features=ROW_FEATURES)
+
+
 def tiny_bert_config(**overrides):
     """A 2-layer, 32-wide BERT configuration for fast tests."""
     from transformers import BertConfig

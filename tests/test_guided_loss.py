@@ -2,11 +2,10 @@
 
 import math
 
-import datasets
 import pytest
 import torch
+from conftest import TOPIC_CORPUS, topic_rows
 
-from hf_robust_ir.data.schema import ROW_FEATURES
 from hf_robust_ir.losses import GuideMaskedLoss, InfoNCELoss, LabelWeakeningLoss, get_loss
 from hf_robust_ir.modeling import BiEncoder
 from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
@@ -80,18 +79,6 @@ def test_config_citation_and_scheduled_attributes_of_the_inner_loss():
     assert weakened.inner.alpha == 0.3 and weakened.alpha == 0.3
 
 
-CORPUS = {f"d{i}": f"document number {i} about topic {i % 5}" for i in range(20)}
-
-
-def _rows(n=4):
-    rows = []
-    for i in range(n):
-        doc_ids = [f"d{i}", f"d{(i + 5) % 20}", f"d{(i + 10) % 20}"]
-        rows.append({"query_id": f"q{i}", "query": f"topic {i % 5} question {i}", "doc_ids": doc_ids,
-                     "labels": [1.0, 0.0, 0.0], "teacher_scores": [], "label_source": ["qrels"] * 3})  # fmt: skip
-    return datasets.Dataset.from_list(rows, features=ROW_FEATURES)
-
-
 class _Recording(GuideMaskedLoss):
     def forward(self, scores, labels, mask, teacher=None, guide_scores=None):
         self.seen = (scores.detach().clone(), labels.clone(), mask.clone(), guide_scores.clone())
@@ -105,7 +92,7 @@ def test_trainer_passes_guide_scores_and_masks(tmp_path, no_dropout_model_path):
     )  # fmt: skip
     model = BiEncoder.from_pretrained(no_dropout_model_path)
     loss = _Recording(margin=0.0)
-    trainer = RetrievalTrainer(model, args, train_dataset=_rows(), corpus=CORPUS, loss=loss)
+    trainer = RetrievalTrainer(model, args, train_dataset=topic_rows(), corpus=TOPIC_CORPUS, loss=loss)
     assert all(not p.requires_grad for p in trainer.guide_model.parameters())
     assert all(p.requires_grad for p in model.parameters())
     trainer.train()
@@ -126,9 +113,9 @@ def test_trainer_needs_a_guide_for_a_guided_loss(tmp_path, no_dropout_model_path
     args = RetrievalTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], loss="guide_masked")
     model = BiEncoder.from_pretrained(no_dropout_model_path)
     with pytest.raises(ValueError, match="guide model"):
-        RetrievalTrainer(model, args, train_dataset=_rows(), corpus=CORPUS)
+        RetrievalTrainer(model, args, train_dataset=topic_rows(), corpus=TOPIC_CORPUS)
     with pytest.raises(ValueError, match="separate copy"):
-        RetrievalTrainer(model, args, train_dataset=_rows(), corpus=CORPUS, guide_model=model)
+        RetrievalTrainer(model, args, train_dataset=topic_rows(), corpus=TOPIC_CORPUS, guide_model=model)
 
 
 def test_a_negative_margin_masks_only_candidates_far_above_the_positive_and_the_inner_weakening_gets_the_guide():

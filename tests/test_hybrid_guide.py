@@ -2,12 +2,11 @@
 
 import math
 
-import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import TOPIC_CORPUS, topic_rows
 
-from hf_robust_ir.data.schema import ROW_FEATURES
 from hf_robust_ir.losses import LabelWeakeningLoss
 from hf_robust_ir.modeling import BiEncoder, HybridGuide, LexicalEncoder
 from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
@@ -93,18 +92,6 @@ def test_hybrid_guide_scores_are_the_dense_cosine_plus_the_weighted_lexical_scor
         HybridGuide(model, CORPUS, lexical_weight=-1.0)
 
 
-TRAIN_CORPUS = {f"d{i}": f"document number {i} about topic {i % 5}" for i in range(20)}
-
-
-def _rows(n=4):
-    rows = []
-    for i in range(n):
-        doc_ids = [f"d{i}", f"d{(i + 5) % 20}", f"d{(i + 10) % 20}"]
-        rows.append({"query_id": f"q{i}", "query": f"topic {i % 5} question {i}", "doc_ids": doc_ids,
-                     "labels": [1.0, 0.0, 0.0], "teacher_scores": [], "label_source": ["qrels"] * 3})  # fmt: skip
-    return datasets.Dataset.from_list(rows, features=ROW_FEATURES)
-
-
 class _RecordingWeakening(LabelWeakeningLoss):
     def forward(self, scores, labels, mask, teacher=None, guide_scores=None):
         self.seen = (scores.detach().clone(), guide_scores.clone())
@@ -122,11 +109,11 @@ def test_label_weakening_trains_with_the_hybrid_guide(tmp_path, no_dropout_model
         output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, learning_rate=0.0, save_strategy="no",
         report_to=[], group_size=3, use_cpu=True, disable_tqdm=True, logging_steps=1,
     )  # fmt: skip
-    rows = _rows()
-    guide = HybridGuide(BiEncoder.from_pretrained(no_dropout_model_path), TRAIN_CORPUS, queries=list(rows["query"]))
+    rows = topic_rows()
+    guide = HybridGuide(BiEncoder.from_pretrained(no_dropout_model_path), TOPIC_CORPUS, queries=list(rows["query"]))
     model = BiEncoder.from_pretrained(no_dropout_model_path)
     loss = _RecordingWeakening(margin=0.0, guide_margin=0.1, replace_margin=0.2)
-    trainer = _CapturingTrainer(model, args, train_dataset=rows, corpus=TRAIN_CORPUS, loss=loss, guide_model=guide)
+    trainer = _CapturingTrainer(model, args, train_dataset=rows, corpus=TOPIC_CORPUS, loss=loss, guide_model=guide)
     assert all(not p.requires_grad for p in guide.parameters()) and guide.training is False
     trainer.train()
     scores, guide_scores = loss.seen
@@ -147,12 +134,12 @@ def test_the_training_arguments_build_the_hybrid_guide(tmp_path, no_dropout_mode
     weakening = {"margin": 0.0, "guide_margin": 0.1}
     args = arguments(loss_kwargs=weakening, guide_model=no_dropout_model_path, guide_lexical_weight=0.3)
     model = BiEncoder.from_pretrained(no_dropout_model_path)
-    trainer = RetrievalTrainer(model, args, train_dataset=_rows(), corpus=TRAIN_CORPUS)
+    trainer = RetrievalTrainer(model, args, train_dataset=topic_rows(), corpus=TOPIC_CORPUS)
     guide = trainer.guide_model
     assert isinstance(guide, HybridGuide) and guide.lexical_weight == 0.3
     # the rows' query tokens (bm25s keeps words of two characters or more: not the digits)
     assert set(guide.lexical.columns) == {"topic", "question"}
     with pytest.raises(ValueError, match="reads no guide"):
-        RetrievalTrainer(model, arguments(guide_lexical_weight=0.3), train_dataset=_rows(), corpus=TRAIN_CORPUS)
+        RetrievalTrainer(model, arguments(guide_lexical_weight=0.3), train_dataset=topic_rows(), corpus=TOPIC_CORPUS)
     with pytest.raises(ValueError, match="already a HybridGuide"):
-        RetrievalTrainer(model, args, train_dataset=_rows(), corpus=TRAIN_CORPUS, guide_model=guide)
+        RetrievalTrainer(model, args, train_dataset=topic_rows(), corpus=TOPIC_CORPUS, guide_model=guide)
