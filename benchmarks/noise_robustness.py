@@ -297,6 +297,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.bf16 = native_bf16()
     if args.workers < 1:
         parser.error("--workers must be >= 1")
+    if args.lexical_weight < 0:
+        parser.error("--lexical_weight must be >= 0")
     args.shard = _parse_shard(parser, args.shard)
     return args
 

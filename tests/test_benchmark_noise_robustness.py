@@ -258,6 +258,8 @@ def test_profiles_run_the_chosen_weakening_rule_and_bf16_follows_the_machine(tmp
         assert bench.parse_args(["--model", str(tmp_path), "--bf16"]).bf16 is True
         with pytest.raises(SystemExit):
             bench.parse_args(["--model", str(tmp_path), "--shard", "2/2"])
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--model", str(tmp_path), "--lexical_weight", "-0.1"])
 
 
 def test_workers_share_the_plan_without_overlap_and_independently_of_what_is_done(tmp_path):
