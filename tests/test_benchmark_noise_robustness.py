@@ -251,6 +251,8 @@ def test_profiles_run_the_chosen_weakening_rule_and_bf16_follows_the_machine(tmp
         hybrid = bench.method_config("label_weakening_hybrid", args)
         assert hybrid["loss"]["name"] == "label_weakening" and hybrid["loss"]["replace_margin"] == 0.2
         assert hybrid["guide"]["lexical_weight"] == 0.6
+        full = bench.parse_args(["--model", str(tmp_path), "--profile", "full"])
+        assert len(full.methods) == 17 and "label_weakening_hybrid" not in full.methods  # on request only
         mine = bench.parse_args(["--model", str(tmp_path), "--loss_kwargs", 'label_weakening={"margin": 0.5}'])
         assert mine.loss_kwargs["label_weakening"] == {"margin": 0.5}  # replaces the rule, not merged into it
         assert args.bf16 is bench.native_bf16()  # resolved from the machine, never left None
