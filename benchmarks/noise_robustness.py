@@ -1209,7 +1209,7 @@ def train_ours(args: argparse.Namespace, method: str, rows: Any, corpus: dict[st
     """RetrievalTrainer with the registered loss of ``method`` (its name, or for ``label_weakening_hybrid`` label
     weakening with a HybridGuide); returns the trained BiEncoder and its training log."""
     from hf_robust_ir.losses import get_loss
-    from hf_robust_ir.modeling import BiEncoder, HybridGuide
+    from hf_robust_ir.modeling import BiEncoder
     from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
 
     loss_name, loss_kwargs = HYBRID_GUIDED.get(method, method), args.loss_kwargs.get(method) or None
@@ -1222,14 +1222,14 @@ def train_ours(args: argparse.Namespace, method: str, rows: Any, corpus: dict[st
         loss_kwargs=loss_kwargs,
         group_size=1 + args.hard_negatives,
         positives_per_query=1,
+        # the trainer wraps the dense guide below in a HybridGuide over the corpus and the rows' queries
+        guide_lexical_weight=args.lexical_weight if method in HYBRID_GUIDED else None,
     )
     guide = None  # losses that read a frozen guide's scores get the base model, as GISTEmbed does
     if getattr(get_loss(loss_name, **(loss_kwargs or {})), "needs_guide_scores", False):
         guide = BiEncoder.from_pretrained(
             args.model, query_max_length=args.max_length, document_max_length=args.max_length
         )
-        if method in HYBRID_GUIDED:
-            guide = HybridGuide(guide, corpus, queries=list(rows["query"]), lexical_weight=args.lexical_weight)
     trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus, guide_model=guide)
     _quiet(trainer)
     trainer.train()

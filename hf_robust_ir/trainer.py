@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -378,11 +379,8 @@ class RetrievalTrainer(Trainer):
                 raise ValueError("guide_lexical_weight is for a dense guide; this guide is already a HybridGuide")
             if corpus is None:
                 raise ValueError("guide_lexical_weight needs the corpus (BM25's statistics): pass corpus=")
-            queries = (
-                list(train_dataset["query"])
-                if train_dataset is not None and hasattr(train_dataset, "column_names")
-                else None
-            )
+            # the training queries' tokens get exact columns; rows that cannot be read ahead (streamed) are hashed
+            queries = list(train_dataset["query"]) if isinstance(train_dataset, datasets.Dataset) else None
             guide = HybridGuide(guide, corpus, queries=queries, lexical_weight=args.guide_lexical_weight)
         guide.requires_grad_(False)
         return guide.eval()

@@ -72,12 +72,9 @@ class LexicalEncoder:
         if k1 < 0 or not 0.0 <= b <= 1.0:
             raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         bm25s, Stemmer = _bm25s()
+        stemmer = Stemmer.Stemmer(language) if language else None  # built once: tokenize runs every training step
         self._tokenize_texts = lambda texts, progress=False: bm25s.tokenize(
-            list(texts),
-            stopwords=stopwords,
-            stemmer=Stemmer.Stemmer(language) if language else None,
-            return_ids=False,
-            show_progress=progress,
+            list(texts), stopwords=stopwords, stemmer=stemmer, return_ids=False, show_progress=progress
         )
         texts = list(corpus.values()) if isinstance(corpus, dict) else list(corpus)
         if not texts:
