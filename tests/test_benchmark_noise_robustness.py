@@ -374,3 +374,63 @@ def test_targets_are_checked_for_each_weakening_method(tmp_path):
         assert checks["|weakening_hybrid@0 - infonce@0| <= 0.005"] == (pytest.approx(0.001), True)
         assert checks["|weakening@0 - infonce@0| <= 0.005"] == (pytest.approx(0.004), True)
         assert len(checks) == 8
+
+
+def test_results_made_apart_merge_into_one_file(tmp_path):
+    """--merge: runs of two files (say, one machine per seed) land in one report whose means span both; a file of
+    another budget or with another configuration of a method is refused; nothing is trained."""
+    import json
+
+    record = {"ndcg@10": 0.5, "train": {"steps": 1}}
+    common = ["--model", str(tmp_path), "--rates", "0", "0.4", "--methods", "infonce"]
+    first_path, second_path, out = tmp_path / "seed0.json", tmp_path / "seed1.json", tmp_path / "merged.json"
+    with benchmark_module("noise_robustness") as bench:
+        first = bench.ResultStore(first_path, bench.parse_args([*common, "--out", str(first_path)]), "first")
+        first.put("infonce", "scifact", "semantic_swap", 0.0, 0, {**record, "ndcg@10": 0.68})
+        first.put("infonce", "scifact", "semantic_swap", 0.4, 0, {**record, "ndcg@10": 0.60})
+        second = bench.ResultStore(second_path, bench.parse_args([*common, "--out", str(second_path)]), "second")
+        second.put("infonce", "scifact", "semantic_swap", 0.0, 1, {**record, "ndcg@10": 0.66})
+        second.put("infonce", "scifact", "semantic_swap", 0.4, 1, {**record, "ndcg@10": 0.64})
+        second.report["results"]["infonce"]["scifact"]["semantic_swap"]["0.4"]["seeds"]["0"] = {"ndcg@10": 0.1}
+        second.save()  # a conflicting seed-0 run: the first file's, merged first, wins
+
+        assert bench.main(["--merge", str(first_path), str(second_path), "--out", str(out)]) == 0
+        merged = json.loads(out.read_text())
+        assert merged["summary"]["infonce"]["scifact"]["semantic_swap"]["0"] == {
+            "mean": 0.67,
+            "std": pytest.approx(0.01414, abs=1e-5),
+            "n": 2,
+        }
+        assert merged["summary"]["infonce"]["scifact"]["semantic_swap"]["0.4"]["mean"] == pytest.approx(0.62)
+        assert merged["noise_cost"]["infonce"]["scifact"]["semantic_swap"]["0.4"] == pytest.approx(0.05)
+        assert merged["finished_runs"] == 4
+        assert [c["command"] for c in merged["commands"]] == ["first", "second"]
+        assert [m["file"] for m in merged["merged_from"]] == ["seed0.json", "seed1.json"]
+        assert "| infonce | 0.6700 ± 0.0141 (2) | 0.6200 ± 0.0283 (2) |" in out.with_suffix(".md").read_text()
+
+        # merging again into the same file changes nothing
+        assert bench.main(["--merge", str(second_path), "--out", str(out)]) == 0
+        again = json.loads(out.read_text())
+        assert again["summary"] == merged["summary"] and len(again["merged_from"]) == 2
+
+        other_budget = tmp_path / "epochs3.json"
+        bench.ResultStore(
+            other_budget, bench.parse_args([*common, "--epochs", "3", "--out", str(other_budget)]), "x"
+        ).save()
+        with pytest.raises(SystemExit, match="another budget"):
+            bench.merge_results(tmp_path / "new.json", [first_path, other_budget])
+        other_rule = tmp_path / "rule.json"
+        rule = ["--model", str(tmp_path), "--methods", "label_weakening", "--out", str(other_rule)]
+        bench.ResultStore(
+            other_rule, bench.parse_args([*rule, "--loss_kwargs", 'label_weakening={"margin": 0.5}']), "y"
+        ).save()
+        weakening = tmp_path / "weakening.json"
+        bench.ResultStore(weakening, bench.parse_args([*rule[:-1], str(weakening)]), "z").save()
+        with pytest.raises(SystemExit, match="label_weakening was run with"):
+            bench.merge_results(tmp_path / "new.json", [weakening, other_rule])
+        (tmp_path / "notes.json").write_text('["not a report"]')
+        with pytest.raises(SystemExit, match="notes.json: not a noise_robustness results file"):
+            bench.merge_results(tmp_path / "new.json", [tmp_path / "notes.json"])
+        with pytest.raises(SystemExit, match="missing.json: not a readable results file"):
+            bench.merge_results(tmp_path / "new.json", [tmp_path / "missing.json"])
+        assert not (tmp_path / "new.json").exists()
