@@ -253,6 +253,7 @@ def test_registry_and_config():
         "confidence_enabled": True,
         "guide_margin": None,
         "replace_margin": None,
+        "taylor_order": None,
     }
     assert "Lienen" in LabelRelaxationLoss.citation and "2512.13237" in LabelWeakeningLoss.citation
     with pytest.raises(ValueError, match="rule"):
@@ -302,3 +303,39 @@ def test_replace_margin_drops_the_label_when_the_guide_disagrees_by_more_than_it
         weakening(replace_margin=0.1)
     with pytest.raises(ValueError, match=">= guide_margin"):
         weakening(guide_margin=0.2, replace_margin=0.1)
+
+
+def test_taylor_order_puts_taylor_cross_entropy_on_the_mass_of_the_set():
+    # s = [1, 3, 0], positive 0, candidate 1 joins: p_S = (e + e³)/(e + e³ + 1) = 0.95804, 1 − p_S = 0.04196;
+    # order 2: 0.04196 + 0.04196² / 2 = 0.04284
+    rest = 1 - (E + E**3) / (E + E**3 + 1)
+    taylor = weakening(alpha=0.0, taylor_order=2)
+    assert _loss(taylor, [[1.0, 3.0, 0.0]], [[1, 0, 0]]) == pytest.approx(rest + rest**2 / 2, abs=1e-6)
+    # no candidate joins ([2, 1, 0]): 1 − p0 = 0.33476; order 1: 0.33476; order 3: + 0.05603 + 0.01251 = 0.40330
+    assert _loss(weakening(alpha=0.0, taylor_order=1), [[2.0, 1.0, 0.0]], [[1, 0, 0]]) == pytest.approx(
+        1 - P0, abs=1e-6
+    )
+    expected = (1 - P0) + (1 - P0) ** 2 / 2 + (1 - P0) ** 3 / 3
+    assert _loss(weakening(alpha=0.0, taylor_order=3), [[2.0, 1.0, 0.0]], [[1, 0, 0]]) == pytest.approx(
+        expected, abs=1e-6
+    )
+    # bounded where −log p_S is not: a label the model scores 20 below the rest (rule off, so nothing joins) costs
+    # at most 1 + 1/2; with the rule on, candidate 1 joins and p_S = 1/2: 1/2 + 1/8
+    rule_off = weakening(alpha=0.0, taylor_order=2, confidence_enabled=False)
+    assert _loss(rule_off, [[-20.0, 0.0, 0.0]], [[1, 0, 0]]) == pytest.approx(1.5, abs=1e-6)
+    assert _loss(weakening(alpha=0.0, confidence_enabled=False), [[-20.0, 0.0, 0.0]], [[1, 0, 0]]) > 20
+    assert _loss(taylor, [[-20.0, 0.0, 0.0]], [[1, 0, 0]]) == pytest.approx(0.625, abs=1e-6)
+    # gradient of (1 − p) + (1 − p)²/2 with respect to s0, p = p0: −(1 + (1 − p)) · p(1 − p)
+    scores = torch.tensor([[2.0, 1.0, 0.0]], requires_grad=True)
+    weakening(alpha=0.0, taylor_order=2)(
+        scores, torch.tensor([[1.0, 0, 0]]), torch.ones(1, 3, dtype=torch.bool)
+    ).backward()
+    assert scores.grad[0, 0].item() == pytest.approx(-(2 - P0) * P0 * (1 - P0), abs=1e-6)
+    assert taylor.config()["taylor_order"] == 2
+    with pytest.raises(ValueError, match="alpha must be 0"):
+        LabelWeakeningLoss(taylor_order=2)  # alpha defaults to 0.1
+    with pytest.raises(ValueError, match="taylor_order must be >= 1"):
+        LabelWeakeningLoss(alpha=0.0, taylor_order=0)
+    taylor.alpha = 0.2  # as a schedule would set it
+    with pytest.raises(ValueError, match="alpha must stay 0"):
+        _loss(taylor, [[1.0, 3.0, 0.0]], [[1, 0, 0]])

@@ -64,6 +64,20 @@ def relaxation_loss(
     return torch.where(active, value, torch.zeros_like(value)), inside
 
 
+def taylor_mass_loss(
+    log_probs: torch.Tensor, plausible: torch.Tensor, mask: torch.Tensor, order: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row Taylor cross-entropy (Feng et al. 2020) of the mass of the ``plausible`` set,
+    ``Σ_{j=1..order} (1 − p̂_S)^j / j`` (the series of ``−log p̂_S`` around ``p̂_S = 1``, bounded by ``Σ_j 1/j``), and
+    which rows hold all the mass (loss 0). Rows with an empty set give 0."""
+    has_set = plausible.any(-1)
+    log_in = _log_mass(log_probs, plausible)
+    rest = 1.0 - torch.where(has_set, log_in, torch.zeros_like(log_in)).exp()
+    value = sum(rest**j / j for j in range(1, order + 1))
+    inside = has_set & ~(mask & ~plausible).any(-1)
+    return torch.where(has_set, value, torch.zeros_like(value)), inside
+
+
 @register_loss("label_relaxation")
 class LabelRelaxationLoss(RetrievalLoss):
     """Label relaxation (Lienen & Hüllermeier, AAAI 2021), generalized from one label ``y`` to the positive set ``P``:
@@ -109,10 +123,16 @@ class LabelRelaxationLoss(RetrievalLoss):
         detached = scores.detach().float()
         with torch.no_grad():
             plausible = self.plausible_set(detached, positives, mask, guide_scores) & mask
-        per_query, inside = relaxation_loss(masked_log_softmax(scores, mask), plausible, mask, float(self.alpha))
+        per_query, inside = self.set_loss(masked_log_softmax(scores, mask), plausible, mask)
         if torch.is_grad_enabled():
             self._record(detached, positives, plausible, mask, inside, has_positive)
         return mean_over_queries(per_query, has_positive)
+
+    def set_loss(
+        self, log_probs: torch.Tensor, plausible: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row loss on the mass of the set ``S`` and which rows need no update: label relaxation."""
+        return relaxation_loss(log_probs, plausible, mask, float(self.alpha))
 
     # ------------------------------------------------------------------ statistics
     def reset_stats(self) -> None:
@@ -181,6 +201,10 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
     disagreements too large to be a near tie between two relevant passages (a wrong positive swapped in for the
     true one). ``replace_margin`` should be larger than ``guide_margin``; rows below it keep ``S = P ∪ C``.
 
+    With ``taylor_order = t`` the loss on the set's mass is Taylor cross-entropy instead of label relaxation,
+    ``L = Σ_{j=1..t} (1 − p̂_S)^j / j`` (Feng et al. 2020; needs ``α = 0``): bounded, so a row whose set still misses
+    the relevant passage pulls with at most ``Σ_j 1/j``, while ``−log p̂_S`` grows without bound.
+
     At most ``max_added`` candidates join (the highest-scoring ones; ``None`` for no bound), so the model cannot
     talk itself into many. With ``α = 0`` this is the marginal likelihood ``−log Σ_{k∈S} p̂_k``. With the rule off
     (``confidence_enabled=False``) it is :class:`LabelRelaxationLoss`. The model's own confidence is meaningless at
@@ -206,8 +230,14 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
         confidence_enabled: bool = True,
         guide_margin: float | None = None,
         replace_margin: float | None = None,
+        taylor_order: int | None = None,
     ):
         super().__init__(alpha=alpha)
+        if taylor_order is not None and taylor_order < 1:
+            raise ValueError(f"taylor_order must be >= 1 or None, got {taylor_order}")
+        if taylor_order is not None and alpha != 0.0:
+            raise ValueError(f"taylor_order replaces label relaxation: alpha must be 0, got {alpha}")
+        self.taylor_order = taylor_order
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
         if top_m < 1:
@@ -227,6 +257,16 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
         self.guide_margin = None if guide_margin is None else float(guide_margin)
         self.replace_margin = None if replace_margin is None else float(replace_margin)
         self.needs_guide_scores = self.guide_margin is not None
+
+    def set_loss(
+        self, log_probs: torch.Tensor, plausible: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label relaxation on the mass of ``S``, or its Taylor cross-entropy with ``taylor_order`` set."""
+        if self.taylor_order is None:
+            return super().set_loss(log_probs, plausible, mask)
+        if self.alpha != 0.0:  # a schedule moved it
+            raise ValueError(f"taylor_order replaces label relaxation: alpha must stay 0, got {self.alpha}")
+        return taylor_mass_loss(log_probs, plausible, mask, self.taylor_order)
 
     def plausible_set(
         self,
