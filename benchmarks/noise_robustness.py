@@ -578,13 +578,19 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 
 def count_runs(report: dict[str, Any]) -> int:
     """Finished (method, dataset, kind, rate, seed) runs in a results report."""
-    return sum(
-        len(entry.get("seeds", {}))
-        for datasets in report.get("results", {}).values()
-        for kinds in datasets.values()
-        for rates in kinds.values()
-        for entry in rates.values()
-    )
+    return len(run_keys(report))
+
+
+def run_keys(report: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
+    """The (method, dataset, kind, rate, seed) of every finished run in a results report."""
+    return {
+        (method, dataset, kind, rate, seed)
+        for method, datasets in report.get("results", {}).items()
+        for dataset, kinds in datasets.items()
+        for kind, rates in kinds.items()
+        for rate, entry in rates.items()
+        for seed in entry.get("seeds", {})
+    }
 
 
 def _command_key(command: dict[str, Any]) -> tuple:
@@ -633,7 +639,11 @@ def merge_results(out: Path, sources: list[Path]) -> dict[str, Any]:
         for name, config in report.get("methods", {}).items():
             if merged.get("methods", {}).get(name, config) != config:
                 raise SystemExit(f"{path}: {name} was run with {config}, not {merged['methods'][name]}")
+        left_out = 0
         if report is not merged:
+            left_out = len(run_keys(merged) & run_keys(report))
+            if left_out:
+                log(f"{path}: {left_out} of its runs are held by an earlier file already, whose runs are kept")
             _take_in_runs(merged, report)
             commands = {_command_key(c): c for c in merged.get("commands", [])}
             commands.update({_command_key(c): c for c in report.get("commands", []) if _command_key(c) not in commands})
@@ -646,7 +656,12 @@ def merge_results(out: Path, sources: list[Path]) -> dict[str, Any]:
                 known.extend(kind for kind in kinds if kind not in known)
         if report is merged and merged_before:
             continue
-        entry = {"file": path.name, "finished_runs": count_runs(report), "environment": report.get("environment")}
+        entry = {
+            "file": path.name,
+            "finished_runs": count_runs(report),
+            "runs_left_out": left_out,
+            "environment": report.get("environment"),
+        }
         merged["merged_from"] = [*(e for e in merged["merged_from"] if e["file"] != path.name), entry]
     if "rates" in merged.get("plan", {}):
         merged["plan"]["rates"] = sorted(merged["plan"]["rates"])

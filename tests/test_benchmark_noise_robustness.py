@@ -405,7 +405,10 @@ def test_results_made_apart_merge_into_one_file(tmp_path):
         assert merged["noise_cost"]["infonce"]["scifact"]["semantic_swap"]["0.4"] == pytest.approx(0.05)
         assert merged["finished_runs"] == 4
         assert [c["command"] for c in merged["commands"]] == ["first", "second"]
-        assert [m["file"] for m in merged["merged_from"]] == ["seed0.json", "seed1.json"]
+        assert [(m["file"], m["runs_left_out"]) for m in merged["merged_from"]] == [
+            ("seed0.json", 0),
+            ("seed1.json", 1),
+        ]
         assert "| infonce | 0.6700 ± 0.0141 (2) | 0.6200 ± 0.0283 (2) |" in out.with_suffix(".md").read_text()
 
         # merging again into the same file changes nothing
