@@ -72,6 +72,24 @@ def test_missing_or_malformed_recipe_is_a_one_line_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: {listed}: a recipe is a mapping of argument names to values"
 
 
+def test_settings_that_do_not_go_together_are_a_one_line_error(recipe, capsys):
+    """Bad loss settings stop before the model and data load; settings the trainer refuses stop before training."""
+    config = yaml.safe_load(recipe.read_text())
+    recipe.write_text(yaml.safe_dump({**config, "loss": "label_weakening", "loss_kwargs": {"taylor_order": 2}}))
+    assert main(["train", "--config", str(recipe)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {recipe}: loss 'label_weakening': taylor_order replaces label relaxation: alpha must be 0, got 0.1"
+    )
+    recipe.write_text(yaml.safe_dump({**config, "loss": "no_such_loss"}))
+    assert main(["train", "--config", str(recipe)]) == 2
+    assert "loss 'no_such_loss': unknown loss 'no_such_loss'; registered losses: [" in capsys.readouterr().err
+    recipe.write_text(yaml.safe_dump({**config, "loss": "infonce", "guide_lexical_weight": 0.6}))
+    assert main(["train", "--config", str(recipe), "--evaluate_before", "false"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {recipe}: guide_lexical_weight is set but loss 'infonce' reads no guide")
+    assert "Traceback" not in last
+
+
 def _launch(prefix, recipe, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = prefix + ["-m", "hf_robust_ir.cli", "train", "--config", str(recipe), "--evaluate_before", "false"]

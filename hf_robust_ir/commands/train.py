@@ -226,13 +226,18 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:  # a missing or malformed recipe: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:  # bad loss settings stop here, before the model and the data load
+        loss = get_loss(training_args.loss, **(training_args.loss_kwargs or {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # str(KeyError) adds quotes
+        print(f"error: {args.config}: loss {training_args.loss!r}: {message}", file=sys.stderr)
+        return 2
     is_main = training_args.process_index == 0
     logger.info("world_size=%d process_index=%d", training_args.world_size, training_args.process_index)
     data_dir = resolve_data_dir(data_args)
     model = load_model(model_args)
-    if training_args.guide_model is None and getattr(
-        get_loss(training_args.loss, **(training_args.loss_kwargs or {})), "needs_guide_scores", False
-    ):  # a guided loss without a guide: the starting model, frozen (GISTEmbed's usual choice)
+    if training_args.guide_model is None and getattr(loss, "needs_guide_scores", False):
+        # a guided loss without a guide: the starting model, frozen (GISTEmbed's usual choice)
         training_args.guide_model = model_args.model_name_or_path or default_model_path()
     evaluator = None
     if data_args.eval_split:
@@ -252,7 +257,11 @@ def run(args: argparse.Namespace) -> int:
         results["before"] = {f"before_{k}": v for k, v in evaluator(model, base_index).items()}
         logger.info("before training: %s", results["before"])
     del base_index
-    trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus, evaluator=evaluator)
+    try:
+        trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus, evaluator=evaluator)
+    except ValueError as exc:  # settings that do not go together (the trainer checks them): one line, no traceback
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
+        return 2
     if trainer.model_card is not None:
         card = trainer.model_card
         card.train_dataset_info = [
