@@ -479,7 +479,7 @@ class ResultStore:
         methods = self.report.setdefault("methods", {})
         for name in args.methods:
             config = method_config(name, args)
-            if name in methods and methods[name] != config and self.has_results(name):
+            if name in methods and not same_config(methods[name], config) and self.has_results(name):
                 raise SystemExit(f"{path}: {name} was run with {methods[name]}, not {config}; use another --out")
             methods[name] = config
         for key in ("zero_shot", "data", "noise", "results"):
@@ -637,7 +637,7 @@ def merge_results(out: Path, sources: list[Path]) -> dict[str, Any]:
                 f"{path} holds results made with another budget:\n  {report['budget']}\nnot\n  {merged['budget']}"
             )
         for name, config in report.get("methods", {}).items():
-            if merged.get("methods", {}).get(name, config) != config:
+            if not same_config(merged.get("methods", {}).get(name, config), config):
                 raise SystemExit(f"{path}: {name} was run with {config}, not {merged['methods'][name]}")
         left_out = 0
         if report is not merged:
@@ -672,6 +672,17 @@ def merge_results(out: Path, sources: list[Path]) -> dict[str, Any]:
 def _seed_mean(seeds: dict[str, dict[str, Any]]) -> float:
     """nDCG@10 of a (method, dataset, kind, rate) entry: the mean over its seeds' runs."""
     return round(float(np.mean([run["ndcg@10"] for run in seeds.values()])), 5)
+
+
+def same_config(first: Any, second: Any) -> bool:
+    """Whether two method configurations are the same, where a key only one of them holds counts as the same when its
+    value is ``None``: a loss option added after a results file was written, at its default (off)."""
+    if isinstance(first, dict) and isinstance(second, dict):
+        return all(
+            same_config(first[key], second[key]) if key in first and key in second else (first | second)[key] is None
+            for key in first.keys() | second.keys()
+        )
+    return first == second
 
 
 def _fill_missing(ours: dict[str, Any], theirs: dict[str, Any], depth: int) -> None:

@@ -437,3 +437,14 @@ def test_results_made_apart_merge_into_one_file(tmp_path):
         with pytest.raises(SystemExit, match="missing.json: not a readable results file"):
             bench.merge_results(tmp_path / "new.json", [tmp_path / "missing.json"])
         assert not (tmp_path / "new.json").exists()
+
+
+def test_a_loss_option_added_later_at_its_default_is_the_same_configuration():
+    """Files written before a loss gained an option (off by default) still resume and merge; another value does not."""
+    with benchmark_module("noise_robustness") as bench:
+        old = {"trainer": "hf_robust_ir", "loss": {"name": "label_weakening", "alpha": 0.1, "margin": 0.0}}
+        new = {"trainer": "hf_robust_ir", "loss": {**old["loss"], "taylor_order": None}}
+        assert bench.same_config(old, new) and bench.same_config(new, old)
+        assert not bench.same_config(old, {**new, "loss": {**new["loss"], "taylor_order": 2}})
+        assert not bench.same_config(old, {**new, "loss": {**new["loss"], "margin": 0.5}})
+        assert not bench.same_config(old, {**new, "guide": {"lexical_weight": 0.6}})
