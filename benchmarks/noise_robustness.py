@@ -458,12 +458,8 @@ class ResultStore:
         self.report: dict[str, Any] = {}
         if path.exists():
             self.report = json.loads(path.read_text())
-            if self.report.get("budget") != budget:
-                raise SystemExit(
-                    f"{path} holds results made with another budget:\n  {self.report.get('budget')}\nnot\n  {budget}\n"
-                    "use another --out or the same budget"
-                )
-            log(f"resuming {path}: {self.finished_runs()} runs done")
+            check_same_budget(path, self.report.get("budget"), budget, "\nuse another --out or the same budget")
+            log(f"resuming {path}: {count_runs(self.report)} runs done")
         self.report.setdefault("benchmark", "noise_robustness")
         self.report.setdefault("model", "sentence-transformers/all-MiniLM-L6-v2")
         self.report["budget"] = budget
@@ -490,9 +486,6 @@ class ResultStore:
 
     def has_results(self, method: str) -> bool:
         return bool(self.report.get("results", {}).get(method))
-
-    def finished_runs(self) -> int:
-        return count_runs(self.report)
 
     def run(self, method: str, dataset: str, kind: str, rate: float, seed: int) -> dict[str, Any] | None:
         entry = self.report["results"].get(method, {}).get(dataset, {}).get(kind, {}).get(rate_key(rate), {})
@@ -539,13 +532,8 @@ class ResultStore:
         disk = json.loads(self.path.read_text())
         if disk.get("budget") != self.report["budget"]:
             raise SystemExit(f"{self.path} was rewritten with another budget by another process; not merging")
-        _take_in_runs(self.report, disk)
         # this process's own command is its own to update; every other one is the file's (its process's latest)
-        commands = {_command_key(c): c for c in self.report["commands"]}
-        commands.update(
-            {_command_key(c): c for c in disk.get("commands", []) if _command_key(c) != _command_key(self.command)}
-        )
-        self.report["commands"] = sorted(commands.values(), key=lambda c: c.get("started", ""))
+        _take_in(self.report, disk, own_command=self.command)
 
     def save(self) -> None:
         with self._locked():
@@ -593,13 +581,20 @@ def run_keys(report: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
     }
 
 
+def check_same_budget(path: Path, found: Any, expected: dict[str, Any], hint: str = "") -> None:
+    """Refuse a results file made with another budget: its runs are not comparable with these."""
+    if found != expected:
+        raise SystemExit(f"{path} holds results made with another budget:\n  {found}\nnot\n  {expected}{hint}")
+
+
 def _command_key(command: dict[str, Any]) -> tuple:
     return command.get("command"), command.get("started"), command.get("pid")
 
 
-def _take_in_runs(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+def _take_in(ours: dict[str, Any], theirs: dict[str, Any], own_command: dict[str, Any] | None = None) -> None:
     """Copy into ``ours`` the runs, noise records, zero-shot scores, data facts and method configurations of
-    ``theirs`` that it lacks (``ours`` wins where both hold one), and recompute the seed means."""
+    ``theirs`` that it lacks (``ours`` wins where both hold one) and recompute the seed means; take in ``theirs``'
+    commands, whose copy of a command both hold is the later one, except ``own_command``, which stays ours."""
     # how deep the keys go down to one process's unit of work: a dataset's zero-shot metrics, a method's config,
     # noise[dataset][kind][rate][seed], results[method][dataset][kind][rate]["seeds"][seed]
     for key, depth in (("zero_shot", 1), ("data", 1), ("methods", 1), ("noise", 4), ("results", 6)):
@@ -608,6 +603,10 @@ def _take_in_runs(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
         for entry in (e for rates in kinds.values() for e in rates.values()):
             if entry.get("seeds"):
                 entry["ndcg@10"] = _seed_mean(entry["seeds"])
+    own = None if own_command is None else _command_key(own_command)
+    commands = {_command_key(c): c for c in ours.get("commands", [])}
+    commands.update({_command_key(c): c for c in theirs.get("commands", []) if _command_key(c) != own})
+    ours["commands"] = sorted(commands.values(), key=lambda c: c.get("started", ""))
 
 
 def merge_results(out: Path, sources: list[Path]) -> dict[str, Any]:
@@ -632,10 +631,7 @@ def merge_results(out: Path, sources: list[Path]) -> dict[str, Any]:
     merged_before = bool(merged.get("merged_from"))  # out was merged before: its own entries are there
     merged.setdefault("merged_from", [])
     for path, report in reports:
-        if report["budget"] != merged["budget"]:
-            raise SystemExit(
-                f"{path} holds results made with another budget:\n  {report['budget']}\nnot\n  {merged['budget']}"
-            )
+        check_same_budget(path, report["budget"], merged["budget"])
         for name, config in report.get("methods", {}).items():
             if not same_config(merged.get("methods", {}).get(name, config), config):
                 raise SystemExit(f"{path}: {name} was run with {config}, not {merged['methods'][name]}")
@@ -644,10 +640,7 @@ def merge_results(out: Path, sources: list[Path]) -> dict[str, Any]:
             left_out = len(run_keys(merged) & run_keys(report))
             if left_out:
                 log(f"{path}: {left_out} of its runs are held by an earlier file already, whose runs are kept")
-            _take_in_runs(merged, report)
-            commands = {_command_key(c): c for c in merged.get("commands", [])}
-            commands.update({_command_key(c): c for c in report.get("commands", []) if _command_key(c) not in commands})
-            merged["commands"] = sorted(commands.values(), key=lambda c: c.get("started", ""))
+            _take_in(merged, report)
             plan, theirs = merged.setdefault("plan", {}), report.get("plan", {})
             for key in ("datasets", "rates", "methods", "seeds"):
                 plan[key] = list(dict.fromkeys([*plan.get(key, []), *theirs.get(key, [])]))

@@ -258,7 +258,9 @@ def run(args: argparse.Namespace) -> int:
         logger.info("before training: %s", results["before"])
     del base_index
     try:
-        trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus, evaluator=evaluator)
+        trainer = RetrievalTrainer(
+            model, training_args, train_dataset=rows, corpus=corpus, evaluator=evaluator, loss=loss
+        )
     except ValueError as exc:  # settings that do not go together (the trainer checks them): one line, no traceback
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
