@@ -13,8 +13,10 @@ evaluated on the clean test qrels with the same :class:`~hf_robust_ir.evaluation
   ``MultipleNegativesRankingLoss`` (``st_multiplenegatives``) or ``GISTEmbedLoss`` guided by the base model
   (``st_gist``), trained on the same noisy rows with the same budget (batch size, learning rate, warm-up, epochs,
   seed, max length, hard negatives); ``label_weakening_hybrid``: label weakening whose guide adds BM25 to the base
-  model (:class:`~hf_robust_ir.modeling.HybridGuide`); ``relabel_*``: the rows relabeled once before training with
-  the base model (or cross-fitted fine-tuned models) as judge, then InfoNCE (see :func:`relabeled_rows`);
+  model (:class:`~hf_robust_ir.modeling.HybridGuide`); ``label_weakening_distilled``: the same plus the hybrid
+  guide's soft labels (:class:`~hf_robust_ir.losses.GuideDistillationLoss`), and ``hybrid_distillation`` those soft
+  labels on InfoNCE, which tells their share from the rule's; ``relabel_*``: the rows relabeled once before training
+  with the base model (or cross-fitted fine-tuned models) as judge, then InfoNCE (see :func:`relabeled_rows`);
   ``oracle_infonce``: the reference :func:`oracle_rows` bounds.
 
 Results go to ``--out`` (JSON) after every finished run, so a rerun with the same arguments skips what is done; the
@@ -67,6 +69,8 @@ OURS = (
     "rince",
     "guide_masked",
     "label_weakening_hybrid",
+    "label_weakening_distilled",
+    "hybrid_distillation",
 )
 ST_MNRL, ST_GIST = "st_multiplenegatives", "st_gist"
 SENTENCE_TRANSFORMERS = (ST_MNRL, ST_GIST)
@@ -94,8 +98,26 @@ WEAKENING_RULE = {"margin": 0.0, "guide_margin": 0.05, "replace_margin": 0.15}
 # Label weakening whose guide adds BM25 to the base model (hf_robust_ir.modeling.HybridGuide, weight --lexical_weight),
 # with variant 11's rule (benchmarks/NOISE_ROBUSTNESS.md): additions at the base rule's 0.05, replacement at 0.2, where
 # the hybrid judge recovers 85 % of the relevant hard negatives for about as many clean rows as the base model at 0.15.
-HYBRID_GUIDED = {"label_weakening_hybrid": "label_weakening"}  # method -> the registered loss it trains
 HYBRID_WEAKENING_RULE = {"margin": 0.0, "guide_margin": 0.05, "replace_margin": 0.2}
+# Soft labels from that hybrid guide (hf_robust_ir.losses.GuideDistillationLoss, KL from the softmax of its scores at
+# the student's temperature): added to label weakening under variant 11's rule (variant 13), and, to tell what the
+# soft labels give from what the rule gives, added to InfoNCE.
+GUIDE_SOFT_LABELS = {"name": "guide_distillation", "weight": 1.0, "kwargs": {"guide_temperature": 0.05}}
+DISTILLED_WEAKENING = {
+    "losses": [{"name": "label_weakening", "weight": 1.0, "kwargs": HYBRID_WEAKENING_RULE}, GUIDE_SOFT_LABELS]
+}
+HYBRID_DISTILLATION = {"losses": [{"name": "infonce", "weight": 1.0}, GUIDE_SOFT_LABELS]}
+HYBRID_GUIDED = {  # method -> the registered loss it trains, with the hybrid guide
+    "label_weakening_hybrid": "label_weakening",
+    "label_weakening_distilled": "weighted_sum",
+    "hybrid_distillation": "weighted_sum",
+}
+OURS_DEFAULT_KWARGS = {
+    "label_weakening": WEAKENING_RULE,
+    "label_weakening_hybrid": HYBRID_WEAKENING_RULE,
+    "label_weakening_distilled": DISTILLED_WEAKENING,
+    "hybrid_distillation": HYBRID_DISTILLATION,
+}
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -104,7 +126,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rates": [0.0, 0.4],
         "methods": ["infonce", ST_MNRL, "label_weakening", ST_GIST, "label_relaxation"],
         "n_seeds": 1,
-        "loss_kwargs": {"label_weakening": WEAKENING_RULE, "label_weakening_hybrid": HYBRID_WEAKENING_RULE},
+        "loss_kwargs": OURS_DEFAULT_KWARGS,
     },
     "full": {
         "datasets": ["scifact", "nfcorpus"],
@@ -112,14 +134,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rates": [0.0, 0.2, 0.4, 0.6],
         "methods": [*(m for m in OURS if m not in HYBRID_GUIDED), *SENTENCE_TRANSFORMERS],  # hybrid: on request
         "n_seeds": 3,
-        "loss_kwargs": {"label_weakening": WEAKENING_RULE, "label_weakening_hybrid": HYBRID_WEAKENING_RULE},
+        "loss_kwargs": OURS_DEFAULT_KWARGS,
     },
 }
 
 # The issue's target checks, at TARGET_RATE against the clean run.
 TARGET_RATE = 0.4
 WEAKENING, INFONCE = "label_weakening", "infonce"
-WEAKENING_METHODS = (WEAKENING, *HYBRID_GUIDED)  # the methods the targets are checked for
+WEAKENING_METHODS = (WEAKENING, *(m for m in HYBRID_GUIDED if "weakening" in m))  # the targets are checked for these
 MIN_GAIN_OVER_MNRL = 0.010
 MAX_CLEAN_GAP_TO_INFONCE = 0.005
 MIN_NOISE_COST = 0.010  # below this, noise costs the baselines too little for the benchmark to measure anything

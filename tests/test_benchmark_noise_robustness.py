@@ -246,13 +246,24 @@ def test_profiles_run_the_chosen_weakening_rule_and_bf16_follows_the_machine(tmp
         assert args.loss_kwargs == {
             "label_weakening": bench.WEAKENING_RULE,
             "label_weakening_hybrid": bench.HYBRID_WEAKENING_RULE,
+            "label_weakening_distilled": bench.DISTILLED_WEAKENING,
+            "hybrid_distillation": bench.HYBRID_DISTILLATION,
         }
         assert bench.method_config("label_weakening", args)["loss"]["replace_margin"] == 0.15
         hybrid = bench.method_config("label_weakening_hybrid", args)
         assert hybrid["loss"]["name"] == "label_weakening" and hybrid["loss"]["replace_margin"] == 0.2
         assert hybrid["guide"]["lexical_weight"] == 0.6
+        # variant 13: the same rule plus the hybrid guide's soft labels; and the soft labels on InfoNCE alone
+        distilled = bench.method_config("label_weakening_distilled", args)
+        weakening, soft = distilled["loss"]["losses"]
+        assert distilled["loss"]["name"] == "weighted_sum" and distilled["guide"]["lexical_weight"] == 0.6
+        assert (weakening["name"], weakening["replace_margin"], weakening["weight"]) == ("label_weakening", 0.2, 1.0)
+        assert soft == {"name": "guide_distillation", "weight": 1.0, "guide_temperature": 0.05}
+        ablation = bench.method_config("hybrid_distillation", args)["loss"]["losses"]
+        assert [term["name"] for term in ablation] == ["infonce", "guide_distillation"]
+        assert bench.WEAKENING_METHODS == ("label_weakening", "label_weakening_hybrid", "label_weakening_distilled")
         full = bench.parse_args(["--model", str(tmp_path), "--profile", "full"])
-        assert len(full.methods) == 17 and "label_weakening_hybrid" not in full.methods  # on request only
+        assert len(full.methods) == 17 and not set(bench.HYBRID_GUIDED) & set(full.methods)  # on request only
         mine = bench.parse_args(["--model", str(tmp_path), "--loss_kwargs", 'label_weakening={"margin": 0.5}'])
         assert mine.loss_kwargs["label_weakening"] == {"margin": 0.5}  # replaces the rule, not merged into it
         assert args.bf16 is bench.native_bf16()  # resolved from the machine, never left None
@@ -299,6 +310,27 @@ def test_workers_share_the_plan_without_overlap_and_independently_of_what_is_don
             bench.parse_args([*common, "--shard", "1/2"]), Store({("infonce", "semantic_swap", 0.4, 0)}), "nfcorpus"
         )
         assert resumed == shares[1][1:]
+
+
+def test_label_weakening_with_the_hybrid_guides_soft_labels_trains_and_logs(tiny_model_path, scifact_dir, tmp_path):
+    """label_weakening_distilled end to end on a tiny model: the hybrid guide is built, both terms train, the
+    weakening rule's statistics reach the log, and the record names the guide and the two terms."""
+    import json
+
+    out = tmp_path / "distilled.json"
+    argv = ["--profile", "quick", "--model", tiny_model_path, "--data_dir", str(scifact_dir.parent),
+            "--methods", "label_weakening_distilled", "--rates", "0.4", "--max_train_queries", "16",
+            "--max_eval_queries", "4", "--max_corpus", "40", "--max_length", "32", "--eval_max_length", "32",
+            "--no-bf16", "--out", str(out)]  # fmt: skip
+    with benchmark_module("noise_robustness") as bench:
+        assert bench.main(argv) == 0
+    report = json.loads(out.read_text())
+    run = report["results"]["label_weakening_distilled"]["scifact"]["semantic_swap"]["0.4"]["seeds"]["0"]
+    assert 0.0 <= run["ndcg@10"] <= 1.0 and run["train"]["steps"] >= 1
+    assert "plausible_set_size" in run["train"]["last_log"]
+    config = report["methods"]["label_weakening_distilled"]
+    assert [term["name"] for term in config["loss"]["losses"]] == ["label_weakening", "guide_distillation"]
+    assert config["guide"]["lexical"] == "BM25 over the training corpus"
 
 
 def test_workers_fill_one_results_file(tiny_model_path, scifact_dir, tmp_path):
@@ -365,6 +397,7 @@ def test_targets_are_checked_for_each_weakening_method(tmp_path):
             "st_gist": curve(0.660, 0.660),
             "label_weakening": curve(0.674, 0.673),
             "label_weakening_hybrid": curve(0.677, 0.680),
+            "label_weakening_distilled": curve(0.690, 0.684),
         }
         checks = {c["check"]: (c["value"], c["passed"]) for c in bench.target_checks(summary)}
         assert checks["weakening@0.4 >= multiplenegatives@0"] == (pytest.approx(-0.006), False)
@@ -373,7 +406,9 @@ def test_targets_are_checked_for_each_weakening_method(tmp_path):
         assert checks["weakening_hybrid@0.4 > gist@0.4"] == (pytest.approx(0.020), True)
         assert checks["|weakening_hybrid@0 - infonce@0| <= 0.005"] == (pytest.approx(0.001), True)
         assert checks["|weakening@0 - infonce@0| <= 0.005"] == (pytest.approx(0.004), True)
-        assert len(checks) == 8
+        assert checks["weakening_distilled@0.4 >= multiplenegatives@0"] == (pytest.approx(0.005), True)
+        assert checks["|weakening_distilled@0 - infonce@0| <= 0.005"] == (pytest.approx(0.012), False)
+        assert len(checks) == 12
 
 
 def test_results_made_apart_merge_into_one_file(tmp_path):

@@ -13,6 +13,7 @@ import torch
 
 from hf_robust_ir.losses import (
     LOSS_REGISTRY,
+    GuideDistillationLoss,
     GuideMaskedLoss,
     InfoNCELoss,
     KLDistillationLoss,
@@ -437,6 +438,73 @@ def test_weighted_sum_stats_and_scheduled_attributes():
     ambiguous = WeightedSumLoss([{"name": "label_relaxation"}, {"name": "label_weakening"}])
     assert not hasattr(ambiguous, "alpha")
     assert not hasattr(WeightedSumLoss([{"name": "infonce"}]), "alpha")
+
+
+# ------------------------------------------------------------------------------------------------ guide distillation
+def test_guide_distillation_by_hand():
+    # row 0: guide [0.1, 0.2, 0.3] at τ_g = 0.1 gives the target softmax([1, 2, 3]); row 1: candidate 2 masked, so
+    # both softmaxes are over candidates 0 and 1; row 2: one candidate, no soft label, left out of the mean
+    scores = t([[2.0, 1.0, 0.0], [0.5, -1.0, 3.0], [1.0, 0.0, 0.0]])
+    guide = t([[0.1, 0.2, 0.3], [0.05, 0.0, 9.0], [0.3, 0.2, 0.1]])
+    labels = t([[1, 0, 0], [0, 1, 0], [1, 0, 0]])  # not read: the soft labels come from the guide alone
+    mask = t([[True, True, True], [True, True, False], [True, False, False]], torch.bool)
+    loss = GuideDistillationLoss(guide_temperature=0.1)
+    value = loss(scores, labels, mask, guide_scores=guide)
+    row0 = kl(softmax([1.0, 2.0, 3.0]), softmax([2.0, 1.0, 0.0]))  # = (2e² − 2) / Z
+    assert row0 == pytest.approx(REVERSED_KL)
+    row1 = kl(softmax([0.5, 0.0]), softmax([0.5, -1.0]))
+    assert value.item() == pytest.approx((row0 + row1) / 2, abs=1e-6)
+    flipped = loss(scores, 1 - labels, mask, guide_scores=guide)
+    assert flipped.item() == pytest.approx(value.item(), abs=1e-7)
+    # the default temperature 0.05 is the bi-encoder's: guide cosines equal to the student's give 0
+    cosines = t([[0.9, 0.2, -0.1]])
+    zero = GuideDistillationLoss()(cosines / 0.05, t([[1, 0, 0]]), full_mask(cosines), guide_scores=cosines)
+    assert zero.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_guide_distillation_gradient_and_errors():
+    scores = t([[2.0, 1.0, 0.0], [0.0, 1.0, 4.0]]).requires_grad_()
+    guide = t([[0.1, 0.2, 0.3], [0.3, 0.3, 0.0]])
+    labels, mask = t([[1, 0, 0], [0, 1, 0]]), full_mask(scores)
+    GuideDistillationLoss(guide_temperature=0.1)(scores, labels, mask, guide_scores=guide).backward()
+    expected = [
+        [(p - q) / 2 for p, q in zip(softmax([2.0, 1.0, 0.0]), softmax([1.0, 2.0, 3.0]))],
+        [(p - q) / 2 for p, q in zip(softmax([0.0, 1.0, 4.0]), softmax([3.0, 3.0, 0.0]))],
+    ]
+    torch.testing.assert_close(scores.grad, t(expected))
+    loss = GuideDistillationLoss()
+    assert loss.needs_guide_scores and loss.config() == {"name": "guide_distillation", "guide_temperature": 0.05}
+    assert LOSS_REGISTRY["guide_distillation"] is GuideDistillationLoss and loss.citation.startswith("@")
+    with pytest.raises(ValueError, match="guide_scores"):
+        loss(scores, labels, mask)
+    with pytest.raises(ValueError, match="do not match"):
+        loss(scores, labels, mask, guide_scores=guide[:, :2])
+    with pytest.raises(ValueError, match="guide_temperature"):
+        GuideDistillationLoss(guide_temperature=0.0)
+
+
+def test_label_weakening_with_guide_soft_labels_is_the_sum_of_its_parts():
+    scores = t([[2.0, 1.0, 0.5, -1.0], [0.3, 1.5, 0.2, 0.0]])
+    labels = t([[1, 0, 0, 0], [1, 0, 0, 0]])
+    mask = full_mask(scores)
+    guide = t([[0.80, 0.70, 0.60, 0.10], [0.50, 0.80, 0.40, 0.30]])  # row 1: the guide ranks candidate 1 first
+    weakening = {"margin": 0.0, "guide_margin": 0.05, "replace_margin": 0.2, "alpha": 0.0}
+    loss = WeightedSumLoss(
+        [
+            {"name": "label_weakening", "kwargs": weakening},
+            {"name": "guide_distillation", "weight": 0.5, "kwargs": {"guide_temperature": 0.1}},
+        ]
+    )
+    assert loss.needs_guide_scores
+    value = loss(scores, labels, mask, guide_scores=guide)
+    # row 0: S = {0}; row 1: candidate 1 beats the label under both models, by 0.3 > 0.2 under the guide: S = {1}
+    weak = (-math.log(softmax([2.0, 1.0, 0.5, -1.0])[0]) - math.log(softmax([0.3, 1.5, 0.2, 0.0])[1])) / 2
+    soft = (
+        kl(softmax([8.0, 7.0, 6.0, 1.0]), softmax([2.0, 1.0, 0.5, -1.0]))
+        + kl(softmax([5.0, 8.0, 4.0, 3.0]), softmax([0.3, 1.5, 0.2, 0.0]))
+    ) / 2
+    assert value.item() == pytest.approx(weak + 0.5 * soft, abs=1e-6)
+    assert loss.stats()["replaced_fraction"] == 0.5
 
 
 # ---------------------------------------------------------------------------------------------------- registry

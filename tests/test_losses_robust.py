@@ -193,8 +193,15 @@ def test_rince_small_q_is_infonce_plus_log_lambda():
 
 
 # losses that learn from teacher scores or from graded lists (tests/test_losses_distillation.py) follow another
-# contract: they need a teacher, or a list of equal grades is still a (uniform) target
-SOFT_LABEL_LOSSES = {"kl_distillation", "margin_mse", "listnet", "wasserstein_listwise", "weighted_sum"}
+# contract: they need a teacher (or the guide's scores), or a list of equal grades is still a (uniform) target
+SOFT_LABEL_LOSSES = {
+    "kl_distillation",
+    "guide_distillation",
+    "margin_mse",
+    "listnet",
+    "wasserstein_listwise",
+    "weighted_sum",
+}
 HARD_LABEL_LOSSES = sorted(set(LOSS_REGISTRY) - SOFT_LABEL_LOSSES)
 
 

@@ -3,7 +3,7 @@
 from .base import LOSS_REGISTRY, RetrievalLoss, get_loss, masked_log_softmax, positive_target, register_loss
 from .combined import WeightedSumLoss
 from .contrastive import InfoNCELoss
-from .distillation import KLDistillationLoss, ListNetLoss, MarginMSELoss, WassersteinListwiseLoss
+from .distillation import GuideDistillationLoss, KLDistillationLoss, ListNetLoss, MarginMSELoss, WassersteinListwiseLoss
 from .guided import GuideMaskedLoss
 from .robust import (
     FocalLoss,
@@ -24,6 +24,7 @@ __all__ = [
     "LOSS_REGISTRY",
     "FocalLoss",
     "GCELoss",
+    "GuideDistillationLoss",
     "GuideMaskedLoss",
     "HardBootstrappingLoss",
     "InfoNCELoss",

@@ -2,6 +2,9 @@
 
 - :class:`KLDistillationLoss`: KL divergence from the teacher's softmax to the student's over each query's candidates
   (Hinton et al. 2015; the soft labels of noisy self-training, NST, Jiang et al. 2023).
+- :class:`GuideDistillationLoss`: the same KL divergence, from the softmax of a frozen guide model's scores computed
+  in the training step (the guide of :class:`~hf_robust_ir.losses.GuideMaskedLoss` and of label weakening's guide
+  agreement), so every candidate — in-batch ones too — gets a soft label without a scoring pass over the data.
 - :class:`MarginMSELoss`: the student's positive-negative margin regressed on the teacher's (Hofstätter et al. 2020).
 - :class:`ListNetLoss`: KL divergence from a softmax over graded labels (or teacher scores) to the student's softmax
   (ListNet, Cao et al. 2007; the simple alternative of SyCL, Esfandiarpoor et al. 2025).
@@ -116,6 +119,49 @@ class KLDistillationLoss(RetrievalLoss):
         log_p = _log_softmax_over(scores.float() / self.student_temperature, support)
         loss = mean_over_queries(_kl_over(log_q, log_p, support), rows)
         return loss * self.teacher_temperature**2 if self.scale_by_temperature else loss
+
+
+@register_loss("guide_distillation")
+class GuideDistillationLoss(RetrievalLoss):
+    """Soft labels from the frozen guide model the trainer runs each step (``guide_scores``, ``needs_guide_scores``):
+    for query ``i`` and its masked-in candidates ``K_i`` (its own documents and the in-batch ones),
+
+        q = softmax(g_i / τ_g),  p = softmax(s_i)   over K_i
+        L_i = KL(q || p) = Σ_{k∈K_i} q_k (log q_k − log p_k)
+        L = mean_{i: |K_i| ≥ 2} L_i
+
+    with ``g`` the guide's ``q·d`` (cosine for a dense guide; cosine plus the weighted, normalized BM25 score for a
+    :class:`~hf_robust_ir.modeling.HybridGuide`) and ``s`` the student's scores, already divided by its temperature:
+    ``guide_temperature`` equal to the student's (0.05 for the bi-encoder's default) compares the two on the same
+    scale. Labels are not read, so a wrong label does not reach this term; mixed with a hard-label loss through
+    :class:`~hf_robust_ir.losses.WeightedSumLoss` it pulls every row towards the guide's ranking (on SciFact with
+    40 % wrong positives, InfoNCE plus this term with the base model + BM25 as guide gains 4.5 nDCG@10 points over
+    InfoNCE; added to label weakening it costs a little: ``benchmarks/NOISE_ROBUSTNESS.md``, variant 13).
+    Soft-label distillation after Hinton et al. (2015); the teacher here is the guide, as in GISTEmbed's guided
+    negatives (Solatorio 2024), but as a target rather than a mask. The gradient with respect to ``s_ik`` is
+    ``p_k − q_k``.
+    """
+
+    needs_guide_scores = True
+    citation = _HINTON_2015
+
+    def __init__(self, guide_temperature: float = 0.05):
+        super().__init__()
+        if not guide_temperature > 0:
+            raise ValueError(f"guide_temperature must be > 0, got {guide_temperature}")
+        self.guide_temperature = float(guide_temperature)
+
+    def forward(self, scores, labels, mask, teacher=None, guide_scores=None) -> torch.Tensor:
+        if guide_scores is None:
+            raise ValueError("GuideDistillationLoss needs guide_scores (set guide_model on the trainer)")
+        if guide_scores.shape != scores.shape:
+            raise ValueError(f"guide_scores {tuple(guide_scores.shape)} do not match scores {tuple(scores.shape)}")
+        mask = mask.bool()
+        rows = mask.sum(-1) >= 2
+        support = mask & rows.unsqueeze(-1)
+        log_q = _log_softmax_over(guide_scores.detach().float() / self.guide_temperature, support)
+        log_p = _log_softmax_over(scores.float(), support)
+        return mean_over_queries(_kl_over(log_q, log_p, support), rows)
 
 
 @register_loss("margin_mse")
