@@ -87,8 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         "score": "cos(q, d) + w * BM25(q, d) / sum of the query's idf (HybridGuide); bm25: the lexical part alone",
         "command": "python benchmarks/hybrid_guide_retrieval.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
-        "datasets": {name: evaluate_dataset(args, name) for name in args.datasets},
+        "datasets": {},
     }
+    from hf_robust_ir.data.schema import DataFormatError
+
+    for name in args.datasets:
+        try:
+            report["datasets"][name] = evaluate_dataset(args, name)
+        except (DataFormatError, FileNotFoundError) as exc:  # not a BEIR folder, or a malformed file: one line
+            raise SystemExit(f"error: {name}: {exc}") from None
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0

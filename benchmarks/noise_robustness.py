@@ -327,6 +327,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.fn_order == "teacher_score" and not args.hard_negatives:
         parser.error("--fn_order teacher_score needs --hard_negatives >= 1: the positives' scores come from mining")
     args.loss_kwargs = {**profile.get("loss_kwargs", {}), **_parse_loss_kwargs(parser, args.loss_kwargs)}
+    _check_losses_build(parser, args)
     if args.bf16 is None:
         args.bf16 = native_bf16()
     if args.workers < 1:
@@ -375,6 +376,20 @@ def _parse_loss_kwargs(parser: argparse.ArgumentParser, items: list[str]) -> dic
             parser.error(f"--loss_kwargs {name}: expected a JSON object")
         parsed[name] = value
     return parsed
+
+
+def _check_losses_build(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Each planned method of ours builds its loss from its keyword arguments, so a wrong one stops here in one
+    line, not after the corpus encode."""
+    from hf_robust_ir.losses import get_loss
+
+    for method in args.methods:
+        if method in OURS:
+            try:
+                get_loss(HYBRID_GUIDED.get(method, method), **args.loss_kwargs.get(method, {}))
+            except (KeyError, TypeError, ValueError) as exc:
+                message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+                parser.error(f"--loss_kwargs {method}: {message}")
 
 
 def budget_of(args: argparse.Namespace) -> dict[str, Any]:

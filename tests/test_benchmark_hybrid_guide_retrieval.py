@@ -43,8 +43,12 @@ def test_weight_zero_is_the_dense_model_and_bm25_is_bm25s(tiny_model_path, small
     assert scores["bm25"]["ndcg@10"] > 0
 
 
-def test_bad_arguments_stop_with_a_message(tmp_path):
+def test_bad_arguments_stop_with_a_message(tiny_model_path, small_beir, tmp_path):
     with benchmark_module("hybrid_guide_retrieval") as bench:
+        argv = ["--model", tiny_model_path, "--data_dir", str(small_beir.parent), "--datasets", "missing"]
+        with pytest.raises(SystemExit, match=r"^error: missing: .*test.tsv not found"):
+            bench.main([*argv, "--out", str(tmp_path / "x.json")])
+        assert not (tmp_path / "x.json").exists()
         with pytest.raises(SystemExit):
             bench.parse_args(["--weights", "-1", "--out", str(tmp_path / "x.json")])
         with pytest.raises(SystemExit):

@@ -275,6 +275,23 @@ def test_profiles_run_the_chosen_weakening_rule_and_bf16_follows_the_machine(tmp
             bench.parse_args(["--model", str(tmp_path), "--lexical_weight", "-0.1"])
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ('label_weakening={"margn": 1}', "unexpected keyword argument 'margn'"),
+        ('label_weakening_distilled={"losses": [{"nam": "x"}]}', "losses[0]: a loss entry needs a 'name'"),
+        ('hybrid_distillation={"losses": [{"name": "nope"}]}', "unknown loss 'nope'"),
+    ],
+)
+def test_loss_kwargs_that_do_not_build_stop_before_any_work(kwargs, message, tmp_path, capsys):
+    method = kwargs.partition("=")[0]
+    with benchmark_module("noise_robustness") as bench:
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--model", str(tmp_path), "--methods", method, "--loss_kwargs", kwargs])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: --loss_kwargs {method}: " in error and message in error
+
+
 def test_workers_share_the_plan_without_overlap_and_independently_of_what_is_done(tmp_path):
     class Store:
         def __init__(self, done=()):
