@@ -61,6 +61,15 @@ class RetrievalLoss(nn.Module):
         raise NotImplementedError
 
 
+def check_guide_scores(loss: RetrievalLoss, scores: torch.Tensor, guide_scores: torch.Tensor | None, why: str = ""):
+    """Refuse a call of a loss that reads the guide model's scores (``needs_guide_scores``) without them, or with
+    scores over other candidates than ``scores``; ``why`` names the option that makes the loss read them."""
+    if guide_scores is None:
+        raise ValueError(f"{type(loss).__name__}{why} needs guide_scores (set guide_model on the trainer)")
+    if guide_scores.shape != scores.shape:
+        raise ValueError(f"guide_scores {tuple(guide_scores.shape)} do not match scores {tuple(scores.shape)}")
+
+
 def masked_log_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Row-wise log-softmax over the masked-in candidates; ``-inf`` where ``mask`` is ``False``."""
     return torch.log_softmax(scores.float().masked_fill(~mask, float("-inf")), dim=-1)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RetrievalLoss, register_loss
+from .base import RetrievalLoss, check_guide_scores, register_loss
 from .robust import mean_over_queries
 
 _HINTON_2015 = (
@@ -77,6 +77,16 @@ def _kl_over(log_target: torch.Tensor, log_pred: torch.Tensor, support: torch.Te
     return (target * (log_target - log_pred)).sum(-1)
 
 
+def _soft_label_kl(target: torch.Tensor, scores: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """``mean_i KL(softmax(target_i) || softmax(scores_i))`` over each row's ``known`` candidates, for the rows with
+    at least two of them (a row with one carries no soft label); 0, still connected to ``scores``, when none has."""
+    rows = known.sum(-1) >= 2
+    support = known & rows.unsqueeze(-1)
+    log_q = _log_softmax_over(target, support)
+    log_p = _log_softmax_over(scores.float(), support)
+    return mean_over_queries(_kl_over(log_q, log_p, support), rows)
+
+
 @register_loss("kl_distillation")
 class KLDistillationLoss(RetrievalLoss):
     """Soft-label distillation (Hinton et al. 2015), as used for the teacher's soft labels of noisy self-training
@@ -113,11 +123,7 @@ class KLDistillationLoss(RetrievalLoss):
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
         teacher = _require_teacher(self, scores, teacher)
         known = mask.bool() & ~torch.isnan(teacher)
-        rows = known.sum(-1) >= 2
-        support = known & rows.unsqueeze(-1)
-        log_q = _log_softmax_over(teacher / self.teacher_temperature, support)
-        log_p = _log_softmax_over(scores.float() / self.student_temperature, support)
-        loss = mean_over_queries(_kl_over(log_q, log_p, support), rows)
+        loss = _soft_label_kl(teacher / self.teacher_temperature, scores.float() / self.student_temperature, known)
         return loss * self.teacher_temperature**2 if self.scale_by_temperature else loss
 
 
@@ -152,16 +158,8 @@ class GuideDistillationLoss(RetrievalLoss):
         self.guide_temperature = float(guide_temperature)
 
     def forward(self, scores, labels, mask, teacher=None, guide_scores=None) -> torch.Tensor:
-        if guide_scores is None:
-            raise ValueError("GuideDistillationLoss needs guide_scores (set guide_model on the trainer)")
-        if guide_scores.shape != scores.shape:
-            raise ValueError(f"guide_scores {tuple(guide_scores.shape)} do not match scores {tuple(scores.shape)}")
-        mask = mask.bool()
-        rows = mask.sum(-1) >= 2
-        support = mask & rows.unsqueeze(-1)
-        log_q = _log_softmax_over(guide_scores.detach().float() / self.guide_temperature, support)
-        log_p = _log_softmax_over(scores.float(), support)
-        return mean_over_queries(_kl_over(log_q, log_p, support), rows)
+        check_guide_scores(self, scores, guide_scores)
+        return _soft_label_kl(guide_scores.detach().float() / self.guide_temperature, scores, mask.bool())
 
 
 @register_loss("margin_mse")

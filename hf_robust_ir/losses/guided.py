@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .base import RetrievalLoss, get_loss, register_loss
+from .base import RetrievalLoss, check_guide_scores, get_loss, register_loss
 
 _FORWARDED = ("alpha", "confidence_enabled", "warmup_steps")  # scheduled attributes of the inner loss
 
@@ -110,10 +110,7 @@ class GuideMaskedLoss(RetrievalLoss):
         return mask & ~too_close
 
     def forward(self, scores, labels, mask, teacher=None, guide_scores=None) -> torch.Tensor:
-        if guide_scores is None:
-            raise ValueError("GuideMaskedLoss needs guide_scores (set guide_model on the trainer)")
-        if guide_scores.shape != scores.shape:
-            raise ValueError(f"guide_scores {tuple(guide_scores.shape)} do not match scores {tuple(scores.shape)}")
+        check_guide_scores(self, scores, guide_scores)
         masked = self.guide_mask(guide_scores, labels, mask)
         if getattr(self.inner, "needs_guide_scores", False):  # e.g. label weakening with guide agreement
             return self.inner(scores, labels, masked, teacher, guide_scores=guide_scores)

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .base import RetrievalLoss, masked_log_softmax, register_loss
+from .base import RetrievalLoss, check_guide_scores, masked_log_softmax, register_loss
 from .robust import mean_over_queries
 
 RULES = ("margin", "topk_prob")
@@ -116,10 +116,7 @@ class LabelRelaxationLoss(RetrievalLoss):
         positives = mask & (labels > 0)
         has_positive = positives.any(-1)
         if getattr(self, "needs_guide_scores", False):
-            if guide_scores is None:
-                raise ValueError(f"{type(self).__name__} with guide_margin needs guide_scores (set guide_model)")
-            if guide_scores.shape != scores.shape:
-                raise ValueError(f"guide_scores {tuple(guide_scores.shape)} do not match scores {tuple(scores.shape)}")
+            check_guide_scores(self, scores, guide_scores, " with guide_margin")
         detached = scores.detach().float()
         with torch.no_grad():
             plausible = self.plausible_set(detached, positives, mask, guide_scores) & mask
