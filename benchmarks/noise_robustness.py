@@ -301,7 +301,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.merge:
         if not args.out:
             parser.error("--merge needs --out, the file to merge into")
-        unknown = [m for m in args.methods or [] if METHOD_ALIASES.get(m, m) not in known]
+        args.methods = [METHOD_ALIASES.get(m, m) for m in args.methods] if args.methods else None
+        unknown = [m for m in args.methods or [] if m not in known]
         if unknown:
             parser.error(f"unknown method(s) {unknown}; choose from {known}")
         return args
@@ -381,15 +382,21 @@ def _parse_loss_kwargs(parser: argparse.ArgumentParser, items: list[str]) -> dic
     return parsed
 
 
+def our_loss(method: str, args: argparse.Namespace) -> Any:
+    """The loss a method of ours trains with: its registered loss (for the methods of ``HYBRID_GUIDED``, the one
+    named there) built from its ``--loss_kwargs``."""
+    from hf_robust_ir.losses import get_loss
+
+    return get_loss(HYBRID_GUIDED.get(method, method), **args.loss_kwargs.get(method, {}))
+
+
 def _check_losses_build(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Each planned method of ours builds its loss from its keyword arguments, so a wrong one stops here in one
     line, not after the corpus encode."""
-    from hf_robust_ir.losses import get_loss
-
     for method in args.methods:
         if method in OURS:
             try:
-                get_loss(HYBRID_GUIDED.get(method, method), **args.loss_kwargs.get(method, {}))
+                our_loss(method, args)
             except (KeyError, TypeError, ValueError) as exc:
                 message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
                 parser.error(f"--loss_kwargs {method}: {message}")
@@ -472,7 +479,7 @@ def method_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
         }
     config = {
         "trainer": "hf_robust_ir",
-        "loss": get_loss(HYBRID_GUIDED.get(name, name), **args.loss_kwargs.get(name, {})).config(),
+        "loss": our_loss(name, args).config(),
     }
     if name in HYBRID_GUIDED:
         config["guide"] = {
@@ -667,17 +674,18 @@ def merge_results(out: Path, sources: list[Path], methods: list[str] | None = No
     ``sources`` (``out``'s own runs all stay), so a file can give one method's seeds without its other methods'
     configurations having to match. ``merged_from`` records each file's run count (of the runs taken from it), the
     methods taken where filtered, and its environment; ``environment`` stays the first file's."""
-    paths = [out] if out.exists() else []
-    paths += [path for path in sources if not (out.exists() and path.resolve() == out.resolve())]
+    out_held = out.exists()  # out is taken in first, whole
+    paths = [out] if out_held else []
+    paths += [path for path in sources if not (out_held and path.resolve() == out.resolve())]
     reports = []
-    for path in dict.fromkeys(paths):
+    for index, path in enumerate(dict.fromkeys(paths)):
         try:
             report = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise SystemExit(f"{path}: not a readable results file ({exc})") from None
         if not isinstance(report, dict) or "budget" not in report or "results" not in report:
             raise SystemExit(f"{path}: not a noise_robustness results file (no budget or results)")
-        filtered = methods is not None and not (out.exists() and path.resolve() == out.resolve())
+        filtered = methods is not None and not (out_held and index == 0)
         reports.append((path, _only_methods(report, methods) if filtered else report, filtered))
     if not reports:
         raise SystemExit("--merge: no results file to merge")
@@ -1362,29 +1370,28 @@ def _train_log(trainer: Any) -> dict[str, Any]:
 def train_ours(args: argparse.Namespace, method: str, rows: Any, corpus: dict[str, str], seed: int, work: str):
     """RetrievalTrainer with the registered loss of ``method`` (its name, or for ``label_weakening_hybrid`` label
     weakening with a HybridGuide); returns the trained BiEncoder and its training log."""
-    from hf_robust_ir.losses import get_loss
     from hf_robust_ir.modeling import BiEncoder
     from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
 
-    loss_name, loss_kwargs = HYBRID_GUIDED.get(method, method), args.loss_kwargs.get(method) or None
+    loss = our_loss(method, args)
 
     model = BiEncoder.from_pretrained(args.model, query_max_length=args.max_length, document_max_length=args.max_length)
     training_args = RetrievalTrainingArguments(
         **_common_training_arguments(args, seed, work),
         num_train_epochs=args.epochs,
-        loss=loss_name,
-        loss_kwargs=loss_kwargs,
+        loss=HYBRID_GUIDED.get(method, method),
+        loss_kwargs=args.loss_kwargs.get(method) or None,
         group_size=1 + args.hard_negatives,
         positives_per_query=1,
         # the trainer wraps the dense guide below in a HybridGuide over the corpus and the rows' queries
         guide_lexical_weight=args.lexical_weight if method in HYBRID_GUIDED else None,
     )
     guide = None  # losses that read a frozen guide's scores get the base model, as GISTEmbed does
-    if getattr(get_loss(loss_name, **(loss_kwargs or {})), "needs_guide_scores", False):
+    if getattr(loss, "needs_guide_scores", False):
         guide = BiEncoder.from_pretrained(
             args.model, query_max_length=args.max_length, document_max_length=args.max_length
         )
-    trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus, guide_model=guide)
+    trainer = RetrievalTrainer(model, training_args, train_dataset=rows, corpus=corpus, guide_model=guide, loss=loss)
     _quiet(trainer)
     trainer.train()
     return trainer.accelerator.unwrap_model(trainer.model), _train_log(trainer)
@@ -1639,8 +1646,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shard is not None:
         LOG_PREFIX[0] = f"[worker {args.shard[0]}/{args.shard[1]}] "
     if args.merge:
-        methods = [METHOD_ALIASES.get(m, m) for m in args.methods] if args.methods else None
-        merged = merge_results(Path(args.out), [Path(path) for path in args.merge], methods)
+        merged = merge_results(Path(args.out), [Path(path) for path in args.merge], args.methods)
         log(f"merged {len(merged['merged_from'])} files, {merged['finished_runs']} runs, into {args.out}")
         report_targets(merged, args)
         return 0
