@@ -44,7 +44,7 @@ class RetrievalTrainingArguments(TrainingArguments):
         default="constant", metadata={"help": "schedule of the loss's alpha: constant, linear or cosine"}
     )
     loss_schedule_start: float | None = field(default=None, metadata={"help": "alpha at step 0 (default: loss's)"})
-    loss_schedule_end: float | None = field(default=None, metadata={"help": "alpha at the last step"})
+    loss_schedule_end: float | None = field(default=None, metadata={"help": "alpha at the last optimizer step"})
     confidence_warmup_steps: int | None = field(
         default=None, metadata={"help": "steps before label weakening's confidence rule turns on (default: loss's)"}
     )

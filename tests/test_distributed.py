@@ -1,5 +1,6 @@
 """Two gloo processes with half the batch each give the loss and gradients of one process with the whole batch."""
 
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hf_robust_ir.callbacks import LossScheduleCallback
 from hf_robust_ir.data.collator import RetrievalCollator
 from hf_robust_ir.losses import GuideMaskedLoss, InfoNCELoss
 from hf_robust_ir.modeling import BiEncoder
@@ -53,9 +55,10 @@ def _rows():
     return rows, corpus
 
 
-@pytest.mark.parametrize("loss_name", ["infonce", "guide_masked"])
+@pytest.mark.parametrize("loss_name", ["infonce", "guide_masked", "guide_masked_weakening"])
 def test_two_processes_match_one_process(tmp_path, no_dropout_model_path, tiny_model_path, loss_name):
-    """InfoNCE, and GuideMaskedLoss whose guide (another random model) scores the gathered candidates too."""
+    """InfoNCE, GuideMaskedLoss whose guide (another random model) scores the gathered candidates too, and the same
+    around label weakening, whose logged statistics must cover both processes' queries, as one process's do."""
     no_dropout_model = no_dropout_model_path
     rows, corpus = _rows()
     group_size = 4
@@ -65,8 +68,12 @@ def test_two_processes_match_one_process(tmp_path, no_dropout_model_path, tiny_m
     batch = RetrievalCollator.for_model(model, corpus, group_size=group_size)(rows)
     assert len(batch["doc_ids"]) < sum(min(group_size, len(r["doc_ids"])) for r in rows)  # repeats were merged
     loss_module, guide_args = InfoNCELoss(), []
-    if loss_name == "guide_masked":
-        loss_module, guide_args = GuideMaskedLoss(margin=0.0), ["--loss", "guide_masked", "--guide", tiny_model_path]
+    if loss_name.startswith("guide_masked"):
+        kwargs = {"margin": 0.0}
+        if loss_name == "guide_masked_weakening":
+            kwargs.update(inner="label_weakening", inner_kwargs={"margin": 0.0})
+        loss_module = GuideMaskedLoss(**kwargs)
+        guide_args = ["--loss", "guide_masked", "--loss_kwargs", json.dumps(kwargs), "--guide", tiny_model_path]
         batch.update(guide_embeddings(BiEncoder.from_pretrained(tiny_model_path), batch))
         guide_scores = batch["guide_query_embeddings"] @ batch["guide_document_embeddings"].T
         masked = loss_module.guide_mask(guide_scores, batch["labels"], batch["mask"].bool())
@@ -76,6 +83,7 @@ def test_two_processes_match_one_process(tmp_path, no_dropout_model_path, tiny_m
     loss = loss_from_embeddings(loss_module, model.similarity, queries, documents, batch)
     loss.backward()
     reference = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    logged = LossScheduleCallback(loss_module).log_values()
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
@@ -89,6 +97,11 @@ def test_two_processes_match_one_process(tmp_path, no_dropout_model_path, tiny_m
     assert set(ddp["grads"]) == set(reference)
     for name, grad in reference.items():
         torch.testing.assert_close(ddp["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert ddp["stats"] == pytest.approx(logged, abs=1e-9)
+    if loss_name == "guide_masked_weakening":
+        assert {"guide_masked_per_query", "plausible_set_size", "outranked_fraction"} <= set(logged)
+        # rank 0's own queries give other values: the log is not one process's view
+        assert ddp["local_stats"] != pytest.approx(logged, abs=1e-9)
 
 
 def test_corpus_encoding_is_sharded_and_merged(tmp_path, no_dropout_model_path):

@@ -136,3 +136,45 @@ def test_a_negative_margin_masks_only_candidates_far_above_the_positive_and_the_
     expected = math.log(math.e + math.e**2 + 1) - math.log(math.e + math.e**2)
     assert weakened(scores, labels, mask, guide_scores=guide).item() == pytest.approx(expected, abs=1e-6)
     assert weakened.stats()["added_per_query"] == 1.0 and weakened.stats()["guide_masked_per_query"] == 1.0
+
+
+def test_evaluation_passes_are_not_counted():
+    # the statistics describe training passes (as label weakening's do): a pass without gradient leaves them alone
+    scores = torch.zeros(3, 4)
+    loss = GuideMaskedLoss(margin=0.05)
+    with torch.no_grad():
+        loss(scores, LABELS, MASK, guide_scores=GUIDE)
+    assert loss.stats() == {}
+    loss(scores.requires_grad_(), LABELS, MASK, guide_scores=GUIDE)
+    assert loss.stats() == {"guide_masked_per_query": 3 / 2}  # as test_absolute_margin_mask_by_hand
+
+
+def test_config_builds_the_same_loss_again_also_inside_a_weighted_sum():
+    scores = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.3, 1.5, 0.2, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    loss = GuideMaskedLoss(inner="label_weakening", inner_kwargs={"margin": 0.0, "alpha": 0.2}, margin=0.05)
+    config = loss.config()
+    assert config["inner"]["name"] == "label_weakening" and config["inner"]["alpha"] == 0.2
+    rebuilt = get_loss(config.pop("name"), **config)
+    assert isinstance(rebuilt.inner, LabelWeakeningLoss) and rebuilt.config() == loss.config()
+    torch.testing.assert_close(
+        rebuilt(scores, LABELS, MASK, guide_scores=GUIDE), loss(scores, LABELS, MASK, guide_scores=GUIDE)
+    )
+    combined = get_loss("weighted_sum", losses=[loss, (get_loss("kl_distillation"), 0.5)])
+    again = get_loss("weighted_sum", losses=combined.config()["losses"])
+    assert again.config() == combined.config()
+    teacher = torch.tensor([[3.0, 1.0, 0.0, 0.0], [0.0, 2.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    torch.testing.assert_close(
+        again(scores, LABELS, MASK, teacher, guide_scores=GUIDE),
+        combined(scores, LABELS, MASK, teacher, guide_scores=GUIDE),
+    )
+
+
+def test_inner_of_a_wrong_type_is_refused_at_construction():
+    with pytest.raises(TypeError, match="inner: expected"):
+        GuideMaskedLoss(inner=3)
+    with pytest.raises(ValueError, match="needs a 'name'"):
+        GuideMaskedLoss(inner={"alpha": 0.1})
+    with pytest.raises(ValueError, match="not to a built loss"):
+        GuideMaskedLoss(inner=InfoNCELoss(), inner_kwargs={"temperature": 0.1})
+    with pytest.raises(ValueError, match=r"\['alpha'\] given both"):
+        GuideMaskedLoss(inner={"name": "label_weakening", "alpha": 0.1}, inner_kwargs={"alpha": 0.2})

@@ -10,7 +10,7 @@ from hf_robust_ir.callbacks import LossScheduleCallback, scheduled_value
 from hf_robust_ir.losses import InfoNCELoss, LabelRelaxationLoss, LabelSmoothingLoss, LabelWeakeningLoss
 
 
-def _step(callback, step, max_steps=10):
+def _step(callback, step, max_steps=11):
     state = TrainerState(global_step=step, max_steps=max_steps)
     callback.on_step_begin(None, state, TrainerControl())
     return callback.loss
@@ -18,10 +18,11 @@ def _step(callback, step, max_steps=10):
 
 def test_linear_schedule():
     callback = LossScheduleCallback(LabelRelaxationLoss(), "linear", alpha_start=0.3, alpha_end=0.0)
-    # 0.3 + (0 − 0.3)·t at t = step / 10
+    # 0.3 + (0 − 0.3)·t at t = step / 10: steps 0 … 10 of a run of 11, the last one at the end value
     assert _step(callback, 0).alpha == pytest.approx(0.3)
     assert _step(callback, 5).alpha == pytest.approx(0.15)
     assert _step(callback, 8).alpha == pytest.approx(0.06)
+    assert _step(callback, 9).alpha == pytest.approx(0.03)
     assert _step(callback, 10).alpha == pytest.approx(0.0)
     assert _step(callback, 12).alpha == pytest.approx(0.0)  # held at the end value
 
@@ -31,11 +32,11 @@ def test_cosine_schedule():
     # 0 + 0.3·(1 + cos(π t)) / 2
     assert _step(callback, 0).alpha == pytest.approx(0.3)
     assert _step(callback, 5).alpha == pytest.approx(0.15)  # the midpoint
-    assert _step(callback, 2, max_steps=8).alpha == pytest.approx(0.3 * (1 + math.cos(math.pi / 4)) / 2)  # 0.25607
+    assert _step(callback, 2, max_steps=9).alpha == pytest.approx(0.3 * (1 + math.cos(math.pi / 4)) / 2)  # 0.25607
     assert _step(callback, 10).alpha == pytest.approx(0.0)
     # rising schedules work the same way: 0.0 -> 0.2, at t = 0.25: 0.2 + (0 − 0.2)(1 + cos(π/4))/2 = 0.02929
     rising = LossScheduleCallback(LabelRelaxationLoss(), "cosine", alpha_start=0.0, alpha_end=0.2)
-    assert _step(rising, 25, max_steps=100).alpha == pytest.approx(0.2 * (1 - math.cos(math.pi / 4)) / 2)
+    assert _step(rising, 25, max_steps=101).alpha == pytest.approx(0.2 * (1 - math.cos(math.pi / 4)) / 2)
 
 
 def test_constant_schedule_and_defaults():
@@ -50,13 +51,16 @@ def test_constant_schedule_and_defaults():
 
 
 def test_schedule_steps_overrides_max_steps():
-    callback = LossScheduleCallback(LabelRelaxationLoss(), "linear", alpha_start=0.4, alpha_end=0.0, schedule_steps=4)
+    callback = LossScheduleCallback(LabelRelaxationLoss(), "linear", alpha_start=0.4, alpha_end=0.0, schedule_steps=5)
     assert _step(callback, 1, max_steps=100).alpha == pytest.approx(0.3)
+    assert _step(callback, 4, max_steps=100).alpha == pytest.approx(0.0)  # the schedule's last step
     assert _step(callback, 50, max_steps=100).alpha == pytest.approx(0.0)
 
 
 def test_scheduled_value():
     assert scheduled_value("linear", 1.0, 0.0, 3, 0) == 1.0  # unknown length: stays at the start
+    # a one-step schedule: the start at step 0, the end after it
+    assert [scheduled_value("linear", 1.0, 0.0, step, 1) for step in (0, 1)] == [1.0, 0.0]
     with pytest.raises(ValueError, match="schedule"):
         scheduled_value("step", 1.0, 0.0, 3, 10)
     with pytest.raises(ValueError, match="alpha_schedule"):
@@ -115,7 +119,7 @@ def test_warmup_changes_the_loss():
 def test_on_log_adds_alpha_and_statistics():
     loss = LabelWeakeningLoss(alpha=0.1, margin=1.0)
     callback = LossScheduleCallback(loss, "linear", alpha_end=0.0)
-    state = TrainerState(global_step=5, max_steps=10)
+    state = TrainerState(global_step=5, max_steps=11)  # α = 0.1 − 0.1·5/10
     callback.on_step_begin(None, state, TrainerControl())
     scores = torch.tensor([[1.0, 3.0, 0.0], [3.0, 1.0, 0.0]], requires_grad=True)
     loss(scores, torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), torch.ones(2, 3, dtype=torch.bool))
@@ -187,18 +191,18 @@ def test_inside_a_trainer(tmp_path):
         callbacks=[LossScheduleCallback(loss, "linear", alpha_end=0.1)],
     )
     trainer.train()
-    # α = 0.3 − 0.2·step/4 at steps 0..3; the rule is off for steps 0 and 1
+    # α = 0.3 − 0.2·step/3 at steps 0..3 (the last step runs at alpha_end); the rule is off for steps 0 and 1
     assert model.seen == [
         (pytest.approx(0.3), False),
-        (pytest.approx(0.25), False),
-        (pytest.approx(0.2), True),
-        (pytest.approx(0.15), True),
+        (pytest.approx(0.3 - 0.2 / 3), False),
+        (pytest.approx(0.3 - 0.4 / 3), True),
+        (pytest.approx(0.1), True),
     ]
     train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [entry["step"] for entry in train_logs] == [2, 4]
     # a log after step n reports what the last step ran with: after step 2, α and the rule of step index 1
-    assert train_logs[0]["loss_alpha"] == pytest.approx(0.25) and train_logs[0]["confidence_rule"] == 0.0
-    assert train_logs[1]["loss_alpha"] == pytest.approx(0.15) and train_logs[1]["confidence_rule"] == 1.0
+    assert train_logs[0]["loss_alpha"] == pytest.approx(0.3 - 0.2 / 3) and train_logs[0]["confidence_rule"] == 0.0
+    assert train_logs[1]["loss_alpha"] == pytest.approx(0.1) and train_logs[1]["confidence_rule"] == 1.0
     for entry in train_logs:
         assert {"plausible_set_size", "outranked_fraction", "added_per_query", "credal_fraction"} <= set(entry)
     assert train_logs[0]["plausible_set_size"] == pytest.approx(1.0)  # rule off in steps 0 and 1

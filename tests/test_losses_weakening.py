@@ -73,6 +73,22 @@ def test_relaxation_zero_loss_and_gradient_inside_the_credal_set():
     assert torch.equal(scores.grad, torch.zeros(1, 3))
 
 
+def test_relaxation_set_holding_every_candidate_is_inside_at_any_alpha():
+    # S = every masked-in candidate: p̂_S = 1, so the row is inside the credal set (loss 0), also for an α smaller than
+    # float32's rounding of log p̂_S (about 1e-7: a cosine schedule to 0 passes 6e-8 at its last steps)
+    scores = torch.tensor(
+        [[0.5273054242, 4.0790672302, -1.7873555422, 1.8080898523, -3.9036977291]], requires_grad=True
+    )
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    for alpha in (6e-8, 1e-9, 0.1):
+        value = LabelRelaxationLoss(alpha=alpha)(scores, torch.ones(1, 5), mask)
+        assert value.item() == 0.0, alpha
+    # with a masked-out candidate outside S the row still holds all the masked-in mass
+    mask[0, 1] = False
+    labels = torch.tensor([[1.0, 0.0, 1.0, 1.0, 1.0]])
+    assert LabelRelaxationLoss(alpha=6e-8)(scores, labels, mask).item() == 0.0
+
+
 def test_relaxation_gradient_is_prediction_minus_projection():
     # outside the credal set ∂L/∂s = p̂ − p^r, p^r = ((1 − α) p̂_k / p̂_P on P, α p̂_k / (1 − p̂_P) elsewhere)
     scores = torch.tensor([[2.0, 1.0, 0.0]], requires_grad=True)

@@ -173,8 +173,8 @@ def test_label_weakening_alpha_schedule_and_statistics_reach_the_logs(tmp_path, 
     trainer = RetrievalTrainer(BiEncoder.from_pretrained(model_path), args, _rows(), CORPUS)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    # linear 0.2 -> 0.0 over 4 steps; each log describes the step just run (steps 0, 1, 2, 3)
-    assert [round(h["loss_alpha"], 6) for h in logs] == [0.2, 0.15, 0.1, 0.05]
+    # linear 0.2 -> 0.0 over 4 steps, the last at 0.0; each log describes the step just run (steps 0, 1, 2, 3)
+    assert [round(h["loss_alpha"], 6) for h in logs] == [0.2, 0.133333, 0.066667, 0.0]
     assert [h["confidence_rule"] for h in logs] == [0.0, 0.0, 1.0, 1.0]
     assert all(h["plausible_set_size"] >= 1.0 for h in logs)
     assert "outranked_fraction" in logs[0]

@@ -10,24 +10,44 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
+
+from ..losses.base import stat_ratios
 
 SCHEDULES = ("constant", "linear", "cosine")
 
 
 def scheduled_value(schedule: str, start: float, end: float, step: int, total_steps: int) -> float:
-    """The value at ``step`` of ``total_steps`` (progress clamped to [0, 1]; ``total_steps <= 0`` stays at ``start``).
+    """The value at step index ``step`` of a schedule over steps ``0 … total_steps − 1``: ``start`` at the first,
+    ``end`` at the last and after it; ``total_steps <= 0`` stays at ``start``.
 
-    ``constant``: ``start``; ``linear``: ``start + (end − start)·t``; ``cosine``: ``end + (start − end)(1 + cos πt)/2``.
+    ``constant``: ``start``; ``linear``: ``start + (end − start)·t``; ``cosine``: ``end + (start − end)(1 + cos πt)/2``,
+    with ``t = step / (total_steps − 1)`` clamped to [0, 1].
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "constant":
         return start
-    progress = min(max(step / total_steps, 0.0), 1.0) if total_steps > 0 else 0.0
+    progress = min(max(step / max(total_steps - 1, 1), 0.0), 1.0) if total_steps > 0 else 0.0
     if schedule == "linear":
         return start + (end - start) * progress
     return end + (start - end) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+
+def summed_over_processes(totals: dict[str, tuple[Any, Any]]) -> dict[str, tuple[float, float]]:
+    """``(sum, count)`` pairs added up over the processes of an initialized ``torch.distributed`` group (one
+    ``all_reduce``, a collective every process must call); as they are when there is one process."""
+    import torch.distributed as dist
+
+    if not totals or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return totals
+    names = sorted(totals)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    packed = torch.tensor([[float(totals[name][0]), float(totals[name][1])] for name in names], dtype=torch.float64)
+    packed = packed.to(device)
+    dist.all_reduce(packed)
+    return {name: (float(packed[i, 0]), float(packed[i, 1])) for i, name in enumerate(names)}
 
 
 class LossScheduleCallback(TrainerCallback):
@@ -37,9 +57,10 @@ class LossScheduleCallback(TrainerCallback):
         loss: the loss object the trainer calls (e.g. ``trainer.loss``).
         alpha_schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` from ``alpha_start`` to ``alpha_end``.
         alpha_start: value at step 0; default: the loss's value when the callback is built.
-        alpha_end: value at the end of the schedule; default: ``alpha_start``.
-        schedule_steps: length of the schedule in optimizer steps (held at ``alpha_end`` after it); default: the
-            run's ``max_steps``.
+        alpha_end: value at the schedule's last step (the run's last optimizer step by default); default:
+            ``alpha_start``.
+        schedule_steps: length of the schedule in optimizer steps (``alpha_end`` from its last step on); default:
+            the run's ``max_steps``.
         warmup_steps: optimizer steps during which the loss's confidence rule is off; default: the loss's own
             ``warmup_steps`` (0 if it has none). After the warm-up the rule returns to the loss's setting at
             construction, so a rule switched off by the user stays off.
@@ -47,8 +68,10 @@ class LossScheduleCallback(TrainerCallback):
             without it is not scheduled, only logged.
 
     At each training log (``logs`` holding ``"loss"``) it adds ``loss_<parameter>`` (the value in use),
-    ``confidence_rule`` (1.0 when the rule is on) and the loss's :meth:`stats` since the previous log
+    ``confidence_rule`` (1.0 when the rule is on) and the loss's statistics since the previous log
     (``plausible_set_size``, ``added_per_query``, ``outranked_fraction``, ``credal_fraction``), then resets them.
+    Under several processes the statistics cover every process's queries (their ``stat_totals`` are summed with
+    ``torch.distributed.all_reduce``, which every process reaches at the same log), as the logged loss does.
     It fills ``logs`` in place, which the callbacks after it see, and the matching ``state.log_history`` entry.
     Reporting integrations (TensorBoard, W&B) run before user callbacks; a trainer that wants them to see these
     values merges :meth:`log_values` into its logs in ``Trainer.log``, after which this callback leaves them as they
@@ -114,8 +137,11 @@ class LossScheduleCallback(TrainerCallback):
             values[self.log_key] = float(getattr(self.loss, self.parameter))
         if hasattr(self.loss, "confidence_enabled"):
             values["confidence_rule"] = float(bool(self.loss.confidence_enabled))
-        if hasattr(self.loss, "stats"):
+        if hasattr(self.loss, "stat_totals"):  # sums and counts: added up over the processes before the ratios
+            values.update(stat_ratios(summed_over_processes(self.loss.stat_totals())))
+        elif hasattr(self.loss, "stats"):  # ratios only: this process's
             values.update(self.loss.stats())
+        if hasattr(self.loss, "reset_stats"):
             self.loss.reset_stats()
         return values
 

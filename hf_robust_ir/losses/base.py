@@ -9,12 +9,15 @@ Every loss is an ``nn.Module`` with ``forward(scores[B, C], labels[B, C], mask[B
 - ``teacher``: soft supervision scores, ``NaN`` where the teacher has no score.
 
 Losses know nothing about models, tokenizers or devices. Each exposes ``config()`` (for the model card) and
-``citation``.
+``citation``. A loss that keeps statistics of what it did (label weakening's plausible sets, guide masking) exposes
+``stat_totals()``: ``{name: (sum, count)}`` since the last ``reset_stats()``, with names that do not depend on the
+data, so that processes can add them up before the ratios are logged (``stats()``, :func:`stat_ratios`).
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -68,6 +71,21 @@ def check_guide_scores(loss: RetrievalLoss, scores: torch.Tensor, guide_scores: 
         raise ValueError(f"{type(loss).__name__}{why} needs guide_scores (set guide_model on the trainer)")
     if guide_scores.shape != scores.shape:
         raise ValueError(f"guide_scores {tuple(guide_scores.shape)} do not match scores {tuple(scores.shape)}")
+
+
+def stat_ratios(totals: Mapping[str, tuple[Any, Any]]) -> dict[str, float]:
+    """``{name: sum / count}`` of a loss's ``stat_totals()``, leaving out the names with nothing counted."""
+    return {name: float(total) / float(count) for name, (total, count) in totals.items() if float(count) > 0}
+
+
+def loss_stat_totals(loss: Any) -> dict[str, tuple[Any, Any]]:
+    """A loss's statistics as ``(sum, count)`` pairs: its ``stat_totals()``, or for a loss that keeps only ratios
+    (``stats()``) each ratio with a count of 1; empty for a loss that keeps none."""
+    if hasattr(loss, "stat_totals"):
+        return dict(loss.stat_totals())
+    if hasattr(loss, "stats"):
+        return {name: (value, 1.0) for name, value in loss.stats().items()}
+    return {}
 
 
 def masked_log_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

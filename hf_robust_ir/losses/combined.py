@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import RetrievalLoss, get_loss, register_loss
+from .base import RetrievalLoss, get_loss, loss_stat_totals, register_loss, stat_ratios
 
 _FORWARDED = ("alpha", "confidence_enabled", "warmup_steps")  # scheduled attributes of an inner loss
 _ENTRY_KEYS = ("name", "weight", "kwargs")
@@ -141,14 +141,17 @@ class WeightedSumLoss(RetrievalLoss):
         """The inner losses' statistics in one dict (empty when none keeps any). A key that several inner losses
         report is prefixed with the loss's registry name, ``"<name>/<key>"`` (``"<name><index>/<key>"`` when the same
         loss appears twice)."""
-        reports = [
-            (index, loss, dict(loss.stats())) for index, loss in enumerate(self.losses) if hasattr(loss, "stats")
-        ]
-        key_counts = Counter(key for _, _, values in reports for key in values)
+        return stat_ratios(self.stat_totals())
+
+    def stat_totals(self) -> dict[str, tuple[Any, Any]]:
+        """:meth:`stats` as ``(sum, count)`` pairs, under the same keys."""
+        reports = [(index, loss, loss_stat_totals(loss)) for index, loss in enumerate(self.losses)]
+        reports = [(index, loss, totals) for index, loss, totals in reports if totals]
+        key_counts = Counter(key for _, _, totals in reports for key in totals)
         name_counts = Counter(loss.registry_name for _, loss, _ in reports)
-        merged: dict[str, float] = {}
-        for index, loss, values in reports:
+        merged: dict[str, tuple[Any, Any]] = {}
+        for index, loss, totals in reports:
             prefix = loss.registry_name if name_counts[loss.registry_name] == 1 else f"{loss.registry_name}{index}"
-            for key, value in values.items():
+            for key, value in totals.items():
                 merged[key if key_counts[key] == 1 else f"{prefix}/{key}"] = value
         return merged

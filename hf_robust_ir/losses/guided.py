@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from .base import RetrievalLoss, check_guide_scores, get_loss, register_loss
+from .base import RetrievalLoss, check_guide_scores, get_loss, loss_stat_totals, register_loss, stat_ratios
 
 _FORWARDED = ("alpha", "confidence_enabled", "warmup_steps")  # scheduled attributes of the inner loss
 
@@ -49,7 +50,7 @@ class GuideMaskedLoss(RetrievalLoss):
 
     def __init__(
         self,
-        inner: str | RetrievalLoss = "infonce",
+        inner: str | Mapping[str, Any] | RetrievalLoss = "infonce",
         inner_kwargs: dict[str, Any] | None = None,
         margin: float = 0.0,
         margin_strategy: str = "absolute",
@@ -62,7 +63,7 @@ class GuideMaskedLoss(RetrievalLoss):
             raise ValueError(
                 "score_threshold is a rule on the candidate's own score: give it without margin or margin_strategy"
             )
-        self.inner = get_loss(inner, **(inner_kwargs or {})) if isinstance(inner, str) else inner
+        self.inner = _inner_loss(inner, inner_kwargs)
         self.margin = float(margin)
         self.margin_strategy = margin_strategy
         self.score_threshold = None if score_threshold is None else float(score_threshold)
@@ -92,9 +93,11 @@ class GuideMaskedLoss(RetrievalLoss):
         }
 
     @torch.no_grad()
-    def guide_mask(self, guide_scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def guide_mask(
+        self, guide_scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, record: bool = True
+    ) -> torch.Tensor:
         """``mask`` with the candidates the guide ranks too close to the best positive (or, under
-        ``score_threshold``, above the threshold) switched off."""
+        ``score_threshold``, above the threshold) switched off; ``record`` counts them in :meth:`stats`."""
         guide = guide_scores.float()
         positives = (labels > 0) & mask
         if self.score_threshold is not None:
@@ -105,13 +108,15 @@ class GuideMaskedLoss(RetrievalLoss):
             limit = best - self.margin if self.margin_strategy == "absolute" else best * (1 - self.margin)
             judged_rows = positives.any(-1)
             too_close = (guide > limit) & ~positives & judged_rows[:, None]
-        self._masked = self._masked + (too_close & mask).sum()  # tensors: no device sync per step
-        self._rows = self._rows + judged_rows.sum()
+        if record:
+            self._masked = self._masked + (too_close & mask).sum()  # tensors: no device sync per step
+            self._rows = self._rows + judged_rows.sum()
         return mask & ~too_close
 
     def forward(self, scores, labels, mask, teacher=None, guide_scores=None) -> torch.Tensor:
         check_guide_scores(self, scores, guide_scores)
-        masked = self.guide_mask(guide_scores, labels, mask)
+        # passes without gradient (evaluation) are not counted, as label weakening does not count them
+        masked = self.guide_mask(guide_scores, labels, mask, record=torch.is_grad_enabled())
         if getattr(self.inner, "needs_guide_scores", False):  # e.g. label weakening with guide agreement
             return self.inner(scores, labels, masked, teacher, guide_scores=guide_scores)
         return self.inner(scores, labels, masked, teacher)
@@ -123,8 +128,30 @@ class GuideMaskedLoss(RetrievalLoss):
 
     def stats(self) -> dict[str, float]:
         """``guide_masked_per_query``: candidates masked per query the rule applies to (with a positive, or every
-        query under ``score_threshold``) since the last reset (plus the inner loss's statistics)."""
-        values = dict(self.inner.stats()) if hasattr(self.inner, "stats") else {}
-        if int(self._rows):
-            values["guide_masked_per_query"] = float(self._masked) / float(self._rows)
-        return values
+        query under ``score_threshold``) in training passes since the last reset (plus the inner loss's
+        statistics)."""
+        return stat_ratios(self.stat_totals())
+
+    def stat_totals(self) -> dict[str, tuple[Any, Any]]:
+        """:meth:`stats` as ``(sum, count)`` pairs."""
+        return {**loss_stat_totals(self.inner), "guide_masked_per_query": (self._masked, self._rows)}
+
+
+def _inner_loss(inner: str | Mapping[str, Any] | RetrievalLoss, inner_kwargs: dict[str, Any] | None) -> RetrievalLoss:
+    """The inner loss from a registered name (+ ``inner_kwargs``), a config dict ``{"name": ..., **kwargs}`` (what
+    :meth:`GuideMaskedLoss.config` writes) or a built loss."""
+    if isinstance(inner, RetrievalLoss):
+        if inner_kwargs:
+            raise ValueError("inner_kwargs apply to an inner loss given by name or config, not to a built loss")
+        return inner
+    if isinstance(inner, str):
+        return get_loss(inner, **(inner_kwargs or {}))
+    if isinstance(inner, Mapping):
+        if "name" not in inner:
+            raise ValueError(f"inner: a loss config needs a 'name', got keys {sorted(inner)}")
+        kwargs = {key: value for key, value in inner.items() if key != "name"}
+        both = sorted(set(kwargs) & set(inner_kwargs or {}))
+        if both:
+            raise ValueError(f"inner: {both} given both in the inner config and in inner_kwargs")
+        return get_loss(inner["name"], **kwargs, **(inner_kwargs or {}))
+    raise TypeError(f"inner: expected a registered name, a config dict or a RetrievalLoss, got {type(inner).__name__}")

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .base import RetrievalLoss, check_guide_scores, masked_log_softmax, register_loss
+from .base import RetrievalLoss, check_guide_scores, masked_log_softmax, register_loss, stat_ratios
 from .robust import mean_over_queries
 
 RULES = ("margin", "topk_prob")
@@ -52,10 +52,10 @@ def relaxation_loss(
     has_set = plausible.any(-1)
     if alpha >= 1.0:  # every distribution is in the credal set
         return torch.where(mask, log_probs, torch.zeros_like(log_probs)).sum(-1) * 0.0, has_set
+    holds_all = has_set & ~(mask & ~plausible).any(-1)  # p̂_S = 1 exactly, whatever the rounding of log p̂_S
     if alpha <= 0.0:
-        inside = has_set & ~(mask & ~plausible).any(-1)
-        return torch.where(has_set, -log_in, torch.zeros_like(log_in)), inside
-    inside = has_set & (log_in >= math.log1p(-alpha))
+        return torch.where(has_set, -log_in, torch.zeros_like(log_in)), holds_all
+    inside = holds_all | (has_set & (log_in >= math.log1p(-alpha)))
     active = has_set & ~inside
     # outside the active rows the logs may be -inf: replace them so neither branch carries inf or NaN into backward
     log_in = torch.where(active, log_in, torch.zeros_like(log_in))
@@ -149,10 +149,15 @@ class LabelRelaxationLoss(RetrievalLoss):
 
         Empty when nothing was seen. Forward passes without gradient (evaluation) are not counted.
         """
-        if self._stat_rows is None or float(self._stat_rows) == 0:
-            return {}
-        rows = float(self._stat_rows)
-        return {name: float(total) / rows for name, total in self._stat_sums.items()}
+        return stat_ratios(self.stat_totals())
+
+    def stat_totals(self) -> dict[str, tuple[torch.Tensor | float, torch.Tensor | float]]:
+        """The statistics of :meth:`stats` as ``(sum over queries, queries counted)``, every name always present."""
+        names = ["plausible_set_size", "added_per_query", "outranked_fraction", "credal_fraction"]
+        if getattr(self, "replace_margin", None) is not None:
+            names.append("replaced_fraction")
+        rows = 0.0 if self._stat_rows is None else self._stat_rows
+        return {name: (self._stat_sums.get(name, 0.0), rows) for name in names}
 
     @torch.no_grad()
     def _record(self, scores, positives, plausible, mask, inside, has_positive) -> None:

@@ -8,8 +8,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from hf_robust_ir.callbacks import LossScheduleCallback
 from hf_robust_ir.data.collator import RetrievalCollator
 from hf_robust_ir.losses import get_loss
+from hf_robust_ir.losses.base import stat_ratios
 from hf_robust_ir.modeling import BiEncoder
 from hf_robust_ir.trainer import loss_from_embeddings
 
@@ -49,9 +51,13 @@ def main() -> None:
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss)
     mean_loss /= world
+    # what a training log gets: the loss's statistics over both halves (log_values all-reduces on every process)
+    local_stats = stat_ratios(loss_module.stat_totals()) if hasattr(loss_module, "stat_totals") else {}
+    logged = LossScheduleCallback(loss_module).log_values()
     if rank == 0:
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        torch.save({"loss": mean_loss.item(), "grads": grads, "world": world}, args.out)
+        saved = {"loss": mean_loss.item(), "grads": grads, "world": world, "stats": logged, "local_stats": local_stats}
+        torch.save(saved, args.out)
     dist.barrier()
     dist.destroy_process_group()
 
