@@ -346,6 +346,15 @@ def test_canonical_rows_with_unknown_doc_id():
     assert_error(exc, "dataset", 1, "doc_ids")
 
 
+def test_canonical_labels_must_be_numbers(tmp_path):
+    good = {"query_id": "q1", "query": "q", "doc_ids": ["d", "e"], "labels": [1, 0]}
+    for labels, shown in (([1, None], "None at position 1"), (["yes", 0], "'yes' at position 0")):
+        path = write_jsonl(tmp_path / "rows.jsonl", [good, {**good, "query_id": "q2", "labels": labels}])
+        with pytest.raises(DataFormatError, match=f"labels must be numbers, got {shown}") as exc:
+            load_training_data(path, corpus={"d": "a", "e": "b"})
+        assert_error(exc, str(path), 2, "labels")
+
+
 def test_unknown_format_name():
     with pytest.raises(ValueError, match="unknown format"):
         load_training_data(datasets.Dataset.from_dict({"a": ["x"]}), format="msmarco")

@@ -480,6 +480,34 @@ def test_noise_command_uniform_and_false_negative_on_prepared_rows(tmp_path, cap
     assert "rate must be" in capsys.readouterr().err
 
 
+def test_noise_command_bad_input_is_one_line_naming_it(tmp_path, capsys):
+    from test_evaluation import write_beir_folder
+
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir", split="train")
+    base = [
+        "--data",
+        str(tmp_path / "beir"),
+        "--kind",
+        "uniform_swap",
+        "--rate",
+        "0.5",
+        "--output",
+        str(tmp_path / "x"),
+    ]
+    assert main(["noise", *base, "--split", "dev"]) == 2
+    assert "dev.tsv" in capsys.readouterr().err
+    assert main(["noise", *base, "--rows", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl not found" in capsys.readouterr().err
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"query_id": "q1", "query": "q", "doc_ids": ["d1", "d2"], "labels": [1, None]}) + "\n")
+    assert main(["noise", *base, "--rows", str(rows)]) == 2
+    err = capsys.readouterr().err
+    assert f"{rows}, line 1, field 'labels': labels must be numbers" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_noise_command_false_negative_by_teacher_score(tmp_path, capsys):
     from test_evaluation import write_beir_folder
 

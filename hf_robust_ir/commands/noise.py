@@ -75,15 +75,15 @@ def run(args: argparse.Namespace) -> int:
 
     from hf_robust_ir.commands.mine import DATA_INFO_NAME
     from hf_robust_ir.data import load_beir, load_training_data, rows_from_qrels
+    from hf_robust_ir.data.schema import DataFormatError
     from hf_robust_ir.noise import FalseNegativeInjection, SemanticSwapNoise, UniformSwapNoise
 
     start = time.perf_counter()
-    data = load_beir(data_dir, split=args.split)
-    logger.info("Loaded %r", data)
-    rows = load_training_data(args.rows, corpus=data.corpus).rows if args.rows else rows_from_qrels(data)
-    logger.info("Clean rows: %d queries (%s)", len(rows), args.rows or f"qrels/{args.split}.tsv")
-
     try:
+        data = load_beir(data_dir, split=args.split)
+        logger.info("Loaded %r", data)
+        rows = load_training_data(args.rows, corpus=data.corpus).rows if args.rows else rows_from_qrels(data)
+        logger.info("Clean rows: %d queries (%s)", len(rows), args.rows or f"qrels/{args.split}.tsv")
         if args.kind == "semantic_swap":
             model = load_bi_encoder(args.model, args.max_length)
             noise = SemanticSwapNoise(
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 args.rate, min_positives=args.min_positives, seed=args.seed, order=args.order
             )
         result = noise.apply(rows, data)
-    except ValueError as exc:
+    except (DataFormatError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

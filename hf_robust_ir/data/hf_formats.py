@@ -289,6 +289,10 @@ def _from_canonical(ds: datasets.Dataset, corpus: dict[str, str], source: str) -
         for name, value in checks.items():
             if (value or name == "labels") and len(value) != len(doc_ids):
                 raise DataFormatError(source, row + 1, name, f"{len(value)} values for {len(doc_ids)} doc_ids")
+        for position, label in enumerate(checks["labels"]):
+            if isinstance(label, bool) or not isinstance(label, (int, float)):
+                problem = f"labels must be numbers, got {label!r} at position {position}"
+                raise DataFormatError(source, row + 1, "labels", problem)
         missing = [d for d in doc_ids if d not in corpus]
         if missing:
             raise DataFormatError(source, row + 1, "doc_ids", f"ids not in the corpus: {missing[:5]}")
