@@ -7,6 +7,7 @@ It overrides only what it must: ``compute_loss`` (embeddings -> cross-device can
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from .data.collator import PAD_KEY, RetrievalCollator, build_targets
 from .data.reranker_collator import RerankerCollator
 from .data.token_noise import TokenNoise
 from .losses import RetrievalLoss, get_loss
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,12 +90,20 @@ class RetrievalTrainingArguments(TrainingArguments):
         if isinstance(self.loss_kwargs, str):
             import json
 
-            self.loss_kwargs = json.loads(self.loss_kwargs) if self.loss_kwargs.strip() else None
+            try:
+                self.loss_kwargs = json.loads(self.loss_kwargs) if self.loss_kwargs.strip() else None
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"loss_kwargs is not valid JSON ({exc}): {self.loss_kwargs!r}") from None
+        if self.loss_kwargs is not None and not isinstance(self.loss_kwargs, dict):
+            raise ValueError(f"loss_kwargs must be a JSON object of keyword arguments, got {self.loss_kwargs!r}")
         if isinstance(self.student_noise, str):
             import json
 
             text = self.student_noise.strip()
-            self.student_noise = json.loads(text) if text.startswith("{") else (text or None)
+            try:
+                self.student_noise = json.loads(text) if text.startswith("{") else (text or None)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"student_noise is not valid JSON ({exc}): {text!r}") from None
         TokenNoise.from_config(self.student_noise)  # invalid settings fail here, not at the first batch
         if self.bf16 and not self.use_cpu and not torch.accelerator.is_available():
             # transformers refuses bf16 without an accelerator unless told the run is on the CPU; CPUs with
@@ -195,8 +206,10 @@ class EpochSamplingCallback(TrainerCallback):
 
 def _check_teacher_scores(loss: RetrievalLoss, rows: Any) -> None:
     """A loss that learns from teacher scores gets rows that have some, instead of a silent zero loss."""
-    if not getattr(loss, "needs_teacher", False) or rows is None or not hasattr(rows, "column_names"):
+    if not getattr(loss, "needs_teacher", False) or rows is None:
         return
+    if not (hasattr(rows, "select") and hasattr(rows, "__len__") and rows.column_names):
+        return  # streamed rows cannot be read ahead: the loss sees what they hold
     sample = rows.select(range(min(len(rows), 1000)))["teacher_scores"] if "teacher_scores" in rows.column_names else []
     if not any(len(scores or []) for scores in sample):
         raise ValueError(
@@ -281,7 +294,15 @@ class RetrievalTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator, **kwargs)
         if evaluator_only:
             self.eval_dataset = None
+        elif evaluator is not None:
+            logger.warning("eval_dataset is not used: with an evaluator, evaluate() reports the evaluator's metrics")
         if hasattr(data_collator, "set_epoch"):
+            if args.dataloader_num_workers > 0 and args.dataloader_persistent_workers:
+                raise ValueError(
+                    "dataloader_persistent_workers keeps each worker's copy of the collator from the first epoch, "
+                    "so every epoch would train on the first epoch's sample of candidates: turn it off (workers "
+                    "then start each epoch with its epoch number) or use dataloader_num_workers=0"
+                )
             self.add_callback(EpochSamplingCallback(data_collator))
         self.hard_negative_refresh = None
         if args.refresh_steps:
@@ -425,10 +446,19 @@ class RetrievalTrainer(Trainer):
             document_embeddings,
             inputs,
             cross_device_negatives=self.args.cross_device_negatives,
-            in_batch_negatives=self.args.in_batch_negatives,
+            # the collator's setting, which built the one-process mask: a collator passed in may differ from args
+            in_batch_negatives=getattr(self.data_collator, "in_batch_negatives", self.args.in_batch_negatives),
         )
 
     # ------------------------------------------------------------------ evaluation
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """On an ``eval_dataset`` of training rows (no evaluator): the training loss on them (``eval_loss``),
+        without gradient; no predictions."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Retrieval metrics of the current model, logged with ``metric_key_prefix`` (``eval_ndcg@10``, ...)."""
         if self.evaluator is None:

@@ -167,3 +167,23 @@ def test_unknown_document_id_is_a_clear_error(tokenizer):
 def test_invalid_sizes(tokenizer):
     with pytest.raises(ValueError):
         RetrievalCollator(tokenizer, CORPUS, group_size=1, positives_per_query=2)
+
+
+def test_rows_whose_lists_do_not_match_their_doc_ids_are_a_clear_error(tokenizer):
+    from hf_robust_ir.data.schema import DataFormatError
+
+    collator = RetrievalCollator(tokenizer, CORPUS, group_size=3)
+    bad = [
+        ({"labels": [1, 0]}, "field 'labels': 2 values for 3 doc_ids"),
+        ({"labels": [1, 0, 0, 0]}, "field 'labels': 4 values for 3 doc_ids"),
+        ({"labels": None}, "field 'labels': no values for 3 doc_ids"),
+        ({"teacher_scores": [0.1]}, "field 'teacher_scores': 1 values for 3 doc_ids"),  # not broadcast
+    ]
+    for change, message in bad:
+        with pytest.raises(DataFormatError, match=f"training row of query 'q1', {message}"):
+            collator([{**ROWS[0], **change}, ROWS[1]])
+    # teacher scores as an array (rows formatted as numpy) are read like a list
+    import numpy as np
+
+    batch = collator([{**ROWS[1], "teacher_scores": np.array([0.9, 0.5, 0.1], dtype=np.float32)}])
+    assert torch.equal(batch["teacher"], collator([ROWS[1]])["teacher"])

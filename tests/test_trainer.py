@@ -184,3 +184,56 @@ def test_label_weakening_alpha_schedule_and_statistics_reach_the_logs(tmp_path, 
 def test_bf16_without_an_accelerator_runs_on_the_cpu(tmp_path):
     args = RetrievalTrainingArguments(output_dir=str(tmp_path), bf16=True, report_to="none")
     assert args.bf16 and args.use_cpu
+
+
+def test_eval_dataset_of_rows_without_an_evaluator_reports_the_loss_on_them(tmp_path, model_path):
+    trainer = RetrievalTrainer(
+        BiEncoder.from_pretrained(model_path), _args(tmp_path, per_device_eval_batch_size=8), _rows(), CORPUS,
+        eval_dataset=_rows(8),
+    )  # fmt: skip
+    metrics = trainer.evaluate()
+    batch = trainer.data_collator(list(_rows(8)))  # one evaluation batch: the same rows, the same sample
+    with torch.no_grad():
+        expected = trainer.compute_loss(trainer.model.eval(), batch).item()
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_settings_that_would_silently_change_training_are_refused(tmp_path, model_path):
+    model = BiEncoder.from_pretrained(model_path)
+    persistent = _args(tmp_path, dataloader_num_workers=1, dataloader_persistent_workers=True)
+    with pytest.raises(ValueError, match="dataloader_persistent_workers"):
+        RetrievalTrainer(model, persistent, _rows(), CORPUS)
+    with pytest.raises(ValueError, match="loss_kwargs is not valid JSON"):
+        _args(tmp_path, loss_kwargs="{alpha: 0.2}")
+    with pytest.raises(ValueError, match="loss_kwargs must be a JSON object"):
+        _args(tmp_path, loss_kwargs="[0.2]")
+
+
+def test_the_collators_in_batch_setting_reaches_the_cross_device_targets(tmp_path, model_path, monkeypatch):
+    import hf_robust_ir.trainer as trainer_module
+    from hf_robust_ir.data.collator import RetrievalCollator
+
+    model = BiEncoder.from_pretrained(model_path)
+    collator = RetrievalCollator.for_model(model, CORPUS, group_size=3, in_batch_negatives=False)
+    trainer = RetrievalTrainer(model, _args(tmp_path), _rows(), CORPUS, data_collator=collator)
+    seen = {}
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return torch.zeros(())
+
+    monkeypatch.setattr(trainer_module, "loss_from_embeddings", recording)
+    trainer.compute_loss_from_embeddings(torch.zeros(1, 4), torch.zeros(1, 4), {})
+    assert seen["in_batch_negatives"] is False  # args.in_batch_negatives is True
+
+
+def test_teacher_score_check_leaves_streamed_rows_alone(tmp_path, model_path):
+    streamed = _rows().to_iterable_dataset()
+    trainer = RetrievalTrainer(
+        BiEncoder.from_pretrained(model_path), _args(tmp_path, loss="kl_distillation"), streamed, CORPUS
+    )
+    assert trainer.loss.config()["name"] == "kl_distillation"
+    with pytest.raises(ValueError, match="training rows have none"):
+        RetrievalTrainer(
+            BiEncoder.from_pretrained(model_path), _args(tmp_path, loss="kl_distillation"), _rows(), CORPUS
+        )

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from .schema import DataFormatError
 from .token_noise import TokenNoise
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,23 @@ def build_targets(
     if not in_batch_negatives:
         mask = mask & listed
     return labels, mask.clone(), teacher
+
+
+def _check_row(row: Mapping[str, Any]) -> None:
+    """One value per listed document in ``labels`` and (when given) ``teacher_scores``: a shorter list would be
+    broadcast over the row by torch or fail with a message about tensor sizes."""
+    n = len(row["doc_ids"])
+    for field in ("labels", "teacher_scores"):
+        values = row.get(field)
+        if field == "teacher_scores" and (values is None or len(values) == 0):
+            continue
+        if values is None or len(values) != n:
+            raise DataFormatError(
+                f"training row of query {row.get('query_id')!r}",
+                None,
+                field,
+                f"{'no' if values is None else len(values)} values for {n} doc_ids",
+            )
 
 
 class RetrievalCollator:
@@ -219,6 +237,7 @@ class RetrievalCollator:
         candidate_labels = torch.zeros((len(rows), longest))
         candidate_teacher = torch.full((len(rows), longest), float("nan"))
         for i, row in enumerate(rows):
+            _check_row(row)
             for j in self.sample(row):
                 doc_id = row["doc_ids"][j]
                 if doc_id not in seen:
@@ -227,8 +246,8 @@ class RetrievalCollator:
             n = len(row["doc_ids"])
             candidate_keys[i, :n] = torch.tensor([document_key(d) for d in row["doc_ids"]], dtype=torch.long)
             candidate_labels[i, :n] = torch.tensor(row["labels"], dtype=torch.float)
-            teacher_scores = row.get("teacher_scores") or []
-            if len(teacher_scores):
+            teacher_scores = row.get("teacher_scores")
+            if teacher_scores is not None and len(teacher_scores):
                 candidate_teacher[i, :n] = torch.tensor(teacher_scores, dtype=torch.float)
         doc_keys = torch.tensor([document_key(d) for d in doc_ids], dtype=torch.long)
         labels, mask, teacher = build_targets(
