@@ -275,6 +275,13 @@ def relevant_queries(qrels: Qrels) -> list[str]:
     return [qid for qid, judged in qrels.items() if any(grade > 0 for grade in judged.values())]
 
 
+def _integer_grade(query_id: str, doc_id: str, grade: float) -> int:
+    """trec_eval's gains are integers: a fractional grade would be cut (0.5 to 0, not relevant) without a word."""
+    if float(grade) != int(grade):
+        raise ValueError(f"qrels grade {grade!r} of query {query_id!r}, document {doc_id!r} is not an integer")
+    return int(grade)
+
+
 def _ranked(docs: Mapping[str, float]) -> list[tuple[str, float]]:
     # trec_eval's order: score descending, ties broken by document id descending
     return sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)
@@ -293,7 +300,8 @@ def per_query_scores(
     trec_eval's MAP over everything the run retrieved (the top ``top_k``).
     """
     queries = relevant_queries(qrels)
-    qrels_int = {qid: {doc_id: int(grade) for doc_id, grade in qrels[qid].items()} for qid in queries}
+    qrels_int = {qid: {doc_id: _integer_grade(qid, doc_id, grade) for doc_id, grade in qrels[qid].items()}
+                 for qid in queries}  # fmt: skip
     run_float = {qid: {doc_id: float(score) for doc_id, score in run.get(qid, {}).items()} for qid in queries}
 
     measures = {"map"} | {f"ndcg_cut.{k}" for k in ndcg_at} | {f"recall.{k}" for k in recall_at}

@@ -103,6 +103,12 @@ def test_score_run_other_cutoffs_and_empty_inputs():
     assert score_run(QRELS, {}) == dict.fromkeys(METRIC_KEYS, 0.0)
 
 
+def test_fractional_grades_are_refused_rather_than_cut():
+    assert score_run({"q": {"a": 2.0, "b": 0}}, {"q": {"a": 1.0, "b": 0.5}})["ndcg@10"] == 1.0  # 2.0 is an integer
+    with pytest.raises(ValueError, match=r"grade 0.5 of query 'q', document 'a' is not an integer"):
+        score_run({"q": {"a": 0.5}}, {"q": {"a": 1.0}})
+
+
 def test_mrr_cut_follows_trec_eval_tie_order():
     # equal scores: trec_eval ranks the larger doc id first, so "b" is rank 1 and "a" rank 2
     qrels = {"q": {"a": 1}}
