@@ -2,12 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import canonical_row
 from transformers import AutoTokenizer
 
-from hf_robust_ir.data.collator import PAD_KEY, RetrievalCollator, build_targets, document_key
+from hf_robust_ir.data.collator import PAD_KEY, RetrievalCollator, _stable_seed, build_targets, document_key
 
 NAN = float("nan")
 CORPUS = {f"d{i}": f"text of document {i}" for i in range(1, 8)}
@@ -132,6 +133,28 @@ def test_sampling_is_deterministic_per_seed_epoch_and_query(tokenizer):
     again = collator.sample(row)
     collator.set_epoch(3)
     assert collator.sample(row) == again
+
+
+def test_a_document_listed_twice_takes_one_slot_and_a_listed_positive_is_never_a_negative(tokenizer):
+    collator = RetrievalCollator(tokenizer, CORPUS, group_size=10, positives_per_query=2)
+    # d2 is listed twice as a negative, d3 as a positive and again as a negative
+    row = _row("q", ["d1", "d2", "d3", "d2", "d3", "d4"], [0, 0, 1, 0, 0, 0])
+    sampled = collator.sample(row)
+    assert [row["doc_ids"][j] for j in sampled[:1]] == ["d3"]
+    assert sorted(row["doc_ids"][j] for j in sampled[1:]) == ["d1", "d2", "d4"]
+    small = RetrievalCollator(tokenizer, CORPUS, group_size=3, positives_per_query=1)
+    for epoch in range(6):  # two negative slots, never d3 and never d2 twice
+        small.set_epoch(epoch)
+        negatives = [row["doc_ids"][j] for j in small.sample(row)[1:]]
+        assert len(set(negatives)) == 2 and "d3" not in negatives
+    # a row without repeats draws what it drew before repeats were merged (positions of positives and negatives)
+    plain = _row("q", [f"d{i}" for i in range(1, 8)], [1, 1, 0, 0, 0, 0, 0])
+    for epoch in range(4):
+        small.set_epoch(epoch)
+        rng = np.random.default_rng(_stable_seed(small.seed, epoch, "q"))
+        expected = [int(i) for i in rng.choice([0, 1], size=1, replace=False)]
+        expected += [int(i) for i in rng.choice([2, 3, 4, 5, 6], size=2, replace=False)]
+        assert small.sample(plain) == expected
 
 
 def test_group_larger_than_list_takes_everything(tokenizer):

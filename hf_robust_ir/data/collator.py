@@ -180,11 +180,18 @@ class RetrievalCollator:
         self.row_overrides = dict(overrides)
 
     def sample(self, row: Mapping[str, Any]) -> list[int]:
-        """Indices into the row's candidate list: positives first, then negatives, without repeats."""
+        """Indices into the row's candidate list: positives first, then negatives, without repeats.
+
+        A document listed more than once takes one slot (its first position); one listed as a positive anywhere
+        in the row is a positive (as in the target matrix), never drawn as a negative."""
         labels = np.asarray(row["labels"], dtype=np.float32)
         rng = np.random.default_rng(_stable_seed(self.seed, self.epoch, row["query_id"]))
-        positives = np.flatnonzero(labels > 0)
-        negatives = np.flatnonzero(labels <= 0)
+        first: dict[str, int] = {}
+        for position, doc_id in enumerate(row["doc_ids"]):
+            first.setdefault(doc_id, position)
+        positive_docs = {doc_id for doc_id, label in zip(row["doc_ids"], labels) if label > 0}
+        positives = np.array([i for d, i in first.items() if d in positive_docs], dtype=np.int64)
+        negatives = np.array([i for d, i in first.items() if d not in positive_docs], dtype=np.int64)
         n_pos = min(self.positives_per_query, len(positives))
         chosen_pos = rng.choice(positives, size=n_pos, replace=False) if n_pos else positives[:0]
         n_neg = min(self.group_size - n_pos, len(negatives))
