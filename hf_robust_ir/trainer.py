@@ -484,6 +484,8 @@ class RetrievalTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         self._load_weights_from(resume_from_checkpoint)
+        if self.hard_negative_refresh is not None:  # the refreshed candidates the checkpoint was trained on
+            self.hard_negative_refresh.load(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         self._load_weights_from(self.state.best_model_checkpoint)

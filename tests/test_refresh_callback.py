@@ -72,3 +72,37 @@ def test_trainer_refreshes_every_k_steps(tiny_model_path, tmp_path):
     assert calls == [2, 4]  # after steps 2 and 4; not after the last step
     assert set(trainer.data_collator.row_overrides) == {"q0", "q1", "q2", "q3"}
     assert all(len(v["doc_ids"]) == 3 for v in trainer.data_collator.row_overrides.values())
+
+
+def test_resume_trains_on_the_refreshed_candidates_of_the_checkpoint(tiny_model_path, tmp_path):
+    rows = datasets.Dataset.from_list(ROWS)
+
+    def args(**overrides):
+        settings = dict(
+            output_dir=str(tmp_path),
+            per_device_train_batch_size=2,
+            learning_rate=1e-3,
+            max_steps=6,
+            group_size=2,
+            refresh_steps=2,
+            refresh_num_negatives=2,
+            refresh_range_max=5,
+            report_to="none",
+            save_strategy="no",
+            use_cpu=True,
+            model_card=False,
+            seed=3,
+        )
+        return RetrievalTrainingArguments(**{**settings, **overrides})
+
+    full = _model(tiny_model_path)
+    RetrievalTrainer(full, args(save_strategy="steps", save_steps=3), train_dataset=rows, corpus=CORPUS).train()
+    checkpoint = tmp_path / "checkpoint-3"  # after the refresh at step 2, before the one at step 4
+    assert (checkpoint / "hard_negative_refresh.json").is_file()
+
+    resumed = _model(tiny_model_path)
+    trainer = RetrievalTrainer(resumed, args(), train_dataset=rows, corpus=CORPUS)
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    for name, value in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name)
+    assert trainer.hard_negative_refresh.refreshes == 2  # the one restored from the checkpoint and the one at step 4

@@ -8,17 +8,23 @@ every candidate with the current model (or a separate ``teacher``) as ``teacher_
 candidate lists to the collator (:meth:`~hf_robust_ir.data.collator.RetrievalCollator.set_row_overrides`), which uses
 them from the next batch on. Under DDP every process encodes its share of the corpus and all of them get the same
 candidates. The collator must run in the training process (``dataloader_num_workers=0``), where the overrides are.
+Every checkpoint holds the candidates in use (``hard_negative_refresh.json``), and a run resumed from it trains on
+them until the next refresh, as the uninterrupted run does.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
+
+STATE_NAME = "hard_negative_refresh.json"
 
 
 class HardNegativeRefreshCallback(TrainerCallback):
@@ -61,6 +67,28 @@ class HardNegativeRefreshCallback(TrainerCallback):
             raise ValueError(
                 "hard-negative refresh needs dataloader_num_workers=0: worker processes hold their own collator copy"
             )
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            self.save(folder)
+
+    def save(self, folder: str | Path) -> None:
+        """Write the refreshed candidates in use (none before the first refresh) into a checkpoint folder."""
+        overrides = getattr(self.collator, "row_overrides", None) or {}
+        state = {"refreshes": self.refreshes, "overrides": overrides}
+        (Path(folder) / STATE_NAME).write_text(json.dumps(state, default=float))
+
+    def load(self, folder: str | Path) -> None:
+        """Give the collator the candidates a checkpoint was trained on (see :meth:`save`); a checkpoint written
+        before the first refresh, or without the file, leaves the rows as they are."""
+        path = Path(folder) / STATE_NAME
+        if not path.is_file():
+            return
+        state = json.loads(path.read_text())
+        self.refreshes = int(state.get("refreshes", 0))
+        if state.get("overrides"):
+            self.collator.set_row_overrides(state["overrides"])
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_steps == 0 and state.global_step < state.max_steps:
