@@ -49,9 +49,9 @@ def test_refresh_mines_with_the_current_model_and_the_collator_uses_it(tiny_mode
         HardNegativeRefreshCallback(rows, CORPUS, collator, every_steps=0)
 
 
-def test_trainer_refreshes_every_k_steps(tiny_model_path, tmp_path):
-    model = _model(tiny_model_path)
-    args = RetrievalTrainingArguments(
+def _args(tmp_path, **overrides):
+    """Refresh every 2 steps, 2 negatives from the top 5; batches of 2 queries with 2 documents each."""
+    settings = dict(
         output_dir=str(tmp_path),
         per_device_train_batch_size=2,
         max_steps=5,
@@ -64,7 +64,12 @@ def test_trainer_refreshes_every_k_steps(tiny_model_path, tmp_path):
         use_cpu=True,
         model_card=False,
     )
-    trainer = RetrievalTrainer(model, args, train_dataset=datasets.Dataset.from_list(ROWS), corpus=CORPUS)
+    return RetrievalTrainingArguments(**{**settings, **overrides})
+
+
+def test_trainer_refreshes_every_k_steps(tiny_model_path, tmp_path):
+    model = _model(tiny_model_path)
+    trainer = RetrievalTrainer(model, _args(tmp_path), train_dataset=datasets.Dataset.from_list(ROWS), corpus=CORPUS)
     calls = []
     real = trainer.hard_negative_refresh.refresh
     trainer.hard_negative_refresh.refresh = lambda m: (calls.append(trainer.state.global_step), real(m))[1]
@@ -78,22 +83,7 @@ def test_resume_trains_on_the_refreshed_candidates_of_the_checkpoint(tiny_model_
     rows = datasets.Dataset.from_list(ROWS)
 
     def args(**overrides):
-        settings = dict(
-            output_dir=str(tmp_path),
-            per_device_train_batch_size=2,
-            learning_rate=1e-3,
-            max_steps=6,
-            group_size=2,
-            refresh_steps=2,
-            refresh_num_negatives=2,
-            refresh_range_max=5,
-            report_to="none",
-            save_strategy="no",
-            use_cpu=True,
-            model_card=False,
-            seed=3,
-        )
-        return RetrievalTrainingArguments(**{**settings, **overrides})
+        return _args(tmp_path, learning_rate=1e-3, max_steps=6, seed=3, **overrides)
 
     full = _model(tiny_model_path)
     RetrievalTrainer(full, args(save_strategy="steps", save_steps=3), train_dataset=rows, corpus=CORPUS).train()
