@@ -96,3 +96,21 @@ def test_resume_trains_on_the_refreshed_candidates_of_the_checkpoint(tiny_model_
     for name, value in full.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name)
     assert trainer.hard_negative_refresh.refreshes == 2  # the one restored from the checkpoint and the one at step 4
+
+
+def test_rows_of_the_same_query_keep_all_their_positives(tiny_model_path):
+    model = _model(tiny_model_path)
+    # q0 appears twice, with positive d0 in one row and d4 in the other
+    rows = datasets.Dataset.from_list(
+        [
+            {"query_id": "q0", "query": "topic 0", "doc_ids": ["d0", "d8"], "labels": [1.0, 0.0]},
+            {"query_id": "q0", "query": "topic 0", "doc_ids": ["d4", "d9"], "labels": [1.0, 0.0]},
+            *ROWS[1:],
+        ]
+    )
+    collator = RetrievalCollator.for_model(model, CORPUS, group_size=3)
+    callback = HardNegativeRefreshCallback(rows, CORPUS, collator, every_steps=1, num_negatives=4, range_max=19)
+    q0 = callback.refresh(model)["q0"]
+    labels = dict(zip(q0["doc_ids"], q0["labels"]))
+    assert labels["d0"] == 1.0 and labels["d4"] == 1.0
+    assert sum(label > 0 for label in q0["labels"]) == 2 and len(q0["doc_ids"]) == 6  # 2 positives + 4 negatives

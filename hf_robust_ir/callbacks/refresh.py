@@ -102,10 +102,12 @@ class HardNegativeRefreshCallback(TrainerCallback):
         from ..scoring import score_candidates
 
         queries = dict(zip(self.rows["query_id"], self.rows["query"]))
-        qrels = {
-            row["query_id"]: {d: label for d, label in zip(row["doc_ids"], row["labels"]) if label > 0}
-            for row in self.rows
-        }
+        qrels: dict[str, dict[str, float]] = {}
+        for row in self.rows:  # rows of the same query pool their positives: none may be mined as a negative
+            judged = qrels.setdefault(row["query_id"], {})
+            for doc_id, label in zip(row["doc_ids"], row["labels"]):
+                if label > 0:
+                    judged[doc_id] = max(label, judged.get(doc_id, label))
         qrels = {qid: judged for qid, judged in qrels.items() if judged}
         mined = mine_hard_negatives(
             model,
