@@ -91,7 +91,14 @@ def score_candidates(
     return out
 
 
-def _read_progress(path: Path, rows: datasets.Dataset) -> dict[int, list[float]]:
+def _progress_header(teacher: Any, bf16: bool) -> dict[str, Any]:
+    """The first line of a progress file: which teacher (a digest of its weights) scored the rows, and how."""
+    from .relabel.base import weights_digest
+
+    return {"teacher": weights_digest(teacher) or type(teacher).__name__, "bf16": bool(bf16)}
+
+
+def _read_progress(path: Path, rows: datasets.Dataset, header: dict[str, Any]) -> dict[int, list[float]]:
     done: dict[int, list[float]] = {}
     if not path.exists():
         return done
@@ -105,12 +112,21 @@ def _read_progress(path: Path, rows: datasets.Dataset) -> dict[int, list[float]]
                 # a line cut by an interruption: that chunk is scored again
                 logger.warning("%s line %d is incomplete; scoring its rows again", path, line_number)
                 continue
+            if "teacher" in record:
+                if record != header:
+                    raise ValueError(
+                        f"{path} line {line_number}: these scores come from another teacher or precision "
+                        f"({record} against {header}); delete the file or use another output folder"
+                    )
+                continue
             index = int(record["index"])
             if index >= len(rows) or rows[index]["query_id"] != record["query_id"]:
                 raise ValueError(
                     f"{path} line {line_number}: row {index} ({record['query_id']!r}) is not a row of these "
                     "training rows; delete the file or use another output folder"
                 )
+            if record.get("doc_ids", rows[index]["doc_ids"]) != rows[index]["doc_ids"]:
+                raise ValueError(f"{path} line {line_number}: field 'doc_ids' does not match row {index}'s candidates")
             if len(record["scores"]) != len(rows[index]["doc_ids"]):
                 raise ValueError(f"{path} line {line_number}: field 'scores' does not match row {index}'s candidates")
             done[index] = record["scores"]
@@ -130,19 +146,24 @@ def score_rows(
     """``rows`` with ``teacher_scores`` set for every candidate by ``teacher`` (existing teacher scores are replaced).
 
     Rows are scored ``chunk_size`` at a time; with ``progress_file`` each finished chunk is appended there and a
-    later call with the same file resumes after the last finished chunk.
+    later call with the same file resumes after the last finished chunk. The file names the teacher (a digest of its
+    weights) and each row's candidates: a file of another teacher, precision or rows is refused, not mixed in.
     """
     if chunk_size < 1 or batch_size < 1:
         raise ValueError("batch_size and chunk_size must be >= 1")
     path = Path(progress_file) if progress_file is not None else None
-    done = _read_progress(path, rows) if path is not None else {}
+    header = _progress_header(teacher, bf16) if path is not None else {}
+    done = _read_progress(path, rows, header) if path is not None else {}
     if done:
         logger.info("resuming: %d of %d rows already scored in %s", len(done), len(rows), path)
     todo = [i for i in range(len(rows)) if i not in done]
     handle = None
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists() or path.stat().st_size == 0
         handle = path.open("a", encoding="utf-8")
+        if fresh:
+            handle.write(json.dumps(header) + "\n")
     try:
         with tqdm(
             total=len(rows), initial=len(done), desc="teacher scores", unit="row", disable=not show_progress
@@ -160,10 +181,11 @@ def score_rows(
                     batch_size=batch_size,
                     bf16=bf16,
                 )
-                for index, query_id, row_scores in zip(chunk, batch["query_id"], scores):
+                for index, query_id, doc_ids, row_scores in zip(chunk, batch["query_id"], batch["doc_ids"], scores):
                     done[index] = row_scores
                     if handle is not None:
-                        handle.write(json.dumps({"index": index, "query_id": query_id, "scores": row_scores}) + "\n")
+                        record = {"index": index, "query_id": query_id, "doc_ids": doc_ids, "scores": row_scores}
+                        handle.write(json.dumps(record) + "\n")
                 if handle is not None:
                     handle.flush()
                 bar.update(len(chunk))

@@ -84,7 +84,8 @@ def test_interrupted_scoring_resumes_without_scoring_a_row_twice(tiny_model_path
     monkeypatch.setattr(scoring, "score_candidates", failing_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         score_rows(_rows(), CORPUS, teacher, chunk_size=1, progress_file=progress, show_progress=False)
-    assert [json.loads(line)["query_id"] for line in progress.read_text().splitlines()] == ["q0"]
+    header, *records = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert set(header) == {"teacher", "bf16"} and [r["query_id"] for r in records] == ["q0"]
     progress.write_text(progress.read_text() + '{"index": 1, "query_id": "q1", "sco')  # a line cut mid-write
     calls.clear()
     monkeypatch.setattr(scoring, "score_candidates", lambda *a, **k: (calls.append(list(a[1])), real(*a, **k))[1])
@@ -93,9 +94,19 @@ def test_interrupted_scoring_resumes_without_scoring_a_row_twice(tiny_model_path
     np.testing.assert_allclose(
         np.concatenate(resumed["teacher_scores"]), np.concatenate(reference["teacher_scores"]), atol=1e-6
     )
-    # a progress file of other rows is refused, not mixed in
+    # a progress file of other rows, candidates, teacher or precision is refused, not mixed in
     with pytest.raises(ValueError, match="not a row of these training rows"):
         score_rows(_rows().select([2, 1, 0]), CORPUS, teacher, progress_file=progress, show_progress=False)
+    other_candidates = _rows().map(lambda row: {"doc_ids": row["doc_ids"][::-1]})
+    with pytest.raises(ValueError, match="line 2: field 'doc_ids' does not match row 0"):
+        score_rows(other_candidates, CORPUS, teacher, progress_file=progress, show_progress=False)
+    with pytest.raises(ValueError, match="line 1: these scores come from another teacher or precision"):
+        score_rows(_rows(), CORPUS, teacher, progress_file=progress, bf16=True, show_progress=False)
+    other_teacher = load_teacher(tiny_model_path)
+    with torch.no_grad():
+        next(other_teacher.parameters()).add_(0.01)
+    with pytest.raises(ValueError, match="line 1: these scores come from another teacher"):
+        score_rows(_rows(), CORPUS, other_teacher, progress_file=progress, show_progress=False)
 
 
 def test_missing_document_is_named(tiny_model_path):
