@@ -1,4 +1,5 @@
-"""JudgmentCache: round trips, keys, first judgment wins, persistence across connections and processes."""
+"""JudgmentCache: round trips, keys, first judgment wins (or the new one on request), persistence across connections
+and processes."""
 
 import subprocess
 import sys
@@ -50,3 +51,22 @@ def test_writes_from_another_process_are_visible(tmp_path):
         subprocess.run([sys.executable, "-c", script, str(path)], check=True)
         assert len(cache) == 6
         assert cache.get_many("j", [("q", "d3")])[("q", "d3")] == Judgment(Verdict.RELEVANT, 3.0)
+
+
+def test_a_stored_no_verdict_gives_way_to_a_verdict(tmp_path):
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        cache.put_many("j", [("q", "d", NO_VERDICT), ("q", "e", NO_VERDICT)])
+        cache.put_many("j", [("q", "d", Judgment(Verdict.RELEVANT, 1.0)), ("q", "e", NO_VERDICT)])
+        cache.put_many("j", [("q", "d", Judgment(Verdict.NOT_RELEVANT, 0.0))])  # the first verdict stays
+        assert cache.get_many("j", [("q", "d"), ("q", "e")]) == {
+            ("q", "d"): Judgment(Verdict.RELEVANT, 1.0),
+            ("q", "e"): NO_VERDICT,
+        }
+
+
+def test_replace_takes_the_new_judgment(tmp_path):
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        cache.put_many("j", [("q", "d", Judgment(Verdict.RELEVANT, 1.0))])
+        cache.put_many("j", [("q", "d", Judgment(Verdict.NOT_RELEVANT, 0.0, "again"))], replace=True)
+        assert cache.get_many("j", [("q", "d")]) == {("q", "d"): Judgment(Verdict.NOT_RELEVANT, 0.0, "again")}
+        assert len(cache) == 1

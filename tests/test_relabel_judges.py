@@ -142,6 +142,13 @@ def test_embedding_judge_many_equals_rows_and_handles_no_positives(bi_encoder, t
     assert config == {
         "model": tiny_model_path,
         "weights": EmbeddingJudge(tiny_model_path).config()["weights"],  # the same folder loaded again
+        "encoding": {
+            "pooling": "mean",
+            "query_prefix": "",
+            "document_prefix": "",
+            "query_max_length": 128,
+            "document_max_length": 128,
+        },  # the tiny BERT's 128 positions cap the default 256
         "margin": 0.05,
         "margin_strategy": "relative",
         "positive_reference": "best",
@@ -341,8 +348,18 @@ def test_hf_backend_uses_the_chat_template(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     backend = HFCausalLMBackend(str(tmp_path))
     assert backend.render([{"role": "user", "content": "hi"}]) == "<user>hi<assistant>"
-    assert backend.config()["chat_template"] is True and backend.config()["model"] == str(tmp_path)
+    assert backend.config()["model"] == str(tmp_path)
     assert len(backend.complete([[{"role": "user", "content": "hi"}]], max_new_tokens=2)) == 1
+
+
+def test_hf_backend_cache_key_covers_the_chat_template_text():
+    model, tokenizer = tiny_causal_lm()
+    assert HFCausalLMBackend(model, tokenizer).config()["chat_template"] is None  # plain rendering
+    keys = []
+    for template in ("{{ messages[0]['content'] }}", "Q: {{ messages[0]['content'] }}", "{{ messages[0]['content'] }}"):
+        tokenizer.chat_template = template
+        keys.append(GenerativeJudge(HFCausalLMBackend(model, tokenizer)).cache_key())
+    assert keys[0] != keys[1] and keys[0] == keys[2]  # another template renders other prompts: another key
 
 
 def test_a_causal_lm_trained_again_into_the_same_folder_gets_a_new_cache_key(tmp_path):
@@ -565,10 +582,25 @@ def test_embedding_judge_score_threshold_is_a_rule_on_the_candidates_own_score(b
     assert at[scores.index(top)].verdict is Verdict.NOT_RELEVANT
 
 
+def test_embedding_judge_cache_key_covers_how_texts_are_encoded(tiny_model_path):
+    base = EmbeddingJudge(tiny_model_path)
+    encodings = [
+        {"pooling": "cls"},
+        {"query_prefix": "query: "},
+        {"document_prefix": "passage: "},
+        {"query_max_length": 3},
+        {"document_max_length": 3},
+    ]
+    keys = [EmbeddingJudge(tiny_model_path, **settings).cache_key() for settings in encodings]
+    assert len({base.cache_key(), *keys}) == 1 + len(encodings)  # same weights, other vectors: other keys
+    # the training temperature changes no vector
+    assert EmbeddingJudge(tiny_model_path, temperature=0.5).cache_key() == base.cache_key()
+
+
 def test_embedding_judge_score_threshold_config_and_bad_combinations(bi_encoder):
     margin_rule = EmbeddingJudge(bi_encoder)
     threshold_rule = EmbeddingJudge(bi_encoder, score_threshold=0.5)
-    assert "score_threshold" not in margin_rule.config()  # earlier cache keys of margin rules are unchanged
+    assert "score_threshold" not in margin_rule.config()
     assert threshold_rule.config()["score_threshold"] == 0.5
     assert threshold_rule.cache_key() != margin_rule.cache_key()
     assert threshold_rule.cache_key() != EmbeddingJudge(bi_encoder, score_threshold=0.6).cache_key()

@@ -171,10 +171,31 @@ def test_list_and_pointwise_verdicts_over_http():
     assert judgment.verdict is Verdict.RELEVANT and judgment.score == pytest.approx(0.8 / 0.95)
 
 
-def test_missing_top_logprob_is_bounded_by_the_smallest_listed():
-    with ChatServer(ok("yes", [("yes", math.log(0.9)), ("The", math.log(0.05))])) as server:
+@pytest.mark.parametrize(
+    "top,expected_yes,expected_no",
+    [
+        # bounded by the smallest other token (0.05) and by the mass left (1 - 0.95 = 0.05)
+        ([("yes", 0.9), ("The", 0.05)], 0.9, 0.05),
+        # only the other answer word listed: the mass left (0.01) bounds the missing word, not "no"'s own 0.99
+        ([("no", 0.99)], 0.01, 0.99),
+        ([("No", 0.7), (" no", 0.29)], 0.01, 0.99),
+        # "The" (0.45) is larger than the mass left (1 - 0.95 = 0.05)
+        ([("Yes", 0.5), ("The", 0.45)], 0.5, 0.05),
+        # "Maybe" (0.02) is smaller than the mass left (1 - 0.6 - 0.02 = 0.38)
+        ([("Yes", 0.6), ("Maybe", 0.02)], 0.6, 0.02),
+        # the list holds all the probability: nothing is left for "yes"
+        ([("no", 1.0)], 0.0, 1.0),
+    ],
+)
+def test_missing_top_logprob_is_bounded_by_other_tokens_and_the_mass_left(top, expected_yes, expected_no):
+    logprobs = [(token, math.log(p)) for token, p in top]
+    with ChatServer(ok(top[0][0], logprobs)) as server:
         yes, no = backend(server.base_url).yes_no_logprobs([MESSAGES])[0]
-    assert math.exp(yes) == pytest.approx(0.9) and math.exp(no) == pytest.approx(0.05)
+        judgment = OpenAICompatibleJudge(server.base_url, "m").judge(QUERY, POSITIVES, CANDIDATES[:1])[0]
+    assert math.exp(yes) == pytest.approx(expected_yes, abs=1e-9) and math.exp(no) == pytest.approx(expected_no)
+    p_yes = expected_yes / (expected_yes + expected_no)
+    assert judgment.score == pytest.approx(p_yes)
+    assert judgment.verdict is (Verdict.RELEVANT if p_yes >= 0.5 else Verdict.NOT_RELEVANT)
 
 
 @pytest.mark.parametrize("content,expected", [("yes", (0.0, -math.inf)), ("No.", (-math.inf, 0.0)), ("maybe", None)])

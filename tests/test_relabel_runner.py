@@ -1,4 +1,5 @@
-"""The relabeling run: cache first, judge only uncached pairs, identical outputs on rerun, resume after SIGKILL."""
+"""The relabeling run: cache first, judge only uncached pairs, identical outputs on rerun, resume after SIGKILL; no
+verdicts are asked again, and list-wise judges (the cascade) give the same labels whatever was cached."""
 
 import importlib
 import json
@@ -12,9 +13,13 @@ from pathlib import Path
 
 import datasets
 import pytest
+from test_relabel_judges import ARHN_CANDIDATES, ARHN_POSITIVE, QUERY, ScriptedBackend, _arhn_answer
 
 from hf_robust_ir.data.schema import ROW_FEATURES
-from hf_robust_ir.relabel.cache import JudgmentCache
+from hf_robust_ir.relabel.arhn import AnswerabilityJudge
+from hf_robust_ir.relabel.base import NO_VERDICT, Judge, Judgment, Verdict
+from hf_robust_ir.relabel.cache import JudgmentCache, doc_key, query_key
+from hf_robust_ir.relabel.judges import CascadeJudge
 from hf_robust_ir.relabel.runner import relabel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +67,8 @@ class MarkJudge(KeywordJudge):
 """
 
 N_QUERIES, N_NEG = 12, 5
+# (i, k) with i*k % 7 == 3 and (i + k) % 4 != 0: (5, 2), (6, 4), (8, 3), (10, 1). They get no verdict: never cached.
+UNSURE_PAIRS = 4
 
 
 def _corpus():
@@ -108,8 +115,9 @@ def _flagged(corpus, i):
     return [k for k in range(N_NEG) if "answer" in corpus[f"n{i}_{k}"]]
 
 
-def test_relabel_then_rerun_makes_no_judge_calls(tmp_path, judge_module):
+def test_relabel_then_rerun_judges_only_the_pairs_without_a_verdict(tmp_path, judge_module):
     corpus, rows = _corpus(), _dataset()
+    assert sum("unsure" in text for text in corpus.values()) == UNSURE_PAIRS
     judge = judge_module.KeywordJudge()
     with JudgmentCache(tmp_path / "c.sqlite") as cache:
         first = relabel(rows, corpus, judge, ["rlhn", "hn_remove", "remove"], cache, batch_size=5,
@@ -117,10 +125,15 @@ def test_relabel_then_rerun_makes_no_judge_calls(tmp_path, judge_module):
         pairs = N_QUERIES * N_NEG
         assert first.summary["judged_pairs"] == pairs and first.summary["cache_hits"] == 0
         assert first.summary["judge_calls"] == 3  # one judge_many per batch of 5 rows
-        assert len(cache) == pairs
-        again = relabel(rows, corpus, judge_module.KeywordJudge(), ["rlhn", "hn_remove", "remove"], cache,
-                        batch_size=3, show_progress_bar=False)  # fmt: skip
-    assert again.summary["judge_calls"] == 0 and again.summary["cache_hits"] == pairs
+        assert len(cache) == pairs - UNSURE_PAIRS
+        again_judge = judge_module.KeywordJudge()
+        again = relabel(rows, corpus, again_judge, ["rlhn", "hn_remove", "remove"], cache, batch_size=3,
+                        show_progress_bar=False)  # fmt: skip
+    assert again.summary["cache_hits"] == pairs - UNSURE_PAIRS and again.summary["judged_pairs"] == UNSURE_PAIRS
+    assert again.summary["judge_calls"] == 3  # rows 5 | 6 and 8 | 10, in three batches of 3 rows
+    assert sorted(text for request in again_judge.requests for text in request) == [
+        "negative 10 1 unsure", "negative 5 2 unsure", "negative 6 4 unsure", "negative 8 3 unsure"
+    ]  # fmt: skip
     for name in first.datasets:
         assert first.datasets[name].to_list() == again.datasets[name].to_list()
 
@@ -149,9 +162,10 @@ def test_pointwise_judge_gets_only_uncached_candidates_and_listwise_the_whole_li
         relabel(rows, corpus, judge_module.KeywordJudge(), ["rlhn"], cache, max_candidates=2, show_progress_bar=False)
         judge = judge_module.KeywordJudge()
         result = relabel(rows, corpus, judge, ["rlhn"], cache, show_progress_bar=False)
-        assert all(len(request) == N_NEG - 2 for request in judge.requests)
-        assert result.summary["cache_hits"] == 2 * N_QUERIES
-        assert result.summary["judged_pairs"] == (N_NEG - 2) * N_QUERIES
+        # row 10's candidate 1 got no verdict in the first run: it is asked again with the three not yet judged
+        assert [len(request) for request in judge.requests] == [N_NEG - 2] * 10 + [N_NEG - 1, N_NEG - 2]
+        assert result.summary["cache_hits"] == 2 * N_QUERIES - 1
+        assert result.summary["judged_pairs"] == (N_NEG - 2) * N_QUERIES + 1
 
     with JudgmentCache(tmp_path / "list.sqlite") as cache:
         relabel(rows, corpus, judge_module.KeywordJudge(listwise=True), ["rlhn"], cache, max_candidates=2,
@@ -251,10 +265,11 @@ def test_killed_run_resumes_without_judging_twice_and_writes_the_same_output(tmp
     cached_after_kill = _cached(out / "judgments.sqlite")
     calls_before_kill = _lines(count)
     assert 20 <= cached_after_kill < pairs
-    assert 0 <= calls_before_kill - cached_after_kill <= 2 * N_NEG  # at most the batch in flight is lost
+    # lost: at most the batch in flight, and the pairs without a verdict (not cached)
+    assert 0 <= calls_before_kill - cached_after_kill <= 2 * N_NEG + UNSURE_PAIRS
     assert not (out / "summary.json").exists()
 
-    # started again: judges exactly the uncached pairs
+    # started again: judges exactly the uncached pairs (no verdicts included)
     recipe = _recipe(tmp_path, beir, rows_file, out, count, sleep=0.0)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -280,3 +295,97 @@ def test_killed_run_resumes_without_judging_twice_and_writes_the_same_output(tmp
     clean_summary = json.loads((clean / "summary.json").read_text())
     for key in ("verdicts", "flags_per_label_source", "strategies", "flags_per_judge"):
         assert resumed_summary[key] == clean_summary[key]
+
+
+# ---------------------------------------------------------------- no verdicts are asked again; list-wise judges
+class _TableJudge(Judge):
+    """Verdicts from ``table`` (candidate text -> verdict, default NOT_RELEVANT); ``down`` answers NO_VERDICT to all,
+    as a judge whose requests fail. Requests are recorded."""
+
+    def __init__(self, name, table, down=False):
+        self.name, self.table, self.down = name, table, down
+        self.requests = []
+
+    def judge(self, query, positives, candidates):
+        self.requests.append(list(candidates))
+        if self.down:
+            return [NO_VERDICT] * len(candidates)
+        return [Judgment(self.table.get(text, Verdict.NOT_RELEVANT), None, "table") for text in candidates]
+
+    def config(self):
+        return {"table": sorted(self.table)}
+
+
+def _one_row(candidates):
+    doc_ids = ["p"] + [f"n{k}" for k in range(len(candidates))]
+    row = {"query_id": "q", "query": QUERY, "doc_ids": doc_ids, "labels": [1.0] + [0.0] * len(candidates),
+           "teacher_scores": [], "label_source": []}  # fmt: skip
+    corpus = {"p": ARHN_POSITIVE, **{f"n{k}": text for k, text in enumerate(candidates)}}
+    return datasets.Dataset.from_list([row], features=ROW_FEATURES), corpus
+
+
+def test_no_verdicts_are_not_cached_and_a_rerun_judges_them(tmp_path):
+    rows, corpus = _one_row(["fn", "neg"])
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        down = relabel(rows, corpus, _TableJudge("t", {"fn": Verdict.RELEVANT}, down=True), ["rlhn"], cache,
+                       show_progress_bar=False)  # fmt: skip
+        assert down.summary["verdicts"] == {"no_verdict": 2} and len(cache) == 0
+        judge = _TableJudge("t", {"fn": Verdict.RELEVANT})  # the same judge (same cache key), back up
+        up = relabel(rows, corpus, judge, ["rlhn"], cache, show_progress_bar=False)
+        assert judge.requests == [["fn", "neg"]] and len(cache) == 2
+    assert up.summary["verdicts"] == {"not_relevant": 1, "relevant": 1}
+    assert up.datasets["rlhn"][0]["labels"] == [1.0, 1.0, 0.0]
+
+
+def test_a_no_verdict_stored_by_an_earlier_version_is_asked_again(tmp_path):
+    rows, corpus = _one_row(["fn"])
+    judge = _TableJudge("t", {"fn": Verdict.RELEVANT})
+    pair = (query_key(QUERY, [("p", ARHN_POSITIVE)]), doc_key("n0", "fn"))
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        cache.put_many(judge.cache_key(), [(*pair, NO_VERDICT)])
+        result = relabel(rows, corpus, judge, ["rlhn"], cache, show_progress_bar=False)
+        assert judge.requests == [["fn"]] and result.summary["cache_hits"] == 0
+        assert cache.get_many(judge.cache_key(), [pair])[pair].verdict is Verdict.RELEVANT
+    assert result.datasets["rlhn"][0]["labels"] == [1.0, 1.0]
+
+
+def test_undecided_arhn_marks_are_not_cached_and_a_rerun_decides_them(tmp_path):
+    rows, corpus = _one_row(ARHN_CANDIDATES)
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        down = ScriptedBackend(answer=lambda messages: None)  # every request fails
+        first = relabel(rows, corpus, AnswerabilityJudge(down), ["arhn_rf"], cache, show_progress_bar=False)
+        assert first.marks == [[None] * 5] and len(cache) == 0
+        assert first.datasets["arhn_rf"][0]["labels"] == [1.0, 0.0, 0.0, 0.0, 0.0]
+        up = ScriptedBackend(answer=_arhn_answer)
+        again = relabel(rows, corpus, AnswerabilityJudge(up), ["arhn_rf"], cache, show_progress_bar=False)
+        # R, F and NO_ANSWER are decided and cached; the span not in its passage ("Cats sleep.") is not
+        assert len(cache) == 3
+    assert again.marks == [[None, "R", "F", None, None]]
+    row = again.datasets["arhn_rf"][0]
+    assert row["doc_ids"] == ["p", "n0", "n2", "n3"] and row["labels"] == [1.0, 1.0, 0.0, 0.0]  # n1 (F) removed
+
+
+def _cascade():
+    # the cheap judge flags "neg"; the query is escalated, and the expensive judge flags "fn" instead
+    return CascadeJudge(_TableJudge("cheap", {"neg": Verdict.RELEVANT}), _TableJudge("exp", {"fn": Verdict.RELEVANT}))
+
+
+@pytest.mark.parametrize("first_candidates", [1, 2])
+def test_cascade_labels_do_not_depend_on_what_was_cached(tmp_path, first_candidates):
+    rows, corpus = _one_row(["fn", "neg", "other"])
+    with JudgmentCache(tmp_path / "fresh.sqlite") as cache:
+        fresh = relabel(rows, corpus, _cascade(), ["rlhn"], cache, show_progress_bar=False)
+    # escalated: the expensive judge decides all three candidates
+    assert fresh.judgments == [[None, "relevant", "not_relevant", "not_relevant"]]
+    assert fresh.datasets["rlhn"][0]["labels"] == [1.0, 1.0, 0.0, 0.0]
+    with JudgmentCache(tmp_path / "partial.sqlite") as cache:
+        # a first run on fewer candidates: on ["fn"] alone nothing is flagged and the cheap verdict is cached; on
+        # ["fn", "neg"] the query is escalated
+        relabel(rows, corpus, _cascade(), ["rlhn"], cache, max_candidates=first_candidates, show_progress_bar=False)
+        cascade = _cascade()
+        later = relabel(rows, corpus, cascade, ["rlhn"], cache, show_progress_bar=False)
+        assert cascade.cheap.requests == [["fn", "neg", "other"]]  # the whole list, not only the uncached candidate
+        assert later.judgments == fresh.judgments
+        assert later.datasets["rlhn"][0]["labels"] == [1.0, 1.0, 0.0, 0.0]
+        again = relabel(rows, corpus, _cascade(), ["rlhn"], cache, show_progress_bar=False)  # all cached now
+    assert again.summary["judge_calls"] == 0 and again.judgments == fresh.judgments

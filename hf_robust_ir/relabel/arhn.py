@@ -139,6 +139,13 @@ class AnswerabilityJudge(Judge):
     def arhn_labels_many(self, rows: Sequence[Row]) -> list[list[str | None]]:
         return [[o.label for o in outcomes] for outcomes in self._outcomes(rows)]
 
+    def arhn_decisions(
+        self, query: str, positives: Sequence[str], candidates: Sequence[str]
+    ) -> list[tuple[str | None, bool]]:
+        """:meth:`arhn_labels` with, per candidate, whether the model decided it (``False``: no usable answer or no
+        positive, so the relabeling cache does not keep the ``None`` and a rerun asks again)."""
+        return [(o.label, o.decided) for o in self._outcomes([(query, positives, candidates)])[0]]
+
     def arhn_labels(self, query: str, positives: Sequence[str], candidates: Sequence[str]) -> list[str | None]:
         """Per candidate ``"R"`` (ranked above the best labeled positive → becomes positive), ``"F"`` (below it but
         has an answer span → removed from the negatives) or ``None`` (stays as labeled)."""

@@ -12,6 +12,8 @@ A backend answers batches of chat conversations (lists of ``{"role", "content"}`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -55,6 +57,14 @@ def render_plain(messages: Conversation) -> str:
     """The fallback rendering for tokenizers without a chat template: ``System: …\\n\\nUser: …\\n\\nAssistant:``."""
     parts = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n\n".join(parts) + "\n\nAssistant:"
+
+
+def _template_digest(template: Any) -> str | None:
+    """A digest of a tokenizer's chat template (a string, or a dict of named templates); ``None`` without one."""
+    if not template:
+        return None
+    text = json.dumps(template, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 class HFCausalLMBackend:
@@ -180,7 +190,7 @@ class HFCausalLMBackend:
             "backend": "hf_causal_lm",
             "model": getattr(self.model.config, "_name_or_path", None) or type(self.model).__name__,
             "weights": weights_digest(self.model),
-            "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
+            "chat_template": _template_digest(getattr(self.tokenizer, "chat_template", None)),
             "max_prompt_tokens": self.max_prompt_tokens,
             "decoding": "greedy",
         }
@@ -214,6 +224,15 @@ class RateLimiter:
         if wait > 0:
             self.sleep(wait)
         return wait
+
+
+def _unlisted_bound(pairs: Sequence[tuple[str, float]]) -> float:
+    """A log-probability bound for the answer word missing from a top-k list of ``(token, logprob)``: at most the
+    smallest listed token that is not an answer word, and at most the probability the list leaves unclaimed
+    (``1 - sum``; ``-inf`` when the list holds it all)."""
+    others = [lp for token, lp in pairs if token.strip().lower() not in ("yes", "no")]
+    left = 1.0 - sum(math.exp(lp) for _, lp in pairs)
+    return min([*others, math.log(left) if left > 0 else -math.inf])
 
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -367,9 +386,8 @@ class OpenAICompatibleBackend:
             yes = [lp for token, lp in pairs if token.strip().lower() == "yes"]
             no = [lp for token, lp in pairs if token.strip().lower() == "no"]
             if yes or no:
-                # a word missing from the top-k has at most the smallest listed log-probability
-                floor = min(lp for _, lp in pairs)
-                return (logsumexp(yes) if yes else floor, logsumexp(no) if no else floor)
+                bound = _unlisted_bound(pairs)
+                return (logsumexp(yes) if yes else bound, logsumexp(no) if no else bound)
         said = parse_yes_no(self._content(answer))
         if said is None:
             return None

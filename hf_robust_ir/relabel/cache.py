@@ -84,16 +84,25 @@ class JudgmentCache:
         cursor.close()
         return found
 
-    def put_many(self, judge_key: str, items: Iterable[tuple[str, str, Judgment]]) -> int:
+    def put_many(self, judge_key: str, items: Iterable[tuple[str, str, Judgment]], replace: bool = False) -> int:
         """Store ``(query_key, doc_key, judgment)`` triples in one committed transaction; a pair already stored keeps
-        its first judgment (so concurrent writers agree). Returns the number of triples given."""
+        its first verdict (so concurrent writers agree; a stored no verdict gives way to a verdict), or with
+        ``replace=True`` takes the new one (a list-wise judge's answers for a whole candidate list replace those it
+        gave on another list). Returns the number of triples given."""
         now = time.time()
         rows = [
             (judge_key, qk, dk, j.verdict.value, None if j.score is None else float(j.score), j.rationale or "", now)
             for qk, dk, j in items
         ]
         with self._conn:  # one transaction, committed on exit
-            self._conn.executemany("INSERT OR IGNORE INTO judgments VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            if not replace:
+                stale = [(*row[:3], Verdict.NO_VERDICT.value) for row in rows if row[3] != Verdict.NO_VERDICT.value]
+                self._conn.executemany(
+                    "DELETE FROM judgments WHERE judge_key = ? AND query_key = ? AND doc_key = ? AND verdict = ?",
+                    stale,
+                )
+            conflict = "REPLACE" if replace else "IGNORE"
+            self._conn.executemany(f"INSERT OR {conflict} INTO judgments VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
 
     def __len__(self) -> int:

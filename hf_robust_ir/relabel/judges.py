@@ -5,6 +5,7 @@ All implement :class:`~hf_robust_ir.relabel.base.Judge`: ``judge(query, positive
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections import OrderedDict
@@ -29,6 +30,18 @@ def _model_name(model: Any) -> str:
             return str(name)
     base = getattr(getattr(model, "retrieval_config", None), "base_model", None)
     return str(base) if base else type(model).__name__
+
+
+# BiEncoderConfig fields that never change a guide's vectors: the training temperature, the folder it was loaded from
+# (the weights digest stands for the weights), the tower layout (two copies of one tower embed alike) and
+# ``normalize`` (in ``config()`` as ``similarity``)
+_SETTINGS_WITHOUT_EFFECT = ("temperature", "base_model", "separate_towers", "normalize")
+
+
+def _encoding_settings(retrieval_config: Any) -> dict[str, Any]:
+    """The settings that turn texts into a guide's vectors (pooling, prefixes, max lengths), for ``config()``."""
+    settings = dataclasses.asdict(retrieval_config)
+    return {key: value for key, value in settings.items() if key not in _SETTINGS_WITHOUT_EFFECT}
 
 
 class EmbeddingJudge(Judge):
@@ -192,11 +205,12 @@ class EmbeddingJudge(Judge):
         return {
             "model": _model_name(self.model),
             "weights": weights_digest(self.model),
+            "encoding": _encoding_settings(self.model.retrieval_config),
             "margin": self.margin,
             "margin_strategy": self.margin_strategy,
             "positive_reference": self.positive_reference,
             "similarity": "cosine" if self.model.retrieval_config.normalize else "dot",
-            # only when set, so the cache keys of margin-rule judges stay those of earlier versions
+            # only when set: a margin rule has no score threshold
             **({"score_threshold": self.score_threshold} if self.score_threshold is not None else {}),
         }
 
@@ -426,7 +440,8 @@ class CascadeJudge(Judge):
     ``escalate="flagged_or_unsure"`` also when it gave any NO_VERDICT or, with ``unsure_band=(low, high)``, any score
     with ``low <= score <= high``. Every candidate of an escalated query gets the expensive judge's verdict (a
     NO_VERDICT there stays NO_VERDICT); the other queries keep the cheap verdicts. Rationales start with the judge
-    that decided. ``stats`` counts queries and escalations over this judge's lifetime.
+    that decided. The decision is per query, so the judge is list-wise: the relabeling runner always gives it a
+    query's whole candidate list. ``stats`` counts queries and escalations over this judge's lifetime.
     """
 
     name = "cascade"
@@ -452,9 +467,7 @@ class CascadeJudge(Judge):
         self.unsure_band = unsure_band
         self.stats = {"queries": 0, "escalated": 0}
 
-    @property
-    def listwise(self) -> bool:
-        return bool(getattr(self.cheap, "listwise", False) or getattr(self.expensive, "listwise", False))
+    listwise = True  # whether a candidate is escalated depends on the other candidates of its query
 
     def _escalates(self, judgments: Sequence[Judgment]) -> bool:
         if any(j.verdict is Verdict.RELEVANT for j in judgments):

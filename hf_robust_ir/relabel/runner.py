@@ -2,13 +2,17 @@
 
 Rows are visited in dataset order, ``batch_size`` at a time. For each batch the cache is read first; the judge is
 called (one :meth:`~hf_robust_ir.relabel.base.Judge.judge_many`) only for the rows that still have uncached pairs,
-and its judgments are committed to the cache before the next batch. A pointwise judge receives only the uncached
-candidates; a list-wise judge (``judge.listwise = True``) always receives the whole candidate list, and all its
-judgments are stored. So a run that is killed and started again with the same cache judges no pair twice (except
-the batch in flight when it was killed) and writes the same datasets as an uninterrupted run.
+and its verdicts are committed to the cache before the next batch. A pointwise judge receives only the uncached
+candidates; a list-wise judge (``judge.listwise = True``, one whose verdict on a candidate depends on the others)
+always receives the whole candidate list, and its new verdicts replace the cached ones of that list, so the labels
+do not depend on what was cached before. A no verdict (a failed request, an unusable answer) is not stored: the next
+run asks again. So a run that is killed and started again with the same cache judges no pair twice (except the batch
+in flight when it was killed, and the pairs without a verdict) and writes the same datasets as an uninterrupted run.
 
 ARHN strategies need per-candidate marks ``"R"`` / ``"F"`` / ``None`` from a judge with
-``arhn_labels(query, positives, candidates)``; they are cached as judgments of the judge key + ``":arhn"``.
+``arhn_labels(query, positives, candidates)``; they are cached as judgments of the judge key + ``":arhn"``. A judge
+that also has ``arhn_decisions`` (same arguments, ``(mark, decided)`` per candidate) says which ``None`` marks are
+undecided; those are not stored either.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..data.schema import DataFormatError
 from .base import Judge, Judgment, Verdict
-from .cache import JudgmentCache, doc_key, query_key
+from .cache import JudgmentCache, PairKey, doc_key, query_key
 from .strategies import RELEVANT, Mark, apply_strategy, default_sources, get_strategy
 
 logger = logging.getLogger(__name__)
@@ -34,9 +38,10 @@ logger = logging.getLogger(__name__)
 ARHN_KEY_SUFFIX = ":arhn"
 
 
-def mark_to_judgment(mark: Mark) -> Judgment:
-    """An ARHN mark as a cacheable judgment (the mark rides in the rationale)."""
-    return Judgment(Verdict.RELEVANT if mark else Verdict.NOT_RELEVANT, None, f"arhn:{mark or ''}")
+def mark_to_judgment(mark: Mark, decided: bool = True) -> Judgment:
+    """An ARHN mark as a cacheable judgment (the mark rides in the rationale); an undecided one is a no verdict."""
+    verdict = Verdict.RELEVANT if mark else Verdict.NOT_RELEVANT if decided else Verdict.NO_VERDICT
+    return Judgment(verdict, None, f"arhn:{mark or ''}")
 
 
 def judgment_to_mark(judgment: Judgment) -> Mark:
@@ -113,7 +118,7 @@ def _judge_batch(
     batch: list[_Row], judge: Judge, judge_key: str, cache: JudgmentCache, counts: _Counts, listwise: bool
 ) -> list[list[Judgment]]:
     """Judgments for every candidate of the batch's rows: cached, or from one ``judge_many`` call (then cached)."""
-    cached = cache.get_many(judge_key, [(r.query_key, dk) for r in batch for dk in r.doc_keys])
+    cached = _cached_verdicts(cache, judge_key, batch)
     counts.cache_hits += len(cached)
     requests, owners = [], []
     for r in batch:
@@ -135,31 +140,57 @@ def _judge_batch(
                     f"{r.query_id!r}"
                 )
             counts.judged_pairs += len(todo)
-            for k, judgment in zip(todo, judgments):
-                store.append((r.query_key, r.doc_keys[k], judgment))
-                cached.setdefault((r.query_key, r.doc_keys[k]), judgment)
-        cache.put_many(judge_key, store)
+            store.extend(_merge(cached, [(r.query_key, r.doc_keys[k], j) for k, j in zip(todo, judgments)], listwise))
+        cache.put_many(judge_key, store, replace=listwise)
     return [[cached[(r.query_key, dk)] for dk in r.doc_keys] for r in batch]
+
+
+def _cached_verdicts(cache: JudgmentCache, key: str, batch: list[_Row]) -> dict[PairKey, Judgment]:
+    """The cached verdicts of the batch's pairs; a no verdict stored by an earlier version counts as not cached."""
+    found = cache.get_many(key, [(r.query_key, dk) for r in batch for dk in r.doc_keys])
+    return {pair: judgment for pair, judgment in found.items() if judgment.verdict is not Verdict.NO_VERDICT}
+
+
+def _merge(
+    cached: dict[PairKey, Judgment], fresh: list[tuple[str, str, Judgment]], replace: bool
+) -> list[tuple[str, str, Judgment]]:
+    """Add ``fresh`` judgments to ``cached``; returns those to store. A no verdict is not stored (the next run asks
+    again) and never displaces a cached verdict; with ``replace`` (a list-wise judge, which judged the whole list
+    again) the fresh verdicts displace the cached ones."""
+    store = []
+    for qk, dk, judgment in fresh:
+        if judgment.verdict is Verdict.NO_VERDICT:
+            cached.setdefault((qk, dk), judgment)
+            continue
+        store.append((qk, dk, judgment))
+        if replace:
+            cached[(qk, dk)] = judgment
+        else:
+            cached.setdefault((qk, dk), judgment)
+    return store
 
 
 def _mark_batch(
     batch: list[_Row], judge: Any, mark_key: str, cache: JudgmentCache, counts: _Counts
 ) -> list[list[Judgment]]:
-    """ARHN marks (as judgments) for every candidate: cached, or one ``arhn_labels`` call per uncached row."""
-    cached = cache.get_many(mark_key, [(r.query_key, dk) for r in batch for dk in r.doc_keys])
+    """ARHN marks (as judgments) for every candidate: cached, or one ``arhn_labels`` call per uncached row (a whole
+    row: ARHN ranks a query's candidates together)."""
+    cached = _cached_verdicts(cache, mark_key, batch)
     counts.cache_hits += len(cached)
+    decisions = getattr(judge, "arhn_decisions", None)
     for r in batch:
         if all((r.query_key, dk) in cached for dk in r.doc_keys):
             continue
-        marks = judge.arhn_labels(r.query, r.positives, r.texts)
+        if callable(decisions):
+            marks = decisions(r.query, r.positives, r.texts)
+        else:
+            marks = [(mark, True) for mark in judge.arhn_labels(r.query, r.positives, r.texts)]
         counts.judge_calls += 1
         counts.judged_pairs += len(r.texts)
         if len(marks) != len(r.texts):
             raise ValueError(f"arhn_labels returned {len(marks)} marks for {len(r.texts)} candidates")
-        store = [(r.query_key, dk, mark_to_judgment(m)) for dk, m in zip(r.doc_keys, marks)]
-        cache.put_many(mark_key, store)
-        for qk, dk, judgment in store:
-            cached.setdefault((qk, dk), judgment)
+        fresh = [(r.query_key, dk, mark_to_judgment(m, decided)) for dk, (m, decided) in zip(r.doc_keys, marks)]
+        cache.put_many(mark_key, _merge(cached, fresh, replace=True), replace=True)
     return [[cached[(r.query_key, dk)] for dk in r.doc_keys] for r in batch]
 
 
