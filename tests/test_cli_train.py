@@ -58,9 +58,40 @@ def test_train_command_runs_and_reports_before_and_after(recipe, tmp_path, capsy
     BiEncoder.from_pretrained(tmp_path / "run")
 
 
-def test_unknown_recipe_key_is_an_error(recipe):
-    with pytest.raises(SystemExit, match="no_such_option"):
-        main(["train", "--config", str(recipe), "--no_such_option", "1"])
+def test_unknown_recipe_key_is_an_error(recipe, capsys):
+    assert main(["train", "--config", str(recipe), "--no_such_option", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: command line, field 'no_such_option': unknown field"
+
+
+def test_card_of_a_run_on_relabeled_rows_names_the_file_and_the_relabeling(recipe, tmp_path, small_beir):
+    """Rows written by `hf-robust-ir relabel` (``<out>/rlhn.jsonl`` next to ``<out>/summary.json``): the card names
+    the file, not the BEIR folder's train split, and reports the judge and what the rlhn strategy changed (3 labels;
+    the summary's other strategy, remove, changed 5, so a card of all strategies would say 8)."""
+    doc_ids = [json.loads(line)["_id"] for line in (small_beir / "corpus.jsonl").read_text().splitlines()]
+    relabeled = tmp_path / "relabeled"
+    relabeled.mkdir()
+    rows_file = relabeled / "rlhn.jsonl"
+    rows = [
+        {"query_id": f"q{i}", "query": f"question {i}", "doc_ids": doc_ids[2 * i : 2 * i + 2], "labels": [1.0, 0.0]}
+        for i in range(4)
+    ]
+    rows_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = {
+        "judge": {"name": "embedding", "config": {"margin": 0.1}},
+        "strategies": {
+            "rlhn": {"flagged": 3, "queries_flagged": 2, "labels_changed": 3, "rows": 4},
+            "remove": {"flagged": 3, "queries_flagged": 2, "labels_changed": 5, "rows": 2},
+        },
+        "queries": 4,
+    }
+    (relabeled / "summary.json").write_text(json.dumps(summary))
+    overrides = ["--train_file", str(rows_file), "--evaluate_before", "false", "--max_steps", "1"]
+    assert main(["train", "--config", str(recipe), *overrides]) == 0
+    card = (tmp_path / "run" / "README.md").read_text()
+    training_data = card.split("## Training data")[1].split("\n## ")[0]
+    assert f"| {rows_file} | 4 | {len(doc_ids)} |" in training_data
+    assert str(small_beir) not in training_data
+    assert "Candidates were judged by `embedding`" in card and "Labels changed: **3**." in card
 
 
 def test_missing_or_malformed_recipe_is_a_one_line_error(tmp_path, capsys):
@@ -128,3 +159,17 @@ def test_bad_input_is_reported_with_file_and_line_not_a_traceback(tmp_path, tiny
     assert main(["eval", "--model", tiny_model_path, "--data", str(tmp_path), "--split", "test"]) == 2
     err = capsys.readouterr().err
     assert f"error: {tmp_path / 'corpus.jsonl'}, line 2: malformed JSON" in err and "Traceback" not in err
+
+
+def test_relabel_summary_is_the_one_next_to_the_rows_of_one_of_its_strategies(tmp_path):
+    from hf_robust_ir.commands.train import relabel_summary_of
+
+    summary = {"judge": {"name": "embedding"}, "strategies": {"rlhn": {"labels_changed": 2}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "rlhn").mkdir()  # the save_to_disk copy
+    for name in ("rlhn.jsonl", "mine.jsonl"):
+        (tmp_path / name).write_text("")
+    assert relabel_summary_of(str(tmp_path / "rlhn.jsonl")) == {**summary, "strategy": "rlhn"}
+    assert relabel_summary_of(str(tmp_path / "rlhn")) == {**summary, "strategy": "rlhn"}
+    assert relabel_summary_of(str(tmp_path / "mine.jsonl")) is None  # not rows the relabeling run wrote
+    assert relabel_summary_of(str(tmp_path / "elsewhere" / "rlhn.jsonl")) is None  # no summary next to it

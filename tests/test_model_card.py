@@ -262,6 +262,49 @@ def test_callback_writes_cards_into_checkpoints_and_the_output_folder(tmp_path, 
     assert text.count("\n| 1 | 2 |") == 1  # the log row of the last step
 
 
+def test_final_card_reports_the_best_checkpoint_with_load_best_model_at_end(tmp_path, tiny_model_path):
+    """Evaluations at steps 2, 4, 6 score 0.2, 0.9, 0.4: transformers loads checkpoint-4 back, so the card in the
+    output folder reports 0.9 (not the last evaluation's 0.4); each checkpoint's card reports its own evaluation."""
+    from huggingface_hub import ModelCard
+
+    from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
+
+    args = RetrievalTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        max_steps=6,
+        logging_steps=1,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="ndcg@10",
+        report_to=[],
+        group_size=2,
+        use_cpu=True,
+        disable_tqdm=True,
+        model_card=True,
+    )
+    scores = iter([0.2, 0.9, 0.4])
+    corpus = {f"d{i}": f"document {i} on topic {i % 3}" for i in range(16)}
+    trainer = RetrievalTrainer(
+        BiEncoder.from_pretrained(tiny_model_path),
+        args,
+        train_dataset=_rows(),
+        corpus=corpus,
+        evaluator=lambda model: {"ndcg@10": next(scores)},
+    )
+    trainer.train()
+
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "run" / "checkpoint-4")
+    reported = {
+        folder: ModelCard.load(tmp_path / "run" / folder / "README.md").data.eval_results[0].metric_value
+        for folder in ("checkpoint-2", "checkpoint-4", "checkpoint-6", ".")
+    }
+    assert reported == pytest.approx({"checkpoint-2": 0.2, "checkpoint-4": 0.9, "checkpoint-6": 0.4, ".": 0.9})
+
+
 def test_callback_writes_nothing_on_other_processes(tmp_path):
     callback = ModelCardCallback(loss=get_loss("infonce"))
     args = SimpleNamespace(output_dir=str(tmp_path), should_save=False)

@@ -1,14 +1,17 @@
 """Write a model card (``README.md``) into every checkpoint and the output folder while a model trains.
 
 The card (:mod:`hf_robust_ir.hub`) records the base model, the training data, the loss and its config, the relabeling
-summary and noise-benchmark results when the run has them, the non-default training arguments, the latest evaluation
-metrics (as ``model-index``), a table of the training logs, library versions, usage snippets and citations.
+summary and noise-benchmark results when the run has them, the non-default training arguments, the evaluation metrics
+of the saved weights (as ``model-index``: in a checkpoint the latest evaluation; at the end of training with
+``load_best_model_at_end`` the evaluation of the best checkpoint), a table of the training logs, library versions,
+usage snippets and citations.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 from transformers import TrainerCallback
@@ -70,8 +73,15 @@ class ModelCardCallback(TrainerCallback):
         self.eval_metrics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ what the card says
-    def card_info(self, args: Any, state: Any, model: Any = None, train_rows: int | None = None) -> ModelCardInfo:
-        """The :class:`~hf_robust_ir.hub.ModelCardInfo` of the run so far."""
+    def card_info(
+        self,
+        args: Any,
+        state: Any,
+        model: Any = None,
+        train_rows: int | None = None,
+        eval_metrics: dict[str, float] | None = None,
+    ) -> ModelCardInfo:
+        """The :class:`~hf_robust_ir.hub.ModelCardInfo` of the run so far; ``eval_metrics`` default to the latest."""
         fields: dict[str, Any] = dict(self.card_fields)
         fields["model_name"] = self.model_name or (self.repo_id or "").split("/")[-1] or _folder_name(args.output_dir)
         fields["repo_id"] = self.repo_id
@@ -92,8 +102,9 @@ class ModelCardCallback(TrainerCallback):
         fields["noise_results"] = self.noise_results
         fields["hyperparameters"] = non_default_hyperparameters(args)
         fields["training_log"] = list(getattr(state, "log_history", None) or self.log_history)
-        if self.eval_metrics:
-            prefix_free = {k.removeprefix("eval_"): v for k, v in self.eval_metrics.items() if _is_metric(k)}
+        eval_metrics = self.eval_metrics if eval_metrics is None else eval_metrics
+        if eval_metrics:
+            prefix_free = {k.removeprefix("eval_"): v for k, v in eval_metrics.items() if _is_metric(k)}
             entry = {"dataset": "evaluation set", **self.eval_dataset_info, "metrics": prefix_free}
             fields["eval_results"] = [entry] if prefix_free else []
         if model is not None:
@@ -103,13 +114,36 @@ class ModelCardCallback(TrainerCallback):
             setattr(info, name, value)
         return info
 
-    def write(self, folder: str, args: Any, state: Any, **kwargs: Any) -> None:
+    def saved_model_metrics(self, args: Any, state: Any) -> dict[str, float]:
+        """The metrics of the weights in the output folder after training: with ``load_best_model_at_end``,
+        transformers loads the best checkpoint back before ``on_train_end``, so those of the evaluation at its step
+        (from ``state.log_history``); else the latest evaluation's."""
+        best = getattr(state, "best_model_checkpoint", None)
+        if not (best and getattr(args, "load_best_model_at_end", False)):
+            return self.eval_metrics
+        match = re.fullmatch(r"checkpoint-(\d+)", os.path.basename(os.path.normpath(best)))
+        step = int(match.group(1)) if match else getattr(state, "best_global_step", None)
+        at_best = {
+            key: value
+            for entry in getattr(state, "log_history", None) or []
+            if entry.get("step") == step
+            for key, value in entry.items()
+            if _is_metric(key)
+        }
+        return at_best or self.eval_metrics
+
+    def write(
+        self, folder: str, args: Any, state: Any, eval_metrics: dict[str, float] | None = None, **kwargs: Any
+    ) -> None:
+        """Write the card into ``folder``; ``eval_metrics`` default to :meth:`saved_model_metrics`."""
         if not getattr(args, "should_save", True):
             return
         dataloader = kwargs.get("train_dataloader")
         dataset = getattr(dataloader, "dataset", None)
         rows = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
-        info = self.card_info(args, state, kwargs.get("model"), rows)
+        if eval_metrics is None:
+            eval_metrics = self.saved_model_metrics(args, state)
+        info = self.card_info(args, state, kwargs.get("model"), rows, eval_metrics)
         write_model_card(folder, info)
         logger.info("Wrote the model card to %s", os.path.join(folder, "README.md"))
 
@@ -124,8 +158,8 @@ class ModelCardCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if os.path.isdir(folder):
-            self.write(folder, args, state, **kwargs)
+        if os.path.isdir(folder):  # a checkpoint: the latest evaluation, not the best so far
+            self.write(folder, args, state, eval_metrics=self.eval_metrics, **kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.write(args.output_dir, args, state, **kwargs)

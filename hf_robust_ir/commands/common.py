@@ -1,4 +1,4 @@
-"""What the commands share: logging to stderr, checks of input paths, loading a BiEncoder with a max length."""
+"""What the commands share: logging to stderr, reading recipes, checks of input paths, loading a BiEncoder."""
 
 from __future__ import annotations
 
@@ -77,39 +77,80 @@ def _check_type(name: str, value: Any, annotation: str) -> str | None:
     return None if isinstance(value, types) else f"expected {base}, got {type(value).__name__}"
 
 
+def one_line(message: object) -> str:
+    """``message`` with its line breaks and runs of spaces as single spaces, for a one-line error."""
+    return " ".join(str(message).split())
+
+
+def _yaml_problem(exc: Exception) -> tuple[int | None, str]:
+    """``(line, one-line message)`` of a YAML error. An error found only at the end of the file (an unclosed ``[`` or
+    quote) is reported at the line of the construct left open."""
+    mark, context_mark = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    at_end = mark is not None and mark.buffer is not None and mark.index >= len(mark.buffer) - 1
+    if context and context_mark is not None and at_end:
+        return context_mark.line + 1, f"{problem} ({context})"
+    if context and context_mark is not None:
+        problem += f" ({context} started on line {context_mark.line + 1})"
+    return (mark.line + 1 if mark else None), problem
+
+
+def read_recipe(config_path: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """The mapping a YAML recipe file holds and the line of each top-level key; a missing file raises
+    FileNotFoundError, anything else :class:`~hf_robust_ir.data.schema.DataFormatError` naming the file and line."""
+    import yaml
+
+    from ..data.schema import DataFormatError
+
+    path = Path(config_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {config_path!r} not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        config = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        line, problem = _yaml_problem(exc)
+        raise DataFormatError(config_path, line, None, f"invalid YAML: {problem}") from None
+    if not isinstance(config, dict):
+        raise DataFormatError(config_path, None, None, "a recipe is a mapping of argument names to values")
+    return config, _key_lines(text)
+
+
+def _override_value(name: str, text: str) -> Any:
+    """A ``--key value`` override's value read as YAML; invalid YAML raises a one-line
+    :class:`~hf_robust_ir.data.schema.DataFormatError` naming the override."""
+    import yaml
+
+    from ..data.schema import DataFormatError
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]  # lines of a one-line value say nothing
+        raise DataFormatError("command line", None, name, f"invalid YAML value {text!r}: {problem}") from None
+
+
 def load_recipe(
     arguments: type, config_path: str | None, overrides: list[str]
 ) -> tuple[dict[str, Any], dict[str, int], str]:
     """A YAML recipe plus ``--key value`` overrides (values read as YAML), checked against the fields of the
     dataclass ``arguments``: ``(config, line of each key in the file, source name)``. Errors name the file, the line
     and the field (:class:`~hf_robust_ir.data.schema.DataFormatError`)."""
-    import yaml
-
     from ..data.schema import DataFormatError
 
     source = config_path or "command line"
     config: dict[str, Any] = {}
     lines: dict[str, int] = {}
     if config_path:
-        path = Path(config_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe {config_path!r} not found")
-        text = path.read_text(encoding="utf-8")
-        try:
-            config = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise DataFormatError(source, mark.line + 1 if mark else None, None, f"invalid YAML: {exc}") from None
-        if not isinstance(config, dict):
-            raise DataFormatError(source, None, None, "a recipe is a mapping of argument names to values")
-        lines = _key_lines(text)
+        config, lines = read_recipe(config_path)
     i = 0
     while i < len(overrides):
         key = overrides[i]
         if not key.startswith("--") or i + 1 >= len(overrides):
             raise DataFormatError("command line", None, key, "expected --key value pairs")
-        name, value = key[2:].replace("-", "_"), yaml.safe_load(overrides[i + 1])
-        config[name] = value
+        name = key[2:].replace("-", "_")
+        config[name] = _override_value(name, overrides[i + 1])
         lines.pop(name, None)
         i += 2
     known = {f.name: str(f.type) for f in fields(arguments)}

@@ -15,13 +15,18 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..data.schema import DataFormatError
-from .common import load_recipe, setup_logging
+from .common import load_recipe, one_line, setup_logging
+
+if TYPE_CHECKING:
+    from ..relabel.base import Judge
 
 HELP = "relabel false negatives of training rows with a judge (rlhn, hn_remove, remove, threshold, arhn) from a recipe"
 DATA_ENV = "HF_ROBUST_IR_DATA"
@@ -61,6 +66,11 @@ class RelabelArguments:
 def parse_recipe(config_path: str | None, overrides: list[str]) -> RelabelArguments:
     """Recipe file + ``--key value`` overrides (values read as YAML) -> :class:`RelabelArguments`; errors name the
     file, line and field."""
+    return read_relabel_recipe(config_path, overrides)[0]
+
+
+def read_relabel_recipe(config_path: str | None, overrides: list[str]) -> tuple[RelabelArguments, dict[str, int], str]:
+    """:func:`parse_recipe` plus the line of each key in the file and the source name, for later errors."""
     config, lines, source = load_recipe(RelabelArguments, config_path, overrides)
     if "output_dir" not in config:
         raise DataFormatError(source, None, "output_dir", "missing (the folder the relabeled datasets go to)")
@@ -74,7 +84,37 @@ def parse_recipe(config_path: str | None, overrides: list[str]) -> RelabelArgume
             get_strategy(name)
         except ValueError as exc:
             raise DataFormatError(source, lines.get("strategies"), "strategies", str(exc)) from None
-    return args
+    return args, lines, source
+
+
+def build_recipe_judge(spec: dict, source: str, line: int | None) -> Judge:
+    """The recipe's judge. Settings it refuses (a misspelled or missing key, a bad value, a missing model folder)
+    raise :class:`DataFormatError` naming the recipe, the line of ``judge`` and the key."""
+    from ..relabel.factory import build_judge
+
+    try:
+        return build_judge(spec)
+    except TypeError as exc:  # a key the judge's (or its backend's, its model's) constructor does not take
+        message = one_line(exc)
+        named = (path for path in _key_paths(spec) if f"'{path.split('.')[-1]}'" in message)
+        key = next(named, None) if re.search(r"unexpected keyword argument|unknown", message) else None
+        if key is not None:
+            raise DataFormatError(source, line, "judge", f"unknown setting {key!r}: {message}") from None
+        if re.search(r"missing \d+ required .*argument", message):
+            raise DataFormatError(source, line, "judge", f"missing setting: {message}") from None
+        raise
+    except (ValueError, OSError, ImportError) as exc:
+        raise DataFormatError(source, line, "judge", one_line(exc).removeprefix("judge: ")) from None
+
+
+def _key_paths(spec: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every key in a nested mapping, outer keys first."""
+    if not isinstance(spec, dict):
+        return []
+    paths = [prefix + str(key) for key in spec]
+    for key, value in spec.items():
+        paths += _key_paths(value, f"{prefix}{key}.")
+    return paths
 
 
 def resolve_data_dir(args: RelabelArguments) -> Path | None:
@@ -150,19 +190,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     setup_logging()
     try:
-        recipe = parse_recipe(args.config, args.overrides)
+        recipe, lines, source = read_relabel_recipe(args.config, args.overrides)
     except (DataFormatError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     from ..relabel.cache import JudgmentCache
-    from ..relabel.factory import build_judge
     from ..relabel.runner import relabel
 
     start = time.perf_counter()
     try:
         rows, corpus = load_rows(recipe)
-        judge = build_judge(recipe.judge)
+        judge = build_recipe_judge(recipe.judge, source, lines.get("judge"))
     except (DataFormatError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

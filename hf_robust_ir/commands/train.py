@@ -10,6 +10,7 @@ save the model and ``results.json`` (also printed on stdout as one JSON object).
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
@@ -81,27 +82,48 @@ def _yaml_to_argv(config: dict[str, Any]) -> list[str]:
 
 
 def parse_recipe(config_path: str | None, overrides: list[str]):
-    """Recipe file + command-line overrides -> (ModelArguments, DataArguments, RetrievalTrainingArguments)."""
-    import yaml
+    """Recipe file + command-line overrides -> (ModelArguments, DataArguments, RetrievalTrainingArguments).
+
+    A bad recipe raises :class:`~hf_robust_ir.data.schema.DataFormatError` naming the file (or the command line),
+    the line and the field: invalid YAML, an unknown field, a value the field's type refuses."""
     from transformers import HfArgumentParser
 
+    from ..data.schema import DataFormatError
     from ..trainer import RetrievalTrainingArguments
+    from .common import one_line, read_recipe
 
-    config: dict[str, Any] = {}
-    if config_path:
-        path = Path(config_path)
-        if not path.exists():
-            raise FileNotFoundError(f"recipe {config_path!r} not found")
-        config = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(config, dict):
-            raise ValueError(f"{config_path}: a recipe is a mapping of argument names to values")
-    parser = HfArgumentParser((ModelArguments, DataArguments, RetrievalTrainingArguments))
-    model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
-        args=_yaml_to_argv(config) + list(overrides), return_remaining_strings=True
+    config, lines = read_recipe(config_path) if config_path else ({}, {})
+    overridden = {key[2:].replace("-", "_") for key in overrides if key.startswith("--")}
+    config = {key: value for key, value in config.items() if key not in overridden}  # the command line wins
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, RetrievalTrainingArguments), exit_on_error=False, allow_abbrev=False
     )
+    actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+    for name, value in config.items():
+        if name not in actions:
+            raise DataFormatError(config_path, lines.get(name), name, _unknown_field(name, actions))
+        if isinstance(value, list | tuple) and actions[name].nargs is None:
+            raise DataFormatError(config_path, lines.get(name), name, f"expected one value, got a list: {value}")
+    try:
+        model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
+            args=_yaml_to_argv(config) + list(overrides), return_remaining_strings=True
+        )
+    except argparse.ArgumentError as exc:
+        name = (exc.argument_name or "").split("/")[0].removeprefix("--")
+        source, line = ("command line", None) if name in overridden else (config_path, lines.get(name))
+        raise DataFormatError(source or "command line", line, name or None, exc.message) from None
+    except ValueError as exc:  # values TrainingArguments refuses together (its __post_init__ checks)
+        raise DataFormatError(config_path or "command line", None, None, one_line(exc)) from None
     if unknown:
-        raise SystemExit(f"hf-robust-ir train: unknown argument(s) {unknown} (recipe {config_path})")
+        name = next((s[2:].replace("-", "_") for s in unknown if s.startswith("--")), None)
+        problem = _unknown_field(name, actions) if name else f"unexpected argument(s) {unknown}"
+        raise DataFormatError("command line", None, name, problem)
     return model_args, data_args, training_args
+
+
+def _unknown_field(name: str, actions: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(actions), n=1)
+    return "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def resolve_data_dir(data_args: DataArguments) -> Path:
@@ -207,6 +229,26 @@ def build_training_rows(model, data_args: DataArguments, data_dir: Path, is_main
     return rows, train.corpus, index
 
 
+def relabel_summary_of(train_file: str) -> dict[str, Any] | None:
+    """The summary of the relabeling run that wrote ``train_file``, with ``strategy`` set to the one it holds, or None.
+
+    ``hf-robust-ir relabel`` writes each strategy's rows as ``<output_dir>/<strategy>.jsonl`` and
+    ``<output_dir>/<strategy>/`` next to ``<output_dir>/summary.json``."""
+    path = Path(train_file)
+    summary_path = path.parent / "summary.json"
+    if not summary_path.is_file():
+        return None
+    strategy = path.name if path.is_dir() else path.stem
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: not a relabeling summary (%s); the model card names no relabeling", summary_path, exc)
+        return None
+    if not isinstance(summary, dict) or strategy not in (summary.get("strategies") or {}):
+        return None  # a summary.json of something else, or of a run that did not write these rows
+    return {**summary, "strategy": strategy}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe (see recipes/)")
 
@@ -266,9 +308,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if trainer.model_card is not None:
         card = trainer.model_card
-        card.train_dataset_info = [
-            {"path": str(data_dir), "split": data_args.train_split, "rows": len(rows), "corpus_size": len(corpus)}
-        ]
+        if data_args.train_file:
+            card.train_dataset_info = [{"path": data_args.train_file, "rows": len(rows), "corpus_size": len(corpus)}]
+            card.relabel_summary = relabel_summary_of(data_args.train_file)
+        else:
+            card.train_dataset_info = [
+                {"path": str(data_dir), "split": data_args.train_split, "rows": len(rows), "corpus_size": len(corpus)}
+            ]
         if not model_args.model_name_or_path:  # the packaged all-MiniLM-L6-v2
             card.base_model = "sentence-transformers/all-MiniLM-L6-v2"
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

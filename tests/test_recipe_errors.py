@@ -1,0 +1,106 @@
+"""Recipe mistakes in `hf-robust-ir relabel` and `train`: exit code 2 and one line, ``error: <file>, line N, field
+'<name>': <problem>`` (the command line in place of the file for overrides), never a traceback."""
+
+import json
+
+import pytest
+
+from hf_robust_ir.cli import main
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def _write(tmp_path, text, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def relabel_head(tmp_path):
+    """The first three recipe lines (output_dir, rows, data_dir) over a 4-document BEIR folder; ``judge:`` is line 4."""
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    docs = {"p0": "paris is the capital of france", "n0": "bananas are yellow", "p1": "water boils", "n1": "moon"}
+    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in docs.items()))
+    (beir / "queries.jsonl").write_text(json.dumps({"_id": "q0", "text": "capital of france"}) + "\n")
+    (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\tp0\t1\n")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        json.dumps({"query_id": "q0", "query": "capital", "doc_ids": ["p0", "n0"], "labels": [1, 0]}) + "\n"
+    )
+    return f"output_dir: {tmp_path / 'out'}\nrows: {rows}\ndata_dir: {beir}\n"
+
+
+@pytest.mark.parametrize(
+    ("judge", "key"),
+    [
+        ("type: cascade\n  cheap: {type: embedding, model: MODEL}\n  expensive: {type: embedding, model: MODEL}\n"
+         "  escalte: flagged\n", "escalte"),
+        ("type: embedding\n  model: MODEL\n  margn: 0.1\n", "margn"),
+        ("type: openai\n  base_url: http://localhost:1\n  model: m\n  retries: 3\n", "retries"),
+        ("type: cascade\n  cheap: {type: embedding, model: MODEL, margn: 0.1}\n"
+         "  expensive: {type: embedding, model: MODEL}\n", "cheap.margn"),
+    ],
+)  # fmt: skip
+def test_a_misspelled_judge_setting_names_the_recipe_the_judge_line_and_the_key(
+    tmp_path, capsys, relabel_head, tiny_model_path, judge, key
+):
+    recipe = _write(tmp_path, relabel_head + "judge:\n  " + judge.replace("MODEL", tiny_model_path))
+    assert main(["relabel", "--config", str(recipe)]) == 2
+    assert _error_line(capsys).startswith(f"error: {recipe}, line 4, field 'judge': unknown setting '{key}': ")
+
+
+def test_a_judge_value_the_judge_refuses_names_the_judge_line(tmp_path, capsys, relabel_head, tiny_model_path):
+    judge = f"judge:\n  type: embedding\n  model: {tiny_model_path}\n  margin_strategy: sideways\n"
+    recipe = _write(tmp_path, relabel_head + judge)
+    assert main(["relabel", "--config", str(recipe)]) == 2
+    assert _error_line(capsys) == (
+        f"error: {recipe}, line 4, field 'judge': margin_strategy must be 'absolute' or 'relative', got 'sideways'"
+    )
+
+
+def test_relabel_override_and_recipe_that_are_not_yaml(tmp_path, capsys):
+    recipe = _write(tmp_path, "output_dir: out\n")
+    assert main(["relabel", "--config", str(recipe), "--batch_size", "[1"]) == 2
+    assert _error_line(capsys) == (
+        "error: command line, field 'batch_size': invalid YAML value '[1': expected ',' or ']', but got '<stream end>'"
+    )
+    recipe = _write(tmp_path, "output_dir: out\nstrategies: [rlhn\n")  # the parser notices only at the end (line 3)
+    assert main(["relabel", "--config", str(recipe)]) == 2
+    assert _error_line(capsys) == (
+        f"error: {recipe}, line 2: invalid YAML: expected ',' or ']', but got '<stream end>' (while parsing a flow"
+        " sequence)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("learning_rate: [oops\n", "line 2: invalid YAML: expected ',' or ']', but got '<stream end>' (while parsing"
+         " a flow sequence)"),
+        ("max_steps: 2\n  learning_rate: 1\n", "line 3: invalid YAML: mapping values are not allowed here"),
+        ("learning_rate: abc\n", "line 2, field 'learning_rate': invalid float value: 'abc'"),
+        ("lerning_rate: 0.1\n", "line 2, field 'lerning_rate': unknown field (did you mean 'learning_rate'?)"),
+        ("learning_rate: [0.1, 0.2]\n", "line 2, field 'learning_rate': expected one value, got a list: [0.1, 0.2]"),
+        ("eval_strategy: sometimes\n", "line 2, field 'eval_strategy': invalid choice: 'sometimes'"),
+    ],
+)  # fmt: skip
+def test_train_recipe_errors_name_the_file_line_and_field(tmp_path, capsys, text, expected):
+    recipe = _write(tmp_path, f"output_dir: {tmp_path / 'run'}\n" + text)
+    assert main(["train", "--config", str(recipe)]) == 2
+    assert _error_line(capsys).startswith(f"error: {recipe}, {expected}")
+
+
+def test_train_override_errors_name_the_command_line(tmp_path, capsys):
+    recipe = _write(tmp_path, f"output_dir: {tmp_path / 'run'}\nlearning_rate: abc\n")
+    # an override replaces the recipe's value: only the override is read
+    assert main(["train", "--config", str(recipe), "--learning_rate", "1e-4", "--max_steps", "x"]) == 2
+    assert _error_line(capsys) == "error: command line, field 'max_steps': invalid int value: 'x'"
+    recipe.write_text(f"output_dir: {tmp_path / 'run'}\n")
+    assert main(["train", "--config", str(recipe), "--learning", "1e-4"]) == 2  # no abbreviations
+    assert _error_line(capsys) == "error: command line, field 'learning': unknown field (did you mean 'learning_rate'?)"
