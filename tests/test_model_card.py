@@ -210,10 +210,25 @@ def _rows(n=8):
     return datasets.Dataset.from_list(rows, features=ROW_FEATURES)
 
 
+def _scripted_trainer(model_path, args, ndcg_values):
+    """A RetrievalTrainer on `_rows()` whose evaluations report ``ndcg_values`` in turn."""
+    from hf_robust_ir.trainer import RetrievalTrainer
+
+    scores = iter(ndcg_values)
+    corpus = {f"d{i}": f"document {i} on topic {i % 3}" for i in range(16)}
+    return RetrievalTrainer(
+        BiEncoder.from_pretrained(model_path),
+        args,
+        train_dataset=_rows(),
+        corpus=corpus,
+        evaluator=lambda model: {"ndcg@10": next(scores)},
+    )
+
+
 def test_callback_writes_cards_into_checkpoints_and_the_output_folder(tmp_path, tiny_model_path):
     from huggingface_hub import ModelCard
 
-    from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
+    from hf_robust_ir.trainer import RetrievalTrainingArguments
 
     args = RetrievalTrainingArguments(
         output_dir=str(tmp_path / "run"),
@@ -229,15 +244,7 @@ def test_callback_writes_cards_into_checkpoints_and_the_output_folder(tmp_path, 
         disable_tqdm=True,
         loss="gce",
     )
-    corpus = {f"d{i}": f"document {i} on topic {i % 3}" for i in range(16)}
-    scores = iter([0.25, 0.5])
-    trainer = RetrievalTrainer(
-        BiEncoder.from_pretrained(tiny_model_path),
-        args,
-        train_dataset=_rows(),
-        corpus=corpus,
-        evaluator=lambda model: {"ndcg@10": next(scores)},
-    )
+    trainer = _scripted_trainer(tiny_model_path, args, [0.25, 0.5])
     callback = ModelCardCallback(
         loss=trainer.loss,
         loss_schedule=trainer.loss_schedule,
@@ -267,7 +274,7 @@ def test_final_card_reports_the_best_checkpoint_with_load_best_model_at_end(tmp_
     output folder reports 0.9 (not the last evaluation's 0.4); each checkpoint's card reports its own evaluation."""
     from huggingface_hub import ModelCard
 
-    from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
+    from hf_robust_ir.trainer import RetrievalTrainingArguments
 
     args = RetrievalTrainingArguments(
         output_dir=str(tmp_path / "run"),
@@ -286,15 +293,7 @@ def test_final_card_reports_the_best_checkpoint_with_load_best_model_at_end(tmp_
         disable_tqdm=True,
         model_card=True,
     )
-    scores = iter([0.2, 0.9, 0.4])
-    corpus = {f"d{i}": f"document {i} on topic {i % 3}" for i in range(16)}
-    trainer = RetrievalTrainer(
-        BiEncoder.from_pretrained(tiny_model_path),
-        args,
-        train_dataset=_rows(),
-        corpus=corpus,
-        evaluator=lambda model: {"ndcg@10": next(scores)},
-    )
+    trainer = _scripted_trainer(tiny_model_path, args, [0.2, 0.9, 0.4])
     trainer.train()
 
     assert trainer.state.best_model_checkpoint == str(tmp_path / "run" / "checkpoint-4")
