@@ -21,6 +21,8 @@ import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
+from .data.progress_file import open_for_append
+
 logger = logging.getLogger(__name__)
 
 TEACHER_KINDS = ("auto", "bi_encoder", "cross_encoder")
@@ -160,8 +162,8 @@ def score_rows(
     handle = None
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not path.exists() or path.stat().st_size == 0
-        handle = path.open("a", encoding="utf-8")
+        handle = open_for_append(path)
+        fresh = handle.tell() == 0
         if fresh:
             handle.write(json.dumps(header) + "\n")
     try:

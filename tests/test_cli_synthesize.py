@@ -41,9 +41,14 @@ def test_writes_a_beir_folder_with_graded_qrels_and_resumes(tmp_path):
     )
     with pytest.raises(KeyboardInterrupt):
         synthesize(args, beir, backend=GradeEcho(fail_on=2))  # q0 finished, q1 interrupted
+    partial = tmp_path / "out" / "generated.partial.jsonl"
+    partial.write_text(partial.read_text() + '{"query_id": "q1", "ro')  # q1's record cut mid-write
     backend = GradeEcho()
     summary = synthesize(args, beir, backend=backend)
     assert backend.queries == ["at what temperature does water boil"] * 2  # only q1 is asked again
+    assert [json.loads(line)["query_id"] for line in partial.read_text().splitlines()] == ["q0", "q1"]
+    again = GradeEcho()
+    assert synthesize(args, beir, backend=again)["rows"] == 2 and again.queries == []  # nothing is asked a third time
     assert summary["rows"] == 2 and summary["synthetic_documents"] == 4
     assert summary["synthetic_documents_per_grade"] == {"0": 2, "3": 2}
     qrels = (tmp_path / "out" / "qrels" / "train.tsv").read_text().splitlines()

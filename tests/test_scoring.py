@@ -91,6 +91,8 @@ def test_interrupted_scoring_resumes_without_scoring_a_row_twice(tiny_model_path
     monkeypatch.setattr(scoring, "score_candidates", lambda *a, **k: (calls.append(list(a[1])), real(*a, **k))[1])
     resumed = score_rows(_rows(), CORPUS, teacher, chunk_size=1, progress_file=progress, show_progress=False)
     assert calls == [[QUERIES["q1"]], [QUERIES["q2"]]]  # q0 is not scored again
+    lines = progress.read_text().splitlines()  # the cut line is gone, not glued to the next record
+    assert [json.loads(line).get("query_id") for line in lines] == [None, "q0", "q1", "q2"]
     np.testing.assert_allclose(
         np.concatenate(resumed["teacher_scores"]), np.concatenate(reference["teacher_scores"]), atol=1e-6
     )

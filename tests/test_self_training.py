@@ -144,6 +144,11 @@ def test_cli_runs_and_reports_the_best_round(tiny_model_path, tmp_path, capsys, 
     assert printed["best_round"] == 0 and len(printed["rounds"]) == 1
     assert main(["self-train", "--config", str(recipe), "--roundz", "1"]) == 2
     assert "roundz" in capsys.readouterr().err
+    elsewhere = ["--output_dir", str(tmp_path / "other")]  # the first run's state would refuse other settings
+    assert main(["self-train", "--config", str(recipe), *elsewhere, "--eval_split", "dev"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {beir / 'qrels' / 'dev.tsv'} not found")
+    assert main(["self-train", "--config", str(recipe), *elsewhere, "--model", str(tmp_path / "no_model")]) == 2
+    assert "no_model" in capsys.readouterr().err
     assert self_training.STATE_NAME in {p.name for p in (tmp_path / "out").iterdir()}
 
 

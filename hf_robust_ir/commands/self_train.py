@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     loop = SelfTrainingLoop(recipe, beir_folder(recipe.data_dir))
     try:
         rounds = loop.run()
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # bad settings, a missing split or model folder
         print(f"error: {exc}", file=sys.stderr)
         return 2
     best = best_round(rounds)

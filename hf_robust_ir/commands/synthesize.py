@@ -87,6 +87,7 @@ def _read_partial(path: Path) -> dict[str, dict[str, Any]]:
 def synthesize(args: SynthesizeArguments, data_dir: Path, backend: Any = None) -> dict[str, Any]:
     """Generate, resume, and write the BEIR folder; returns the summary."""
     from ..data import load_beir
+    from ..data.progress_file import open_for_append
     from ..synthetic import GradedDocumentGenerator
 
     data = load_beir(data_dir, split=args.split)
@@ -107,7 +108,7 @@ def synthesize(args: SynthesizeArguments, data_dir: Path, backend: Any = None) -
     done = _read_partial(partial)
     todo = [q for q in query_ids if q not in done]
     logger.info("%d queries, %d already generated", len(query_ids), len(query_ids) - len(todo))
-    with partial.open("a", encoding="utf-8") as handle:
+    with open_for_append(partial) as handle:
         for start in range(0, len(todo), args.chunk_queries):
             chunk = todo[start : start + args.chunk_queries]
             rows, documents, _ = generator.generate_rows(
