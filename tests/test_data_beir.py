@@ -185,6 +185,17 @@ def test_qrels_non_integer_score(tmp_path):
     assert_error(exc, "test.tsv", 2, "score")
 
 
+def test_qrels_bytes_that_are_not_utf8_are_named_by_line(tmp_path):
+    folder = write_beir(tmp_path, qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    qrels = folder / "qrels" / "test.tsv"
+    qrels.write_bytes(qrels.read_bytes() + b"q2\td\xff\t1\n")
+    with pytest.raises(DataFormatError, match="not UTF-8 text") as exc:
+        load_beir(folder)
+    assert_error(exc, "test.tsv", 3, None)
+    qrels.write_bytes(b"\xef\xbb\xbf" + b"q1\td1\t1\n")  # a byte-order mark is still fine
+    assert load_beir(folder).qrels == {"q1": {"d1": 1}}
+
+
 def test_qrels_unknown_query(tmp_path):
     with pytest.raises(DataFormatError, match="'q9' is not in queries.jsonl") as exc:
         load_beir(write_beir(tmp_path, qrels=QRELS + "q9\td1\t1\n"))

@@ -93,8 +93,14 @@ def _read_qrels(path: Path, corpus: dict[str, str], queries: dict[str, str]) -> 
     qrels: dict[str, dict[str, int]] = {}
     first_line: dict[tuple[str, str], int] = {}
     seen_content = False
-    with open(path, encoding="utf-8-sig") as f:
-        for n, raw in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line, so that bytes that are not UTF-8 are named by line
+        for n, raw_bytes in enumerate(f, 1):
+            try:
+                raw = raw_bytes.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(
+                    str(path), n, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+                ) from None
             if not raw.strip():
                 continue
             parts = [p.strip() for p in raw.rstrip("\r\n").split("\t")]
