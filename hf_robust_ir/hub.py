@@ -6,10 +6,12 @@
   evaluation results go to the ``model-index`` metadata as ``huggingface_hub.EvalResult`` (so the Hub shows them),
   and :func:`validate_model_card` checks the metadata offline (YAML, model-index round trip, Hub ids).
 - :func:`push_to_hub` saves a model (only the adapter for a LoRA model, its base model named) with its card and uploads
-  it with ``HfApi.create_repo`` + ``HfApi.upload_folder``.
-- :func:`from_pretrained` / :func:`download` fetch a published model with ``snapshot_download`` (safetensors and
-  configs only, never pickles) and load a :class:`~hf_robust_ir.modeling.BiEncoder` or
-  :class:`~hf_robust_ir.modeling.CrossEncoder` from the saved config (pooling, prefixes, normalization).
+  it with ``HfApi.create_repo`` + ``HfApi.upload_folder``; a local base-model path is never published (the uploaded
+  config names the Hub id given, else null, and the card says "a local model").
+- :func:`from_pretrained` / :func:`download` fetch a published model with ``snapshot_download`` (safetensors,
+  configs and tokenizer only: never pickles, nor other frameworks' weights) and load a
+  :class:`~hf_robust_ir.modeling.BiEncoder` or :class:`~hf_robust_ir.modeling.CrossEncoder` from the saved config
+  (pooling, prefixes, normalization).
 
 Safe by default: ``trust_remote_code`` is off unless asked for; tokens come from the argument, ``HF_TOKEN`` or
 ``huggingface_hub``'s login and are never written (a folder holding the token is refused before upload); repository
@@ -36,6 +38,11 @@ TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "retriever_card.md"
 CONFIG_NAME = "hf_robust_ir_config.json"
 # Pickle-based weight formats: never downloaded, so never unpickled.
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.joblib", "*.npy", "*.npz"]
+# Weights of other frameworks and runtimes (TensorFlow, Flax, Rust, ONNX, GGUF, OpenVINO, Core ML): never loaded here.
+OTHER_FORMAT_PATTERNS = [
+    "*.h5", "*.keras", "*.tflite", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "*.onnx.data", "onnx/*", "*.gguf",
+    "openvino/*", "*.xml", "*.mlmodel", "*.mlpackage/*", "coreml/*",
+]  # fmt: skip
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 SECRET_FIELD = re.compile(r"(^|_)(token|secret|password|passwd|api_key|key|credentials?|auth)s?$", re.IGNORECASE)
 # Fields that are paths, hub settings or bookkeeping, not hyperparameters a reader can reuse.
@@ -418,6 +425,11 @@ def usage_snippets(info: ModelCardInfo) -> str:
             "    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)"
         )
     norm_code = "    return torch.nn.functional.normalize(vectors, dim=-1)" if normalize else "    return vectors"
+    q_length, d_length = settings.get("query_max_length", 256), settings.get("document_max_length", 256)
+    # sentence-transformers keeps one max length (saved as the document one): set it for queries, then documents
+    one_length = q_length == d_length or settings.get("separate_towers")
+    st_query_length = "" if one_length else f"model.max_seq_length = {q_length}  # queries: {q_length} tokens\n"
+    st_document_length = "" if one_length else f"model.max_seq_length = {d_length}  # documents: {d_length} tokens\n"
     adapter_note = (
         "\n\nThe repository holds a LoRA adapter; `transformers` and `sentence-transformers` load it on top of "
         "its base model when `peft` is installed."
@@ -428,19 +440,23 @@ def usage_snippets(info: ModelCardInfo) -> str:
         "With `sentence-transformers` (the query and document prefixes are saved as prompts):\n\n```python\n"
         "from sentence_transformers import SentenceTransformer\n\n"
         f'model = SentenceTransformer("{repo}")\n'
-        'queries = model.encode(["what is label noise?"], prompt_name="query")\n'
-        'documents = model.encode(["Label noise is ..."], prompt_name="document")\n'
+        + st_query_length
+        + 'queries = model.encode(["what is label noise?"], prompt_name="query")\n'
+        + st_document_length
+        + 'documents = model.encode(["Label noise is ..."], prompt_name="document")\n'
         "scores = model.similarity(queries, documents)\n```\n\n"
         f"With `transformers` ({pooling} pooling{', L2-normalized' if normalize else ''}):\n\n```python\n"
         "import torch\nfrom transformers import AutoModel, AutoTokenizer\n\n"
         f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\nmodel = AutoModel.from_pretrained("{repo}")\n\n\n'
         "def pool(hidden, mask):\n" + pool_code + "\n\n\n"
-        "def embed(texts, prefix):\n"
-        '    batch = tokenizer([prefix + t for t in texts], padding=True, truncation=True, return_tensors="pt")\n'
+        "def embed(texts, prefix, max_length):\n"
+        "    batch = tokenizer(\n"
+        "        [prefix + t for t in texts], padding=True, truncation=True, max_length=max_length, "
+        'return_tensors="pt"\n    )\n'
         "    with torch.no_grad():\n"
         '        vectors = pool(model(**batch).last_hidden_state, batch["attention_mask"])\n' + norm_code + "\n\n\n"
-        f'queries = embed(["what is label noise?"], {q_prefix!r})\n'
-        f'documents = embed(["Label noise is ..."], {d_prefix!r})\n'
+        f'queries = embed(["what is label noise?"], {q_prefix!r}, {q_length})\n'
+        f'documents = embed(["Label noise is ..."], {d_prefix!r}, {d_length})\n'
         "scores = queries @ documents.T\n```\n\n"
         "With `hf_robust_ir`:\n\n```python\nimport hf_robust_ir\n\n"
         f'model = hf_robust_ir.from_pretrained("{repo}")\n'
@@ -627,6 +643,7 @@ def push_to_hub(
         model.save_pretrained(folder, safe_serialization=True)
         if is_adapter:
             base_model = _name_adapter_base(folder, base_model)
+        local_paths = _hide_local_base_model(folder, base_model)
         if isinstance(card, str | os.PathLike) and Path(card).is_file():
             card = ModelCard.load(Path(card))
         elif card is None or isinstance(card, ModelCardInfo):
@@ -634,9 +651,12 @@ def push_to_hub(
             info.repo_id, info.model_name = repo_id, info.model_name or repo_id.split("/")[-1]
             if base_model:
                 info.base_model = base_model
+            elif info.base_model and not _is_hub_id(info.base_model):
+                local_paths.append(info.base_model)
             card = build_model_card(info)
         if is_adapter and base_model and card.data.base_model != base_model:
             card.data.base_model = base_model
+        card = _card_without_local_paths(card, local_paths, base_model)
         validate_model_card(card)
         card.save(folder / "README.md")
         leaked = find_token_in_folder(folder, token)
@@ -680,6 +700,31 @@ def _name_adapter_base(folder: Path, base_model: str | None) -> str:
     return base_model
 
 
+def _hide_local_base_model(folder: Path, base_model: str | None) -> list[str]:
+    """Name the base model in the saved ``hf_robust_ir_config.json`` by its Hub id: ``base_model`` if given, the saved
+    one if it is a Hub id, else null (a local path is never published). Returns the local path it removed, if any."""
+    config_file = folder / CONFIG_NAME
+    if not config_file.is_file():
+        return []
+    settings = json.loads(config_file.read_text())
+    saved = settings.get("base_model")
+    if "base_model" in settings:
+        settings["base_model"] = base_model or (saved if _is_hub_id(saved) else None)
+        config_file.write_text(json.dumps(settings, indent=2) + "\n")
+    return [saved] if saved and not _is_hub_id(saved) else []
+
+
+def _card_without_local_paths(card: Any, local_paths: list[str], base_model: str | None) -> Any:
+    """The card with each local base-model path replaced by ``base_model`` (a Hub id) or "a local model"."""
+    from huggingface_hub import ModelCard
+
+    text = str(card)
+    name = f"`{base_model}`" if base_model else "a local model"
+    for path in sorted(set(local_paths), key=len, reverse=True):
+        text = text.replace(f"`{path}`", name).replace(path, name)
+    return card if text == str(card) else ModelCard(text)
+
+
 def download(
     repo_id: str,
     local_dir: str | os.PathLike | None = None,
@@ -689,7 +734,8 @@ def download(
     token: str | None = None,
     endpoint: str | None = None,
 ) -> Path:
-    """Download a published model (configs, tokenizer, safetensors; no pickle files) and return its folder."""
+    """Download a published model (configs, tokenizer, safetensors; no pickle files, no other frameworks' weights)
+    and return its folder."""
     from huggingface_hub import snapshot_download
 
     validate_repo_id(repo_id)
@@ -703,7 +749,7 @@ def download(
         local_dir=str(local_dir) if local_dir else None,
         token=token,
         endpoint=_endpoint(endpoint),
-        ignore_patterns=PICKLE_PATTERNS,
+        ignore_patterns=PICKLE_PATTERNS + OTHER_FORMAT_PATTERNS,
     )
     folder = Path(path)
     _check_folder_paths(folder)

@@ -215,6 +215,68 @@ def test_downloaded_configs_that_point_outside_are_rejected(tmp_path, tiny_model
         hf_robust_ir.from_pretrained("org/evil-adapter")
 
 
+def test_a_local_base_model_path_is_never_pushed(tmp_path, tiny_model_path, local_hub):
+    from huggingface_hub import ModelCard
+
+    model = _retriever(tiny_model_path)
+    assert model.retrieval_config.base_model == tiny_model_path  # loaded from a local folder
+    local_card = tmp_path / "card"
+    hub.write_model_card(local_card, hub.model_card_info_from_model(model))
+    assert tiny_model_path in (local_card / "README.md").read_text()  # a card kept locally may name the folder
+
+    hub.push_to_hub(model, "org/from-folder")
+    hub.push_to_hub(model, "org/from-card", card=local_card / "README.md")
+    hub.push_to_hub(model, "org/named", base_model="org/tiny-base")
+    for name in ("from-folder", "from-card", "named"):
+        stored = local_hub.state.storage / "org" / name
+        assert [p.name for p in stored.rglob("*") if p.is_file() and tiny_model_path.encode() in p.read_bytes()] == []
+    for name in ("from-folder", "from-card"):
+        stored = local_hub.state.storage / "org" / name
+        assert json.loads((stored / hub.CONFIG_NAME).read_text())["base_model"] is None
+        assert "**Base model:** a local model" in (stored / "README.md").read_text()
+    named = local_hub.state.storage / "org" / "named"
+    assert json.loads((named / hub.CONFIG_NAME).read_text())["base_model"] == "org/tiny-base"
+    assert ModelCard.load(named / "README.md").data.base_model == "org/tiny-base"
+    assert model.retrieval_config.base_model == tiny_model_path  # the model itself is left as it was
+
+
+def test_download_fetches_only_what_the_library_loads(tmp_path, local_hub):
+    from huggingface_hub import HfApi
+
+    source = tmp_path / "source"
+    kept = ["config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json"]
+    other_formats = [
+        "tf_model.h5", "flax_model.msgpack", "rust_model.ot", "model.onnx", "onnx/model_qint8.onnx",
+        "model-q4.gguf", "openvino/openvino_model.xml", "openvino_model.xml", "pytorch_model.bin",
+    ]  # fmt: skip
+    for name in kept + other_formats:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text("{}")
+    api = HfApi(endpoint=local_hub.url)
+    api.create_repo("org/many-formats")
+    api.upload_folder(folder_path=str(source), repo_id="org/many-formats")
+    folder = hub.download("org/many-formats", cache_dir=tmp_path / "cache")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == sorted(kept)
+
+
+@pytest.mark.parametrize("revision", [None, "no-such-branch"])
+def test_download_command_reports_a_missing_repository_or_revision_in_one_line(
+    tmp_path, tiny_model_path, local_hub, capsys, revision
+):
+    from hf_robust_ir.commands import download as command
+
+    if revision:
+        hub.push_to_hub(_retriever(tiny_model_path), "org/present")
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    repo_id = "org/present" if revision else "org/does-not-exist"
+    argv = [repo_id, "--local_dir", str(tmp_path / "local")] + (["--revision", revision] if revision else [])
+    capsys.readouterr()
+    assert command.run(parser.parse_args(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: could not download {repo_id}: ") and err.count("\n") == 1
+
+
 # ---------------------------------------------------------------------------------------------- tokens
 CORPUS = {f"d{i}": f"document number {i} about topic {i % 5}" for i in range(24)}
 

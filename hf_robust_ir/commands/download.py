@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         validate_repo_id(args.repo_id)
         folder = download(args.repo_id, args.local_dir, revision=args.revision, cache_dir=args.cache_dir)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # OSError: huggingface_hub's not-found, HTTP and offline errors
+        print(f"error: could not download {args.repo_id}: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     logger.info("Downloaded %s to %s", args.repo_id, folder)
     print(json.dumps({"repo_id": args.repo_id, "local_dir": str(folder)}))

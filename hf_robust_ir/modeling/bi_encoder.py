@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,10 @@ from .pooling import POOLING_MODES, SENTENCE_TRANSFORMERS_POOLING_FLAGS, pool, p
 
 CONFIG_NAME = "hf_robust_ir_config.json"
 QUERY_TOWER, DOCUMENT_TOWER = "query_encoder", "document_encoder"
+# the sentence-transformers modules a BiEncoder reproduces; any other (Dense, LayerNorm, ...) changes the vectors
+SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Normalize")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,19 +112,33 @@ def _fit_max_lengths(config: BiEncoderConfig, encoder: nn.Module, tokenizer: Pre
 
 
 def _config_from_sentence_transformers(path: Path) -> dict[str, Any]:
-    """Pooling, normalization, prefixes and max length of a sentence-transformers folder (empty if it is not one)."""
+    """Pooling, normalization, prefixes and max length of a sentence-transformers folder (empty if it is not one).
+
+    A ``ValueError`` for a module or pooling setting a BiEncoder cannot reproduce (``Dense``, ``include_prompt``)."""
     modules_file = path / "modules.json"
     if not modules_file.exists():
         return {}
     found: dict[str, Any] = {}
     modules = json.loads(modules_file.read_text())
     types = [m.get("type", "") for m in modules]
+    unsupported = [t for t in types if t.rsplit(".", 1)[-1] not in SENTENCE_TRANSFORMERS_MODULES]
+    if unsupported:
+        raise ValueError(
+            f"{path}: sentence-transformers module(s) {unsupported} are not supported (a BiEncoder is "
+            f"{' + '.join(SENTENCE_TRANSFORMERS_MODULES)}); loading without them would give other embeddings"
+        )
     found["normalize"] = any(t.endswith("Normalize") for t in types)
     for module in modules:
         if module.get("type", "").endswith("Pooling"):
             pooling_config = path / module["path"] / "config.json"
             if pooling_config.exists():
-                found["pooling"] = pooling_mode_from_sentence_transformers(json.loads(pooling_config.read_text()))
+                pooling_settings = json.loads(pooling_config.read_text())
+                if pooling_settings.get("include_prompt") is False:
+                    raise ValueError(
+                        f"{path}: pooling setting include_prompt=false (prompt tokens left out of the pooling) is "
+                        "not supported; loading would give other embeddings"
+                    )
+                found["pooling"] = pooling_mode_from_sentence_transformers(pooling_settings)
     bert_config = path / "sentence_bert_config.json"
     if bert_config.exists():
         max_length = json.loads(bert_config.read_text()).get("max_seq_length")
@@ -159,6 +178,7 @@ class BiEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.forward_chunk_size: int | None = None  # see embed()
         self._compiled_towers: dict[str, CompiledTower] = {}  # see encode(compile=...)
+        self._warned_one_max_seq_length = False  # see save_pretrained (once, not at every checkpoint)
 
     # ---------------------------------------------------------------- loading and saving
     @classmethod
@@ -213,6 +233,18 @@ class BiEncoder(nn.Module):
                 self.document_encoder, folder / DOCUMENT_TOWER, config.document_max_length, safe_serialization
             )
         else:
+            if config.query_max_length != config.document_max_length and not self._warned_one_max_seq_length:
+                self._warned_one_max_seq_length = True
+                logger.warning(
+                    "query_max_length=%d differs from document_max_length=%d; sentence-transformers keeps one "
+                    "max_seq_length (saved as %d), so it truncates queries at %d tokens unless "
+                    "`model.max_seq_length = %d` is set before encoding queries",
+                    config.query_max_length,
+                    config.document_max_length,
+                    config.document_max_length,
+                    config.document_max_length,
+                    config.query_max_length,
+                )
             self._save_tower(self.query_encoder, folder, config.document_max_length, safe_serialization)
         (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 

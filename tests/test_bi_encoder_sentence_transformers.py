@@ -1,0 +1,90 @@
+"""BiEncoder and sentence-transformers folders: query truncation after a save, modules a BiEncoder cannot reproduce."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer, models
+
+from hf_robust_ir import hub
+from hf_robust_ir.modeling import BiEncoder
+
+# "query: " + this is far longer than 6 tokens; its first 6 are [CLS] query : what are [SEP]
+LONG_QUERY = "what are the known causes of label noise in dense retrieval training sets built from click logs"
+SHORT_LENGTHS = dict(query_prefix="query: ", query_max_length=6, document_max_length=64)
+
+
+def test_truncated_queries_match_sentence_transformers_once_max_seq_length_is_set(tiny_model_path, tmp_path, caplog):
+    model = BiEncoder.from_pretrained(tiny_model_path, **SHORT_LENGTHS)
+    with caplog.at_level(logging.WARNING, logger="hf_robust_ir.modeling.bi_encoder"):
+        model.save_pretrained(tmp_path / "model")
+    assert "query_max_length=6 differs from document_max_length=64" in caplog.text
+    assert "`model.max_seq_length = 6`" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_robust_ir.modeling.bi_encoder"):
+        model.save_pretrained(tmp_path / "checkpoint-2")
+    assert "max_seq_length" not in caplog.text  # once per model, not at every checkpoint
+
+    ours = model.encode_queries([LONG_QUERY])
+    # truncated at 6 tokens, the long query is "query: what are" (exactly 6 tokens, nothing cut)
+    np.testing.assert_allclose(ours, model.encode_queries(["what are"]), atol=1e-6)
+    st = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    assert st.max_seq_length == 64  # one max length: the document one
+    assert np.abs(st.encode([LONG_QUERY], prompt_name="query") - ours).max() > 1e-2  # reads 64 tokens of the query
+    st.max_seq_length = 6
+    np.testing.assert_allclose(st.encode([LONG_QUERY], prompt_name="query"), ours, atol=1e-5)
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_robust_ir.modeling.bi_encoder"):
+        BiEncoder.from_pretrained(tiny_model_path, query_max_length=32, document_max_length=32).save_pretrained(
+            tmp_path / "same"
+        )
+    assert "max_seq_length" not in caplog.text  # equal lengths: nothing to warn about
+
+
+def test_card_usage_snippets_truncate_queries_at_the_query_max_length(tiny_model_path, tmp_path):
+    model = BiEncoder.from_pretrained(tiny_model_path, **SHORT_LENGTHS)
+    model.save_pretrained(tmp_path / "model")
+    text = hub.usage_snippets(hub.model_card_info_from_model(model, repo_id=str(tmp_path / "model")))
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert "model.max_seq_length = 6" in blocks[0] and "model.max_seq_length = 64" in blocks[0]
+    st_scope, hf_scope = {}, {}
+    exec(blocks[0], st_scope)  # sentence-transformers
+    exec(blocks[1], hf_scope)  # transformers
+    # "query: what is label noise?" is 9 tokens, cut at 6: the snippets must cut it too
+    query = model.encode_queries(["what is label noise?"])
+    assert np.abs(query - model.encode_queries(["what is label noise?"], max_length=9)).max() > 1e-2
+    np.testing.assert_allclose(st_scope["queries"], query, atol=1e-5)
+    np.testing.assert_allclose(hf_scope["queries"].numpy(), query, atol=1e-5)
+    expected = query @ model.encode_documents(["Label noise is ..."]).T
+    np.testing.assert_allclose(np.asarray(st_scope["scores"]), expected, atol=1e-4)
+    np.testing.assert_allclose(hf_scope["scores"].numpy(), expected, atol=1e-4)
+
+
+def _save_sentence_transformer(folder, tiny_model_path, *extra, include_prompt=True):
+    transformer = models.Transformer(tiny_model_path)
+    pooling = models.Pooling(32, "mean", include_prompt=include_prompt)
+    SentenceTransformer(modules=[transformer, pooling, *extra], device="cpu").save(str(folder))
+    return folder
+
+
+def test_sentence_transformers_modules_a_bi_encoder_cannot_reproduce_are_refused(tiny_model_path, tmp_path):
+    dense = _save_sentence_transformer(tmp_path / "dense", tiny_model_path, models.Dense(32, 16), models.Normalize())
+    with pytest.raises(ValueError, match=r"/dense: .*\.Dense'\] are not supported"):
+        BiEncoder.from_pretrained(dense)
+
+    no_prompt = _save_sentence_transformer(tmp_path / "no-prompt", tiny_model_path, include_prompt=False)
+    with pytest.raises(ValueError, match=r"no-prompt.*include_prompt=false"):
+        BiEncoder.from_pretrained(no_prompt)
+
+    # Transformer + Pooling + Normalize is what a BiEncoder is: it loads with the same embeddings
+    plain = _save_sentence_transformer(tmp_path / "plain", tiny_model_path, models.Normalize())
+    texts = ["hello world", "label noise"]
+    np.testing.assert_allclose(
+        BiEncoder.from_pretrained(plain).encode_documents(texts),
+        SentenceTransformer(str(plain), device="cpu").encode(texts),
+        atol=1e-5,
+    )
