@@ -457,13 +457,13 @@ def method_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name == ORACLE:
         return {
             "trainer": "hf_robust_ir",
-            "loss": get_loss(INFONCE).config(),
+            "loss": our_loss(INFONCE, args).config(),  # what they train with: InfoNCE under its --loss_kwargs
             "rows": oracle_rows.__doc__.split("\n")[0],
         }
     if name in RELABELED:
         return {
             "trainer": "hf_robust_ir",
-            "loss": get_loss(INFONCE).config(),
+            "loss": our_loss(INFONCE, args).config(),  # what they train with: InfoNCE under its --loss_kwargs
             "relabeling": {
                 "judge": "EmbeddingJudge(the base model)"
                 if args.relabel_judge == "base"
@@ -794,9 +794,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _mean(summary: dict[str, Any], method: str, dataset: str, kind: str, rate: float) -> float | None:
-    cell = summary.get(method, {}).get(dataset, {}).get(kind, {}).get(rate_key(rate))
-    return None if cell is None else cell["mean"]
+def _cell(summary: dict[str, Any], method: str, dataset: str, kind: str, rate: float) -> dict[str, Any] | None:
+    return summary.get(method, {}).get(dataset, {}).get(kind, {}).get(rate_key(rate))
 
 
 def _settings(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -819,8 +818,17 @@ def noise_costs(summary: dict[str, Any]) -> dict[str, Any]:
     return costs
 
 
-def _check(dataset: str, kind: str, name: str, value: float, passed: bool) -> dict[str, Any]:
-    return {"dataset": dataset, "kind": kind, "check": name, "value": round(value, 5), "passed": bool(passed)}
+def _check(dataset: str, kind: str, name: str, cells: tuple[dict, dict], value: float, passed: bool) -> dict[str, Any]:
+    """One check of two summary cells; ``seeds`` holds how many seeds each side's mean is over (they may differ when
+    runs were merged from several files: the markdown table shows both)."""
+    return {
+        "dataset": dataset,
+        "kind": kind,
+        "check": name,
+        "value": round(value, 5),
+        "passed": bool(passed),
+        "seeds": [cell["n"] for cell in cells],
+    }
 
 
 def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -829,26 +837,28 @@ def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
     r = f"{TARGET_RATE:g}"
     checks = []
     for dataset, kind in _settings(summary):
-        m_noisy, m_clean = (_mean(summary, ST_MNRL, dataset, kind, rate) for rate in (TARGET_RATE, 0.0))
-        g_noisy = _mean(summary, ST_GIST, dataset, kind, TARGET_RATE)
-        i_clean = _mean(summary, INFONCE, dataset, kind, 0.0)
+        m_noisy, m_clean = (_cell(summary, ST_MNRL, dataset, kind, rate) for rate in (TARGET_RATE, 0.0))
+        g_noisy = _cell(summary, ST_GIST, dataset, kind, TARGET_RATE)
+        i_clean = _cell(summary, INFONCE, dataset, kind, 0.0)
         for method in WEAKENING_METHODS:
             w = method.removeprefix("label_")
-            w_noisy, w_clean = (_mean(summary, method, dataset, kind, rate) for rate in (TARGET_RATE, 0.0))
+            w_noisy, w_clean = (_cell(summary, method, dataset, kind, rate) for rate in (TARGET_RATE, 0.0))
             if w_noisy is not None and m_clean is not None:
-                gap = w_noisy - m_clean
-                checks.append(_check(dataset, kind, f"{w}@{r} >= multiplenegatives@0", gap, gap >= -1e-12))
+                gap = w_noisy["mean"] - m_clean["mean"]
+                name = f"{w}@{r} >= multiplenegatives@0"
+                checks.append(_check(dataset, kind, name, (w_noisy, m_clean), gap, gap >= -1e-12))
             if w_noisy is not None and m_noisy is not None:
-                gain = w_noisy - m_noisy
+                gain = w_noisy["mean"] - m_noisy["mean"]
                 name = f"{w}@{r} - multiplenegatives@{r} >= {MIN_GAIN_OVER_MNRL:+.3f}"
-                checks.append(_check(dataset, kind, name, gain, gain >= MIN_GAIN_OVER_MNRL - 1e-12))
+                checks.append(_check(dataset, kind, name, (w_noisy, m_noisy), gain, gain >= MIN_GAIN_OVER_MNRL - 1e-12))
             if w_noisy is not None and g_noisy is not None:
-                gain = w_noisy - g_noisy
-                checks.append(_check(dataset, kind, f"{w}@{r} > gist@{r}", gain, gain > 0))
+                gain = w_noisy["mean"] - g_noisy["mean"]
+                checks.append(_check(dataset, kind, f"{w}@{r} > gist@{r}", (w_noisy, g_noisy), gain, gain > 0))
             if w_clean is not None and i_clean is not None:
-                gap = abs(w_clean - i_clean)
+                gap = abs(w_clean["mean"] - i_clean["mean"])
                 name = f"|{w}@0 - infonce@0| <= {MAX_CLEAN_GAP_TO_INFONCE:.3f}"
-                checks.append(_check(dataset, kind, name, gap, gap <= MAX_CLEAN_GAP_TO_INFONCE + 1e-12))
+                passed = gap <= MAX_CLEAN_GAP_TO_INFONCE + 1e-12
+                checks.append(_check(dataset, kind, name, (w_clean, i_clean), gap, passed))
     return checks
 
 
@@ -857,12 +867,12 @@ def budget_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
     checks = []
     for dataset, kind in _settings(summary):
         for method in (INFONCE, ST_MNRL):
-            clean, noisy = (_mean(summary, method, dataset, kind, rate) for rate in (0.0, TARGET_RATE))
+            clean, noisy = (_cell(summary, method, dataset, kind, rate) for rate in (0.0, TARGET_RATE))
             if clean is None or noisy is None:
                 continue
-            cost = clean - noisy
+            cost = clean["mean"] - noisy["mean"]
             name = f"{method}@0 - {method}@{TARGET_RATE:g} >= {MIN_NOISE_COST:.3f}"
-            checks.append(_check(dataset, kind, name, cost, cost >= MIN_NOISE_COST - 1e-12))
+            checks.append(_check(dataset, kind, name, (clean, noisy), cost, cost >= MIN_NOISE_COST - 1e-12))
     return checks
 
 
@@ -906,11 +916,17 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines.append("")
     for title, key in (("Targets", "targets"), ("Does noise hurt at this budget?", "budget_checks")):
         if report.get(key):
-            lines += [f"## {title}", "", "| dataset | kind | check | value | passed |", "|---|---|---|---|---|"]
+            header = "| dataset | kind | check | value | passed | seeds |"
+            lines += [f"## {title}", "", header, "|---|---|---|---|---|---|"]
             for check in report[key]:
                 name = check["check"].replace("|", "\\|")  # a literal | would split the table cell
                 verdict = "pass" if check["passed"] else "FAIL"
-                lines.append(f"| {check['dataset']} | {check['kind']} | {name} | {check['value']:+.4f} | {verdict} |")
+                seeds = " / ".join(str(n) for n in check.get("seeds", []))
+                if len(set(check.get("seeds", []))) > 1:
+                    seeds += " (means over different seeds)"
+                lines.append(
+                    f"| {check['dataset']} | {check['kind']} | {name} | {check['value']:+.4f} | {verdict} | {seeds} |"
+                )
             lines.append("")
     lines += ["## Budget", "", report.get("budget_rationale", ""), ""]
     lines += ["## Commands", ""] + [f"    {c['command']}" for c in report.get("commands", [])] + [""]

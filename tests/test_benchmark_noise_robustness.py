@@ -426,6 +426,18 @@ def test_targets_are_checked_for_each_weakening_method(tmp_path):
         assert checks["weakening_distilled@0.4 >= multiplenegatives@0"] == (pytest.approx(0.005), True)
         assert checks["|weakening_distilled@0 - infonce@0| <= 0.005"] == (pytest.approx(0.012), False)
         assert len(checks) == 12
+        # each check says how many seeds each side's mean is over; a merged file may hold different counts
+        summary["st_multiplenegatives"]["scifact"]["semantic_swap"]["0"]["n"] = 2
+        seeds = {c["check"]: c["seeds"] for c in bench.target_checks(summary)}
+        assert seeds["weakening@0.4 >= multiplenegatives@0"] == [1, 2]
+        assert seeds["weakening@0.4 > gist@0.4"] == [1, 1]
+        budget = {"epochs": 1, "batch_size": 32, "learning_rate": 2e-5, "warmup_ratio": 0.1, "hard_negatives": 1,
+                  "max_length": 256, "bf16": False, "limits": {}}  # fmt: skip
+        report = {"summary": summary, "targets": bench.target_checks(summary), "budget": budget}
+        table = bench.markdown_report(report)
+        assert (
+            "| -0.0060 | FAIL | 1 / 2 (means over different seeds) |" in table and "| +0.0130 | pass | 1 / 1 |" in table
+        )
 
 
 def test_results_made_apart_merge_into_one_file(tmp_path):
