@@ -27,6 +27,16 @@ from .losses import RetrievalLoss, get_loss
 logger = logging.getLogger(__name__)
 
 
+def _json_field(name: str, text: str) -> Any:
+    """A training argument given as a JSON string (from the command line), or a ValueError naming the argument."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} is not valid JSON ({exc}): {text!r}") from None
+
+
 @dataclass
 class RetrievalTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus what retrieval training needs. Defaults differ from transformers' in three places:
@@ -88,22 +98,13 @@ class RetrievalTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         if isinstance(self.loss_kwargs, str):
-            import json
-
-            try:
-                self.loss_kwargs = json.loads(self.loss_kwargs) if self.loss_kwargs.strip() else None
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"loss_kwargs is not valid JSON ({exc}): {self.loss_kwargs!r}") from None
+            text = self.loss_kwargs.strip()
+            self.loss_kwargs = _json_field("loss_kwargs", self.loss_kwargs) if text else None
         if self.loss_kwargs is not None and not isinstance(self.loss_kwargs, dict):
             raise ValueError(f"loss_kwargs must be a JSON object of keyword arguments, got {self.loss_kwargs!r}")
         if isinstance(self.student_noise, str):
-            import json
-
             text = self.student_noise.strip()
-            try:
-                self.student_noise = json.loads(text) if text.startswith("{") else (text or None)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"student_noise is not valid JSON ({exc}): {text!r}") from None
+            self.student_noise = _json_field("student_noise", text) if text.startswith("{") else (text or None)
         TokenNoise.from_config(self.student_noise)  # invalid settings fail here, not at the first batch
         if self.bf16 and not self.use_cpu and not torch.accelerator.is_available():
             # transformers refuses bf16 without an accelerator unless told the run is on the CPU; CPUs with

@@ -234,8 +234,10 @@ def relabel_summary_of(train_file: str) -> dict[str, Any] | None:
 
     ``hf-robust-ir relabel`` writes each strategy's rows as ``<output_dir>/<strategy>.jsonl`` and
     ``<output_dir>/<strategy>/`` next to ``<output_dir>/summary.json``."""
+    from ..relabel.runner import SUMMARY_NAME
+
     path = Path(train_file)
-    summary_path = path.parent / "summary.json"
+    summary_path = path.parent / SUMMARY_NAME
     if not summary_path.is_file():
         return None
     strategy = path.name if path.is_dir() else path.stem

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .schema import DataFormatError
+from .schema import check_candidate_lists
 from .token_noise import TokenNoise
 
 logger = logging.getLogger(__name__)
@@ -79,23 +79,6 @@ def build_targets(
     if not in_batch_negatives:
         mask = mask & listed
     return labels, mask.clone(), teacher
-
-
-def _check_row(row: Mapping[str, Any]) -> None:
-    """One value per listed document in ``labels`` and (when given) ``teacher_scores``: a shorter list would be
-    broadcast over the row by torch or fail with a message about tensor sizes."""
-    n = len(row["doc_ids"])
-    for field in ("labels", "teacher_scores"):
-        values = row.get(field)
-        if field == "teacher_scores" and (values is None or len(values) == 0):
-            continue
-        if values is None or len(values) != n:
-            raise DataFormatError(
-                f"training row of query {row.get('query_id')!r}",
-                None,
-                field,
-                f"{'no' if values is None else len(values)} values for {n} doc_ids",
-            )
 
 
 class RetrievalCollator:
@@ -244,7 +227,7 @@ class RetrievalCollator:
         candidate_labels = torch.zeros((len(rows), longest))
         candidate_teacher = torch.full((len(rows), longest), float("nan"))
         for i, row in enumerate(rows):
-            _check_row(row)
+            check_candidate_lists(row, f"training row of query {row.get('query_id')!r}", None)
             for j in self.sample(row):
                 doc_id = row["doc_ids"][j]
                 if doc_id not in seen:

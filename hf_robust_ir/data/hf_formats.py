@@ -29,7 +29,7 @@ from typing import Any
 import datasets
 
 from .beir import load_beir, rows_from_qrels
-from .schema import ROW_FEATURES, DataFormatError, TrainingData, document_text
+from .schema import ROW_FEATURES, DataFormatError, TrainingData, check_candidate_lists, document_text
 
 logger = logging.getLogger(__name__)
 
@@ -286,9 +286,7 @@ def _from_canonical(ds: datasets.Dataset, corpus: dict[str, str], source: str) -
         query = _text(values["query"], source, row, "query", "query")
         doc_ids = _list(values["doc_ids"], source, row, "doc_ids")
         checks = {name: _list(values.get(name) or [], source, row, name) for name in ROW_FEATURES if name[0] in "lt"}
-        for name, value in checks.items():
-            if (value or name == "labels") and len(value) != len(doc_ids):
-                raise DataFormatError(source, row + 1, name, f"{len(value)} values for {len(doc_ids)} doc_ids")
+        check_candidate_lists({"doc_ids": doc_ids, **checks}, source, row + 1, fields=tuple(checks))
         for position, label in enumerate(checks["labels"]):
             if isinstance(label, bool) or not isinstance(label, (int, float)):
                 problem = f"labels must be numbers, got {label!r} at position {position}"

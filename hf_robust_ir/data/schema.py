@@ -13,7 +13,9 @@ The corpus is a plain ``dict[str, str]`` from document id to the text a model re
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 
@@ -40,6 +42,23 @@ class DataFormatError(ValueError):
         if field is not None:
             where += f", field '{field}'"
         super().__init__(f"{where}: {problem}")
+
+
+def check_candidate_lists(
+    row: Mapping[str, Any], source: str, line: int | None, fields: Sequence[str] = ("labels", "teacher_scores")
+) -> None:
+    """One value per ``doc_ids`` entry in each of ``fields`` of a canonical row; ``labels`` is required, the others
+    may be empty. A :class:`DataFormatError` names the source, line and field (a shorter list would be broadcast over
+    the row by torch or fail with a message about tensor sizes)."""
+    n = len(row["doc_ids"])
+    for name in fields:
+        values = row.get(name)
+        if name != "labels" and (values is None or len(values) == 0):
+            continue
+        if values is None or len(values) != n:
+            raise DataFormatError(
+                source, line, name, f"{'no' if values is None else len(values)} values for {n} doc_ids"
+            )
 
 
 def document_text(title: str | None, text: str | None) -> str:

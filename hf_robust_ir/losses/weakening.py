@@ -153,11 +153,12 @@ class LabelRelaxationLoss(RetrievalLoss):
 
     def stat_totals(self) -> dict[str, tuple[torch.Tensor | float, torch.Tensor | float]]:
         """The statistics of :meth:`stats` as ``(sum over queries, queries counted)``, every name always present."""
-        names = ["plausible_set_size", "added_per_query", "outranked_fraction", "credal_fraction"]
-        if getattr(self, "replace_margin", None) is not None:
-            names.append("replaced_fraction")
         rows = 0.0 if self._stat_rows is None else self._stat_rows
-        return {name: (self._stat_sums.get(name, 0.0), rows) for name in names}
+        return {name: (self._stat_sums.get(name, 0.0), rows) for name in self._stat_names()}
+
+    def _stat_names(self) -> list[str]:
+        names = ["plausible_set_size", "added_per_query", "outranked_fraction", "credal_fraction"]
+        return names + ["replaced_fraction"] if getattr(self, "replace_margin", None) is not None else names
 
     @torch.no_grad()
     def _record(self, scores, positives, plausible, mask, inside, has_positive) -> None:
@@ -171,7 +172,7 @@ class LabelRelaxationLoss(RetrievalLoss):
             "outranked_fraction": ((best_other > best_positive).float() * rows).sum(),
             "credal_fraction": ((inside & has_positive).float()).sum(),
         }
-        if getattr(self, "replace_margin", None) is not None:
+        if "replaced_fraction" in self._stat_names():
             batch["replaced_fraction"] = ((~(plausible & positives).any(-1)).float() * rows).sum()
         for name, value in batch.items():
             self._stat_sums[name] = self._stat_sums[name] + value if name in self._stat_sums else value

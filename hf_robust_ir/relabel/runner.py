@@ -36,6 +36,7 @@ from .strategies import RELEVANT, Mark, apply_strategy, default_sources, get_str
 logger = logging.getLogger(__name__)
 
 ARHN_KEY_SUFFIX = ":arhn"
+SUMMARY_NAME = "summary.json"  # next to the relabeled rows: the judge, its counts, the strategies
 
 
 def mark_to_judgment(mark: Mark, decided: bool = True) -> Judgment:
@@ -65,7 +66,7 @@ class RelabelResult:
         for name, dataset in self.datasets.items():
             dataset.save_to_disk(str(out / name))
             write_jsonl(dataset, out / f"{name}.jsonl")
-        (out / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")
+        (out / SUMMARY_NAME).write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")
 
 
 def write_jsonl(dataset: datasets.Dataset, path: str | Path) -> None:
