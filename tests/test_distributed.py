@@ -128,3 +128,17 @@ def test_corpus_encoding_is_sharded_and_merged(tmp_path, no_dropout_model_path):
         np.testing.assert_allclose(saved["vectors"], expected, atol=1e-5)
         encoded.append(int(saved["encoded"]))
     assert encoded == [4 * 3 + 1, 4 * 4 + 2]  # four chunks of 7 split 3/4, the last chunk of 3 split 1/2
+
+
+def test_close_process_group_tears_down_an_initialized_group(tmp_path):
+    """The train command ends a distributed run with a barrier and ``destroy_process_group``; without a group it does
+    nothing."""
+    import torch.distributed as dist
+
+    from hf_robust_ir.commands.common import close_process_group
+
+    close_process_group()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    close_process_group()
+    assert not dist.is_initialized()

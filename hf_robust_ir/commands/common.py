@@ -25,6 +25,20 @@ def input_error(data_dir: Path, model: str | None = None) -> str | None:
     return None
 
 
+def close_process_group() -> None:
+    """After a successful distributed run: wait for every process, then tear the process group down.
+
+    Without the barrier a process can exit while another still receives its last collective; under gloo the peer
+    then aborts with "terminate called without an active exception" (pytorch/pytorch#65231). Not called after an
+    error: a barrier that the failed process never reaches would hang the others.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 DATA_ENV = "HF_ROBUST_IR_DATA"
 
 

@@ -263,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import RetrievalEvaluator
     from ..losses import get_loss
     from ..trainer import RetrievalTrainer
+    from .common import close_process_group
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -333,4 +334,5 @@ def run(args: argparse.Namespace) -> int:
                 f" -> after {results['after']['after_ndcg@10']:.4f}",
                 file=sys.stderr,
             )
+    close_process_group()
     return 0

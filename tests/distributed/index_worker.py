@@ -24,6 +24,7 @@ def main(model_path: str, out_prefix: str) -> None:
     index = DocumentIndex.from_corpus(model, corpus, batch_size=4, chunk_size=7, show_progress_bar=False)
     vectors = index.index.reconstruct_n(0, index.index.ntotal)
     np.savez(f"{out_prefix}{dist.get_rank()}.npz", ids=np.array(index.doc_ids), vectors=vectors, encoded=len(encoded))
+    dist.barrier()  # no process exits while the other still receives (gloo aborts then)
     dist.destroy_process_group()
 
 
