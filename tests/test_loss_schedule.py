@@ -7,7 +7,14 @@ import torch
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from hf_robust_ir.callbacks import LossScheduleCallback, scheduled_value
-from hf_robust_ir.losses import InfoNCELoss, LabelRelaxationLoss, LabelSmoothingLoss, LabelWeakeningLoss
+from hf_robust_ir.losses import (
+    GuideMaskedLoss,
+    InfoNCELoss,
+    LabelRelaxationLoss,
+    LabelSmoothingLoss,
+    LabelWeakeningLoss,
+    WeightedSumLoss,
+)
 
 
 def _step(callback, step, max_steps=11):
@@ -75,8 +82,35 @@ def test_other_parameter_and_losses_without_it():
     plain = LossScheduleCallback(InfoNCELoss())
     _step(plain, 3)
     assert plain.log_values() == {}
-    with pytest.raises(ValueError, match="no attribute"):
+    with pytest.raises(ValueError, match="no single attribute"):
         LossScheduleCallback(InfoNCELoss(), "linear", alpha_start=0.1, alpha_end=0.0)
+    with pytest.raises(ValueError, match="it has none"):  # a schedule without end points is not ignored either
+        LossScheduleCallback(InfoNCELoss(), "cosine")
+
+
+def test_schedule_end_points_pass_the_losses_own_range_checks():
+    """The schedule sets the attribute directly; its end points are checked by the loss's constructor first."""
+    with pytest.raises(
+        ValueError, match=r"end epsilon=1.5 is refused by LabelSmoothingLoss: epsilon must be in \[0, 1\]"
+    ):
+        LossScheduleCallback(LabelSmoothingLoss(), "linear", alpha_end=1.5, parameter="epsilon")
+    with pytest.raises(
+        ValueError, match=r"start alpha=1.0 is refused by LabelWeakeningLoss: alpha must be in \[0, 1\)"
+    ):
+        LossScheduleCallback(GuideMaskedLoss(inner="label_weakening"), "linear", alpha_start=1.0, alpha_end=0.0)
+    with pytest.raises(ValueError, match="alpha must be 0"):  # Taylor-CE on the plausible set takes no relaxation
+        LossScheduleCallback(LabelWeakeningLoss(alpha=0.0, taylor_order=2), "linear", alpha_start=0.1)
+    inner = WeightedSumLoss([{"name": "label_relaxation"}, {"name": "infonce"}])
+    assert LossScheduleCallback(inner, "linear", alpha_start=0.2, alpha_end=0.0).alpha_start == 0.2
+    with pytest.raises(ValueError, match="refused by LabelRelaxationLoss"):
+        LossScheduleCallback(inner, "linear", alpha_end=-0.1)
+
+
+def test_a_sum_with_two_scheduled_terms_is_refused_not_ignored():
+    both = WeightedSumLoss([{"name": "label_relaxation"}, {"name": "label_weakening"}])
+    assert LossScheduleCallback(both).scheduled is False  # constant: nothing asked, nothing to refuse
+    with pytest.raises(ValueError, match="2 of its inner losses have one"):
+        LossScheduleCallback(both, "linear", alpha_end=0.0)
 
 
 def test_confidence_warmup():

@@ -50,6 +50,24 @@ def summed_over_processes(totals: dict[str, tuple[Any, Any]]) -> dict[str, tuple
     return {name: (float(packed[i, 0]), float(packed[i, 1])) for i, name in enumerate(names)}
 
 
+def _owners_of(loss: Any, parameter: str) -> list[Any]:
+    """The modules inside ``loss`` (itself included) that hold ``parameter`` as their own attribute (wrappers such as
+    ``guide_masked`` and ``weighted_sum`` only forward it)."""
+    modules = loss.modules() if hasattr(loss, "modules") else [loss]
+    return [module for module in modules if parameter in vars(module)]
+
+
+def _check_scheduled_value(owner: Any, parameter: str, value: float, which: str) -> None:
+    """Refuse a schedule end point the loss's constructor refuses (the schedule sets the attribute directly, past the
+    constructor's range checks): the loss is built again from its ``config()`` with ``parameter=value``. Every value
+    of the three schedules lies between the two end points, so checking both covers the run."""
+    kwargs = {name: entry for name, entry in owner.config().items() if name != "name"}
+    try:
+        type(owner)(**{**kwargs, parameter: value})
+    except ValueError as exc:
+        raise ValueError(f"loss schedule: {which} {parameter}={value} is refused by {type(owner).__name__}: {exc}")
+
+
 class LossScheduleCallback(TrainerCallback):
     """Anneal a loss hyperparameter, warm up label weakening's confidence rule, and log the loss's statistics.
 
@@ -65,7 +83,9 @@ class LossScheduleCallback(TrainerCallback):
             ``warmup_steps`` (0 if it has none). After the warm-up the rule returns to the loss's setting at
             construction, so a rule switched off by the user stays off.
         parameter: the loss attribute to schedule (``"alpha"``; e.g. ``"epsilon"`` for label smoothing). A loss
-            without it is not scheduled, only logged.
+            without it is not scheduled, only logged; asking such a loss for a schedule (a schedule other than
+            ``constant``, or an end point) is refused, as is a ``weighted_sum`` with several terms holding it.
+            The end points must pass the loss's own range checks (``alpha`` in [0, 1), ``epsilon`` in [0, 1], …).
 
     At each training log (``logs`` holding ``"loss"``) it adds ``loss_<parameter>`` (the value in use),
     ``confidence_rule`` (1.0 when the rule is on) and the loss's statistics since the previous log
@@ -94,10 +114,17 @@ class LossScheduleCallback(TrainerCallback):
         self.parameter = parameter
         self.alpha_schedule = alpha_schedule
         self.scheduled = hasattr(loss, parameter)
-        if not self.scheduled and (alpha_start is not None or alpha_end is not None):
-            raise ValueError(f"{type(loss).__name__} has no attribute {parameter!r} to schedule")
+        asked = alpha_schedule != "constant" or alpha_start is not None or alpha_end is not None
+        if not self.scheduled and asked:
+            owners = _owners_of(loss, parameter)
+            why = f"{len(owners)} of its inner losses have one" if len(owners) > 1 else "it has none"
+            raise ValueError(f"{type(loss).__name__} has no single attribute {parameter!r} to schedule ({why})")
         self.alpha_start = float(getattr(loss, parameter)) if alpha_start is None and self.scheduled else alpha_start
         self.alpha_end = self.alpha_start if alpha_end is None else alpha_end
+        if self.scheduled and asked:
+            owner = next(iter(_owners_of(loss, parameter)), loss)  # a wrapper forwards to exactly one inner loss
+            _check_scheduled_value(owner, parameter, self.alpha_start, "start")
+            _check_scheduled_value(owner, parameter, self.alpha_end, "end")
         self.schedule_steps = schedule_steps
         self.warmup_steps = int(getattr(loss, "warmup_steps", 0) or 0) if warmup_steps is None else warmup_steps
         self.manages_confidence = hasattr(loss, "confidence_enabled") and self.warmup_steps > 0
