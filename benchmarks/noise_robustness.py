@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import fcntl
 import gc
+import hashlib
 import json
 import logging
 import math
@@ -579,8 +580,18 @@ class ResultStore:
         disk = json.loads(self.path.read_text())
         if disk.get("budget") != self.report["budget"]:
             raise SystemExit(f"{self.path} was rewritten with another budget by another process; not merging")
+        for name, config in disk.get("methods", {}).items():  # another process with other settings of a method
+            held = self.report["methods"].get(name)
+            if (
+                held is not None
+                and not same_config(held, config)
+                and (self.has_results(name) or name in disk.get("results", {}))
+            ):
+                raise SystemExit(
+                    f"{self.path}: another process ran {name} with {config}, not {held}; use another --out"
+                )
         # this process's own command is its own to update; every other one is the file's (its process's latest)
-        _take_in(self.report, disk, own_command=self.command)
+        _take_in(self.report, disk, own_command=self.command, where=str(self.path))
 
     def save(self) -> None:
         with self._locked():
@@ -638,12 +649,16 @@ def _command_key(command: dict[str, Any]) -> tuple:
     return command.get("command"), command.get("started"), command.get("pid")
 
 
-def _take_in(ours: dict[str, Any], theirs: dict[str, Any], own_command: dict[str, Any] | None = None) -> None:
+def _take_in(
+    ours: dict[str, Any], theirs: dict[str, Any], own_command: dict[str, Any] | None = None, where: str = ""
+) -> None:
     """Copy into ``ours`` the runs, noise records, zero-shot scores, data facts and method configurations of
     ``theirs`` that it lacks (``ours`` wins where both hold one) and recompute the seed means; take in ``theirs``'
-    commands, whose copy of a command both hold is the later one, except ``own_command``, which stays ours."""
+    commands, whose copy of a command both hold is the later one, except ``own_command``, which stays ours. Refused
+    (``where`` names ``theirs``) when the two trained on different rows under one (dataset, kind, rate, seed)."""
     # how deep the keys go down to one process's unit of work: a dataset's zero-shot metrics, a method's config,
     # noise[dataset][kind][rate][seed], results[method][dataset][kind][rate]["seeds"][seed]
+    check_same_rows(ours.get("noise", {}), theirs.get("noise", {}), where)
     for key, depth in (("zero_shot", 1), ("data", 1), ("methods", 1), ("noise", 4), ("results", 6)):
         _fill_missing(ours.setdefault(key, {}), theirs.get(key, {}), depth)
     for kinds in (k for datasets in ours["results"].values() for k in datasets.values()):
@@ -702,7 +717,7 @@ def merge_results(out: Path, sources: list[Path], methods: list[str] | None = No
             left_out = len(run_keys(merged) & run_keys(report))
             if left_out:
                 log(f"{path}: {left_out} of its runs are held by an earlier file already, whose runs are kept")
-            _take_in(merged, report)
+            _take_in(merged, report, where=str(path))
             plan, theirs = merged.setdefault("plan", {}), report.get("plan", {})
             for key in ("datasets", "rates", "methods", "seeds"):
                 plan[key] = list(dict.fromkeys([*plan.get(key, []), *theirs.get(key, [])]))
@@ -1185,6 +1200,33 @@ def noisy_rows(args: argparse.Namespace, prepared: Prepared, kind: str, rate: fl
     return noisy, summary
 
 
+def rows_digest(rows: Any) -> str:
+    """A short SHA-256 of the rows' query ids, candidates and labels: runs recorded under the same (dataset, kind,
+    rate, seed) trained on the same rows exactly when their digests are equal (mining on another device can differ
+    in a few candidates)."""
+    digest = hashlib.sha256()
+    for query_id, doc_ids, labels in zip(rows["query_id"], rows["doc_ids"], rows["labels"]):
+        digest.update(json.dumps([query_id, doc_ids, [float(label) for label in labels]]).encode())
+    return digest.hexdigest()[:16]
+
+
+def check_same_rows(ours: dict[str, Any], theirs: dict[str, Any], where: str) -> None:
+    """Refuse to put together runs on different rows: two noise records of one (dataset, kind, rate, seed) whose
+    ``rows_digest`` differ (records written before digests were kept are not compared)."""
+    for dataset, kinds in theirs.items():
+        for kind, rates in kinds.items():
+            for rate, seeds in rates.items():
+                for seed, record in seeds.items():
+                    held = ours.get(dataset, {}).get(kind, {}).get(rate, {}).get(seed, {})
+                    mine, other = held.get("rows_digest"), record.get("rows_digest")
+                    if mine and other and mine != other:
+                        raise SystemExit(
+                            f"{where}: the rows of {dataset} {kind} rate {rate} seed {seed} differ from those this "
+                            f"file's runs trained on (rows digest {other} against {mine}); runs on other rows are not "
+                            "put together (mined on another device?)"
+                        )
+
+
 def oracle_rows(rows: Any, clean_qrels: dict[str, dict[str, int]]) -> tuple[Any, dict[str, int]]:
     """Rows as the best rule over each row's own candidates would leave them, decided with the clean qrels.
 
@@ -1631,6 +1673,9 @@ def run_dataset(args: argparse.Namespace, store: ResultStore, dataset: str, work
         if (kind, rate, seed) not in noise_cache:
             rows, summary = noisy_rows(args, prepared, kind, rate, seed)
             noise_cache[(kind, rate, seed)] = rows
+            summary["rows_digest"] = rows_digest(rows)
+            record = {dataset: {kind: {rate_key(rate): {str(seed): summary}}}}
+            check_same_rows(store.report["noise"], record, str(store.path))
             by_rate = store.report["noise"].setdefault(dataset, {}).setdefault(kind, {})
             by_rate.setdefault(rate_key(rate), {})[str(seed)] = summary
         log(f"{label}: training")

@@ -47,6 +47,8 @@ def test_oracle_and_relabeling_are_methods_of_the_command_and_report_their_count
     assert counts["kept"] == 12 and counts["restored"] + counts["dropped"] == 8  # 40 % of 20 queries swapped
     assert 0.0 <= record["ndcg@10"] <= 1.0
     assert report["methods"]["oracle_infonce"]["loss"]["name"] == "infonce"
+    noise = report["noise"]["scifact"]["semantic_swap"]["0.4"]["0"]
+    assert len(noise["rows_digest"]) == 16  # the rows every method of this file trained on
     relabeled = report["results"]["relabel_replace"]["scifact"]["semantic_swap"]["0.4"]["seeds"]["0"]
     assert set(relabeled["relabeling"]) == {"flagged", "flagged_relevant", "precision", "rows_flagged", "rows"}
     assert relabeled["relabeling"]["rows"] == 20  # replacing drops no row
@@ -540,3 +542,61 @@ def test_a_loss_option_added_later_at_its_default_is_the_same_configuration():
         assert not bench.same_config(old, {**new, "loss": {**new["loss"], "taylor_order": 2}})
         assert not bench.same_config(old, {**new, "loss": {**new["loss"], "margin": 0.5}})
         assert not bench.same_config(old, {**new, "guide": {"lexical_weight": 0.6}})
+
+
+def test_runs_on_other_rows_or_with_other_settings_are_not_put_together(tmp_path):
+    """The noise record of each (dataset, kind, rate, seed) keeps a digest of the rows; a merge of files whose rows
+    differ there (mined on another device, say) is refused, as is a second process writing one --out with other
+    settings of a method."""
+    import json
+
+    rows = datasets.Dataset.from_list(
+        [canonical_row("q1", ["a", "x"], [1.0, 0.0]), canonical_row("q2", ["b", "y"], [1.0, 0.0])],
+        features=ROW_FEATURES,
+    )
+    relabeled = rows.map(lambda row: {"labels": [0.0, 1.0] if row["query_id"] == "q2" else row["labels"]})
+    common = ["--model", str(tmp_path), "--rates", "0.4", "--methods", "infonce"]
+    record = {"ndcg@10": 0.6, "train": {"steps": 1}}
+    with benchmark_module("noise_robustness") as bench:
+        digest = bench.rows_digest(rows)
+        assert digest == bench.rows_digest(rows.select([0, 1])) and len(digest) == 16
+        assert bench.rows_digest(relabeled) != digest
+        paths = {}
+        for name, seed_rows in (("gpu", rows), ("cpu", relabeled), ("same", rows)):
+            path = paths[name] = tmp_path / f"{name}.json"
+            store = bench.ResultStore(path, bench.parse_args([*common, "--out", str(path)]), name)
+            store.report["noise"] = {
+                "scifact": {"semantic_swap": {"0.4": {"0": {"rows_digest": bench.rows_digest(seed_rows)}}}}
+            }
+            store.put("infonce", "scifact", "semantic_swap", 0.4, 0, record)
+        with pytest.raises(SystemExit, match=r"rows of scifact semantic_swap rate 0.4 seed 0 differ"):
+            bench.merge_results(tmp_path / "mixed.json", [paths["gpu"], paths["cpu"]])
+        assert not (tmp_path / "mixed.json").exists()
+        assert bench.main(["--merge", str(paths["gpu"]), str(paths["same"]), "--out", str(tmp_path / "ok.json")]) == 0
+        held = json.loads((tmp_path / "ok.json").read_text())["noise"]["scifact"]["semantic_swap"]["0.4"]["0"]
+        assert held == {"rows_digest": digest}
+
+        # two processes started together on one --out, label weakening with two rules
+        shared = tmp_path / "shared.json"
+        first, second = (
+            bench.ResultStore(
+                shared,
+                bench.parse_args(
+                    [
+                        "--model",
+                        str(tmp_path),
+                        "--methods",
+                        "label_weakening",
+                        "--out",
+                        str(shared),
+                        "--loss_kwargs",
+                        f'label_weakening={{"margin": {margin}}}',
+                    ]
+                ),  # fmt: skip
+                f"margin {margin}",
+            )
+            for margin in (0.5, 1.5)
+        )
+        first.put("label_weakening", "scifact", "semantic_swap", 0.4, 0, record)
+        with pytest.raises(SystemExit, match="another process ran label_weakening with"):
+            second.put("label_weakening", "scifact", "semantic_swap", 0.4, 1, record)
