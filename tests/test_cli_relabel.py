@@ -122,3 +122,23 @@ def test_recipe_in_the_repository_parses(tmp_path):
     args = parse_recipe(str(recipe), ["--output_dir", str(tmp_path)])
     assert args.judge["type"] == "embedding"
     assert args.strategies == ["rlhn", "hn_remove", "remove"] and args.max_flagged == 8
+
+
+def test_a_bad_judge_stops_before_the_rows_are_mined(tmp_path, capsys, tiny_model_path, monkeypatch):
+    """Mining takes minutes on a real corpus: the judge is built (and a bad one refused) first."""
+    import hf_robust_ir.mining
+
+    def no_mining(*args, **kwargs):
+        raise AssertionError("mined before the judge was built")
+
+    monkeypatch.setattr(hf_robust_ir.mining, "mine_hard_negatives", no_mining)
+    missing = tmp_path / "no-such-judge"
+    recipe = _recipe(
+        tmp_path,
+        f"judge:\n  type: embedding\n  model: {missing}\n"
+        f"data_dir: {_beir(tmp_path)}\nmining_model: {tiny_model_path}\nnum_negatives: 2\n"
+        f"output_dir: {tmp_path / 'o'}\n",
+    )
+    assert main(["relabel", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-judge" in err and "mined before" not in err

@@ -65,7 +65,9 @@ def _check_scheduled_value(owner: Any, parameter: str, value: float, which: str)
     try:
         type(owner)(**{**kwargs, parameter: value})
     except ValueError as exc:
-        raise ValueError(f"loss schedule: {which} {parameter}={value} is refused by {type(owner).__name__}: {exc}")
+        raise ValueError(
+            f"loss schedule: {which} {parameter}={value} is refused by {type(owner).__name__}: {exc}"
+        ) from None
 
 
 class LossScheduleCallback(TrainerCallback):

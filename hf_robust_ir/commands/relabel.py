@@ -200,8 +200,8 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
+        judge = build_recipe_judge(recipe.judge, source, lines.get("judge"))  # a bad judge stops before mining
         rows, corpus = load_rows(recipe)
-        judge = build_recipe_judge(recipe.judge, source, lines.get("judge"))
     except (DataFormatError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
