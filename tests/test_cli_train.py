@@ -107,13 +107,23 @@ def test_settings_that_do_not_go_together_are_a_one_line_error(recipe, capsys):
     """Bad loss settings stop before the model and data load; settings the trainer refuses stop before training."""
     config = yaml.safe_load(recipe.read_text())
     recipe.write_text(yaml.safe_dump({**config, "loss": "label_weakening", "loss_kwargs": {"taylor_order": 2}}))
+    line = 1 + recipe.read_text().splitlines().index("loss_kwargs:")
     assert main(["train", "--config", str(recipe)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"error: {recipe}: loss 'label_weakening': taylor_order replaces label relaxation: alpha must be 0, got 0.1"
+        f"error: {recipe}, line {line}, field 'loss_kwargs': loss 'label_weakening': taylor_order replaces label "
+        "relaxation: alpha must be 0, got 0.1"
+    )
+    overrides = ["--loss_kwargs", '{"alpha": 2}']  # an override is named as the command line
+    assert main(["train", "--config", str(recipe), *overrides]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: command line, field 'loss_kwargs': loss 'label_weakening': alpha must be in [0, 1), got 2"
     )
     recipe.write_text(yaml.safe_dump({**config, "loss": "no_such_loss"}))
+    line = 1 + next(i for i, text in enumerate(recipe.read_text().splitlines()) if text.startswith("loss:"))
     assert main(["train", "--config", str(recipe)]) == 2
-    assert "loss 'no_such_loss': unknown loss 'no_such_loss'; registered losses: [" in capsys.readouterr().err
+    assert f"{recipe}, line {line}, field 'loss': loss 'no_such_loss': unknown loss 'no_such_loss'; registered" in (
+        capsys.readouterr().err
+    )
     recipe.write_text(yaml.safe_dump({**config, "loss": "infonce", "guide_lexical_weight": 0.6}))
     assert main(["train", "--config", str(recipe), "--evaluate_before", "false"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]

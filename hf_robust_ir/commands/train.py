@@ -118,7 +118,27 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
         name = next((s[2:].replace("-", "_") for s in unknown if s.startswith("--")), None)
         problem = _unknown_field(name, actions) if name else f"unexpected argument(s) {unknown}"
         raise DataFormatError("command line", None, name, problem)
+    _check_loss(training_args, config_path, lines, overridden)
     return model_args, data_args, training_args
+
+
+def _check_loss(training_args, config_path: str | None, lines: dict[str, int], overridden: set[str]) -> None:
+    """Build the recipe's loss once, so that bad loss settings stop before the model and the data load; the error
+    names the line of ``loss_kwargs`` (of ``loss`` for an unknown name)."""
+    from ..data.schema import DataFormatError
+    from ..losses import get_loss
+    from .common import one_line
+
+    try:
+        get_loss(training_args.loss, **(training_args.loss_kwargs or {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        unknown_name = isinstance(exc, KeyError)
+        message = exc.args[0] if unknown_name and exc.args else one_line(exc)  # str(KeyError) adds quotes
+        field = "loss" if unknown_name or not training_args.loss_kwargs else "loss_kwargs"
+        source, line = ("command line", None) if field in overridden else (config_path, lines.get(field))
+        raise DataFormatError(
+            source or "command line", line, field, f"loss {training_args.loss!r}: {message}"
+        ) from None
 
 
 def _unknown_field(name: str, actions: dict[str, Any]) -> str:
@@ -271,12 +291,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:  # a missing or malformed recipe: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:  # bad loss settings stop here, before the model and the data load
-        loss = get_loss(training_args.loss, **(training_args.loss_kwargs or {}))
-    except (KeyError, TypeError, ValueError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # str(KeyError) adds quotes
-        print(f"error: {args.config}: loss {training_args.loss!r}: {message}", file=sys.stderr)
-        return 2
+    loss = get_loss(training_args.loss, **(training_args.loss_kwargs or {}))  # parse_recipe built it once already
     is_main = training_args.process_index == 0
     logger.info("world_size=%d process_index=%d", training_args.world_size, training_args.process_index)
     data_dir = resolve_data_dir(data_args)
