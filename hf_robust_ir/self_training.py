@@ -46,6 +46,9 @@ class SelfTrainingArguments:
     data_dir: str | None = None  # BEIR folder (default: $HF_ROBUST_IR_DATA, then ../shared/data/scifact)
     train_split: str = "train"
     eval_split: str | None = "test"  # null: no evaluation
+    # a labeled split (e.g. "dev") every round is also scored on, to choose the round to use; without it the last
+    # round is the one reported (choosing on eval_split would choose on the labels the result is measured with)
+    selection_split: str | None = None
     labeled_fraction: float = 1.0  # share of the labeled training queries kept (seeded sample)
     max_eval_queries: int | None = None
     rounds: int = 2  # student rounds after the round-0 teacher
@@ -154,6 +157,8 @@ class SelfTrainingLoop:
         recorded = asdict(self.args)
         for name in ("output_dir", "show_progress_bar", "rounds", "encode_batch_size"):  # may change on resume
             recorded.pop(name)
+        if recorded["selection_split"] is None:  # as states written before the option existed hold it
+            recorded.pop("selection_split")
         return json.loads(json.dumps(recorded))
 
     def save_state(self, state: dict[str, Any]) -> None:
@@ -167,16 +172,23 @@ class SelfTrainingLoop:
         from .data import load_beir, rows_from_qrels
 
         train = load_beir(self.data_dir, split=self.args.train_split)
-        test = None
-        if self.args.eval_split:
-            test = load_beir(self.data_dir, split=self.args.eval_split)
-            if self.args.max_eval_queries is not None:
-                keep = sorted(test.qrels)[: self.args.max_eval_queries]
-                test.qrels = {q: test.qrels[q] for q in keep}
+        test = self._evaluation_split(self.args.eval_split)
         if self.labeled_qrels is not None:
             train = dataclasses.replace(train, qrels=self.labeled_qrels)
         labeled = sample_labeled_queries(rows_from_qrels(train), self.args.labeled_fraction, self.args.seed)
         return train, test, labeled
+
+    def _evaluation_split(self, split: str | None) -> Any:
+        """A split to score rounds on (its first ``max_eval_queries`` queries), or None."""
+        from .data import load_beir
+
+        if not split:
+            return None
+        data = load_beir(self.data_dir, split=split)
+        if self.args.max_eval_queries is not None:
+            keep = sorted(data.qrels)[: self.args.max_eval_queries]
+            data.qrels = {q: data.qrels[q] for q in keep}
+        return data
 
     def synthetic_queries(
         self, corpus: dict[str, str], labeled_pairs: list[tuple[str, str]] | None = None
@@ -302,15 +314,22 @@ class SelfTrainingLoop:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.model_path = self.args.model or default_model_path()
         state = self.load_state()
+        if self.args.selection_split and self.args.selection_split == self.args.eval_split:
+            raise ValueError(
+                f"selection_split {self.args.selection_split!r} is the eval_split: a round chosen on it is chosen on"
+                " the labels it is measured with; use another labeled split (e.g. dev)"
+            )
         train, test, labeled = self.load_data()
         corpus = train.corpus
-        evaluator = (
-            RetrievalEvaluator(
-                test, batch_size=self.args.encode_batch_size, show_progress_bar=self.args.show_progress_bar
-            )
-            if test is not None
-            else None
-        )
+
+        def evaluator_of(data: Any) -> Any:
+            if data is None:
+                return None
+            batch_size, progress = self.args.encode_batch_size, self.args.show_progress_bar
+            return RetrievalEvaluator(data, batch_size=batch_size, show_progress_bar=progress)
+
+        evaluator = evaluator_of(test)
+        selector = evaluator_of(self._evaluation_split(self.args.selection_split))
         labeled_data = type(train)(
             corpus=corpus, queries=train.queries, qrels={q: train.qrels[q] for q in labeled["query_id"]}, name="labeled"
         )
@@ -376,9 +395,11 @@ class SelfTrainingLoop:
             student.save_pretrained(str(checkpoint))
             record["checkpoint"] = str(checkpoint)
             indexes.clear()
-            if evaluator is not None:
+            if evaluator is not None or selector is not None:
                 student_index = index_of(str(checkpoint), student)
-                record["metrics"] = {k: round(float(v), 5) for k, v in evaluator(student, student_index).items()}
+                for key, scorer in (("metrics", evaluator), ("selection_metrics", selector)):
+                    if scorer is not None:
+                        record[key] = {k: round(float(v), 5) for k, v in scorer(student, student_index).items()}
                 indexes[str(checkpoint)] = student_index
             record["seconds"] = round(time.perf_counter() - start, 1)
             self.write_card(checkpoint, record, len(labeled))
@@ -424,7 +445,11 @@ def _card_info(args: SelfTrainingArguments, model_path: str, record: dict[str, A
     )
 
 
-def best_round(rounds: list[dict[str, Any]], metric: str = "ndcg@10") -> dict[str, Any] | None:
-    """The round with the highest ``metric`` (None when no round was evaluated)."""
-    evaluated = [r for r in rounds if metric in r.get("metrics", {})]
-    return max(evaluated, key=lambda r: r["metrics"][metric]) if evaluated else None
+def selected_round(rounds: list[dict[str, Any]], metric: str = "ndcg@10") -> tuple[dict[str, Any] | None, str]:
+    """The round to use and how it was chosen: the highest ``metric`` on the selection split when the rounds were
+    scored on one (``selection_metrics``), else the last round. Never the best on the evaluation split, whose labels
+    would then choose the result they measure."""
+    scored = [r for r in rounds if metric in r.get("selection_metrics", {})]
+    if scored:
+        return max(scored, key=lambda r: r["selection_metrics"][metric]), f"selection split {metric}"
+    return (max(rounds, key=lambda r: r["round"]) if rounds else None), "last round"

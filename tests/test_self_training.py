@@ -10,7 +10,7 @@ from hf_robust_ir.cli import main
 from hf_robust_ir.commands.self_train import parse_recipe
 from hf_robust_ir.data.schema import DataFormatError
 from hf_robust_ir.modeling import BiEncoder
-from hf_robust_ir.self_training import SelfTrainingArguments, SelfTrainingLoop, best_round, sample_labeled_queries
+from hf_robust_ir.self_training import SelfTrainingArguments, SelfTrainingLoop, sample_labeled_queries, selected_round
 
 TOPICS = ["paris france capital", "water boils degrees", "moon orbits earth", "bananas yellow fruit", "cats sleep"]
 
@@ -94,7 +94,7 @@ def test_rounds_soft_labels_and_resume(tiny_model_path, tmp_path, monkeypatch):
     assert stages == [("finetune", 3), ("pretrain", 6), ("finetune", 3)]
     assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["teacher"] == rounds[0]["checkpoint"]
     assert all(0.0 <= r["metrics"]["ndcg@10"] <= 1.0 for r in rounds)
-    assert best_round(rounds)["metrics"]["ndcg@10"] == max(r["metrics"]["ndcg@10"] for r in rounds)
+    assert selected_round(rounds) == (rounds[1], "last round")  # no selection split: never chosen on the test labels
     for r in rounds:
         assert BiEncoder.from_pretrained(r["checkpoint"]) is not None
     card = (tmp_path / "out" / "round_1" / "model" / "README.md").read_text()
@@ -131,7 +131,7 @@ def test_recipe_errors_name_line_and_field(tmp_path):
     assert args.labeled_fraction == 0.3 and args.student_noise == {"kind": "mask"}
 
 
-def test_cli_runs_and_reports_the_best_round(tiny_model_path, tmp_path, capsys, monkeypatch):
+def test_cli_runs_and_reports_the_selected_round(tiny_model_path, tmp_path, capsys, monkeypatch):
     beir = _beir(tmp_path)
     recipe = tmp_path / "recipe.yaml"
     settings = {k: v for k, v in vars(_args(tmp_path, tiny_model_path, rounds=0)).items()}
@@ -141,7 +141,7 @@ def test_cli_runs_and_reports_the_best_round(tiny_model_path, tmp_path, capsys, 
     recipe.write_text(yaml.safe_dump(settings))
     assert main(["self-train", "--config", str(recipe)]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["best_round"] == 0 and len(printed["rounds"]) == 1
+    assert printed["selected_round"] == 0 and printed["selected_by"] == "last round" and len(printed["rounds"]) == 1
     assert main(["self-train", "--config", str(recipe), "--roundz", "1"]) == 2
     assert "roundz" in capsys.readouterr().err
     elsewhere = ["--output_dir", str(tmp_path / "other")]  # the first run's state would refuse other settings
@@ -197,3 +197,27 @@ def test_pretraining_settings_reach_the_pretraining_stage_only(tiny_model_path, 
     assert seen == [("finetune", -1, "infonce"), ("pretrain", 1, "weighted_sum"), ("finetune", -1, "infonce")]
     card = (tmp_path / "out" / "round_1" / "model" / "README.md").read_text()
     assert "weighted_sum" in card and "kl_distillation" in card
+
+
+def test_the_round_is_chosen_on_the_selection_split_never_on_the_evaluation_split():
+    rounds = [
+        {"round": 0, "metrics": {"ndcg@10": 0.9}, "selection_metrics": {"ndcg@10": 0.5}},
+        {"round": 1, "metrics": {"ndcg@10": 0.7}, "selection_metrics": {"ndcg@10": 0.6}},
+        {"round": 2, "metrics": {"ndcg@10": 0.8}, "selection_metrics": {"ndcg@10": 0.4}},
+    ]
+    assert selected_round(rounds) == (rounds[1], "selection split ndcg@10")
+    unscored = [{k: v for k, v in r.items() if k != "selection_metrics"} for r in rounds]
+    assert selected_round(unscored) == (unscored[2], "last round")  # not round 0, the best on test
+    assert selected_round([]) == (None, "last round")
+
+
+def test_rounds_are_scored_on_the_selection_split(tiny_model_path, tmp_path):
+    beir = _beir(tmp_path)
+    dev = "".join(f"q{t}\td{t}2\t1\n" for t in range(len(TOPICS)))
+    (beir / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n" + dev)
+    with pytest.raises(ValueError, match="selection_split 'test' is the eval_split"):
+        SelfTrainingLoop(_args(tmp_path, tiny_model_path, rounds=0, selection_split="test"), beir).run()
+    loop = SelfTrainingLoop(_args(tmp_path, tiny_model_path, rounds=0, selection_split="dev", eval_split=None), beir)
+    (only,) = loop.run()
+    assert "metrics" not in only and 0.0 <= only["selection_metrics"]["ndcg@10"] <= 1.0
+    assert selected_round([only]) == (only, "selection split ndcg@10")

@@ -5,7 +5,8 @@ starting model on the labeled rows (the first teacher); each later round pre-tra
 synthetic queries soft-labeled by the teacher, fine-tunes it on the labeled rows and makes it the next teacher.
 Each round's checkpoint (``<output_dir>/round_<r>/model``) and metrics are saved as soon as the round ends, in
 ``<output_dir>/self_training_state.json``; started again, the command resumes after the last finished round.
-Prints ``{"rounds": [...], "best_round": ...}`` on stdout.
+Prints ``{"rounds": [...], "selected_round": r, "selected_by": ...}`` on stdout: the best round on
+``selection_split`` when the recipe names one (say ``dev``), else the last round.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     except (DataFormatError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from ..self_training import SelfTrainingLoop, best_round
+    from ..self_training import SelfTrainingLoop, selected_round
 
     loop = SelfTrainingLoop(recipe, beir_folder(recipe.data_dir))
     try:
@@ -63,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:  # bad settings, a missing split or model folder
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    best = best_round(rounds)
-    print(json.dumps({"rounds": rounds, "best_round": best["round"] if best else None}))
+    chosen, how = selected_round(rounds)
+    print(json.dumps({"rounds": rounds, "selected_round": chosen["round"] if chosen else None, "selected_by": how}))
     return 0
