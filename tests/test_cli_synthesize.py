@@ -64,7 +64,9 @@ def test_writes_a_beir_folder_with_graded_qrels_and_resumes(tmp_path):
     train = load_beir(tmp_path / "out", split="train")  # the folder loads like any BEIR folder
     assert train.corpus["synthetic:q1:g3:0"] == "grade 3 passage for at what temperature does water boil"
     assert train.corpus["p0"] == "the capital of france is paris" and train.qrels["q0"]["synthetic:q0:g0:0"] == 0
-    assert load_beir(tmp_path / "out", split="test").qrels == {"q1": {"n2": 1}}  # the real test split, unchanged
+    test = load_beir(tmp_path / "out", split="test")
+    assert test.qrels == {"q1": {"n2": 1}}  # the real test split, unchanged, searched over the source corpus alone
+    assert test.corpus == load_beir(beir, split="test").corpus and len(train.corpus) == len(test.corpus) + 4
     rows = [json.loads(line) for line in (tmp_path / "out" / "rows.jsonl").read_text().splitlines()]
     assert rows[0]["label_source"] == ["synthetic", "synthetic", "qrels"]
 

@@ -337,3 +337,24 @@ def test_nfcorpus_graded_qrels(nfcorpus_dir):
     assert grades.count(2) == 576 and grades.count(1) == 11758
     rows = rows_from_qrels(data)
     assert {label for labels in rows["labels"] for label in labels} == {1.0, 2.0}
+
+
+def test_passages_of_one_split_join_that_splits_corpus_only(tmp_path):
+    """corpus.<split>.jsonl (synthetic passages written for training queries, say) is searched by its split alone."""
+    folder = write_beir(tmp_path)
+    (folder / "qrels" / "train.tsv").write_text("q1\tsyn1\t3\nq1\td1\t1\n")
+    (folder / "corpus.train.jsonl").write_text(jsonl([{"_id": "syn1", "title": "Made", "text": "up passage."}]))
+    train, test = load_beir(folder, split="train"), load_beir(folder)
+    assert train.corpus["syn1"] == "Made up passage." and train.qrels == {"q1": {"syn1": 3, "d1": 1}}
+    assert "syn1" not in test.corpus and set(test.corpus) == {"d1", "2", "d3", "d4"}
+    (folder / "qrels" / "test.tsv").write_text("q1\tsyn1\t1\n")
+    with pytest.raises(DataFormatError, match="'syn1' is not in corpus.jsonl$") as exc:  # the test split cannot see it
+        load_beir(folder)
+    assert_error(exc, "test.tsv", 1, "corpus-id")
+    with pytest.raises(DataFormatError, match="is not in corpus.jsonl or corpus.train.jsonl"):
+        (folder / "qrels" / "train.tsv").write_text("q1\tsyn9\t3\n")
+        load_beir(folder, split="train")
+    (folder / "corpus.train.jsonl").write_text(jsonl([{"_id": "syn1", "text": "x"}, {"_id": "d3", "text": "again"}]))
+    with pytest.raises(DataFormatError, match="'d3' is in corpus.jsonl too") as exc:
+        load_beir(folder, split="train")
+    assert_error(exc, "corpus.train.jsonl", 2, "_id")

@@ -3,9 +3,10 @@
 For every query of ``split`` a chat model (a local causal LM, ``backend: {type: hf, model: DIR}``, or an
 OpenAI-compatible server, ``backend: {type: openai, base_url: ..., model: ...}``) writes passages at relevance grades
 0-3 (:class:`~hf_robust_ir.synthetic.GradedDocumentGenerator`). The output folder is a BEIR folder that ``train``
-reads like any other: ``corpus.jsonl`` (the source corpus plus the synthetic passages), ``queries.jsonl``,
-``qrels/<split>.tsv`` with the grades (and the real positives at grade 3 when ``include_real_positives``), the other
-qrels splits copied unchanged (so evaluation runs on the real test set), plus ``rows.jsonl`` (canonical rows,
+reads like any other: ``corpus.jsonl`` (the source corpus), ``corpus.<split>.jsonl`` (the synthetic passages, which
+join the corpus of ``split`` alone), ``queries.jsonl``, ``qrels/<split>.tsv`` with the grades (and the real positives
+at grade 3 when ``include_real_positives``), the other qrels splits copied unchanged (so evaluation runs on the real
+test set over the source corpus, as published numbers are), plus ``rows.jsonl`` (canonical rows,
 ``label_source = synthetic``) and ``summary.json``. Generation is resumable: finished queries are appended to
 ``generated.partial.jsonl`` and skipped by a restarted run.
 """
@@ -87,6 +88,7 @@ def _read_partial(path: Path) -> dict[str, dict[str, Any]]:
 def synthesize(args: SynthesizeArguments, data_dir: Path, backend: Any = None) -> dict[str, Any]:
     """Generate, resume, and write the BEIR folder; returns the summary."""
     from ..data import load_beir
+    from ..data.beir import load_corpus, split_corpus_path
     from ..data.progress_file import open_for_append
     from ..synthetic import GradedDocumentGenerator
 
@@ -128,8 +130,17 @@ def synthesize(args: SynthesizeArguments, data_dir: Path, backend: Any = None) -
 
     rows = [done[q]["row"] for q in query_ids if done[q]["row"]]
     synthetic = {d: t for q in query_ids for d, t in done[q]["documents"].items()}
-    with (out / "corpus.jsonl").open("w", encoding="utf-8") as corpus_file:
-        for doc_id, text in {**data.corpus, **synthetic}.items():
+    shutil.copyfile(data_dir / "corpus.jsonl", out / "corpus.jsonl")
+    split_file = split_corpus_path(out, args.split)
+    for other in data_dir.glob("corpus.*.jsonl"):  # the source's passages of other splits stay theirs
+        if other.name != split_file.name:
+            shutil.copyfile(other, out / other.name)
+    # the passages join the corpus of this split only (with the source's own passages of it): every other split is
+    # searched over the source corpus
+    source_ids = set(load_corpus(data_dir))
+    split_only = {doc_id: text for doc_id, text in data.corpus.items() if doc_id not in source_ids}
+    with split_file.open("w", encoding="utf-8") as corpus_file:
+        for doc_id, text in {**split_only, **synthetic}.items():
             corpus_file.write(json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n")
     shutil.copyfile(data_dir / "queries.jsonl", out / "queries.jsonl")
     (out / "qrels").mkdir(exist_ok=True)

@@ -214,9 +214,11 @@ def build_training_rows(model, data_args: DataArguments, data_dir: Path, is_main
     When the evaluator's corpus is the training corpus, the starting model's corpus index is built once and serves
     both mining and the evaluation before training; returns it too (or None)."""
     from ..data import load_beir, load_training_data, rows_from_qrels
+    from ..data.beir import load_corpus
 
     if data_args.train_file:
-        beir_corpus = load_beir(data_dir, split=data_args.eval_split or "test").corpus if data_dir else None
+        # the training split's corpus: corpus.jsonl plus corpus.<train_split>.jsonl (passages written for training)
+        beir_corpus = load_corpus(data_dir, data_args.train_split) if data_dir else None
         data = load_training_data(data_args.train_file, corpus=beir_corpus)
         rows = data.rows
         if data_args.max_train_queries:

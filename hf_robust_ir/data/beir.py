@@ -130,7 +130,9 @@ def _read_qrels(path: Path, corpus: dict[str, str], queries: dict[str, str]) -> 
             if qid not in queries:
                 raise DataFormatError(str(path), n, "query-id", f"query id {qid!r} is not in queries.jsonl")
             if did not in corpus:
-                raise DataFormatError(str(path), n, "corpus-id", f"document id {did!r} is not in corpus.jsonl")
+                extra = split_corpus_path(path.parents[1], path.stem)
+                where = f"corpus.jsonl or {extra.name}" if extra.is_file() else "corpus.jsonl"
+                raise DataFormatError(str(path), n, "corpus-id", f"document id {did!r} is not in {where}")
             judged = qrels.setdefault(qid, {})
             if did in judged and judged[did] != grade:
                 raise DataFormatError(
@@ -144,19 +146,42 @@ def _read_qrels(path: Path, corpus: dict[str, str], queries: dict[str, str]) -> 
     return qrels
 
 
+def split_corpus_path(folder: str | Path, split: str) -> Path:
+    """``corpus.<split>.jsonl``: passages only ``split`` uses (synthetic passages written for its queries, say); they
+    join ``corpus.jsonl`` when that split is loaded, and no other split searches them."""
+    return Path(folder) / f"corpus.{split}.jsonl"
+
+
+def load_corpus(folder: str | Path, split: str | None = None) -> dict[str, str]:
+    """``corpus.jsonl`` of a BEIR folder, plus ``corpus.<split>.jsonl`` when ``split`` is given and the file exists;
+    an id in both is refused (named by file, line and field)."""
+    corpus = _read_id_text_file(Path(folder) / "corpus.jsonl", with_title=True)
+    extra = split_corpus_path(folder, split) if split else None
+    if extra is not None and extra.is_file():
+        added = _read_id_text_file(extra, with_title=True)
+        clash = next((doc_id for doc_id in added if doc_id in corpus), None)
+        if clash is not None:
+            line = next(n for n, obj in _json_objects(extra) if _doc_id(obj.get("_id"), extra, n) == clash)
+            raise DataFormatError(str(extra), line, "_id", f"document id {clash!r} is in corpus.jsonl too")
+        corpus.update(added)
+    return corpus
+
+
 def load_beir(folder: str | Path, split: str = "test", queries_for_split_only: bool = True) -> RetrievalCorpus:
     """Load a BEIR folder: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
 
     Documents read as ``title + " " + text``; grades are kept as ints (grade-0 judgments included). With
-    ``queries_for_split_only`` only the queries judged in ``split`` are kept, in ``queries.jsonl`` order. Bad input
-    raises :class:`DataFormatError` naming the file, the line and the field.
+    ``queries_for_split_only`` only the queries judged in ``split`` are kept, in ``queries.jsonl`` order. Passages in
+    ``corpus.<split>.jsonl`` (if present) join the corpus of that split only: ``hf-robust-ir synthesize`` writes its
+    passages there, so the test split is still searched over the source corpus. Bad input raises
+    :class:`DataFormatError` naming the file, the line and the field.
     """
     folder = Path(folder)
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
         raise FileNotFoundError(f"{qrels_path} not found; splits available in {folder / 'qrels'}: {available}")
-    corpus = _read_id_text_file(folder / "corpus.jsonl", with_title=True)
+    corpus = load_corpus(folder, split)
     queries = _read_id_text_file(folder / "queries.jsonl", with_title=False)
     qrels = _read_qrels(qrels_path, corpus, queries)
     if queries_for_split_only:
