@@ -426,16 +426,58 @@ def usage_snippets(info: ModelCardInfo) -> str:
         )
     norm_code = "    return torch.nn.functional.normalize(vectors, dim=-1)" if normalize else "    return vectors"
     q_length, d_length = settings.get("query_max_length", 256), settings.get("document_max_length", 256)
-    # sentence-transformers keeps one max length (saved as the document one): set it for queries, then documents
-    one_length = q_length == d_length or settings.get("separate_towers")
-    st_query_length = "" if one_length else f"model.max_seq_length = {q_length}  # queries: {q_length} tokens\n"
-    st_document_length = "" if one_length else f"model.max_seq_length = {d_length}  # documents: {d_length} tokens\n"
     adapter_note = (
         "\n\nThe repository holds a LoRA adapter; `transformers` and `sentence-transformers` load it on top of "
         "its base model when `peft` is installed."
         if info.adapter
         else ""
     )
+    ours = (
+        "With `hf_robust_ir`:\n\n```python\nimport hf_robust_ir\n\n"
+        f'model = hf_robust_ir.from_pretrained("{repo}")\n'
+        'scores = model.encode_queries(["what is label noise?"]) @ model.encode_documents(["Label noise is ..."]).T\n'
+        "```" + adapter_note
+    )
+    pool_function = "def pool(hidden, mask):\n" + pool_code + "\n\n\n"
+    embed_head = (
+        "def embed(model, texts, prefix, max_length):\n"
+        if settings.get("separate_towers")
+        else ("def embed(texts, prefix, max_length):\n")
+    )
+    embed_function = (
+        embed_head + "    batch = tokenizer(\n"
+        "        [prefix + t for t in texts], padding=True, truncation=True, max_length=max_length, "
+        'return_tensors="pt"\n    )\n'
+        "    with torch.no_grad():\n"
+        '        vectors = pool(model(**batch).last_hidden_state, batch["attention_mask"])\n' + norm_code + "\n\n\n"
+    )
+    hf_title = f"With `transformers` ({pooling} pooling{', L2-normalized' if normalize else ''}):\n\n```python\n"
+    if settings.get("separate_towers"):  # two towers: a sentence-transformers folder each, in sub-folders
+        return (
+            "With `sentence-transformers` (the query and document towers are separate models, one folder each; "
+            "the prefixes are saved as prompts):\n\n```python\n"
+            "from huggingface_hub import snapshot_download\nfrom sentence_transformers import SentenceTransformer\n\n"
+            f'folder = snapshot_download("{repo}")\n'
+            'query_model = SentenceTransformer(f"{folder}/query_encoder")\n'
+            'document_model = SentenceTransformer(f"{folder}/document_encoder")\n'
+            'queries = query_model.encode(["what is label noise?"], prompt_name="query")\n'
+            'documents = document_model.encode(["Label noise is ..."], prompt_name="document")\n'
+            "scores = query_model.similarity(queries, documents)\n```\n\n"
+            + hf_title
+            + "import torch\nfrom transformers import AutoModel, AutoTokenizer\n\n"
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}", subfolder="query_encoder")\n'
+            f'query_model = AutoModel.from_pretrained("{repo}", subfolder="query_encoder")\n'
+            f'document_model = AutoModel.from_pretrained("{repo}", subfolder="document_encoder")\n\n\n'
+            + pool_function
+            + embed_function
+            + f'queries = embed(query_model, ["what is label noise?"], {q_prefix!r}, {q_length})\n'
+            f'documents = embed(document_model, ["Label noise is ..."], {d_prefix!r}, {d_length})\n'
+            "scores = queries @ documents.T\n```\n\n" + ours
+        )
+    # sentence-transformers keeps one max length (saved as the document one): set it for queries, then documents
+    one_length = q_length == d_length
+    st_query_length = "" if one_length else f"model.max_seq_length = {q_length}  # queries: {q_length} tokens\n"
+    st_document_length = "" if one_length else f"model.max_seq_length = {d_length}  # documents: {d_length} tokens\n"
     return (
         "With `sentence-transformers` (the query and document prefixes are saved as prompts):\n\n```python\n"
         "from sentence_transformers import SentenceTransformer\n\n"
@@ -445,23 +487,14 @@ def usage_snippets(info: ModelCardInfo) -> str:
         + st_document_length
         + 'documents = model.encode(["Label noise is ..."], prompt_name="document")\n'
         "scores = model.similarity(queries, documents)\n```\n\n"
-        f"With `transformers` ({pooling} pooling{', L2-normalized' if normalize else ''}):\n\n```python\n"
-        "import torch\nfrom transformers import AutoModel, AutoTokenizer\n\n"
+        + hf_title
+        + "import torch\nfrom transformers import AutoModel, AutoTokenizer\n\n"
         f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\nmodel = AutoModel.from_pretrained("{repo}")\n\n\n'
-        "def pool(hidden, mask):\n" + pool_code + "\n\n\n"
-        "def embed(texts, prefix, max_length):\n"
-        "    batch = tokenizer(\n"
-        "        [prefix + t for t in texts], padding=True, truncation=True, max_length=max_length, "
-        'return_tensors="pt"\n    )\n'
-        "    with torch.no_grad():\n"
-        '        vectors = pool(model(**batch).last_hidden_state, batch["attention_mask"])\n' + norm_code + "\n\n\n"
-        f'queries = embed(["what is label noise?"], {q_prefix!r}, {q_length})\n'
+        + pool_function
+        + embed_function
+        + f'queries = embed(["what is label noise?"], {q_prefix!r}, {q_length})\n'
         f'documents = embed(["Label noise is ..."], {d_prefix!r}, {d_length})\n'
-        "scores = queries @ documents.T\n```\n\n"
-        "With `hf_robust_ir`:\n\n```python\nimport hf_robust_ir\n\n"
-        f'model = hf_robust_ir.from_pretrained("{repo}")\n'
-        'scores = model.encode_queries(["what is label noise?"]) @ model.encode_documents(["Label noise is ..."]).T\n'
-        "```" + adapter_note
+        "scores = queries @ documents.T\n```\n\n" + ours
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -88,3 +89,61 @@ def test_sentence_transformers_modules_a_bi_encoder_cannot_reproduce_are_refused
         SentenceTransformer(str(plain), device="cpu").encode(texts),
         atol=1e-5,
     )
+
+
+def test_lowercasing_folders_load_only_with_a_tokenizer_that_lowercases(tiny_model_path, tmp_path):
+    """sentence-transformers lowercases texts before tokenizing a folder whose sentence_bert_config.json says
+    do_lower_case: true (the format it wrote before version 6, still honoured on load)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from hf_robust_ir.modeling.bi_encoder import CONFIG_NAME
+
+    def lowercasing_folder(base, folder):
+        BiEncoder.from_pretrained(base).save_pretrained(folder)
+        (folder / CONFIG_NAME).unlink()  # a plain sentence-transformers folder
+        settings = json.loads((folder / "sentence_bert_config.json").read_text())
+        (folder / "sentence_bert_config.json").write_text(json.dumps({**settings, "do_lower_case": True}))
+        return folder
+
+    texts = ["Label Noise in IR", "hello World"]
+    uncased = lowercasing_folder(tiny_model_path, tmp_path / "uncased")
+    np.testing.assert_allclose(  # the tiny tokenizer lowercases by itself: the same vectors
+        BiEncoder.from_pretrained(uncased).encode_documents(texts),
+        SentenceTransformer(str(uncased), device="cpu").encode(texts),
+        atol=1e-5,
+    )
+    cased_base = tmp_path / "cased-base"
+    AutoModel.from_pretrained(tiny_model_path).save_pretrained(cased_base)
+    AutoTokenizer.from_pretrained(tiny_model_path, do_lower_case=False).save_pretrained(cased_base)
+    cased = lowercasing_folder(cased_base, tmp_path / "cased")
+    lowered = SentenceTransformer(str(cased), device="cpu").encode([t.lower() for t in texts])
+    np.testing.assert_allclose(SentenceTransformer(str(cased), device="cpu").encode(texts), lowered, atol=1e-6)
+    with pytest.raises(ValueError, match=r"cased: do_lower_case=true .* tokenizer that keeps case is not supported"):
+        BiEncoder.from_pretrained(cased)
+
+
+def test_card_usage_snippets_of_separate_towers_load_each_tower(tiny_model_path, tmp_path, monkeypatch):
+    """With separate towers the repository root holds no modules.json: the snippets load query_encoder/ and
+    document_encoder/ and give the model's own scores."""
+    import huggingface_hub
+    import torch
+
+    model = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True, query_prefix="query: ")
+    with torch.no_grad():
+        for parameter in model.document_encoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))  # the towers differ
+    folder = tmp_path / "towers"
+    model.save_pretrained(folder)
+    assert not (folder / "modules.json").exists()
+    text = hub.usage_snippets(hub.model_card_info_from_model(model, repo_id=str(folder)))
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: repo_id)  # the Hub, offline
+    st_scope, hf_scope = {}, {}
+    exec(blocks[0], st_scope)  # sentence-transformers
+    exec(blocks[1], hf_scope)  # transformers
+    queries, documents = model.encode_queries(["what is label noise?"]), model.encode_documents(["Label noise is ..."])
+    assert np.abs(queries - model.encode_documents(["query: what is label noise?"])).max() > 1e-3
+    for scope in (st_scope, hf_scope):
+        np.testing.assert_allclose(np.asarray(scope["queries"]), queries, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(scope["documents"]), documents, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(scope["scores"]), queries @ documents.T, atol=1e-4)

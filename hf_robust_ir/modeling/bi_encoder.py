@@ -111,6 +111,19 @@ def _fit_max_lengths(config: BiEncoderConfig, encoder: nn.Module, tokenizer: Pre
     )
 
 
+def _check_lower_case(path: Path, tokenizer: Any) -> None:
+    """sentence-transformers lowercases the texts of a folder saved with ``do_lower_case: true`` before tokenizing; a
+    BiEncoder does not, so such a folder loads only when its tokenizer lowercases by itself (an uncased BERT's)."""
+    bert_config = path / "sentence_bert_config.json"
+    if not bert_config.exists() or not json.loads(bert_config.read_text()).get("do_lower_case"):
+        return
+    if tokenizer("Label Noise")["input_ids"] != tokenizer("label noise")["input_ids"]:
+        raise ValueError(
+            f"{path}: do_lower_case=true in sentence_bert_config.json (sentence-transformers lowercases the texts) "
+            "with a tokenizer that keeps case is not supported; loading would give other embeddings"
+        )
+
+
 def _config_from_sentence_transformers(path: Path) -> dict[str, Any]:
     """Pooling, normalization, prefixes and max length of a sentence-transformers folder (empty if it is not one).
 
@@ -216,6 +229,8 @@ class BiEncoder(nn.Module):
         else:
             query_folder = document_folder = folder
         tokenizer = AutoTokenizer.from_pretrained(str(query_folder), trust_remote_code=trust_remote_code)
+        if not (folder / CONFIG_NAME).exists():
+            _check_lower_case(folder, tokenizer)
         query_encoder = _load_tower(query_folder, trust_remote_code, torch_dtype, config.base_model)
         document_encoder = None
         if config.separate_towers:
