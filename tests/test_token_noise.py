@@ -360,6 +360,53 @@ def test_collator_noise_is_deterministic_in_seed_epoch_and_query_ids(tokenizer):
     assert not torch.equal(noisy_queries(rows=[{**row, "query_id": row["query_id"] + "x"} for row in ROWS]), first)
 
 
+class _WithoutOffsets:
+    """A tokenizer that gives no offsets (as a slow, pure-Python one)."""
+
+    is_fast = False
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __call__(self, *args, return_offsets_mapping=False, **kwargs):
+        assert not return_offsets_mapping, "offsets asked of a tokenizer without them"
+        return self.inner(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_prefix_tokens_are_left_alone(tiny_model_path, fast):
+    """A query/document prefix is an instruction, not text: mask noise with p = 1 masks every token of the text and
+    none of the prefix's (found by offsets with a fast tokenizer, by count with a slow one)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    if not fast:
+        tokenizer = _WithoutOffsets(tokenizer)
+    noisy = RetrievalCollator(
+        tokenizer, CORPUS, group_size=3, query_prefix="query: ", student_noise={"kind": "mask", "p": 1.0}
+    )(ROWS)["query"]
+    clean = RetrievalCollator(tokenizer, CORPUS, group_size=3, query_prefix="query: ")(ROWS)["query"]
+    assert set(noisy) == set(clean)  # no offsets or special_tokens_mask reach the model
+    prefix = tokenizer("query: ", add_special_tokens=False)["input_ids"]
+    assert len(prefix) == 2
+    for ids, clean_ids, mask in zip(noisy["input_ids"], clean["input_ids"], clean["attention_mask"]):
+        length = int(mask.sum())
+        text_length = length - 2 - len(prefix)  # [CLS] prefix text [SEP]
+        expected = [tokenizer.cls_token_id, *prefix, *[tokenizer.mask_token_id] * text_length, tokenizer.sep_token_id]
+        assert ids[:length].tolist() == expected and clean_ids[1:3].tolist() == prefix
+    documents = RetrievalCollator(
+        tokenizer, CORPUS, group_size=3, query_prefix="query: ", student_noise={"kind": "mask", "p": 1.0}
+    )(ROWS)["document"]
+    real = documents["attention_mask"].bool() & ~torch.isin(
+        documents["input_ids"], torch.tensor(tokenizer.all_special_ids)
+    )
+    assert not real.any()  # no document prefix: every text token of the documents is masked
+
+
 def test_collator_without_noise_asks_for_no_special_tokens_mask(tokenizer):
     collator = RetrievalCollator(tokenizer, CORPUS, group_size=3)
     assert collator.student_noise is None

@@ -183,17 +183,30 @@ class RetrievalCollator:
 
     def _tokenize(self, texts: list[str], prefix: str, max_length: int) -> dict[str, torch.Tensor]:
         texts = [prefix + t for t in texts] if prefix else texts
-        return dict(
+        noisy = self.student_noise is not None
+        offsets = noisy and bool(prefix) and getattr(self.tokenizer, "is_fast", False)
+        encoded = dict(
             self.tokenizer(
                 texts,
                 padding=True,
                 truncation=True,
                 max_length=max_length,
                 pad_to_multiple_of=self.pad_to_multiple_of,
-                return_special_tokens_mask=self.student_noise is not None,
+                return_special_tokens_mask=noisy,
+                return_offsets_mapping=offsets,
                 return_tensors="pt",
             )
         )
+        if noisy and prefix:  # the prefix is an instruction, not text: the noise leaves its tokens alone
+            special = encoded["special_tokens_mask"].bool()
+            if offsets:  # tokens that start inside the prefix
+                in_prefix = encoded.pop("offset_mapping")[..., 0] < len(prefix)
+            else:  # a slow tokenizer: the first tokens, as many as the prefix alone has
+                length = len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+                content = encoded["attention_mask"].bool() & ~special
+                in_prefix = content & (content.long().cumsum(1) <= length)
+            encoded["special_tokens_mask"] = (special | in_prefix).long()
+        return encoded
 
     def _add_noise(
         self, encoded: dict[str, torch.Tensor], rows: Sequence[Mapping[str, Any]], stream: str

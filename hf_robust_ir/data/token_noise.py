@@ -4,7 +4,8 @@ The student sees perturbed inputs while its targets (labels, teacher scores, a g
 text, which regularizes it against the teacher's mistakes. Noise is applied to tokenized batches and touches only
 *eligible* positions: real tokens (``attention_mask = 1``) that are not special, i.e. neither marked in
 ``special_tokens_mask`` nor one of ``tokenizer.all_special_ids`` (so ``[CLS]``, ``[SEP]``, padding, and a literal
-``[MASK]`` or ``[UNK]`` in the text never move, change or disappear). Each eligible token is hit independently with
+``[MASK]`` or ``[UNK]`` in the text never move, change or disappear); the collator marks a query or document prefix
+(``"query: "``, an instruction rather than text) as fixed too. Each eligible token is hit independently with
 probability ``p``:
 
 - ``shuffle``: the hit tokens (a Binomial(n, p) subset of a row's n eligible tokens) are permuted at random among
