@@ -65,6 +65,14 @@ def test_tokens_outside_the_queries_are_hashed():
     score = crowded.encode_queries(["bird"]) @ crowded.encode_documents(["fish"]).T
     assert score[0, 0] == pytest.approx(1 / (1 + 1.5 * (0.25 + 0.75 / 2)))
     assert exact.dimensions == 2 + 2**12 and hashed.dimensions == 2**20
+    # tokens sharing a bucket do not add up: "cat dog" (d0's tokens, both in the one bucket) is worth what its larger
+    # part is, cat's 2 / (2 + norm) = 0.49 (a sum gives 0.82), so the score stays under 1 (a sum gives 1.68 for the
+    # 40 distinct tokens below)
+    norm_d0 = 1.5 * (0.25 + 0.75 * 3 / 2)
+    score = crowded.encode_queries(["fish"]) @ crowded.encode_documents(["cat dog cat"]).T
+    assert score[0, 0] == pytest.approx(2 / (2 + norm_d0))
+    many = " ".join(f"word{i}" for i in range(40))
+    assert (crowded.encode_queries(["fish"]) @ crowded.encode_documents([many]).T).max() < 1.0
 
 
 def test_a_query_of_stop_words_has_no_lexical_evidence_and_bad_settings_are_refused():

@@ -17,7 +17,8 @@ uses (``q·d`` over the batch, all-gathered across processes like dense embeddin
 so ``u·v`` is Lucene's BM25 (the variant ``bm25s`` computes by default) divided by the largest BM25 the query could
 reach, in [0, 1]. ``h`` gives each token of the ``queries`` the encoder is built with (the training queries) a column
 of its own, so their scores are exact; any other token is hashed into ``hashed_dimensions`` shared buckets, where a
-query token meets one of a passage's ~100 other tokens about 100 / hashed_dimensions of the time (a spurious match).
+query token meets one of a passage's ~100 other tokens about 100 / hashed_dimensions of the time (a spurious match;
+a bucket holds the largest term part of the passage's tokens in it, so the score stays in [0, 1]).
 ``idf(t) = ln(1 + (N − df + 0.5) / (df + 0.5))`` and ``avgdl`` come from the corpus. Tokenization (lower case,
 English stop words, Snowball stemming) is ``bm25s``'s.
 """
@@ -128,7 +129,10 @@ class LexicalEncoder:
         for row, tokens in enumerate(self.tokenize(texts)):
             norm = self.k1 * (1.0 - self.b + self.b * len(tokens) / self.average_length)
             for token, tf in Counter(tokens).items():
-                vectors[row, self.bucket(token)] += tf / (tf + norm)
+                # max, not sum: tokens sharing a hashed bucket must not add up past what one token reaches (< 1),
+                # which kept the score in [0, 1]; an exact column holds one token, so max is its value
+                column = self.bucket(token)
+                vectors[row, column] = max(vectors[row, column], tf / (tf + norm))
         return vectors
 
 
