@@ -54,6 +54,15 @@ def test_groups_pairs_and_matrices(reranker_path):
     assert first.startswith("query q2") and "passage 5" in first
 
 
+def test_a_document_listed_twice_takes_its_largest_label_and_teacher_score(reranker_path):
+    """As in the bi-encoder's target matrix: listed as a negative and again as a positive, it is a positive."""
+    tokenizer = AutoTokenizer.from_pretrained(reranker_path)
+    rows = [_row("q1", ["d1", "d2", "d1"], [0, 0, 1], teacher=[float("nan"), 1.0, 3.0])]
+    batch = RerankerCollator(tokenizer, CORPUS, group_size=3, max_length=32)(rows)
+    assert batch["doc_ids"] == [["d1", "d2"]]  # the positive first, scored once
+    assert batch["labels"].tolist() == [[1.0, 0.0]] and batch["teacher"].tolist() == [[3.0, 1.0]]
+
+
 def test_trainer_loss_is_the_contract_loss_over_group_scores(tmp_path, reranker_path):
     model = CrossEncoder.from_pretrained(reranker_path)
     rows = [_row("q1", ["d1", "d2", "d3"], [1, 0, 0]), _row("q2", ["d4", "d5"], [1, 0])]

@@ -8,6 +8,7 @@ at ``pair_rows`` / ``pair_cols``, so any loss under the loss contract trains a r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -79,10 +80,15 @@ class RerankerCollator(RetrievalCollator):
         mask = torch.zeros(len(rows), width, dtype=torch.bool)
         teacher = torch.full((len(rows), width), float("nan"))
         for i, (row, group) in enumerate(zip(rows, groups)):
-            labels[i, : len(group)] = torch.tensor([float(row["labels"][j]) for j in group])
-            mask[i, : len(group)] = True
+            # a document listed more than once takes its largest label (and teacher score), as in the bi-encoder's
+            # target matrix: one listed as a negative and again as a positive is a positive
+            best_label, best_teacher = _largest_per_document(row["doc_ids"], row["labels"]), {}
             if len(row.get("teacher_scores") or []):
-                teacher[i, : len(group)] = torch.tensor([float(row["teacher_scores"][j]) for j in group])
+                best_teacher = _largest_per_document(row["doc_ids"], row["teacher_scores"])
+            labels[i, : len(group)] = torch.tensor([best_label[row["doc_ids"][j]] for j in group])
+            mask[i, : len(group)] = True
+            if best_teacher:
+                teacher[i, : len(group)] = torch.tensor([best_teacher[row["doc_ids"][j]] for j in group])
         pairs = self.tokenizer(
             queries,
             documents,
@@ -101,3 +107,14 @@ class RerankerCollator(RetrievalCollator):
             "teacher": teacher,
             "doc_ids": [[row["doc_ids"][j] for j in group] for row, group in zip(rows, groups)],
         }
+
+
+def _largest_per_document(doc_ids: Sequence[str], values: Sequence[float]) -> dict[str, float]:
+    """Each document's largest value over its listings in a row (NaN, an unknown teacher score, counts as lowest)."""
+    largest: dict[str, float] = {}
+    for doc_id, value in zip(doc_ids, values):
+        value = float(value)
+        held = largest.get(doc_id)
+        if held is None or value > held or (math.isnan(held) and not math.isnan(value)):
+            largest[doc_id] = value
+    return largest
