@@ -84,6 +84,16 @@ def test_two_processes_match_one_process(tmp_path, no_dropout_model_path, tiny_m
     loss.backward()
     reference = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     logged = LossScheduleCallback(loss_module).log_values()
+    if loss_name.startswith("guide_masked"):
+        # the two processes compute the embeddings in other batch shapes (differences of ~1e-7): no mask or
+        # plausible-set decision of this batch may lie that close to its threshold, or the comparison is a coin toss
+        for shift in (-1e-4, 1e-4):
+            shifted = {**kwargs, "margin": kwargs["margin"] + shift}
+            if "inner_kwargs" in kwargs:
+                shifted["inner_kwargs"] = {"margin": shift}
+            other = GuideMaskedLoss(**shifted)
+            loss_from_embeddings(other, model.similarity, queries.detach(), documents.detach(), batch)
+            assert LossScheduleCallback(other).log_values() == pytest.approx(logged, abs=1e-9), shift
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
