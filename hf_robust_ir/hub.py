@@ -498,6 +498,16 @@ def usage_snippets(info: ModelCardInfo) -> str:
     )
 
 
+def _schedules(schedule: dict[str, Any] | None) -> bool:
+    """Whether a loss schedule's config changes anything during training (a constant one, without a confidence
+    warm-up, leaves the loss as its config says)."""
+    if not schedule:
+        return False
+    return bool(schedule.get("confidence_warmup_steps")) or (
+        schedule.get("parameter") is not None and schedule.get("schedule") != "constant"
+    )
+
+
 def _citations(info: ModelCardInfo) -> list[str]:
     citations = list(info.citations)
     if info.relabel_summary:
@@ -559,7 +569,7 @@ def build_model_card(info: ModelCardInfo, template_path: str | os.PathLike | Non
         datasets_table=_datasets_table(info),
         loss_name=loss_name,
         loss_table=_key_value_table(loss, "setting") if loss else "",
-        loss_schedule_table=_key_value_table(info.loss_schedule, "setting") if info.loss_schedule else "",
+        loss_schedule_table=_key_value_table(info.loss_schedule, "setting") if _schedules(info.loss_schedule) else "",
         relabel_text=_relabel_text(info.relabel_summary) if info.relabel_summary else "",
         noise_table=_noise_table(info.noise_results) if info.noise_results else "",
         hyperparameters_table=_key_value_table(info.hyperparameters, "hyperparameter") if info.hyperparameters else "",

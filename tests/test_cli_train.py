@@ -56,6 +56,14 @@ def test_train_command_runs_and_reports_before_and_after(recipe, tmp_path, capsy
     from hf_robust_ir.modeling import BiEncoder
 
     BiEncoder.from_pretrained(tmp_path / "run")
+    # the card in the output folder reports what the saved weights scored after training
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "run" / "README.md")
+    reported = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert reported["ndcg_at_10"] == pytest.approx(results["after"]["after_ndcg@10"])
+    assert card.data.eval_results[0].dataset_name == "scifact-slice0-test"
+    assert "Schedule of the loss" not in str(card)  # InfoNCE, nothing scheduled: no empty schedule table
 
 
 def test_unknown_recipe_key_is_an_error(recipe, capsys):

@@ -126,6 +126,17 @@ def test_noise_handling_hyperparameters_and_citations(tmp_path):
     assert citations.count("```bibtex") == 2
 
 
+def test_the_schedule_table_appears_only_when_the_schedule_changes_the_loss():
+    constant = {"parameter": None, "schedule": "constant", "start": None, "end": None, "schedule_steps": None,
+                "confidence_warmup_steps": 0}  # fmt: skip
+    linear = {**constant, "parameter": "alpha", "schedule": "linear", "start": 0.2, "end": 0.0}
+    warm_up = {**constant, "parameter": "alpha", "start": 0.1, "end": 0.1, "confidence_warmup_steps": 50}
+    for schedule, shown in ((None, False), (constant, False), (linear, True), (warm_up, True)):
+        text = str(hub.build_model_card(_info(loss_schedule=schedule)))
+        assert ("Schedule of the loss during training" in text) == shown, schedule
+    assert "| `schedule` | linear |" in str(hub.build_model_card(_info(loss_schedule=linear)))
+
+
 def test_a_run_without_extras_says_so():
     text = str(hub.build_model_card(hub.ModelCardInfo(model_name="plain")))
     assert "no relabeling" in text and "no label-noise benchmark results" in text

@@ -342,6 +342,10 @@ def run(args: argparse.Namespace) -> int:
     if evaluator is not None:
         results["after"] = trainer.evaluate(metric_key_prefix="after")
     trainer.save_model(training_args.output_dir)
+    if evaluator is not None and trainer.model_card is not None:  # the card reports what the saved weights scored
+        scored = {f"eval_{name.removeprefix('after_')}": value for name, value in results["after"].items()}
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        trainer.model_card.write(training_args.output_dir, training_args, trainer.state, scored, model=model)
     if is_main:
         Path(training_args.output_dir, "results.json").write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results))
