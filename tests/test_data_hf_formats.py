@@ -366,3 +366,38 @@ def test_jsonl_scan_finds_first_type_change(tmp_path):
     rows = [{"query": "q1", "pos": ["a"]}, {"query": "q2", "pos": None}, {"query": "q3", "pos": "a"}]
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
     assert _diagnose_json_lines(path) == (3, "pos", "a string here but a list on line 1")
+
+
+def test_canonical_null_teacher_scores_load_as_nan(tmp_path):
+    # a NaN teacher score ("none", e.g. a uniform swap's new passage) is written to JSON lines as null
+    clean = datasets.Dataset.from_dict(
+        {"query_id": ["q"], "query": ["q"], "doc_ids": [["d", "e"]], "labels": [[1.0, 0.0]],
+         "teacher_scores": [[float("nan"), 0.5]], "label_source": [["noise", "mined"]]},
+        features=ROW_FEATURES,
+    )  # fmt: skip
+    clean.to_json(str(tmp_path / "rows.jsonl"), lines=True)
+    teacher = load_training_data(tmp_path / "rows.jsonl", corpus={"d": "a", "e": "b"}).rows[0]["teacher_scores"]
+    assert teacher[0] != teacher[0] and teacher[1] == 0.5  # NaN, the collator's "no teacher score"
+
+
+def test_canonical_doc_ids_must_be_strings(tmp_path):
+    path = write_jsonl(
+        tmp_path / "rows.jsonl", [{"query_id": "q1", "query": "q", "doc_ids": [11, 12], "labels": [1, 0]}]
+    )
+    with pytest.raises(DataFormatError, match="doc ids must be strings, got 11 at position 0") as exc:
+        load_training_data(path, corpus={"11": "a", "12": "b"})
+    assert_error(exc, str(path), 1, "doc_ids")
+
+
+def test_dataset_dict_contributes_the_requested_split(tmp_path):
+    splits = datasets.DatasetDict(
+        {name: datasets.Dataset.from_dict({"anchor": [f"q {name}"], "positive": ["p"]}) for name in ("train", "dev")}
+    )
+    assert load_training_data(splits).rows["query"] == ["q train"]
+    assert load_training_data(splits, split="dev").rows["query"] == ["q dev"]
+    splits.save_to_disk(str(tmp_path / "saved"))
+    assert load_training_data(tmp_path / "saved", split="dev").rows["query"] == ["q dev"]
+    with pytest.raises(ValueError, match=r"no split 'test'.*\['train', 'dev'\]"):
+        load_training_data(splits, split="test")
+    only = datasets.DatasetDict({"validation": splits["dev"]})
+    assert load_training_data(only).rows["query"] == ["q dev"]  # the only split

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -285,12 +286,19 @@ def _from_canonical(ds: datasets.Dataset, corpus: dict[str, str], source: str) -
         qid = _text(values["query_id"], source, row, "query_id", "query id")
         query = _text(values["query"], source, row, "query", "query")
         doc_ids = _list(values["doc_ids"], source, row, "doc_ids")
+        for position, doc_id in enumerate(doc_ids):
+            if not isinstance(doc_id, str):
+                problem = f"doc ids must be strings, got {doc_id!r} at position {position}"
+                raise DataFormatError(source, row + 1, "doc_ids", problem)
         checks = {name: _list(values.get(name) or [], source, row, name) for name in ROW_FEATURES if name[0] in "lt"}
         check_candidate_lists({"doc_ids": doc_ids, **checks}, source, row + 1, fields=tuple(checks))
-        for position, label in enumerate(checks["labels"]):
-            if isinstance(label, bool) or not isinstance(label, (int, float)):
-                problem = f"labels must be numbers, got {label!r} at position {position}"
-                raise DataFormatError(source, row + 1, "labels", problem)
+        # a missing teacher score (NaN) is written to JSON as null: read it back as NaN
+        checks["teacher_scores"] = [math.nan if score is None else score for score in checks["teacher_scores"]]
+        for name in ("labels", "teacher_scores"):
+            for position, value in enumerate(checks[name]):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    problem = f"{name} must be numbers, got {value!r} at position {position}"
+                    raise DataFormatError(source, row + 1, name, problem)
         missing = [d for d in doc_ids if d not in corpus]
         if missing:
             raise DataFormatError(source, row + 1, "doc_ids", f"ids not in the corpus: {missing[:5]}")
@@ -378,13 +386,13 @@ def _load_local(path: Path) -> datasets.Dataset | datasets.DatasetDict:
         raise DataFormatError(str(path), line, field, problem if line is not None else f"{problem}: {exc}") from exc
 
 
-def _single_split(ds: datasets.Dataset | datasets.DatasetDict, source: str) -> datasets.Dataset:
+def _single_split(ds: datasets.Dataset | datasets.DatasetDict, source: str, split: str) -> datasets.Dataset:
     if isinstance(ds, datasets.DatasetDict):
-        if "train" in ds:
-            return ds["train"]
+        if split in ds:
+            return ds[split]
         if len(ds) == 1:
             return next(iter(ds.values()))
-        raise ValueError(f"{source}: a DatasetDict with splits {list(ds)}; pass one split")
+        raise ValueError(f"{source}: a DatasetDict with no split {split!r}; its splits are {list(ds)}")
     return ds
 
 
@@ -399,7 +407,7 @@ def load_training_data(
     or a BEIR folder (``load_beir(split=split)`` + :func:`rows_from_qrels`).
 
     ``format`` is one of :data:`FORMATS`; ``"auto"`` detects the shape by its columns. Canonical rows need their
-    ``corpus`` (``doc_id -> text``). A ``DatasetDict`` contributes its ``train`` split (or its only split).
+    ``corpus`` (``doc_id -> text``). A ``DatasetDict`` contributes its ``split`` split (or its only split).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {FORMATS}")
@@ -415,7 +423,7 @@ def load_training_data(
         ds, source = _load_local(path), str(path)
     if format == "beir":
         raise ValueError("format='beir' needs a BEIR folder path")
-    ds = _single_split(ds, source or "dataset")
+    ds = _single_split(ds, source or "dataset", split)
     source = _source_name(ds, source)
     shape = detect_format(ds) if format == "auto" else format
     if shape == "canonical":
