@@ -109,6 +109,15 @@ def test_sentence_transformers_wrong_column_type():
     assert_error(exc, "my.parquet", 1, "negative_1")
 
 
+def test_sentence_transformers_id_columns_are_not_read_as_negative_passages():
+    ds = datasets.Dataset.from_dict({"query_id": ["q1"], "query": ["what"], "positive": ["this"], "negative": ["that"]})
+    assert detect_format(ds) == "sentence-transformers"
+    with pytest.raises(DataFormatError, match=r"an id column is not a passage.*remove_columns\(\['query_id'\]\)"):
+        load_training_data(ds)
+    data = load_training_data(ds.remove_columns(["query_id"]))
+    assert data.rows.to_list() == [row("what", [C("this"), C("that")], [1.0, 0.0])]
+
+
 def test_sentence_transformers_empty_text():
     ds = datasets.Dataset.from_dict({"anchor": ["q1", "q2"], "positive": ["p", " "]})
     with pytest.raises(DataFormatError, match="empty text") as exc:

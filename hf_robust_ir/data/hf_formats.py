@@ -172,6 +172,13 @@ def _sentence_transformers_columns(ds: datasets.Dataset, source: str) -> tuple[s
     rest = [c for c in columns if c != query]
     positive = "positive" if "positive" in rest else rest[0]
     rest = [c for c in rest if c != positive]
+    ids = [c for c in rest if c == "id" or c.endswith("_id")]
+    if ids:  # every other column is read as a negative passage: an id there would be trained on as text
+        problem = (
+            "an id column is not a passage (every column after the query and the positive is a negative text); "
+            f"drop it with dataset.remove_columns({ids})"
+        )
+        raise DataFormatError(source, None, ids[0], problem)
     numbered = sorted((c for c in rest if c.startswith("negative_") and c[9:].isdigit()), key=lambda c: int(c[9:]))
     negatives = (["negative"] if "negative" in rest else []) + numbered
     negatives += [c for c in rest if c not in negatives]
@@ -181,7 +188,8 @@ def _sentence_transformers_columns(ds: datasets.Dataset, source: str) -> tuple[s
 def from_sentence_transformers(ds: datasets.Dataset, source: str = "dataset") -> TrainingData:
     """Convert a sentence-transformers (anchor, positive[, negatives...]) text dataset.
 
-    Every column after the query and the positive is a negative, so the dataset must hold text columns only. Labels
+    Every column after the query and the positive is a negative, so the dataset must hold text columns only (an id
+    column, ``id`` or ``*_id``, is refused with the call that drops it). Labels
     are 1.0 / 0.0 with source ``"dataset"``; ``query_id`` is the query's :func:`content_id`; rows with the same anchor
     are merged into one row.
     """
