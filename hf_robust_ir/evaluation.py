@@ -283,8 +283,9 @@ def _integer_grade(query_id: str, doc_id: str, grade: float) -> int:
 
 
 def _ranked(docs: Mapping[str, float]) -> list[tuple[str, float]]:
-    # trec_eval's order: score descending, ties broken by document id descending
-    return sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)
+    # trec_eval's order: score descending, ties broken by document id descending; trec_eval holds scores as float32,
+    # so scores that differ only below float32 precision tie
+    return sorted(docs.items(), key=lambda item: (float(np.float32(item[1])), item[0]), reverse=True)
 
 
 def per_query_scores(

@@ -172,7 +172,9 @@ def mine_hard_negatives(
         )
     unkept = sorted(positive_ids - index.kept_embeddings.keys())
     if unkept:  # a shared index may not hold the positives' embeddings: encode just those
-        vectors = model.encode_documents([data.corpus[d] for d in unkept], batch_size=batch_size, bf16=bf16)
+        vectors = model.encode_documents(
+            [data.corpus[d] for d in unkept], batch_size=batch_size, bf16=bf16, show_progress_bar=show_progress_bar
+        )
         index.kept_embeddings.update(zip(unkept, np.asarray(vectors, dtype=np.float32)))
     stats = stats if stats is not None else MiningStats()
     query_ids = list(positives)

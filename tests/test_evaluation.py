@@ -276,3 +276,13 @@ def test_eval_command_prints_one_json_object(tmp_path, tiny_model_path, capsys):
     missing = parser.parse_args(["--model", tiny_model_path, "--data", str(tmp_path / "nope")])
     assert eval_command.run(missing) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_mrr_cut_ranks_at_trec_eval_float32_precision():
+    # trec_eval keeps scores as float32: 0.3 + 1e-11 and 0.3 tie there, so the larger id "b" is rank 1, as nDCG@1 says
+    qrels = {"q": {"a": 1}}
+    run = {"q": {"a": 0.30000000001, "b": 0.3}}
+    metrics = score_run(qrels, run, ndcg_at=(1,), mrr_at=(1, 2))
+    assert metrics["ndcg@1"] == 0.0
+    assert metrics["mrr@1"] == 0.0
+    assert metrics["mrr@2"] == 0.5

@@ -181,3 +181,22 @@ def test_a_shared_index_gives_the_same_rows_without_encoding_the_corpus_again(da
     # only the 3 positives were encoded again, not the corpus
     assert sum(encoder.document_calls[calls_after_indexing:]) == 3
     assert shared.to_list() == mine(data).to_list()
+
+
+def test_positives_encoded_for_a_shared_index_show_the_progress_bar_asked_for(data):
+    from hf_robust_ir.evaluation import DocumentIndex
+
+    class ProgressRecordingEncoder(VectorEncoder):
+        def __init__(self):
+            super().__init__()
+            self.document_progress: list[bool] = []
+
+        def encode_documents(self, texts, batch_size=32, bf16=False, show_progress_bar=False):
+            self.document_progress.append(show_progress_bar)
+            return super().encode_documents(texts)
+
+    encoder = ProgressRecordingEncoder()
+    index = DocumentIndex.from_corpus(encoder, data.corpus, show_progress_bar=False)  # keeps no positive embeddings
+    mine_hard_negatives(encoder, data, num_negatives=3, show_progress_bar=True, index=index)
+    assert encoder.document_calls[-1] == 3  # the positives
+    assert encoder.document_progress[-1] is True
