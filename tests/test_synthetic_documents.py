@@ -244,3 +244,18 @@ def test_graded_rows_train_a_retriever_with_a_listwise_loss(tiny_model_path, tmp
         result = trainer.train()
         assert math.isfinite(result.training_loss)
         assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ('"Label noise" is also called "noisy labels"', '"Label noise" is also called "noisy labels"'),
+        ("\u201cNoise\u201d or \u201cerrors\u201d", "\u201cNoise\u201d or \u201cerrors\u201d"),
+        ("'Label noise isn't rare.'", "Label noise isn't rare."),
+        ("```Label noise is common.```", "Label noise is common."),
+        ("Passage 2: Label noise is common.", "Label noise is common."),
+        ("**Passage 1 of 2:** Label noise is common.", "Label noise is common."),
+    ],
+)
+def test_parse_generated_document_keeps_inner_quotes_and_strips_numbered_labels(answer, expected):
+    assert parse_generated_document(answer) == expected

@@ -70,11 +70,10 @@ def test_span_mode_windows_and_bounds():
         assert 5 <= n <= 12
         start = words.index(query.split()[0])
         assert query == " ".join(words[start : start + n])
-    # a document shorter than max_words gives windows of at most its length
+    # a document shorter than max_words gives windows shorter than it
     assert ExtractiveQueryGenerator("span", min_words=2, max_words=50).generate(["one two three"], 1)[0][0] in {
         "one two",
         "two three",
-        "one two three",
     }
 
 
@@ -340,3 +339,40 @@ def test_train_query_generator_causal_writes_its_prompt(tokenizer, tmp_path):
     assert len(generator.generate(["cats sleep"], 1)) == 1
     with pytest.raises(ValueError, match="document"):
         HFQueryGenerator(out, prompt="no placeholder")
+
+
+def test_extractive_never_returns_the_whole_document():
+    one_sentence = "Label noise hurts dense retrievers trained with contrastive losses."
+    assert ExtractiveQueryGenerator().generate([one_sentence, "  " + one_sentence.replace(" ", "  ")], 3) == [[], []]
+    for seed in range(10):
+        queries = ExtractiveQueryGenerator("span", min_words=2, max_words=50, seed=seed).generate(["one two three"], 5)
+        assert queries[0] and set(queries[0]) <= {"one two", "two three"}
+    # a document of min_words words has no shorter window
+    assert ExtractiveQueryGenerator("span", min_words=3).generate(["one two three"], 2) == [[]]
+
+
+def test_sentence_mode_repeated_sentences_count_once():
+    doc = "Click here to read more about it. " * 2 + "Cats sleep most of the day. Dogs bark at the mail carrier."
+    for seed in range(6):
+        (queries,) = ExtractiveQueryGenerator(seed=seed).generate([doc], 2)
+        assert len(queries) == 2
+
+
+def test_hf_generator_drops_a_query_that_copies_the_document(tokenizer, monkeypatch):
+    model = tiny_llama(tokenizer)
+    copy = tokenizer("dogs bark", add_special_tokens=False)["input_ids"]
+
+    def scripted(input_ids, attention_mask, num_return_sequences, **kwargs):
+        prompts = input_ids.repeat_interleave(num_return_sequences, dim=0)
+        new = [copy, [tokenizer.convert_tokens_to_ids("cats")] * len(copy)]
+        return torch.cat([prompts, torch.tensor(new * len(input_ids))], dim=1)
+
+    monkeypatch.setattr(model, "generate", scripted)
+    generator = HFQueryGenerator.from_model(model, tokenizer, max_new_tokens=2)
+    assert generator.generate(["dogs bark"], 2) == [["cats cats"]]
+
+
+def test_synthetic_query_rows_repeated_doc_ids_get_one_set_of_queries():
+    corpus = {"d1": "Cats sleep most of the day. Dogs bark at the mail carrier every morning."}
+    rows = synthetic_query_rows(corpus, ExtractiveQueryGenerator(), doc_ids=["d1", "d1"], show_progress=False)
+    assert [row["query_id"] for row in rows] == ["synthetic:d1:0"]

@@ -44,8 +44,10 @@ GRADED_DOCUMENT_SYSTEM = (
     "quotes or explanation."
 )
 
-_FENCE = re.compile(r"\A```[^\n`]*\n?(.*?)\n?```\Z", re.DOTALL)
-_LABEL = re.compile(r"\A(?:\*\*)?(?:passage|document)(?:\*\*)?\s*:(?:\*\*)?\s*", re.IGNORECASE)
+_FENCE = re.compile(r"\A```(?:[^\n`]*\n)?(.*?)\n?```\Z", re.DOTALL)
+_LABEL = re.compile(
+    r"\A(?:\*\*)?(?:passage|document)(?:\s*\d+(?:\s+of\s+\d+)?)?(?:\*\*)?\s*:(?:\*\*)?\s*", re.IGNORECASE
+)
 _QUOTES = (('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019"))
 
 
@@ -70,7 +72,8 @@ def parse_generated_document(text: str | None) -> str | None:
     """The passage in a model's answer, or ``None`` when there is none.
 
     Strips whitespace, a surrounding code fence, a leading ``Passage:`` / ``Document:`` label (any case, optionally in
-    bold) and one pair of surrounding quotes.
+    bold, numbered as in ``Passage 2:`` or ``Passage 1 of 2:``) and one pair of quotes around the whole passage (kept
+    when another quotation opens inside, as in ``"noise" or "errors"``).
     """
     if text is None:
         return None
@@ -81,7 +84,9 @@ def parse_generated_document(text: str | None) -> str | None:
     text = _LABEL.sub("", text, count=1).strip()
     for left, right in _QUOTES:
         if len(text) >= 2 and text.startswith(left) and text.endswith(right):
-            text = text[len(left) : -len(right)].strip()
+            inner = text[len(left) : -len(right)]
+            if left not in inner or left == "'":  # a second opening quote: two quotations (a ' may be an apostrophe)
+                text = inner.strip()
             break
     return text or None
 

@@ -43,12 +43,14 @@ def _stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
 
 
-def _unique(texts: Sequence[str]) -> list[str]:
-    """Stripped, non-empty texts in first-seen order, without repeats."""
+def _unique(texts: Sequence[str], document: str = "") -> list[str]:
+    """Stripped, non-empty texts in first-seen order, without repeats and without a copy of the whole ``document``
+    (whitespace collapsed): a query that is its own passage is a trivial positive."""
+    whole = " ".join(document.split())
     seen: dict[str, None] = {}
     for text in texts:
         text = text.strip()
-        if text and text not in seen:
+        if text and text not in seen and " ".join(text.split()) != whole:
             seen[text] = None
     return list(seen)
 
@@ -74,11 +76,11 @@ class ExtractiveQueryGenerator(QueryGenerator):
       Sentences with fewer than ``min_words`` words are skipped; a longer one than ``max_words`` is cropped to a
       random window of ``max_words`` words. The ``num_queries`` queries of a document are distinct sentences.
     - ``mode="span"``: a random window of ``L`` consecutive words, ``L`` uniform in ``[min_words, max_words]``
-      (at most the document's length): the pseudo-query of the inverse cloze task (Lee et al. 2019).
+      (shorter than the document): the pseudo-query of the inverse cloze task (Lee et al. 2019).
 
-    Words are whitespace-separated and joined by one space. Choices are drawn from a generator seeded by a stable hash
-    of ``(seed, document text, query index)``: the same document gets the same queries in every run and batch, and
-    asking for more queries keeps the first ones.
+    Words are whitespace-separated and joined by one space; a query is never the whole document. Choices are drawn
+    from a generator seeded by a stable hash of ``(seed, document text, query index)``: the same document gets the
+    same queries in every run and batch, and asking for more queries keeps the first ones.
     """
 
     def __init__(
@@ -100,7 +102,8 @@ class ExtractiveQueryGenerator(QueryGenerator):
         return " ".join(words[start : start + length])
 
     def _sentence_queries(self, document: str, num_queries: int) -> list[str]:
-        eligible = [words for words in (s.split() for s in self.sentences(document)) if len(words) >= self.min_words]
+        sentences = _unique([" ".join(s.split()) for s in self.sentences(document)])
+        eligible = [words for words in (s.split() for s in sentences) if len(words) >= self.min_words]
         order = random.Random(_stable_seed(self.seed, document, "order")).sample(range(len(eligible)), len(eligible))
         queries = []
         for k, i in enumerate(order[:num_queries]):
@@ -111,18 +114,21 @@ class ExtractiveQueryGenerator(QueryGenerator):
 
     def _span_queries(self, document: str, num_queries: int) -> list[str]:
         words = document.split()
-        if len(words) < self.min_words:
+        if len(words) <= self.min_words:
             return []
         queries = []
         for k in range(num_queries):
             rng = random.Random(_stable_seed(self.seed, document, k))
-            length = rng.randint(self.min_words, min(self.max_words, len(words)))
+            length = rng.randint(self.min_words, min(self.max_words, len(words) - 1))
             queries.append(self._window(words, length, rng))
         return queries
 
     def generate(self, documents: Sequence[str], num_queries: int = 1) -> list[list[str]]:
         make = self._sentence_queries if self.mode == "sentence" else self._span_queries
-        return [_unique(make(document or "", num_queries)) if num_queries > 0 else [] for document in documents]
+        return [
+            _unique(make(document or "", num_queries), document or "") if num_queries > 0 else []
+            for document in documents
+        ]
 
     def config(self) -> dict[str, Any]:
         return {
@@ -198,9 +204,10 @@ class HFQueryGenerator(QueryGenerator):
     ``architecture="auto"`` picks seq2seq when the model's config ``is_encoder_decoder``. The document is clipped so
     that the input fits ``max_input_length`` tokens. Each document gets ``num_queries`` sequences
     (``num_return_sequences``) of at most ``max_new_tokens`` tokens, sampled with ``top_k`` / ``top_p`` (with
-    ``do_sample=False``: beam search with ``num_queries`` beams); they are stripped, and empty or repeated ones
-    dropped. The random state is seeded with ``seed`` at the start of each :meth:`generate` call, inside a fork of the
-    global RNG (which is left as it was): the same documents in the same batches give the same queries.
+    ``do_sample=False``: beam search with ``num_queries`` beams); they are stripped, and empty or repeated ones, or a
+    copy of the whole document, dropped. The random state is seeded with ``seed`` at the start of each
+    :meth:`generate` call, inside a fork of the global RNG (which is left as it was): the same documents in the same
+    batches give the same queries.
 
     ``prompt`` / ``input_template`` / ``architecture`` default to the values :func:`train_query_generator` saved with
     the model (``query_generator.json``), else to :data:`DEFAULT_CAUSAL_PROMPT` / :data:`DEFAULT_SEQ2SEQ_TEMPLATE` /
@@ -318,7 +325,7 @@ class HFQueryGenerator(QueryGenerator):
                     generated = generated[:, inputs["input_ids"].shape[1] :]
                 texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
                 for j, i in enumerate(index):
-                    out[i] = _unique(texts[j * num_queries : (j + 1) * num_queries])
+                    out[i] = _unique(texts[j * num_queries : (j + 1) * num_queries], documents[i])
         return out
 
     def config(self) -> dict[str, Any]:
@@ -474,10 +481,10 @@ def synthetic_query_rows(
     Row ``k`` of document ``d`` (``k`` counting the queries the generator returned for ``d``) is
     ``{"query_id": "synthetic:d:k", "query": q, "doc_ids": [d], "labels": [1.0], "teacher_scores": [],
     "label_source": ["synthetic"]}``; hard negatives and teacher scores come later (the miner, a teacher). Documents
-    are those of ``doc_ids`` (default: the whole corpus, in its order). ``datasets.Dataset.from_list(rows,
+    are those of ``doc_ids``, each once (default: the whole corpus, in its order). ``datasets.Dataset.from_list(rows,
     features=ROW_FEATURES)`` makes them a dataset.
     """
-    ids = list(corpus) if doc_ids is None else list(doc_ids)
+    ids = list(corpus) if doc_ids is None else list(dict.fromkeys(doc_ids))
     missing = [doc_id for doc_id in ids if doc_id not in corpus]
     if missing:
         raise KeyError(f"{len(missing)} doc_ids are not in the corpus, e.g. {missing[0]!r}")
