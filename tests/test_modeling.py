@@ -260,3 +260,15 @@ def test_tower_arguments_must_agree(tiny_model_path):
         BiEncoder(model.query_encoder, model.tokenizer, BiEncoderConfig(separate_towers=True))
     with pytest.raises(ValueError, match="separate_towers"):
         BiEncoder(model.query_encoder, model.tokenizer, BiEncoderConfig(), document_encoder=model.query_encoder)
+
+
+def test_unknown_kind_error(tiny_model_path):
+    model = BiEncoder.from_pretrained(tiny_model_path, query_prefix="query: ")
+    # "queries" is not "query": it must not silently get the document prefix, length and tower
+    for call in (
+        lambda: model.encode(TEXTS, kind="queries"),
+        lambda: model.tokenize(TEXTS, "passage"),
+        lambda: model.embed(model.tokenize(TEXTS, "document"), "queries"),
+    ):
+        with pytest.raises(ValueError, match="kind"):
+            call()

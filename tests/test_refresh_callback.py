@@ -1,5 +1,7 @@
 """ANCE-style refresh: the collator gets negatives mined and scored by the current model; the trainer wires it."""
 
+from types import SimpleNamespace
+
 import datasets
 import numpy as np
 import pytest
@@ -114,3 +116,20 @@ def test_rows_of_the_same_query_keep_all_their_positives(tiny_model_path):
     labels = dict(zip(q0["doc_ids"], q0["labels"]))
     assert labels["d0"] == 1.0 and labels["d4"] == 1.0
     assert sum(label > 0 for label in q0["labels"]) == 2 and len(q0["doc_ids"]) == 6  # 2 positives + 4 negatives
+
+
+def test_every_process_that_saves_checkpoints_writes_the_refreshed_candidates(tiny_model_path, tmp_path):
+    """With ``save_on_each_node`` the first process of every node writes its node's checkpoint: the candidates must be
+    in it too, or that node resumes on the stale ones."""
+    collator = RetrievalCollator.for_model(_model(tiny_model_path), CORPUS, group_size=3)
+    callback = HardNegativeRefreshCallback(datasets.Dataset.from_list(ROWS), CORPUS, collator, every_steps=2)
+    collator.set_row_overrides({"q0": {"doc_ids": ["d0", "d4"], "labels": [1.0, 0.0], "teacher_scores": [0.5, 0.1]}})
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    node_one = SimpleNamespace(output_dir=str(tmp_path), should_save=True)  # local process 0 of the second node
+    callback.on_save(node_one, SimpleNamespace(global_step=2, is_world_process_zero=False), None)
+    assert (checkpoint / "hard_negative_refresh.json").is_file()
+    (checkpoint / "hard_negative_refresh.json").unlink()
+    other = SimpleNamespace(output_dir=str(tmp_path), should_save=False)
+    callback.on_save(other, SimpleNamespace(global_step=2, is_world_process_zero=False), None)
+    assert not (checkpoint / "hard_negative_refresh.json").exists()

@@ -70,7 +70,7 @@ class HardNegativeRefreshCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and folder.is_dir():
+        if args.should_save and folder.is_dir():  # every process that writes checkpoints (save_on_each_node)
             self.save(folder)
 
     def save(self, folder: str | Path) -> None:

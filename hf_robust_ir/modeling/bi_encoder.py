@@ -34,6 +34,7 @@ from .pooling import POOLING_MODES, SENTENCE_TRANSFORMERS_POOLING_FLAGS, pool, p
 
 CONFIG_NAME = "hf_robust_ir_config.json"
 QUERY_TOWER, DOCUMENT_TOWER = "query_encoder", "document_encoder"
+KINDS = ("query", "document")
 # the sentence-transformers modules a BiEncoder reproduces; any other (Dense, LayerNorm, ...) changes the vectors
 SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Normalize")
 
@@ -163,6 +164,12 @@ def _config_from_sentence_transformers(path: Path) -> dict[str, Any]:
         found["query_prefix"] = prompts.get("query", "")
         found["document_prefix"] = prompts.get("document", prompts.get("passage", ""))
     return found
+
+
+def _check_kind(kind: str) -> None:
+    """A ``ValueError`` for a kind other than "query" or "document" (a typo would get the document prefix and tower)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
 class BiEncoder(nn.Module):
@@ -317,6 +324,7 @@ class BiEncoder(nn.Module):
         return next(self.parameters()).device
 
     def tower(self, kind: str) -> nn.Module:
+        _check_kind(kind)
         if kind == "query" or not self.retrieval_config.separate_towers:
             return self.query_encoder
         return self.document_encoder
@@ -373,10 +381,12 @@ class BiEncoder(nn.Module):
 
     # ---------------------------------------------------------------- tokenization and encoding of raw texts
     def prefixed(self, texts: list[str], kind: str) -> list[str]:
+        _check_kind(kind)
         prefix = self.retrieval_config.query_prefix if kind == "query" else self.retrieval_config.document_prefix
         return [prefix + t for t in texts] if prefix else list(texts)
 
     def max_length(self, kind: str) -> int:
+        _check_kind(kind)
         config = self.retrieval_config
         return config.query_max_length if kind == "query" else config.document_max_length
 
