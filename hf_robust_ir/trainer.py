@@ -420,6 +420,13 @@ class RetrievalTrainer(Trainer):
             "guide_document_embeddings": torch.from_numpy(document_embeddings).to(device),
         }
 
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A batch built before the collator's candidates were refreshed is built again with them (the data loader
+        prepares the next batch ahead), so a refresh at step k trains from step k + 1 on, as a run resumed there."""
+        if hasattr(self.data_collator, "current"):
+            inputs = self.data_collator.current(dict(inputs))
+        return super()._prepare_inputs(inputs)
+
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "pairs" in inputs and self.guide_model is not None:

@@ -133,3 +133,43 @@ def test_every_process_that_saves_checkpoints_writes_the_refreshed_candidates(ti
     other = SimpleNamespace(output_dir=str(tmp_path), should_save=False)
     callback.on_save(other, SimpleNamespace(global_step=2, is_world_process_zero=False), None)
     assert not (checkpoint / "hard_negative_refresh.json").exists()
+
+
+def test_a_refresh_trains_from_the_next_step_even_on_a_batch_built_ahead(tiny_model_path, tmp_path):
+    """The data loader builds batch k + 1 before the refresh after step k; it is built again with the refreshed
+    candidates, so a run resumed from the checkpoint of a mid-epoch refresh step ends with the same weights."""
+    # original negatives d{t+1} (another topic): the refreshed lists differ from the original ones
+    rows = datasets.Dataset.from_list(
+        [{**row, "doc_ids": [row["doc_ids"][0], f"d{int(row['query_id'][1:]) + 1}"]} for row in ROWS]
+    )
+
+    def args(**overrides):  # 4 rows, batches of 1: the refresh at step 2 is mid-epoch
+        return _args(tmp_path, learning_rate=1e-3, max_steps=6, seed=3, per_device_train_batch_size=1, **overrides)
+
+    full = _model(tiny_model_path)
+    trainer = RetrievalTrainer(full, args(save_strategy="steps", save_steps=2), train_dataset=rows, corpus=CORPUS)
+    trained_on = []
+    original = trainer.compute_loss
+
+    def recording(model, inputs, **kwargs):
+        collator = trainer.data_collator
+        trained_on.append((collator.overrides_version, inputs["doc_ids"], dict(collator.row_overrides)))
+        return original(model, inputs, **kwargs)
+
+    trainer.compute_loss = recording
+    trainer.train()
+    # steps 3-6 train on the candidates of the refresh before them (at steps 2 and 4)
+    assert [version for version, _, _ in trained_on] == [0, 0, 1, 1, 2, 2]
+    for _, doc_ids, overrides in trained_on[2:]:
+        assert set(doc_ids) <= set(overrides[_query_of(doc_ids, rows)]["doc_ids"])
+
+    resumed = _model(tiny_model_path)
+    trainer = RetrievalTrainer(resumed, args(), train_dataset=rows, corpus=CORPUS)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    for name, value in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def _query_of(doc_ids, rows):
+    """The query whose positive (its first candidate) opens ``doc_ids``."""
+    return next(row["query_id"] for row in rows if row["doc_ids"][0] == doc_ids[0])

@@ -5,9 +5,10 @@ the corpus with the current model at intervals and mines new negatives from it. 
 does this inside ordinary training, without touching the dataset: it keeps each query's labeled positives, mines
 ``num_negatives`` new negatives from the current model's top ``range_max`` (skipping the first ``range_min``), scores
 every candidate with the current model (or a separate ``teacher``) as ``teacher_scores``, and hands the new
-candidate lists to the collator (:meth:`~hf_robust_ir.data.collator.RetrievalCollator.set_row_overrides`), which uses
-them from the next batch on. Under DDP every process encodes its share of the corpus and all of them get the same
-candidates. The collator must run in the training process (``dataloader_num_workers=0``), where the overrides are.
+candidate lists to the collator (:meth:`~hf_robust_ir.data.collator.RetrievalCollator.set_row_overrides`); they train
+from the next optimizer step on (the trainer builds a batch the data loader prepared ahead again with them). Under
+DDP every process encodes its share of the corpus and all of them get the same candidates. The collator must run in
+the training process (``dataloader_num_workers=0``), where the overrides are.
 Every checkpoint holds the candidates in use (``hard_negative_refresh.json``), and a run resumed from it trains on
 them until the next refresh, as the uninterrupted run does.
 """

@@ -132,6 +132,7 @@ class RetrievalCollator:
             self.student_noise.validate_tokenizer(tokenizer)
         self.epoch = 0
         self.row_overrides: dict[str, Mapping[str, Any]] = {}
+        self.overrides_version = 0  # how many times the overrides were set; a batch records the version it used
 
     @classmethod
     def for_model(cls, model: Any, corpus: Mapping[str, str], **kwargs: Any) -> RetrievalCollator:
@@ -158,9 +159,22 @@ class RetrievalCollator:
         self.epoch = int(epoch)
 
     def set_row_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> None:
-        """Replace the candidate lists of some queries from the next batch on: ``{query_id: {"doc_ids", "labels",
-        "teacher_scores", ...}}`` (see :class:`~hf_robust_ir.callbacks.HardNegativeRefreshCallback`)."""
+        """Replace the candidate lists of some queries: ``{query_id: {"doc_ids", "labels", "teacher_scores", ...}}``
+        (see :class:`~hf_robust_ir.callbacks.HardNegativeRefreshCallback`). Batches record the version of the
+        overrides they were built with and their source rows (``overrides_version``, ``source_rows``), so that a
+        batch the data loader built ahead of the change is built again (:meth:`current`) before it trains."""
         self.row_overrides = dict(overrides)
+        self.overrides_version += 1
+
+    def current(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` without its bookkeeping keys, built again from its rows when the overrides changed after it was
+        built (the data loader prepares the next batch before the current one trains)."""
+        version, rows = batch.pop("overrides_version", None), batch.pop("source_rows", None)
+        if version is None or version == self.overrides_version:
+            return batch
+        fresh = self(rows)
+        fresh.pop("overrides_version"), fresh.pop("source_rows")
+        return fresh
 
     def sample(self, row: Mapping[str, Any]) -> list[int]:
         """Indices into the row's candidate list: positives first, then negatives, without repeats.
@@ -230,6 +244,7 @@ class RetrievalCollator:
         return out
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        source_rows = list(rows)
         overrides = getattr(self, "row_overrides", None)
         if overrides:
             rows = [{**row, **overrides[row["query_id"]]} if row["query_id"] in overrides else row for row in rows]
@@ -278,4 +293,6 @@ class RetrievalCollator:
             "doc_ids": doc_ids,
             "query_texts": [row["query"] for row in rows],  # raw texts, for a guide model with its own tokenizer
             "document_texts": doc_texts,
+            "overrides_version": self.overrides_version,
+            "source_rows": source_rows,
         }
