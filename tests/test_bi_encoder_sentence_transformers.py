@@ -147,3 +147,29 @@ def test_card_usage_snippets_of_separate_towers_load_each_tower(tiny_model_path,
         np.testing.assert_allclose(np.asarray(scope["queries"]), queries, atol=1e-5)
         np.testing.assert_allclose(np.asarray(scope["documents"]), documents, atol=1e-5)
         np.testing.assert_allclose(np.asarray(scope["scores"]), queries @ documents.T, atol=1e-4)
+
+
+def test_folders_scored_by_cosine_without_a_normalize_module_load_normalized(tiny_model_path, tmp_path):
+    """sentence-transformers scores by cosine unless the folder says otherwise (older models such as paraphrase-*
+    have no Normalize module): the BiEncoder normalizes, so its q·d is sentence-transformers' similarity."""
+    texts, queries = ["label noise in retrieval", "hello world"], ["what is label noise?"]
+    cosine = _save_sentence_transformer(tmp_path / "cosine", tiny_model_path)
+    st = SentenceTransformer(str(cosine), device="cpu")
+    assert st.similarity_fn_name == "cosine"
+    model = BiEncoder.from_pretrained(cosine)
+    assert model.retrieval_config.normalize is True
+    np.testing.assert_allclose(
+        model.encode_queries(queries) @ model.encode_documents(texts).T,
+        np.asarray(st.similarity(st.encode(queries), st.encode(texts))),
+        atol=1e-5,
+    )
+    dot = _save_sentence_transformer(tmp_path / "dot", tiny_model_path)
+    settings = json.loads((dot / "config_sentence_transformers.json").read_text())
+    (dot / "config_sentence_transformers.json").write_text(json.dumps({**settings, "similarity_fn_name": "dot"}))
+    model = BiEncoder.from_pretrained(dot)
+    assert model.retrieval_config.normalize is False  # dot product of raw embeddings, as sentence-transformers
+    np.testing.assert_allclose(
+        model.encode_documents(texts), SentenceTransformer(str(dot), device="cpu").encode(texts), atol=1e-5
+    )
+    (dot / "config_sentence_transformers.json").unlink()  # saved before similarity_fn_name existed: cosine
+    assert BiEncoder.from_pretrained(dot).retrieval_config.normalize is True

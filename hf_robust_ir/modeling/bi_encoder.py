@@ -112,6 +112,16 @@ def _fit_max_lengths(config: BiEncoderConfig, encoder: nn.Module, tokenizer: Pre
     )
 
 
+def _scores_by_cosine(path: Path) -> bool:
+    """Whether sentence-transformers scores this folder's embeddings by cosine: its ``similarity_fn_name``, cosine
+    when unset (folders saved before the setting existed, e.g. the paraphrase-* models, which have no Normalize
+    module). A BiEncoder then normalizes, so that it scores and trains by cosine as well (``q·d / τ`` of raw
+    embeddings would give logits in the hundreds)."""
+    st_config = path / "config_sentence_transformers.json"
+    settings = json.loads(st_config.read_text()) if st_config.exists() else {}
+    return settings.get("similarity_fn_name") in (None, "cosine")
+
+
 def _check_lower_case(path: Path, tokenizer: Any) -> None:
     """sentence-transformers lowercases the texts of a folder saved with ``do_lower_case: true`` before tokenizing; a
     BiEncoder does not, so such a folder loads only when its tokenizer lowercases by itself (an uncased BERT's)."""
@@ -141,7 +151,7 @@ def _config_from_sentence_transformers(path: Path) -> dict[str, Any]:
             f"{path}: sentence-transformers module(s) {unsupported} are not supported (a BiEncoder is "
             f"{' + '.join(SENTENCE_TRANSFORMERS_MODULES)}); loading without them would give other embeddings"
         )
-    found["normalize"] = any(t.endswith("Normalize") for t in types)
+    found["normalize"] = any(t.endswith("Normalize") for t in types) or _scores_by_cosine(path)
     for module in modules:
         if module.get("type", "").endswith("Pooling"):
             pooling_config = path / module["path"] / "config.json"
