@@ -173,3 +173,27 @@ def test_folders_scored_by_cosine_without_a_normalize_module_load_normalized(tin
     )
     (dot / "config_sentence_transformers.json").unlink()  # saved before similarity_fn_name existed: cosine
     assert BiEncoder.from_pretrained(dot).retrieval_config.normalize is True
+
+
+def test_a_folder_without_max_seq_length_reads_as_far_as_sentence_transformers(tiny_model_path, tmp_path):
+    """sentence-transformers 6 saves max_seq_length in the tokenizer, not in sentence_bert_config.json: a BiEncoder
+    reads as many tokens as it does (not its own default of 256)."""
+    from conftest import tiny_bert_config
+    from transformers import AutoTokenizer, BertModel
+
+    base = tmp_path / "base"
+    BertModel(tiny_bert_config(max_position_embeddings=512)).save_pretrained(base)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(base)
+    folder = tmp_path / "st"
+    transformer = models.Transformer(str(base), max_seq_length=400)
+    SentenceTransformer(modules=[transformer, models.Pooling(32, "mean")], device="cpu").save(str(folder))
+    assert "max_seq_length" not in json.loads((folder / "sentence_bert_config.json").read_text())
+    model = BiEncoder.from_pretrained(folder)
+    assert (model.retrieval_config.query_max_length, model.retrieval_config.document_max_length) == (400, 400)
+    long_text = " ".join(["label noise"] * 170)  # 340 tokens: past 256, within 400
+    np.testing.assert_allclose(
+        model.encode_documents([long_text]),
+        SentenceTransformer(str(folder), device="cpu").encode([long_text], normalize_embeddings=True),  # cosine
+        atol=1e-5,
+    )
+    assert BiEncoder.from_pretrained(folder, document_max_length=64).retrieval_config.document_max_length == 64

@@ -238,6 +238,11 @@ class BiEncoder(nn.Module):
         else:
             settings = _config_from_sentence_transformers(folder)
         settings.update(overrides)
+        # a sentence-transformers folder without max_seq_length (version 6 keeps it in the tokenizer) reads as far as
+        # the model and tokenizer allow, as sentence-transformers does
+        lengths_from_model = (folder / "modules.json").exists() and not (
+            {"query_max_length", "document_max_length"} & set(settings)
+        )
         settings.setdefault("base_model", str(path))
         config = BiEncoderConfig(**settings)
 
@@ -252,6 +257,9 @@ class BiEncoder(nn.Module):
         document_encoder = None
         if config.separate_towers:
             document_encoder = _load_tower(document_folder, trust_remote_code, torch_dtype, config.base_model)
+        limit = input_length_limit(query_encoder, tokenizer) if lengths_from_model else None
+        if limit is not None:
+            config = dataclasses.replace(config, query_max_length=limit, document_max_length=limit)
         return cls(query_encoder, tokenizer, _fit_max_lengths(config, query_encoder, tokenizer), document_encoder)
 
     def save_pretrained(self, path: str | os.PathLike, safe_serialization: bool = True) -> None:
