@@ -259,3 +259,11 @@ def test_graded_rows_train_a_retriever_with_a_listwise_loss(tiny_model_path, tmp
 )
 def test_parse_generated_document_keeps_inner_quotes_and_strips_numbered_labels(answer, expected):
     assert parse_generated_document(answer) == expected
+
+
+@pytest.mark.parametrize("positives", [{"q": {"d1": 1, "d2": 0}}, {"q": "d1"}, {"q": [1, 2]}])
+def test_positives_must_be_lists_of_document_ids(positives):
+    """A qrels dict ({doc: grade}) would make its grade-0 documents positives; a string would be read by letter."""
+    generator = GradedDocumentGenerator(ScriptedBackend(lambda m: "text"), grades=(3,))
+    with pytest.raises(TypeError, match=r"positives\['q'\] must be a list of document ids"):
+        generator.generate_rows({"q": "label noise"}, positives=positives, show_progress=False)

@@ -376,3 +376,17 @@ def test_synthetic_query_rows_repeated_doc_ids_get_one_set_of_queries():
     corpus = {"d1": "Cats sleep most of the day. Dogs bark at the mail carrier every morning."}
     rows = synthetic_query_rows(corpus, ExtractiveQueryGenerator(), doc_ids=["d1", "d1"], show_progress=False)
     assert [row["query_id"] for row in rows] == ["synthetic:d1:0"]
+
+
+def test_a_prompt_without_room_for_the_document_is_an_error(tokenizer):
+    from hf_robust_ir.synthetic.queries import _fill
+
+    template = "Write a question that the following passage answers, in plain words: {document}"
+    assert _fill(tokenizer, template, "cats sleep most of the day", 64, False).endswith("cats sleep most of the day")
+    with pytest.raises(ValueError, match="leaving none of max_input_length=8"):
+        _fill(tokenizer, template, "cats sleep most of the day", 8, False)
+
+
+def test_train_query_generator_refuses_pairs_without_a_query(tmp_path):
+    with pytest.raises(ValueError, match="non-empty document and query"):
+        train_query_generator([("cats sleep", ""), ("dogs bark", "  ")], tmp_path / "nowhere", tmp_path / "out")

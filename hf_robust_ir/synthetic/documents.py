@@ -146,6 +146,11 @@ class GradedDocumentGenerator:
 
         Conversations go to the backend ``batch_size`` at a time.
         """
+        for query_id, ids in (positives or {}).items():  # a qrels dict would make its grade-0 documents positives
+            if isinstance(ids, (str, Mapping)) or not all(isinstance(doc_id, str) for doc_id in ids):
+                raise TypeError(
+                    f"positives[{query_id!r}] must be a list of document ids, got {type(ids).__name__} {ids!r:.80}"
+                )
         jobs: list[tuple[str, int, int]] = [
             (query_id, grade, k)
             for query_id in queries

@@ -169,6 +169,11 @@ def _fill(tokenizer: Any, template: str, document: str, max_length: int, is_enco
     """``template`` with ``{document}`` filled in, the document clipped so that the whole input fits ``max_length``
     tokens (the instructions around the document are never cut)."""
     overhead = len(_encode(tokenizer, template.replace("{document}", ""), is_encoder_decoder))
+    if overhead >= max_length:  # no room left for the document: the model would see the instructions alone
+        raise ValueError(
+            f"the prompt takes {overhead} tokens without the document, leaving none of max_input_length={max_length}"
+            " for it: raise max_input_length or shorten the prompt"
+        )
     return template.replace("{document}", _clip_document(tokenizer, document, max_length - overhead))
 
 
@@ -410,8 +415,9 @@ def train_query_generator(
         TrainingArguments,
     )
 
-    if not pairs:
-        raise ValueError("no (document, query) pairs to train on")
+    pairs = [(document, query) for document, query in pairs if document.strip() and query.strip()]
+    if not pairs:  # an empty query would teach the model to stop at once
+        raise ValueError("no (document, query) pairs with a non-empty document and query to train on")
     path, output_dir = str(model_name_or_path), str(output_dir)
     encoder_decoder = _is_encoder_decoder(AutoConfig.from_pretrained(path), architecture)
     template = _check_template(input_template if encoder_decoder else prompt, "template")
