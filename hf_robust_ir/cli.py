@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args._run(args) or 0)
-    except DataFormatError as exc:  # bad input: the file, line and field, without a traceback
+    except (DataFormatError, FileNotFoundError) as exc:  # bad input: the file (line and field), without a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -191,3 +191,16 @@ def test_relabel_summary_is_the_one_next_to_the_rows_of_one_of_its_strategies(tm
     assert relabel_summary_of(str(tmp_path / "rlhn")) == {**summary, "strategy": "rlhn"}
     assert relabel_summary_of(str(tmp_path / "mine.jsonl")) is None  # not rows the relabeling run wrote
     assert relabel_summary_of(str(tmp_path / "elsewhere" / "rlhn.jsonl")) is None  # no summary next to it
+
+
+@pytest.mark.parametrize("command", ["eval", "mine", "score"])
+def test_a_missing_split_is_a_one_line_error_in_every_command(command, small_beir, tiny_model_path, tmp_path, capsys):
+    from hf_robust_ir.cli import main
+
+    model_flag = "--teacher" if command == "score" else "--model"
+    argv = [command, "--data", str(small_beir), model_flag, tiny_model_path, "--split", "dev"]
+    argv += {"eval": [], "mine": ["--out", str(tmp_path / "rows")], "score": ["--output", str(tmp_path / "s")]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"error: {small_beir / 'qrels' / 'dev.tsv'} not found; splits available")
