@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DataFormatError, FileNotFoundError) as exc:  # bad input: the file (line and field), without a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # a command's own stop with a message (bad input too): one "error:" line, status 2
+        if not isinstance(exc.code, str):
+            raise
+        print(exc.code if exc.code.startswith("error:") else f"error: {exc.code}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -204,3 +204,11 @@ def test_a_missing_split_is_a_one_line_error_in_every_command(command, small_bei
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
     assert err.splitlines()[-1].startswith(f"error: {small_beir / 'qrels' / 'dev.tsv'} not found; splits available")
+
+
+def test_a_data_dir_that_is_not_a_beir_folder_is_one_error_line(recipe, tmp_path, capsys):
+    from hf_robust_ir.cli import main
+
+    assert main(["train", "--config", str(recipe), "--data_dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"error: {tmp_path / 'nowhere'} is not a BEIR folder (no corpus.jsonl)"
