@@ -59,3 +59,14 @@ def test_registry_and_config():
     assert "Oord" in loss.citation or "oord" in loss.citation
     with pytest.raises(KeyError, match="registered losses"):
         get_loss("no-such-loss")
+
+
+def test_batch_without_positives_gives_zero_whatever_the_masked_scores():
+    # no row has a positive: the loss is 0 with zero gradient, also when a masked-out score is -inf and when the
+    # scores are so large that their sum overflows (0 · ∞ would be NaN)
+    for scores, mask in (([[1.0, float("-inf")]], [[True, False]]), ([[3e38, 3e38]], [[True, True]])):
+        scores = torch.tensor(scores, requires_grad=True)
+        value = InfoNCELoss()(scores, torch.zeros(1, 2), torch.tensor(mask))
+        value.backward()
+        assert value.item() == 0.0
+        assert (scores.grad == 0).all()

@@ -163,6 +163,11 @@ def test_taylor_ce():
     # order 1 is MAE / 2; a long series is cross-entropy (the rest Σ_{j>50} 0.335^j / j is < 1e-20)
     assert _loss(TaylorCELoss(order=1)) == pytest.approx(_loss(MAELoss()) / 2, abs=1e-6)
     assert _loss(TaylorCELoss(order=50)) == pytest.approx(CE, abs=1e-5)
+    # a whole number written as a float (YAML's 2.0) is that order; a fraction, a flag or 0 is refused
+    assert TaylorCELoss(order=2.0).order == 2 and _loss(TaylorCELoss(order=2.0)) == _loss(TaylorCELoss())
+    for bad in (2.5, 0, True):
+        with pytest.raises(ValueError, match="order must be a whole number >= 1"):
+            TaylorCELoss(order=bad)
 
 
 def test_poly():
@@ -264,3 +269,48 @@ def test_registry_config_and_citation(name):
 def test_knobs_reach_config():
     assert get_loss("gce", q=0.3).config() == {"name": "gce", "q": 0.3}
     assert get_loss("rince", q=0.2, lam=0.5).config() == {"name": "rince", "q": 0.2, "lam": 0.5}
+
+
+def test_rince_gradient_is_finite_where_a_non_target_score_overflows():
+    # q = 1, λ = 1: row 0 gives −e^1 + (e^1 + e^0) = 1, with gradient (−e + e, e^0) = (0, 1); row 1 has no positive
+    # and is left out (gradient 0), though e^{q·100} overflows float32
+    scores = torch.tensor([[1.0, 0.0], [100.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    value = RINCELoss(q=1.0, lam=1.0)(scores, labels, torch.ones(2, 2, dtype=torch.bool))
+    value.backward()
+    assert value.item() == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(scores.grad, torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
+    # a negative at 90 (e^90 overflows, λ e^90 = e^85.4 does not): d/ds_neg = λ e^90, d/ds_pos = −e + λ e
+    scores = torch.tensor([[1.0, 90.0]], requires_grad=True)
+    RINCELoss(q=1.0, lam=0.01)(scores, torch.tensor([[1.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool)).backward()
+    torch.testing.assert_close(scores.grad, torch.tensor([[-0.99 * E, 0.01 * math.exp(90.0)]]))
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (SCELoss, {"alpha": -0.1}),
+        (SCELoss, {"beta": -1.0}),
+        (SCELoss, {"log_zero": 4.0}),
+        (NCERCELoss, {"alpha": -1.0}),
+        (NCERCELoss, {"beta": -1.0}),
+        (NCERCELoss, {"log_zero": 0.0}),
+        (PolyLoss, {"epsilon": -1.5}),
+    ],
+)
+def test_out_of_range_knobs_are_refused(cls, kwargs):
+    # a negative weight or a log 0 clamped to A >= 0 turns a term into a reward for the wrong candidates; Poly-1
+    # needs ε >= −1 (the coefficient 1 + ε of (1 − p_y) must not be negative), or it is minimized below p_y = 1
+    with pytest.raises(ValueError):
+        cls(**kwargs)
+
+
+def test_whole_number_settings_of_label_weakening_accept_yaml_floats_and_refuse_fractions():
+    from hf_robust_ir.losses import LabelWeakeningLoss
+
+    loss = LabelWeakeningLoss(alpha=0.0, taylor_order=2.0, top_m=3.0, max_added=1.0, warmup_steps=10.0)
+    assert (loss.taylor_order, loss.top_m, loss.max_added, loss.warmup_steps) == (2, 3, 1, 10)
+    assert all(type(v) is int for v in (loss.taylor_order, loss.top_m, loss.max_added, loss.warmup_steps))
+    for setting, bad in (("taylor_order", 0), ("top_m", 1.5), ("max_added", -1), ("warmup_steps", 2.5)):
+        with pytest.raises(ValueError, match=f"{setting} must be a whole number"):
+            LabelWeakeningLoss(alpha=0.0, **{setting: bad})

@@ -350,7 +350,7 @@ def test_taylor_order_puts_taylor_cross_entropy_on_the_mass_of_the_set():
     assert taylor.config()["taylor_order"] == 2
     with pytest.raises(ValueError, match="alpha must be 0"):
         LabelWeakeningLoss(taylor_order=2)  # alpha defaults to 0.1
-    with pytest.raises(ValueError, match="taylor_order must be >= 1"):
+    with pytest.raises(ValueError, match="taylor_order must be a whole number >= 1"):
         LabelWeakeningLoss(alpha=0.0, taylor_order=0)
     taylor.alpha = 0.2  # as a schedule would set it
     with pytest.raises(ValueError, match="alpha must stay 0"):

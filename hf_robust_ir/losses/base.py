@@ -73,6 +73,19 @@ def check_guide_scores(loss: RetrievalLoss, scores: torch.Tensor, guide_scores: 
         raise ValueError(f"guide_scores {tuple(guide_scores.shape)} do not match scores {tuple(scores.shape)}")
 
 
+def whole_number(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an ``int`` when it is a whole number ``>= minimum`` (a recipe's YAML may give ``2.0``); else a
+    ``ValueError`` naming the setting."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not float(value).is_integer()
+        or value < minimum
+    ):
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def stat_ratios(totals: Mapping[str, tuple[Any, Any]]) -> dict[str, float]:
     """``{name: sum / count}`` of a loss's ``stat_totals()``, leaving out the names with nothing counted."""
     return {name: float(total) / float(count) for name, (total, count) in totals.items() if float(count) > 0}

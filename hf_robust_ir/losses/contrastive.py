@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import RetrievalLoss, masked_log_softmax, positive_target, register_loss
+from .robust import mean_over_queries
 
 
 @register_loss("infonce")
@@ -28,6 +29,4 @@ class InfoNCELoss(RetrievalLoss):
         log_probs = masked_log_softmax(scores, mask)
         target, has_positive = positive_target(labels, mask)
         per_query = -torch.where(target > 0, target * log_probs, torch.zeros_like(log_probs)).sum(-1)
-        if not bool(has_positive.any()):
-            return scores.sum() * 0.0
-        return per_query[has_positive].mean()
+        return mean_over_queries(per_query, has_positive)

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .base import RetrievalLoss, masked_log_softmax, positive_target, register_loss
+from .base import RetrievalLoss, masked_log_softmax, positive_target, register_loss, whole_number
 
 
 class _CandidateSoftmax:
@@ -115,6 +115,15 @@ class GCELoss(RetrievalLoss):
         return sm.mean(sm.expected((1.0 - torch.exp(self.q * sm.log_p)) / self.q))
 
 
+def _check_active_passive(alpha: float, beta: float, log_zero: float) -> None:
+    """Weights ``α, β >= 0`` and ``A = log_zero < 0`` (``A >= 0`` turns the reverse term into a reward for the
+    wrong candidates)."""
+    if alpha < 0 or beta < 0:
+        raise ValueError(f"alpha and beta must be >= 0, got alpha {alpha} and beta {beta}")
+    if not log_zero < 0:
+        raise ValueError(f"log_zero (the clamped log 0) must be < 0, got {log_zero}")
+
+
 @register_loss("sce")
 class SCELoss(RetrievalLoss):
     """Symmetric cross-entropy (Wang et al. 2019): ``α·CE + β·RCE`` with the reverse cross-entropy
@@ -129,6 +138,7 @@ class SCELoss(RetrievalLoss):
 
     def __init__(self, alpha: float = 0.1, beta: float = 1.0, log_zero: float = -4.0):
         super().__init__()
+        _check_active_passive(alpha, beta, log_zero)
         self.alpha, self.beta, self.log_zero = alpha, beta, log_zero
 
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
@@ -152,6 +162,7 @@ class NCERCELoss(RetrievalLoss):
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, log_zero: float = -4.0):
         super().__init__()
+        _check_active_passive(alpha, beta, log_zero)
         self.alpha, self.beta, self.log_zero = alpha, beta, log_zero
 
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
@@ -242,9 +253,7 @@ class TaylorCELoss(RetrievalLoss):
 
     def __init__(self, order: int = 2):
         super().__init__()
-        if order < 1:
-            raise ValueError(f"order must be >= 1, got {order}")
-        self.order = order
+        self.order = whole_number(order, "order")  # 2.0 from a YAML file is 2
 
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
         sm = _CandidateSoftmax(scores, labels, mask)
@@ -256,7 +265,8 @@ class TaylorCELoss(RetrievalLoss):
 @register_loss("poly")
 class PolyLoss(RetrievalLoss):
     """Poly-1 loss (Leng et al. 2022): cross-entropy plus ``ε`` times its first polynomial term,
-    ``ℓ(p, y) = −log p_y + ε (1 − p_y)``, so ``L = −Σ_k q_k log p_k + ε (1 − Σ_k q_k p_k)``. ``ε = 0`` is InfoNCE."""
+    ``ℓ(p, y) = −log p_y + ε (1 − p_y)``, so ``L = −Σ_k q_k log p_k + ε (1 − Σ_k q_k p_k)``. ``ε = 0`` is InfoNCE;
+    ``ε >= −1`` keeps the coefficient ``1 + ε`` of ``(1 − p_y)`` in the series non-negative, as in the paper."""
 
     citation = (
         "@inproceedings{leng2022polyloss, title={PolyLoss: A Polynomial Expansion Perspective of Classification Loss "
@@ -266,6 +276,8 @@ class PolyLoss(RetrievalLoss):
 
     def __init__(self, epsilon: float = 1.0):
         super().__init__()
+        if epsilon < -1.0:
+            raise ValueError(f"epsilon must be >= -1, got {epsilon}")
         self.epsilon = epsilon
 
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
@@ -304,7 +316,9 @@ class RINCELoss(RetrievalLoss):
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
         sm = _CandidateSoftmax(scores, labels, mask)
         scores = torch.where(sm.mask, scores.float(), torch.zeros_like(scores, dtype=torch.float))
-        positive = sm.expected(torch.exp(self.q * scores)) / self.q
+        # e^{q·s} only where the target is: e^{q·s} of another candidate could overflow, and 0 · ∞ is a NaN gradient
+        on_target = torch.where(sm.target > 0, scores, torch.zeros_like(scores))
+        positive = sm.expected(torch.exp(self.q * on_target)) / self.q
         log_total = torch.logsumexp(scores.masked_fill(~sm.mask, float("-inf")), dim=-1)
         # (λ Σ e^s)^q computed as exp(q (log λ + logsumexp s)), which does not overflow for large scores
         log_total = torch.where(sm.has_positive, log_total, torch.zeros_like(log_total))

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .base import RetrievalLoss, check_guide_scores, masked_log_softmax, register_loss, stat_ratios
+from .base import RetrievalLoss, check_guide_scores, masked_log_softmax, register_loss, stat_ratios, whole_number
 from .robust import mean_over_queries
 
 RULES = ("margin", "topk_prob")
@@ -236,21 +236,17 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
         taylor_order: int | None = None,
     ):
         super().__init__(alpha=alpha)
-        if taylor_order is not None and taylor_order < 1:
-            raise ValueError(f"taylor_order must be >= 1 or None, got {taylor_order}")
+        taylor_order = None if taylor_order is None else whole_number(taylor_order, "taylor_order")
         if taylor_order is not None and alpha != 0.0:
             raise ValueError(f"taylor_order replaces label relaxation: alpha must be 0, got {alpha}")
         self.taylor_order = taylor_order
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-        if top_m < 1:
-            raise ValueError(f"top_m must be >= 1, got {top_m}")
+        top_m = whole_number(top_m, "top_m")
         if not 0.0 <= min_prob <= 1.0:
             raise ValueError(f"min_prob must be in [0, 1], got {min_prob}")
-        if max_added is not None and max_added < 0:
-            raise ValueError(f"max_added must be >= 0 or None, got {max_added}")
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        max_added = None if max_added is None else whole_number(max_added, "max_added", minimum=0)
+        warmup_steps = whole_number(warmup_steps, "warmup_steps", minimum=0)
         self.rule, self.margin, self.top_m, self.min_prob = rule, margin, top_m, min_prob
         self.max_added, self.warmup_steps, self.confidence_enabled = max_added, warmup_steps, confidence_enabled
         if replace_margin is not None and guide_margin is None:
