@@ -634,3 +634,36 @@ def test_build_judge_passes_score_threshold(tiny_model_path):
 
     judge = build_judge({"type": "embedding", "model": tiny_model_path, "score_threshold": 0.4})
     assert isinstance(judge, EmbeddingJudge) and judge.score_threshold == 0.4
+
+
+class _AnswersWith(torch.nn.Module):
+    """A causal-LM stub whose next token is always ``token_id``."""
+
+    def __init__(self, token_id: int, vocab_size: int):
+        super().__init__()
+        self.token_id, self.vocab_size = token_id, vocab_size
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("Config", (), {"_name_or_path": "stub"})()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        logits = torch.zeros(*input_ids.shape, self.vocab_size)
+        logits[..., self.token_id] = 20.0
+        return type("Output", (), {"logits": logits})()
+
+
+def test_hf_backend_reads_the_bare_sentencepiece_answer_piece():
+    """A SentencePiece tokenizer encodes "Yes" as "▁Yes", but after "<|assistant|>\\n" (Phi-3, Zephyr, TinyLlama)
+    the model answers with the bare piece "Yes": it is a yes variant too."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "<s>", "</s>", "▁yes", "yes", "▁Yes", "Yes", "▁no", "no", "▁No", "No", "▁hi"]
+    spm = Tokenizer(models.WordLevel({p: i for i, p in enumerate(pieces)}, unk_token="<unk>"))
+    spm.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    spm.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=spm, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    assert tokenizer.convert_ids_to_tokens(tokenizer("Yes", add_special_tokens=False)["input_ids"]) == ["▁Yes"]
+    backend = HFCausalLMBackend(_AnswersWith(pieces.index("Yes"), len(pieces)), tokenizer)
+    ((yes, no),) = backend.yes_no_logprobs([[{"role": "user", "content": "hi"}]])
+    assert math.exp(yes) > 0.99 and math.exp(no) < 0.01
+    assert GenerativeJudge(backend).judge(QUERY, POSITIVES, ["hi"])[0].verdict is Verdict.RELEVANT

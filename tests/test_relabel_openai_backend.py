@@ -348,3 +348,12 @@ def test_config_and_key_from_named_env_var(monkeypatch):
     config = OpenAICompatibleJudge("http://user:pw@host/v1", "my-model", api_key=SECRET).config()
     assert config["backend"]["model"] == "my-model" and "pw" not in json.dumps(config)
     assert SECRET not in json.dumps(config)
+
+
+@pytest.mark.parametrize("payload", [{}, {"error": {"message": "overloaded"}}, {"choices": []}, chat_response(None)])
+def test_an_answer_without_text_is_a_failure_with_a_warning(payload, caplog):
+    """A 200 answer with no message text (an error body, no choices, null content) is a failed item: warned."""
+    with ChatServer(lambda body, index: (200, payload, {}, 0.0)) as server:
+        with caplog.at_level(logging.WARNING, logger="hf_robust_ir.relabel.backends"):
+            assert backend(server.base_url).complete([MESSAGES], 8) == [None]
+    assert "no message content" in caplog.text

@@ -151,3 +151,14 @@ def test_apply_strategy_over_a_dataset():
     removed = apply_strategy(ds, judgments, "remove")
     assert len(removed) == 0
     assert apply_strategy(ds, judgments, "hn_remove")["doc_ids"] == [["p1", "n1", "n2", "n3"], ["p2"]]
+
+
+def test_judgments_as_dicts_with_verdict_members_are_read_by_value():
+    """``dataclasses.asdict(judgment)`` keeps the Verdict member: it reads as its value, not ``"Verdict.RELEVANT"``."""
+    import dataclasses
+
+    flagged = dataclasses.asdict(Judgment(Verdict.RELEVANT, 0.9))
+    judgments = [[None, flagged, None, None, None], [None, None, None]]
+    out = apply_strategy(_dataset(), judgments, "rlhn", judge="ce")
+    assert out[0]["labels"] == [2.0, 1.0, 0.0, 0.0, 0.0]
+    assert out[0]["label_source"] == ["qrels", "relabeled:ce", "mined", "mined", "mined"]

@@ -119,12 +119,16 @@ class HFCausalLMBackend:
         self.no_ids = self._variant_ids(NO_VARIANTS)
 
     def _variant_ids(self, variants: Sequence[str]) -> list[int]:
-        """Ids of the variants that are one token (``" yes"`` in BPE vocabularies, ``"yes"`` in WordPiece)."""
+        """Ids of the variants that are one token (``" yes"`` in BPE vocabularies, ``"yes"`` in WordPiece), and of the
+        vocabulary pieces spelled like a variant: SentencePiece encodes ``"yes"`` as ``"▁yes"``, but after a newline
+        (``<|assistant|>\\n``) the model answers with the bare piece ``"yes"``."""
         ids = []
         for variant in variants:
             encoded = self.tokenizer(variant, add_special_tokens=False)["input_ids"]
-            if len(encoded) == 1 and encoded[0] not in ids and encoded[0] != self.tokenizer.unk_token_id:
-                ids.append(encoded[0])
+            single = encoded if len(encoded) == 1 else []
+            for i in (*single, self.tokenizer.convert_tokens_to_ids(variant)):
+                if i is not None and i not in ids and i != self.tokenizer.unk_token_id:
+                    ids.append(i)
         return ids
 
     def render(self, messages: Conversation) -> str:
@@ -361,12 +365,15 @@ class OpenAICompatibleBackend:
         payload.update(extra)
         return payload
 
-    @staticmethod
-    def _content(answer: dict[str, Any] | None) -> str | None:
+    def _content(self, answer: dict[str, Any] | None) -> str | None:
+        """The answer's message text; ``None``, with a warning, for an answer that has none (a request that got no
+        answer was warned about in :meth:`_post`)."""
         try:
             content = answer["choices"][0]["message"]["content"]  # type: ignore[index]
         except (KeyError, IndexError, TypeError):
-            return None
+            content = None
+        if answer is not None and not isinstance(content, str):
+            logger.warning("chat request to %s: the answer has no message content", self.base_url)
         return content if isinstance(content, str) else None
 
     # ---------------------------------------------------------------- ChatBackend

@@ -54,14 +54,16 @@ def default_sources(labels: Sequence[float]) -> list[str]:
 
 
 def as_mark(value: Judgment | Verdict | Mapping[str, Any] | str | None) -> Mark:
-    """A judgment (object, verdict, ``to_dict()`` form, string) as the mark stored in the judgments column."""
+    """A judgment (object, verdict, ``to_dict()`` or ``asdict()`` form, string) as the mark stored in the judgments
+    column."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, Judgment):
         return value.verdict.value
     if isinstance(value, Verdict):
         return value.value
-    return str(value["verdict"])
+    verdict = value["verdict"]
+    return verdict.value if isinstance(verdict, Verdict) else str(verdict)
 
 
 @dataclass(frozen=True)
