@@ -160,6 +160,7 @@ class DocumentIndex:
         self.kept_embeddings: dict[str, np.ndarray] = {}
         self._pending: list[np.ndarray] = []  # embeddings waiting for the index to be trained
         self._pending_rows = 0
+        self._seen_ids: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.doc_ids)
@@ -169,6 +170,12 @@ class DocumentIndex:
         embeddings = as_faiss_array(embeddings)
         if len(doc_ids) != len(embeddings):
             raise ValueError(f"{len(doc_ids)} ids for {len(embeddings)} embeddings")
+        repeated = next((doc_id for doc_id in doc_ids if doc_id in self._seen_ids), None)
+        if repeated is None and len(set(doc_ids)) < len(doc_ids):
+            repeated = next(doc_id for i, doc_id in enumerate(doc_ids) if doc_id in doc_ids[:i])
+        if repeated is not None:  # a search would return it twice, or fewer than top_k documents
+            raise ValueError(f"document id {repeated!r} is added to the index twice")
+        self._seen_ids.update(doc_ids)
         if self.index is None:
             self.index = build_index(embeddings.shape[1], self.index_factory)
         for row, doc_id in enumerate(doc_ids):
@@ -222,6 +229,8 @@ class DocumentIndex:
         """
         index = cls(index_factory=index_factory, search_params=search_params, keep_ids=keep_ids)
         doc_ids = list(corpus)
+        if not doc_ids:
+            raise ValueError("the corpus is empty: there is nothing to index")
         n_chunks = math.ceil(len(doc_ids) / chunk_size)
         for start in tqdm(
             range(0, len(doc_ids), chunk_size), desc=desc, unit="chunk", disable=not show_progress_bar or n_chunks < 2
@@ -250,6 +259,10 @@ class DocumentIndex:
         With ``query_ids``, a document whose id equals its query's id is skipped (one extra hit is fetched to make up
         for it), as in MTEB's and BEIR's exact search.
         """
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if self._pending:  # documents waiting for the index's training are not searchable yet
+            raise ValueError("the index is not finished: call finish() before searching")
         if self.index is None:
             return [[] for _ in range(len(query_embeddings))]
         extra = 1 if query_ids is not None else 0

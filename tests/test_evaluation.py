@@ -286,3 +286,27 @@ def test_mrr_cut_ranks_at_trec_eval_float32_precision():
     assert metrics["ndcg@1"] == 0.0
     assert metrics["mrr@1"] == 0.0
     assert metrics["mrr@2"] == 0.5
+
+
+def test_document_index_refuses_repeated_ids_unfinished_searches_and_empty_corpora():
+    from hf_robust_ir.evaluation import DocumentIndex
+
+    vectors = np.eye(3, dtype=np.float32)
+    index = DocumentIndex()
+    index.add(["a", "b"], vectors[:2])
+    with pytest.raises(ValueError, match="'b' is added to the index twice"):  # across chunks
+        index.add(["b"], vectors[2:])
+    with pytest.raises(ValueError, match="'c' is added to the index twice"):  # within one chunk
+        DocumentIndex().add(["c", "c"], vectors[:2])
+    index.add(["c"], vectors[2:])
+    assert [doc for doc, _ in index.finish().search(vectors[:1], top_k=1)[0]] == ["a"]
+    assert sorted(doc for doc, _ in index.search(vectors[:1], top_k=3)[0]) == ["a", "b", "c"]  # each once
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        index.search(vectors[:1], top_k=0)
+    trained = DocumentIndex(index_factory="IVF1,Flat", max_train_points=100)
+    trained.add(["x", "y"], vectors[:2])  # fewer than max_train_points: waiting for the index's training
+    with pytest.raises(ValueError, match="call finish"):
+        trained.search(vectors[:1], top_k=1)
+    assert [doc for doc, _ in trained.finish().search(vectors[:1], top_k=1)[0]] == ["x"]
+    with pytest.raises(ValueError, match="corpus is empty"):
+        DocumentIndex.from_corpus(None, {}, show_progress_bar=False)
