@@ -272,3 +272,15 @@ def test_unknown_kind_error(tiny_model_path):
     ):
         with pytest.raises(ValueError, match="kind"):
             call()
+
+
+def test_a_max_length_past_the_models_positions_is_refused(tiny_model_path):
+    """The tiny model has 128 positions: 200 tokens would fail inside the embeddings with an index error."""
+    model = BiEncoder.from_pretrained(tiny_model_path)
+    long_text = " ".join(["noise"] * 300)
+    assert model.encode([long_text], "document", max_length=128).shape[0] == 1
+    with pytest.raises(ValueError, match="document max_length 200 exceeds the 128 tokens this model reads"):
+        model.encode([long_text], "document", max_length=200)
+    unchecked = BiEncoder(model.query_encoder, model.tokenizer, BiEncoderConfig(query_max_length=300))
+    with pytest.raises(ValueError, match="query max_length 300 exceeds the 128 tokens"):
+        unchecked.encode_queries([long_text])

@@ -409,12 +409,17 @@ class BiEncoder(nn.Module):
         return config.query_max_length if kind == "query" else config.document_max_length
 
     def tokenize(self, texts: list[str], kind: str, max_length: int | None = None, padding: bool = True):
-        """Tokenize with the prefix and max length of ``kind`` ("query" or "document")."""
+        """Tokenize with the prefix and max length of ``kind`` ("query" or "document"); a max length past what the
+        model reads (its position embeddings, the tokenizer's limit) is refused rather than failing inside the model."""
+        length = max_length or self.max_length(kind)
+        limit = input_length_limit(self.query_encoder, self.tokenizer)
+        if limit is not None and length > limit:
+            raise ValueError(f"{kind} max_length {length} exceeds the {limit} tokens this model reads")
         return self.tokenizer(
             self.prefixed(texts, kind),
             padding=padding,
             truncation=True,
-            max_length=max_length or self.max_length(kind),
+            max_length=length,
             return_tensors="pt" if padding else None,
         )
 
