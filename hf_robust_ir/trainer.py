@@ -311,6 +311,8 @@ class RetrievalTrainer(Trainer):
 
             if corpus is None or train_dataset is None:
                 raise ValueError("refresh_steps needs the training rows and the corpus")
+            if isinstance(data_collator, RerankerCollator):  # it mines with the model: a bi-encoder's embeddings
+                raise ValueError("refresh_steps mines new negatives with the model being trained: a bi-encoder")
             self.hard_negative_refresh = HardNegativeRefreshCallback(
                 train_dataset,
                 corpus,

@@ -173,3 +173,26 @@ def test_a_refresh_trains_from_the_next_step_even_on_a_batch_built_ahead(tiny_mo
 def _query_of(doc_ids, rows):
     """The query whose positive (its first candidate) opens ``doc_ids``."""
     return next(row["query_id"] for row in rows if row["doc_ids"][0] == doc_ids[0])
+
+
+def test_overrides_without_teacher_scores_do_not_keep_the_rows_own(tiny_model_path):
+    """An override replaces the candidates: the row's teacher scores (for its old candidates) must not stay."""
+    model = _model(tiny_model_path)
+    rows = [{**ROWS[0], "teacher_scores": [0.9, 0.1], "label_source": ["qrels", "mined"]}]
+    collator = RetrievalCollator.for_model(model, CORPUS, group_size=2)
+    collator.set_row_overrides({"q0": {"doc_ids": ["d0", "d5"], "labels": [1.0, 0.0]}})
+    batch = collator(rows)
+    assert batch["doc_ids"] == ["d0", "d5"] and torch.isnan(batch["teacher"]).all()
+    with pytest.raises(ValueError, match="the override of query 'q0' needs doc_ids and labels"):
+        collator.set_row_overrides({"q0": {"doc_ids": ["d0"]}})
+
+
+def test_refresh_is_refused_for_a_reranker(tmp_path, tiny_model_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_robust_ir.modeling import CrossEncoder
+
+    head = AutoModelForSequenceClassification.from_pretrained(tiny_model_path, num_labels=1)
+    reranker = CrossEncoder(head, AutoTokenizer.from_pretrained(tiny_model_path))
+    with pytest.raises(ValueError, match="refresh_steps mines new negatives with the model being trained"):
+        RetrievalTrainer(reranker, _args(tmp_path), train_dataset=datasets.Dataset.from_list(ROWS), corpus=CORPUS)

@@ -163,7 +163,13 @@ class RetrievalCollator:
         (see :class:`~hf_robust_ir.callbacks.HardNegativeRefreshCallback`). Batches record the version of the
         overrides they were built with and their source rows (``overrides_version``, ``source_rows``), so that a
         batch the data loader built ahead of the change is built again (:meth:`current`) before it trains."""
-        self.row_overrides = dict(overrides)
+        for query_id, override in overrides.items():
+            if not {"doc_ids", "labels"} <= set(override):
+                raise ValueError(f"the override of query {query_id!r} needs doc_ids and labels")
+        # columns an override leaves out are empty, not the row's own (which belong to the row's candidates)
+        self.row_overrides = {
+            query_id: {"teacher_scores": [], "label_source": [], **override} for query_id, override in overrides.items()
+        }
         self.overrides_version += 1
 
     def current(self, batch: dict[str, Any]) -> dict[str, Any]:
