@@ -642,7 +642,8 @@ def measure_chunking(model_path: str, docs: list[str], args: argparse.Namespace,
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - began
 
-    step(sizes[-1])  # warm-up
+    for size in sizes:  # warm-up: every size's first step (new shapes, first allocations) is not timed
+        step(size)
     for repeat in range(2):
         for size in sizes if repeat % 2 == 0 else sizes[::-1]:
             times[str(size)].append(step(size))

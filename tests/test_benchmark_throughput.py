@@ -29,3 +29,48 @@ def test_encode_and_train_phases_report_ratios_compile_cost_and_ndcg(throughput,
     assert report["encode"]["compile"] == "on" and report["encode"]["compile_s"] >= 0
     assert set(report["encode"]["break_even_documents"]) == sides - {"hf_robust_ir"}
     assert report["precision"]["hf_robust_ir"] == "bf16 autocast"
+
+
+def test_every_forward_chunk_size_gets_an_untimed_warm_up_step(throughput, monkeypatch):
+    """A step costs 1 s, plus 10 s the first time a chunk size runs (new shapes, first allocations). Every size then
+    runs at the same steady speed, so each must be warmed up before it is timed: none is faster than one pass."""
+    from argparse import Namespace
+
+    import torch
+
+    import hf_robust_ir.modeling
+
+    clock = [0.0]
+    seen: set = set()
+
+    class FakeEncoder:
+        forward_chunk_size = None
+
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            return cls()
+
+        def to(self, device):
+            return self
+
+        def train(self):
+            return self
+
+        def tokenize(self, texts, kind):
+            ones = torch.ones(len(texts), 4)
+            return {"input_ids": ones.long(), "attention_mask": ones}
+
+        def __call__(self, document):
+            clock[0] += 1.0 + (10.0 if self.forward_chunk_size not in seen else 0.0)
+            seen.add(self.forward_chunk_size)
+            weight = torch.ones(3, requires_grad=True)
+            return {"document_embeddings": torch.ones(document["input_ids"].shape[0], 3) * weight}
+
+        def zero_grad(self, set_to_none=True):
+            pass
+
+    monkeypatch.setattr(hf_robust_ir.modeling, "BiEncoder", FakeEncoder)
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock[0])
+    args = Namespace(seed=0, batch_size=4, max_length=16)
+    result = throughput.measure_chunking("model", [f"doc {i}" for i in range(10)], args, torch.device("cpu"))
+    assert result["speed_vs_one_pass"] == {"None": 1.0, "4": 1.0, "2": 1.0}
