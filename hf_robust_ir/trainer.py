@@ -287,6 +287,13 @@ class RetrievalTrainer(Trainer):
             guide_model if guide_model is not None else args.guide_model, model, args, corpus, train_dataset
         )
         self.evaluator = evaluator
+        # a streamed dataset under several processes: accelerate would build each batch on the main process and
+        # slice its tensors along the first dimension, which a batch of [B, C] targets and D documents does not
+        # allow; each process collates its own share of the stream instead
+        accelerator_config = args.accelerator_config
+        if accelerator_config.dispatch_batches:
+            raise ValueError("accelerator_config.dispatch_batches cannot split retrieval batches: leave it unset")
+        accelerator_config.dispatch_batches = False
         kwargs.setdefault("processing_class", getattr(model, "tokenizer", None))
         # Trainer refuses an eval strategy without an eval_dataset; the evaluator stands in for one.
         evaluator_only = evaluator is not None and kwargs.get("eval_dataset") is None

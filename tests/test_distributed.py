@@ -152,3 +152,18 @@ def test_close_process_group_tears_down_an_initialized_group(tmp_path):
     assert dist.is_initialized()
     close_process_group()
     assert not dist.is_initialized()
+
+
+def test_streamed_rows_train_under_two_processes_each_on_its_share(tmp_path, no_dropout_model_path):
+    """A datasets.IterableDataset under torchrun: accelerate's default would build every batch on the main process
+    and slice it along the first dimension, which a retrieval batch does not allow; each process collates its share."""
+    worker = Path(__file__).parent / "distributed" / "stream_worker.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
+    command += [str(worker), no_dropout_model_path, str(tmp_path / "rank")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [s["world"] for s in seen] == [2, 2]
+    # two steps of 4 rows per process: the two processes hold 16 different rows, in stream order
+    assert sorted(seen[0]["queries"] + seen[1]["queries"], key=lambda q: int(q[1:])) == [f"q{i}" for i in range(16)]

@@ -237,3 +237,15 @@ def test_teacher_score_check_leaves_streamed_rows_alone(tmp_path, model_path):
         RetrievalTrainer(
             BiEncoder.from_pretrained(model_path), _args(tmp_path, loss="kl_distillation"), _rows(), CORPUS
         )
+
+
+def test_batches_are_collated_on_each_process_not_dispatched(tmp_path, model_path):
+    from transformers.trainer_pt_utils import AcceleratorConfig
+
+    args = _args(tmp_path)
+    trainer = RetrievalTrainer(BiEncoder.from_pretrained(model_path), args, _rows(), CORPUS)
+    assert trainer.args.accelerator_config.dispatch_batches is False
+    args = _args(tmp_path)
+    args.accelerator_config = AcceleratorConfig(dispatch_batches=True)
+    with pytest.raises(ValueError, match="dispatch_batches cannot split retrieval batches"):
+        RetrievalTrainer(BiEncoder.from_pretrained(model_path), args, _rows(), CORPUS)

@@ -140,7 +140,10 @@ class ModelCardCallback(TrainerCallback):
             return
         dataloader = kwargs.get("train_dataloader")
         dataset = getattr(dataloader, "dataset", None)
-        rows = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+        try:
+            rows = len(dataset) if dataset is not None else None
+        except TypeError:  # a stream (accelerate's shard of one defines __len__ but cannot answer)
+            rows = None
         if eval_metrics is None:
             eval_metrics = self.saved_model_metrics(args, state)
         info = self.card_info(args, state, kwargs.get("model"), rows, eval_metrics)
