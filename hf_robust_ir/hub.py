@@ -232,10 +232,22 @@ def non_default_hyperparameters(args: Any) -> dict[str, Any]:
             value == _plain(default) or (default in (None, "") and value in (None, False, [], {}, ""))
         ):
             continue
-        if name.endswith(("_dir", "_path", "_file")) or (secret and secret in json.dumps(value, default=str)):
+        if (
+            name.endswith(("_dir", "_path", "_file"))
+            or _is_local_path(value)
+            or (secret and secret in json.dumps(value, default=str))
+        ):
             continue
         out[name] = value
     return out
+
+
+def _is_local_path(value: Any) -> bool:
+    """Whether ``value`` names a local file or folder: an absolute (or ``~``) path, or an existing relative one with
+    a ``/`` (a bare word such as ``"gce"`` is a setting even if a file of that name happens to exist)."""
+    if not isinstance(value, str) or not value:
+        return False
+    return Path(value).expanduser().is_absolute() or ("/" in value and Path(value).exists())
 
 
 def _metric_type(name: str) -> str:
@@ -453,6 +465,24 @@ def usage_snippets(info: ModelCardInfo) -> str:
     )
     hf_title = f"With `transformers` ({pooling} pooling{', L2-normalized' if normalize else ''}):\n\n```python\n"
     if settings.get("separate_towers"):  # two towers: a sentence-transformers folder each, in sub-folders
+        towers_code = (
+            "import torch\nfrom transformers import AutoModel, AutoTokenizer\n\n"
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}", subfolder="query_encoder")\n'
+            f'query_model = AutoModel.from_pretrained("{repo}", subfolder="query_encoder")\n'
+            f'document_model = AutoModel.from_pretrained("{repo}", subfolder="document_encoder")\n\n\n'
+        )
+        if info.adapter:  # AutoModel looks for an adapter at the top of a repository only: load each with peft
+            towers_code = (
+                "import torch\nfrom peft import PeftConfig, PeftModel\n"
+                "from transformers import AutoModel, AutoTokenizer\n\n\n"
+                "def load_tower(subfolder):  # a LoRA adapter on top of the base model its config names\n"
+                f'    base = PeftConfig.from_pretrained("{repo}", subfolder=subfolder).base_model_name_or_path\n'
+                "    return PeftModel.from_pretrained(\n"
+                f'        AutoModel.from_pretrained(base), "{repo}", subfolder=subfolder\n    )\n\n\n'
+                f'tokenizer = AutoTokenizer.from_pretrained("{repo}", subfolder="query_encoder")\n'
+                'query_model = load_tower("query_encoder")\n'
+                'document_model = load_tower("document_encoder")\n\n\n'
+            )
         return (
             "With `sentence-transformers` (the query and document towers are separate models, one folder each; "
             "the prefixes are saved as prompts):\n\n```python\n"
@@ -464,10 +494,7 @@ def usage_snippets(info: ModelCardInfo) -> str:
             'documents = document_model.encode(["Label noise is ..."], prompt_name="document")\n'
             "scores = query_model.similarity(queries, documents)\n```\n\n"
             + hf_title
-            + "import torch\nfrom transformers import AutoModel, AutoTokenizer\n\n"
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo}", subfolder="query_encoder")\n'
-            f'query_model = AutoModel.from_pretrained("{repo}", subfolder="query_encoder")\n'
-            f'document_model = AutoModel.from_pretrained("{repo}", subfolder="document_encoder")\n\n\n'
+            + towers_code
             + pool_function
             + embed_function
             + f'queries = embed(query_model, ["what is label noise?"], {q_prefix!r}, {q_length})\n'
@@ -684,6 +711,8 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix="hf_robust_ir_push_") as tmp:
         folder = Path(tmp)
         model.save_pretrained(folder, safe_serialization=True)
+        for tower_card in folder.glob("*/README.md"):  # peft's placeholder card, naming the local base model
+            tower_card.unlink()
         if is_adapter:
             base_model = _name_adapter_base(folder, base_model)
         local_paths = _hide_local_base_model(folder, base_model)
@@ -697,7 +726,7 @@ def push_to_hub(
             elif info.base_model and not _is_hub_id(info.base_model):
                 local_paths.append(info.base_model)
             card = build_model_card(info)
-        if is_adapter and base_model and card.data.base_model != base_model:
+        if base_model and card.data.base_model != base_model:
             card.data.base_model = base_model
         card = _card_without_local_paths(card, local_paths, base_model)
         validate_model_card(card)

@@ -359,3 +359,30 @@ def test_a_folder_holding_the_token_is_not_uploaded(tmp_path, tiny_model_path, l
     with pytest.raises(RuntimeError, match="refusing to upload"):
         hub.push_to_hub(model, "org/leaky")
     assert "org/leaky" not in local_hub.state.repos
+
+
+def test_separate_tower_lora_pushes_no_card_naming_the_local_base_model(tiny_model_path, local_hub):
+    """peft writes a placeholder README.md (metadata ``base_model: <local folder>``) into each tower's folder."""
+    from peft import LoraConfig
+
+    model = _retriever(tiny_model_path, separate_towers=True)
+    model.add_lora(LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
+    hub.push_to_hub(model, "org/tower-lora", base_model="org/tiny-base")
+    stored = local_hub.state.storage / "org" / "tower-lora"
+    names = {p.relative_to(stored).as_posix() for p in stored.rglob("*") if p.is_file()}
+    assert {"query_encoder/adapter_config.json", "document_encoder/adapter_config.json"} <= names
+    assert [p.name for p in stored.rglob("*") if p.is_file() and tiny_model_path.encode() in p.read_bytes()] == []
+
+
+def test_a_given_card_gets_the_base_model_named_at_push(tmp_path, tiny_model_path, local_hub):
+    """A card written during training names a local base model only in its text; pushed with base_model, the card's
+    metadata names that Hub id as its text and config do."""
+    from huggingface_hub import ModelCard
+
+    model = _retriever(tiny_model_path)
+    hub.write_model_card(tmp_path / "card", hub.model_card_info_from_model(model))
+    hub.push_to_hub(model, "org/given-card", card=tmp_path / "card" / "README.md", base_model="org/tiny-base")
+    stored = local_hub.state.storage / "org" / "given-card"
+    assert "**Base model:** `org/tiny-base`" in (stored / "README.md").read_text()
+    assert json.loads((stored / hub.CONFIG_NAME).read_text())["base_model"] == "org/tiny-base"
+    assert ModelCard.load(stored / "README.md").data.base_model == "org/tiny-base"

@@ -329,3 +329,41 @@ def test_callback_writes_nothing_on_other_processes(tmp_path):
 def test_callback_rejects_unknown_fields():
     with pytest.raises(TypeError, match="unknown model card field"):
         ModelCardCallback(licence="mit")
+
+
+def test_hyperparameters_leave_out_local_folders(tmp_path, tiny_model_path):
+    """A guide model given as a local folder is a path, not a hyperparameter a reader can reuse (and a published card
+    must not name a local folder)."""
+    from hf_robust_ir.trainer import RetrievalTrainingArguments
+
+    args = RetrievalTrainingArguments(
+        output_dir=str(tmp_path), guide_model=tiny_model_path, loss="guide_masked", report_to=[], use_cpu=True
+    )
+    found = hub.non_default_hyperparameters(args)
+    assert found["loss"] == "guide_masked" and tiny_model_path not in str(found)
+
+
+def test_usage_snippets_of_separate_lora_towers_give_the_models_embeddings(tmp_path, tiny_model_path, monkeypatch):
+    """With separate towers each tower folder holds an adapter: transformers' AutoModel does not look for an adapter
+    in a subfolder, so the snippet loads each one with peft on top of the base model."""
+    import huggingface_hub
+    import torch
+    from peft import LoraConfig
+
+    model = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True, query_prefix="query: ")
+    model.add_lora(LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)  # trained adapters, different in each tower
+    folder = tmp_path / "towers"
+    model.save_pretrained(folder)
+    text = hub.usage_snippets(hub.model_card_info_from_model(model, repo_id=str(folder)))
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: repo_id)  # the Hub, offline
+    expected = model.encode_queries(["what is label noise?"]) @ model.encode_documents(["Label noise is ..."]).T
+    for block in blocks[:2]:  # sentence-transformers, transformers
+        scope = {}
+        exec(block, scope)
+        np.testing.assert_allclose(np.asarray(scope["scores"]), expected, atol=1e-4)
