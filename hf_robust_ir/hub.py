@@ -786,14 +786,19 @@ def _hide_local_base_model(folder: Path, base_model: str | None) -> list[str]:
     return [saved] if saved and not _is_hub_id(saved) else []
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[\w.\-]+/)*[\w.\-]+")
+
+
 def _card_without_local_paths(card: Any, local_paths: list[str], base_model: str | None) -> Any:
-    """The card with each local base-model path replaced by ``base_model`` (a Hub id) or "a local model"."""
+    """The card with each local base-model path replaced by ``base_model`` (a Hub id) or "a local model", and any
+    other absolute path of this machine (a training-data folder or file, say) by its last part."""
     from huggingface_hub import ModelCard
 
     text = str(card)
     name = f"`{base_model}`" if base_model else "a local model"
     for path in sorted(set(local_paths), key=len, reverse=True):
         text = text.replace(f"`{path}`", name).replace(path, name)
+    text = _ABSOLUTE_PATH.sub(lambda m: Path(m.group()).name if Path(m.group()).exists() else m.group(), text)
     return card if text == str(card) else ModelCard(text)
 
 

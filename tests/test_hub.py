@@ -386,3 +386,16 @@ def test_a_given_card_gets_the_base_model_named_at_push(tmp_path, tiny_model_pat
     assert "**Base model:** `org/tiny-base`" in (stored / "README.md").read_text()
     assert json.loads((stored / hub.CONFIG_NAME).read_text())["base_model"] == "org/tiny-base"
     assert ModelCard.load(stored / "README.md").data.base_model == "org/tiny-base"
+
+
+def test_training_data_paths_of_this_machine_are_published_by_name_only(tmp_path, tiny_model_path, local_hub):
+    data = tmp_path / "private" / "beir" / "scifact"
+    data.mkdir(parents=True)
+    info = hub.model_card_info_from_model(
+        _retriever(tiny_model_path), datasets=[{"path": str(data), "split": "train", "rows": 809}]
+    )
+    info.citations = ["see https://example.org/a/b and /not/on/this/machine"]
+    hub.push_to_hub(_retriever(tiny_model_path), "org/data-paths", card=info)
+    text = (local_hub.state.storage / "org" / "data-paths" / "README.md").read_text()
+    assert str(tmp_path) not in text and "| scifact | train | 809 |" in text
+    assert "https://example.org/a/b" in text and "/not/on/this/machine" in text  # not paths of this machine
