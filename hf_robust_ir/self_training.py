@@ -19,6 +19,7 @@ round with its checkpoint as the teacher.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -308,11 +309,16 @@ class SelfTrainingLoop:
     def run(self, on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         from .commands.train import default_model_path
         from .evaluation import DocumentIndex, RetrievalEvaluator
+        from .hub import _model_class
         from .mining import mine_hard_negatives
-        from .modeling import BiEncoder
+        from .modeling import BiEncoder, CrossEncoder
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.model_path = self.args.model or default_model_path()
+        if _model_class(Path(self.model_path)) is CrossEncoder:  # read as a BiEncoder, its head would be dropped
+            raise ValueError(
+                f"model {str(self.model_path)!r} is a cross-encoder (reranker) folder; self-training needs a bi-encoder"
+            )
         state = self.load_state()
         if self.args.selection_split and self.args.selection_split == self.args.eval_split:
             raise ValueError(
@@ -334,6 +340,13 @@ class SelfTrainingLoop:
             corpus=corpus, queries=train.queries, qrels={q: train.qrels[q] for q in labeled["query_id"]}, name="labeled"
         )
         logger.info("%d labeled training queries (fraction %.2f)", len(labeled), self.args.labeled_fraction)
+        # the settings do not pin the labeled rows (labeled_qrels, the data folder, its files): their digest does
+        digest = _labeled_digest(labeled_data)
+        if state.setdefault("labeled_data", digest) != digest:  # a state without one predates the check
+            raise ValueError(
+                f"{self.state_path} was written for other labeled data (data folder, qrels or labeled_qrels); use"
+                " another output_dir or delete the file"
+            )
 
         finished = {record["round"] for record in state["rounds"]}
         # a corpus index is reused: the starting model's for round 0, each student's (made for its evaluation) as
@@ -409,6 +422,12 @@ class SelfTrainingLoop:
             if on_round is not None:
                 on_round(record)
         return sorted(state["rounds"], key=lambda r: r["round"])
+
+
+def _labeled_digest(labeled: Any) -> str:
+    """A digest of the labeled training rows: the sampled queries in order, their texts and judgments."""
+    rows = [[q, labeled.queries[q], sorted(judged.items())] for q, judged in labeled.qrels.items()]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
 def _card_info(args: SelfTrainingArguments, model_path: str, record: dict[str, Any], labeled_queries: int) -> Any:

@@ -310,3 +310,33 @@ def test_document_index_refuses_repeated_ids_unfinished_searches_and_empty_corpo
     assert [doc for doc, _ in trained.finish().search(vectors[:1], top_k=1)[0]] == ["x"]
     with pytest.raises(ValueError, match="corpus is empty"):
         DocumentIndex.from_corpus(None, {}, show_progress_bar=False)
+
+
+def save_tiny_reranker(path) -> str:
+    """A tiny random BertForSequenceClassification(num_labels=1) with the MiniLM tokenizer: a cross-encoder folder."""
+    import torch
+    from conftest import minilm_path, tiny_bert_config
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(tiny_bert_config(num_labels=1)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
+    return str(path)
+
+
+def test_eval_command_refuses_a_cross_encoder_and_a_split_without_relevant_documents(tmp_path, tiny_model_path, capsys):
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir")
+    (tmp_path / "beir" / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td3\t0\n")  # no relevant doc
+    reranker = save_tiny_reranker(tmp_path / "reranker")
+    capsys.readouterr()  # the save's progress bar
+    base = ["eval", "--data", str(tmp_path / "beir"), "--quiet", "--max_length", "32"]
+    # a reranker read as a bi-encoder would give metrics of a model nobody trained
+    assert main([*base, "--model", reranker]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: --model") and "cross-encoder" in captured.err
+    # 0.0 for every metric would read as a model that finds nothing
+    assert main([*base, "--model", tiny_model_path, "--split", "dev"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error:") and "dev.tsv" in captured.err

@@ -200,3 +200,23 @@ def test_positives_encoded_for_a_shared_index_show_the_progress_bar_asked_for(da
     mine_hard_negatives(encoder, data, num_negatives=3, show_progress_bar=True, index=index)
     assert encoder.document_calls[-1] == 3  # the positives
     assert encoder.document_progress[-1] is True
+
+
+def test_mine_command_refuses_a_cross_encoder_and_a_split_without_positives(tmp_path, tiny_model_path, capsys):
+    from test_evaluation import save_tiny_reranker, write_beir_folder
+
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir", split="train")
+    (tmp_path / "beir" / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    reranker = save_tiny_reranker(tmp_path / "reranker")
+    capsys.readouterr()  # the save's progress bar
+    base = ["mine", "--data", str(tmp_path / "beir"), "--quiet", "--max_length", "32"]
+    assert main([*base, "--model", reranker, "--output", str(tmp_path / "a")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: --model") and "cross-encoder" in captured.err
+    # no rows: save_to_disk would write a folder that load_from_disk (and `train`, `score --rows`) cannot read
+    assert main([*base, "--model", tiny_model_path, "--split", "dev", "--output", str(tmp_path / "b")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error:") and "dev.tsv" in captured.err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -534,3 +534,24 @@ def test_noise_command_false_negative_by_teacher_score(tmp_path, capsys):
     (change,) = [json.loads(line) for line in (tmp_path / "fn" / "changes.jsonl").read_text().splitlines()]
     assert change["query_id"] == "q1" and change["doc_id"] == "d5"  # the best-scored positive
     assert json.loads((tmp_path / "fn" / "hf_robust_ir_data.json").read_text())["noise"]["order"] == "teacher_score"
+
+
+def test_noise_command_refuses_a_cross_encoder_and_no_rows(tmp_path, capsys):
+    from test_evaluation import save_tiny_reranker, write_beir_folder
+
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir", split="train")
+    (tmp_path / "beir" / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td3\t0\n")
+    reranker = save_tiny_reranker(tmp_path / "reranker")
+    capsys.readouterr()  # the save's progress bar
+    base = ["noise", "--data", str(tmp_path / "beir"), "--rate", "0.5", "--quiet"]
+    semantic = [*base, "--kind", "semantic_swap", "--model", reranker, "--output", str(tmp_path / "a")]
+    assert main(semantic) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: --model") and "cross-encoder" in captured.err
+    # no rows: save_to_disk would write a folder that load_from_disk cannot read
+    assert main([*base, "--kind", "uniform_swap", "--split", "dev", "--output", str(tmp_path / "b")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error:") and "no training rows" in captured.err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

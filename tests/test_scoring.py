@@ -182,3 +182,19 @@ def test_trainer_refuses_a_teacher_loss_on_rows_without_teacher_scores(tiny_mode
     scored = score_rows(_rows(), CORPUS, load_teacher(tiny_model_path), show_progress=False)
     trainer = RetrievalTrainer(model, args, train_dataset=scored, corpus=CORPUS)
     assert trainer.loss.needs_teacher
+
+
+def test_cli_scores_rows_over_a_folder_without_the_split_and_refuses_no_rows(tiny_model_path, tmp_path, capsys):
+    beir = _beir(tmp_path)
+    (beir / "qrels" / "train.tsv").rename(beir / "qrels" / "test.tsv")  # --split is for rows from qrels only
+    (beir / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq0\tn1\t0\n")
+    rows_file = tmp_path / "rows.jsonl"
+    _rows().to_json(str(rows_file), lines=True)
+    base = ["score", "--data", str(beir), "--teacher", tiny_model_path, "--quiet"]
+    assert main([*base, "--rows", str(rows_file), "--output", str(tmp_path / "a")]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 3
+    assert len(datasets.load_from_disk(str(tmp_path / "a"))) == 3
+    # no rows: save_to_disk would write a folder that load_from_disk (and `train`, `score --rows`) cannot read
+    assert main([*base, "--split", "dev", "--output", str(tmp_path / "b")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error:") and "no rows" in captured.err

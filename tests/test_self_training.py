@@ -221,3 +221,41 @@ def test_rounds_are_scored_on_the_selection_split(tiny_model_path, tmp_path):
     (only,) = loop.run()
     assert "metrics" not in only and 0.0 <= only["selection_metrics"]["ndcg@10"] <= 1.0
     assert selected_round([only]) == (only, "selection split ndcg@10")
+
+
+def test_cli_prints_only_its_json_on_stdout(tiny_model_path, tmp_path, capsys):
+    import yaml
+    from test_evaluation import save_tiny_reranker
+
+    recipe = tmp_path / "recipe.yaml"
+    settings = {**vars(_args(tmp_path, tiny_model_path, rounds=0)), "data_dir": str(_beir(tmp_path))}
+    recipe.write_text(yaml.safe_dump(settings))
+    overrides = ["--config", str(recipe)]
+    assert main(["self-train", *overrides]) == 0
+    printed = json.loads(capsys.readouterr().out)  # the trainer's log lines went to stderr
+    assert printed["selected_round"] == 0
+    # a reranker folder as the starting model would be read as a bi-encoder without its head
+    reranker = save_tiny_reranker(tmp_path / "reranker")
+    capsys.readouterr()
+    elsewhere = ["--output_dir", str(tmp_path / "other"), "--model", reranker]
+    assert main(["self-train", *overrides, *elsewhere]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error:") and "cross-encoder" in captured.err
+
+
+def test_a_resume_with_other_labeled_data_is_refused(tiny_model_path, tmp_path, monkeypatch):
+    beir = _beir(tmp_path)
+    first = _args(tmp_path, tiny_model_path, rounds=0, train_initial_teacher=False, eval_split=None)
+    SelfTrainingLoop(first, beir).run()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained on other labeled data than the finished rounds")
+
+    monkeypatch.setattr(SelfTrainingLoop, "_train", no_training)
+    more = _args(tmp_path, tiny_model_path, rounds=1, train_initial_teacher=False, eval_split=None)
+    noisy = {f"q{t}": {f"d{t}1": 1} for t in range(len(TOPICS))}  # the same queries, other positives
+    with pytest.raises(ValueError, match="labeled"):
+        SelfTrainingLoop(more, beir, labeled_qrels=noisy).run()
+    with pytest.raises(ValueError, match="labeled"):  # the same settings over another data folder
+        (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td00\t1\nq1\td10\t1\n")
+        SelfTrainingLoop(more, beir).run()

@@ -39,6 +39,24 @@ def close_process_group() -> None:
         dist.destroy_process_group()
 
 
+def cross_encoder_error(model: str, flag: str = "--model") -> str | None:
+    """A message when ``model`` is a cross-encoder (reranker) folder: it scores pairs and cannot encode texts (read as
+    a bi-encoder, its classification head would be dropped and its encoder used untrained for the task)."""
+    from ..hub import _model_class
+    from ..modeling import CrossEncoder
+
+    if _model_class(Path(model)) is CrossEncoder:
+        return f"error: {flag} {model!r} is a cross-encoder (reranker) folder; this command needs a bi-encoder"
+    return None
+
+
+def no_relevant_error(data: Any, split: str, what: str) -> str | None:
+    """A message when no query of the split has a relevant document (an empty split, only grade-0 judgments)."""
+    if any(grade > 0 for judged in data.qrels.values() for grade in judged.values()):
+        return None
+    return f"error: qrels/{split}.tsv judges no query with a relevant document: nothing to {what}"
+
+
 DATA_ENV = "HF_ROBUST_IR_DATA"
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import input_error, load_bi_encoder, setup_logging
+from .common import cross_encoder_error, input_error, load_bi_encoder, no_relevant_error, setup_logging
 
 HELP = "Evaluate a retriever on a BEIR folder: nDCG@10, Recall@100, MRR@10, MAP as one JSON object on stdout."
 
@@ -57,7 +57,7 @@ def write_trec_run(run: dict[str, dict[str, float]], path: str | Path, tag: str 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
     data_dir = Path(args.data)
-    error = input_error(data_dir, args.model)
+    error = input_error(data_dir, args.model) or cross_encoder_error(args.model)
     if error:
         print(error, file=sys.stderr)
         return 2
@@ -68,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     data = load_beir(data_dir, split=args.split)
     logger.info("Loaded %r", data)
+    error = no_relevant_error(data, args.split, "evaluate")  # metrics of 0.0 would read as a model finding nothing
+    if error:
+        print(error, file=sys.stderr)
+        return 2
     model = load_bi_encoder(args.model, args.max_length)
     evaluator = RetrievalEvaluator(
         data,

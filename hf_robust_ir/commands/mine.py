@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import input_error, load_bi_encoder, setup_logging
+from .common import cross_encoder_error, input_error, load_bi_encoder, no_relevant_error, setup_logging
 
 HELP = "Mine hard negatives with a retriever: canonical training rows (qrels positives + filtered top-k negatives)."
 
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     setup_logging()
     data_dir = Path(args.data)
-    error = input_error(data_dir, args.model)
+    error = input_error(data_dir, args.model) or cross_encoder_error(args.model)
     if error:
         print(error, file=sys.stderr)
         return 2
@@ -66,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     data = load_beir(data_dir, split=args.split)
     logger.info("Loaded %r", data)
+    error = no_relevant_error(data, args.split, "mine")  # no rows: a saved empty dataset does not load back
+    if error:
+        print(error, file=sys.stderr)
+        return 2
     model = load_bi_encoder(args.model, args.max_length)
     stats = MiningStats()
     rows = mine_hard_negatives(

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import input_error, load_bi_encoder, setup_logging
+from .common import cross_encoder_error, input_error, load_bi_encoder, setup_logging
 
 HELP = "Inject label noise into training rows: noisy rows plus changes.jsonl, the record of every change."
 
@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: --kind semantic_swap needs --model (the model whose top-k is swapped in)", file=sys.stderr)
         return 2
     error = input_error(data_dir, args.model if args.kind == "semantic_swap" else None)
+    if error is None and args.kind == "semantic_swap":
+        error = cross_encoder_error(args.model)
     if error:
         print(error, file=sys.stderr)
         return 2
@@ -84,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         logger.info("Loaded %r", data)
         rows = load_training_data(args.rows, corpus=data.corpus).rows if args.rows else rows_from_qrels(data)
         logger.info("Clean rows: %d queries (%s)", len(rows), args.rows or f"qrels/{args.split}.tsv")
+        if len(rows) == 0:  # a saved empty dataset does not load back
+            source = args.rows or f"qrels/{args.split}.tsv (no query with a relevant document)"
+            raise ValueError(f"no training rows to corrupt in {source}")
         if args.kind == "semantic_swap":
             model = load_bi_encoder(args.model, args.max_length)
             noise = SemanticSwapNoise(

@@ -54,18 +54,24 @@ def run(args: argparse.Namespace) -> int:
 
     from hf_robust_ir.commands.mine import DATA_INFO_NAME
     from hf_robust_ir.data import load_beir, load_training_data, rows_from_qrels
+    from hf_robust_ir.data.beir import load_corpus
     from hf_robust_ir.relabel.runner import write_jsonl
     from hf_robust_ir.scoring import load_teacher, score_rows
 
     start = time.perf_counter()
-    data = load_beir(data_dir, split=args.split)
     if args.rows:
         if not Path(args.rows).exists():
             print(f"error: --rows {args.rows!r} does not exist", file=sys.stderr)
             return 2
-        rows = load_training_data(args.rows, corpus=data.corpus).rows
+        corpus = load_corpus(data_dir, args.split)  # the rows' texts only: the folder needs no qrels/<split>.tsv
+        rows = load_training_data(args.rows, corpus=corpus).rows
     else:
-        rows = rows_from_qrels(data)
+        data = load_beir(data_dir, split=args.split)
+        corpus, rows = data.corpus, rows_from_qrels(data)
+    if len(rows) == 0:  # a saved empty dataset does not load back
+        source = args.rows or f"qrels/{args.split}.tsv (no query with a relevant document)"
+        print(f"error: no rows to score in {source}", file=sys.stderr)
+        return 2
     logger.info("%d rows to score (%s)", len(rows), args.rows or f"qrels/{args.split}.tsv")
     teacher = load_teacher(args.teacher, args.teacher_kind, args.max_length)
     out = Path(args.output)
@@ -74,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         scored = score_rows(
             rows,
-            data.corpus,
+            corpus,
             teacher,
             batch_size=args.batch_size,
             chunk_size=args.chunk_size,

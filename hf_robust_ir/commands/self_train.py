@@ -12,6 +12,7 @@ Prints ``{"rounds": [...], "selected_round": r, "selected_by": ...}`` on stdout:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     loop = SelfTrainingLoop(recipe, beir_folder(recipe.data_dir))
     try:
-        rounds = loop.run()
+        with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs: stdout is kept for the JSON
+            rounds = loop.run()
     except (ValueError, OSError) as exc:  # bad settings, a missing split or model folder
         print(f"error: {exc}", file=sys.stderr)
         return 2
