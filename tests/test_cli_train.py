@@ -46,7 +46,7 @@ def recipe(tmp_path, tiny_model_path, small_beir):
 
 def test_train_command_runs_and_reports_before_and_after(recipe, tmp_path, capsys):
     assert main(["train", "--config", str(recipe), "--max_steps", "3"]) == 0
-    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    results = json.loads(capsys.readouterr().out)  # the one line on stdout: the trainer's logs go to stderr
     assert set(results["before"]) >= {"before_ndcg@10", "before_recall@100", "before_mrr@10", "before_map"}
     assert set(results["after"]) >= {"after_ndcg@10"}
     assert results["train"]["train_steps_per_second"] > 0

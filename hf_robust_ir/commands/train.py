@@ -10,6 +10,7 @@ save the model and ``results.json`` (also printed on stdout as one JSON object).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import logging
@@ -281,6 +282,13 @@ ACCEPTS_OVERRIDES = True  # unknown --key value pairs reach run() as args.overri
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train from a recipe; the results JSON is the one line on stdout (the trainer's logs go to stderr)."""
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run(args, stdout)
+
+
+def _run(args: argparse.Namespace, stdout: Any) -> int:
     from ..data import load_beir
     from ..evaluation import RetrievalEvaluator
     from ..losses import get_loss
@@ -348,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
         trainer.model_card.write(training_args.output_dir, training_args, trainer.state, scored, model=model)
     if is_main:
         Path(training_args.output_dir, "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        print(json.dumps(results))
+        print(json.dumps(results), file=stdout, flush=True)
         if "before" in results and "after" in results:
             print(
                 f"nDCG@10 on {data_dir.name} {data_args.eval_split}: before {results['before']['before_ndcg@10']:.4f}"
