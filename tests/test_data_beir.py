@@ -137,9 +137,9 @@ def test_int_and_string_ids_collide(tmp_path):
     assert_error(exc, "corpus.jsonl", 5, "_id")
 
 
-def test_empty_document(tmp_path):
-    corpus = jsonl(CORPUS[:3] + [{"_id": "d4", "title": " ", "text": "\n"}])
-    with pytest.raises(DataFormatError, match="empty title and text") as exc:
+def test_document_without_title_or_text(tmp_path):
+    corpus = jsonl(CORPUS[:3] + [{"_id": "d4", "contents": "a Pyserini field, not BEIR's"}])
+    with pytest.raises(DataFormatError, match="no 'title' or 'text'") as exc:
         load_beir(write_beir(tmp_path, corpus=corpus))
     assert_error(exc, "corpus.jsonl", 4, "text")
 
@@ -358,3 +358,24 @@ def test_passages_of_one_split_join_that_splits_corpus_only(tmp_path):
     with pytest.raises(DataFormatError, match="'d3' is in corpus.jsonl too") as exc:
         load_beir(folder, split="train")
     assert_error(exc, "corpus.train.jsonl", 2, "_id")
+
+
+def test_documents_with_empty_title_and_text_are_kept(tmp_path):
+    """BEIR's FiQA corpus.jsonl ships such lines (``{"_id": "7915", "title": "", "text": "", "metadata": {}}``)."""
+    corpus = jsonl(CORPUS + [{"_id": 7915, "title": "", "text": "", "metadata": {}}, {"_id": "d6", "title": " "}])
+    data = load_beir(write_beir(tmp_path, corpus=corpus))
+    assert data.corpus["7915"] == "" and data.corpus["d6"] == ""
+    assert len(data.corpus) == 6
+
+
+def test_qrels_trailing_tab_is_ignored(tmp_path):
+    data = load_beir(write_beir(tmp_path, qrels="query-id\tcorpus-id\tscore\t\r\nq1\td1\t2\t\nq2\t2\t1 \t\r\n"))
+    assert data.qrels == {"q1": {"d1": 2}, "q2": {"2": 1}}
+
+
+def test_jsonl_byte_order_mark_then_blank_first_line(tmp_path):
+    folder = write_beir(tmp_path)
+    (folder / "corpus.jsonl").write_bytes(b"\xef\xbb\xbf\r\n" + jsonl(CORPUS).encode())
+    (folder / "queries.jsonl").write_bytes(b"\xef\xbb\xbf\n" + jsonl(QUERIES).encode())
+    data = load_beir(folder)
+    assert len(data.corpus) == 4 and data.queries["q1"] == "what thins blood"

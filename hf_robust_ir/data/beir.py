@@ -6,6 +6,7 @@ reports no line numbers: a bad line in a 500 MB corpus must be reported as ``cor
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ def _json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line of a JSONL file (line numbers are 1-based)."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
+            if n == 1:  # json.loads reads past a byte-order mark, but a line of only a BOM is blank, not bad JSON
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             if not raw.strip():
                 continue
             try:
@@ -66,8 +69,8 @@ def _read_id_text_file(path: Path, with_title: bool) -> dict[str, str]:
             raise DataFormatError(str(path), n, "_id", f"duplicate _id {key!r} (first seen on line {first_line[key]})")
         title = _optional_str(obj, "title", path, n) if with_title else ""
         text = document_text(title, _optional_str(obj, "text", path, n))
-        if not text:
-            what = "document has an empty title and text" if with_title else "query text is empty"
+        if not text and not (with_title and ("title" in obj or "text" in obj)):  # FiQA ships empty documents
+            what = "document has no 'title' or 'text'" if with_title else "query text is empty"
             raise DataFormatError(str(path), n, "text", what)
         texts[key] = text
         first_line[key] = n
@@ -103,7 +106,7 @@ def _read_qrels(path: Path, corpus: dict[str, str], queries: dict[str, str]) -> 
                 ) from None
             if not raw.strip():
                 continue
-            parts = [p.strip() for p in raw.rstrip("\r\n").split("\t")]
+            parts = [p.strip() for p in raw.rstrip().split("\t")]  # a trailing tab adds no column
             if not seen_content:
                 seen_content = True
                 if parts[0].lower() == "query-id":
@@ -170,11 +173,11 @@ def load_corpus(folder: str | Path, split: str | None = None) -> dict[str, str]:
 def load_beir(folder: str | Path, split: str = "test", queries_for_split_only: bool = True) -> RetrievalCorpus:
     """Load a BEIR folder: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
 
-    Documents read as ``title + " " + text``; grades are kept as ints (grade-0 judgments included). With
-    ``queries_for_split_only`` only the queries judged in ``split`` are kept, in ``queries.jsonl`` order. Passages in
-    ``corpus.<split>.jsonl`` (if present) join the corpus of that split only: ``hf-robust-ir synthesize`` writes its
-    passages there, so the test split is still searched over the source corpus. Bad input raises
-    :class:`DataFormatError` naming the file, the line and the field.
+    Documents read as ``title + " " + text`` (one with both empty is kept, as FiQA ships some); grades are kept as
+    ints (grade-0 judgments included). With ``queries_for_split_only`` only the queries judged in ``split`` are kept,
+    in ``queries.jsonl`` order. Passages in ``corpus.<split>.jsonl`` (if present) join the corpus of that split only:
+    ``hf-robust-ir synthesize`` writes its passages there, so the test split is still searched over the source corpus.
+    Bad input raises :class:`DataFormatError` naming the file, the line and the field.
     """
     folder = Path(folder)
     qrels_path = folder / "qrels" / f"{split}.tsv"
