@@ -364,21 +364,28 @@ class RetrievalTrainer(Trainer):
         blocking: bool = True,
         token: str | None = None,
         revision: str | None = None,
+        private: bool | None = None,
+        base_model: str | None = None,
         **kwargs: Any,
-    ) -> str:
-        """Push the trained model and its card with :func:`hf_robust_ir.hub.push_to_hub` (adapter-only for LoRA)."""
+    ) -> str | None:
+        """Push the trained model and its card with :func:`hf_robust_ir.hub.push_to_hub` (adapter-only for LoRA;
+        ``base_model``: the Hub id of a LoRA model's local base), from the main process only (the others get None).
+        ``private`` and ``revision`` default to ``args.hub_private_repo`` and ``args.hub_revision``."""
         from .hub import push_to_hub
 
         self.create_model_card()
+        if not self.is_world_process_zero():
+            return None
         card = Path(self.args.output_dir) / "README.md"
         return push_to_hub(
             self.accelerator.unwrap_model(self.model),
             self.args.hub_model_id,
-            private=bool(self.args.hub_private_repo),
+            private=bool(self.args.hub_private_repo if private is None else private),
             token=token or self.args.hub_token,
             commit_message=commit_message or "End of training",
             card=card if card.exists() else None,
-            revision=revision,
+            base_model=base_model,
+            revision=revision if revision is not None else self.args.hub_revision,
         )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -392,8 +399,9 @@ class RetrievalTrainer(Trainer):
         self, guide: Any, model: torch.nn.Module, args: Any, corpus: Any, train_dataset: Any
     ) -> torch.nn.Module | None:
         if not getattr(self.loss, "needs_guide_scores", False):
-            if args.guide_lexical_weight is not None:
-                raise ValueError(f"guide_lexical_weight is set but loss {self.loss.config()['name']!r} reads no guide")
+            for name, value in (("guide_model", guide), ("guide_lexical_weight", args.guide_lexical_weight)):
+                if value is not None:
+                    raise ValueError(f"{name} is set but loss {self.loss.config()['name']!r} reads no guide")
             return None
         if guide is None:
             raise ValueError(f"loss {self.loss.config()['name']!r} needs a guide model: set guide_model")
@@ -479,7 +487,10 @@ class RetrievalTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Retrieval metrics of the current model, logged with ``metric_key_prefix`` (``eval_ndcg@10``, ...)."""
         if self.evaluator is None:
-            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            # its data loader draws a seed from the CPU generator, which dropout on the CPU also draws from: evaluating
+            # during training would change the training that follows
+            with torch.random.fork_rng(devices=[]):
+                return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         model = self.accelerator.unwrap_model(self.model)
         metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in self.evaluator(model).items()}
         self.log(dict(metrics))

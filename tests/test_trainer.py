@@ -249,3 +249,43 @@ def test_batches_are_collated_on_each_process_not_dispatched(tmp_path, model_pat
     args.accelerator_config = AcceleratorConfig(dispatch_batches=True)
     with pytest.raises(ValueError, match="dispatch_batches cannot split retrieval batches"):
         RetrievalTrainer(BiEncoder.from_pretrained(model_path), args, _rows(), CORPUS)
+
+
+def test_a_guide_model_for_a_loss_that_reads_no_guide_is_refused(tmp_path, model_path):
+    # a guide set for InfoNCE (no guide scores) would be loaded nowhere and silently change nothing
+    with pytest.raises(ValueError, match="guide_model is set but loss 'infonce' reads no guide"):
+        RetrievalTrainer(
+            BiEncoder.from_pretrained(model_path), _args(tmp_path, guide_model=model_path), _rows(), CORPUS
+        )
+    with pytest.raises(ValueError, match="guide_model is set but loss 'infonce' reads no guide"):
+        RetrievalTrainer(
+            BiEncoder.from_pretrained(model_path), _args(tmp_path), _rows(), CORPUS,
+            guide_model=BiEncoder.from_pretrained(model_path),
+        )  # fmt: skip
+
+
+def test_evaluation_on_rows_during_training_leaves_the_training_unchanged(tmp_path, tiny_model_path):
+    # dropout (tiny_model_path has it) draws from the CPU generator, which each evaluation data loader also draws from
+    plain = BiEncoder.from_pretrained(tiny_model_path)
+    RetrievalTrainer(plain, _args(tmp_path / "plain"), _rows(), CORPUS).train()
+    evaluated = BiEncoder.from_pretrained(tiny_model_path)
+    args = _args(tmp_path / "evaluated", eval_strategy="steps", eval_steps=2)
+    trainer = RetrievalTrainer(evaluated, args, _rows(), CORPUS, eval_dataset=_rows(8))
+    trainer.train()
+    assert len([h for h in trainer.state.log_history if "eval_loss" in h]) == 3
+    _assert_same_weights(_state(plain), _state(evaluated))
+
+
+def test_push_to_hub_keeps_its_arguments_and_pushes_from_the_main_process_only(tmp_path, model_path, monkeypatch):
+    import hf_robust_ir.hub as hub
+
+    calls = []
+    monkeypatch.setattr(hub, "push_to_hub", lambda model, repo_id, **kwargs: calls.append((repo_id, kwargs)) or "url")
+    args = _args(tmp_path, hub_model_id="org/trained", hub_revision="dev", model_card=False)
+    trainer = RetrievalTrainer(BiEncoder.from_pretrained(model_path), args, _rows(), CORPUS)
+    trainer.push_to_hub(private=True, base_model="org/base")
+    repo_id, kwargs = calls[-1]
+    assert repo_id == "org/trained"
+    assert kwargs["private"] is True and kwargs["base_model"] == "org/base" and kwargs["revision"] == "dev"
+    monkeypatch.setattr(trainer, "is_world_process_zero", lambda: False)
+    assert trainer.push_to_hub() is None and len(calls) == 1  # another process of a distributed run
