@@ -113,3 +113,21 @@ def test_training_a_reranker_learns_and_saves(tmp_path, reranker_path):
     loaded = CrossEncoder.from_pretrained(tmp_path / "final")
     pairs = [(rows[0]["query"], CORPUS["d0"]), (rows[0]["query"], CORPUS["d4"])]
     torch.testing.assert_close(torch.tensor(loaded.predict(pairs)), torch.tensor(model.predict(pairs)))
+
+
+def test_gradient_checkpointing_trains_a_reranker_to_the_same_weights(tmp_path, reranker_path):
+    rows = [_row(f"q{i}", [f"d{i}", f"d{(i + 4) % 12}", f"d{(i + 8) % 12}"], [1, 0, 0]) for i in range(8)]
+    dataset = datasets.Dataset.from_list(rows, features=ROW_FEATURES)
+    trained = {}
+    for checkpointing in (False, True):
+        model = CrossEncoder.from_pretrained(reranker_path)
+        args = RetrievalTrainingArguments(
+            output_dir=str(tmp_path / str(checkpointing)), group_size=3, per_device_train_batch_size=4,
+            learning_rate=2e-3, max_steps=2, report_to=[], use_cpu=True, save_strategy="no", seed=3,
+            gradient_checkpointing=checkpointing,
+        )  # fmt: skip
+        RetrievalTrainer(model, args, train_dataset=dataset, corpus=CORPUS).train()
+        assert model.model.is_activation_checkpointing == checkpointing
+        trained[checkpointing] = model.state_dict()
+    for name, value in trained[False].items():
+        torch.testing.assert_close(trained[True][name], value, atol=1e-6, rtol=1e-5, msg=name)

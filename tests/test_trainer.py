@@ -289,3 +289,19 @@ def test_push_to_hub_keeps_its_arguments_and_pushes_from_the_main_process_only(t
     assert kwargs["private"] is True and kwargs["base_model"] == "org/base" and kwargs["revision"] == "dev"
     monkeypatch.setattr(trainer, "is_world_process_zero", lambda: False)
     assert trainer.push_to_hub() is None and len(calls) == 1  # another process of a distributed run
+
+
+@pytest.mark.parametrize("separate_towers", [False, True])
+def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path, model_path, separate_towers):
+    """transformers calls the model's activation_checkpointing_enable for gradient_checkpointing=True; recomputing
+    activations changes no number (the model has no dropout)."""
+    trained = {}
+    for checkpointing in (False, True):
+        model = BiEncoder.from_pretrained(model_path, separate_towers=separate_towers)
+        args = _args(tmp_path / str(checkpointing), max_steps=2, gradient_checkpointing=checkpointing)
+        RetrievalTrainer(model, args, _rows(), CORPUS).train()
+        towers = [model.query_encoder] + ([model.document_encoder] if separate_towers else [])
+        assert all(tower.is_activation_checkpointing == checkpointing for tower in towers)
+        trained[checkpointing] = model.state_dict()
+    for name, value in trained[False].items():
+        torch.testing.assert_close(trained[True][name], value, atol=1e-6, rtol=1e-5, msg=name)

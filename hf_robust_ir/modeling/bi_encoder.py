@@ -392,10 +392,19 @@ class BiEncoder(nn.Module):
         """Score logits ``q·d / τ`` of shape ``[queries, documents]``."""
         return query_embeddings @ document_embeddings.T / self.retrieval_config.temperature
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        for kind in ("query", "document"):
-            self.tower(kind).gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Activation (gradient) checkpointing in every tower; ``Trainer`` calls it for ``gradient_checkpointing``."""
+        kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
+        for tower in {id(self.tower(kind)): self.tower(kind) for kind in KINDS}.values():
+            tower.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+            )
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """The older name of :meth:`activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     # ---------------------------------------------------------------- tokenization and encoding of raw texts
     def prefixed(self, texts: list[str], kind: str) -> list[str]:

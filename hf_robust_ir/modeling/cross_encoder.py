@@ -177,9 +177,19 @@ class CrossEncoder(nn.Module):
             raise ValueError(f"cannot split {scores.numel()} scores into groups of {group_size}")
         return scores.reshape(-1, group_size) / self.temperature
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Activation (gradient) checkpointing in the encoder; ``Trainer`` calls it for ``gradient_checkpointing``."""
+        self.model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=activation_checkpointing_kwargs or {"use_reentrant": False},
+            every_n_layers=every_n_layers,
+            offload=offload,
+        )
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """The older name of :meth:`activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     # ---------------------------------------------------------------- raw texts
     def tokenize(self, queries: list[str], documents: list[str], padding: bool = True, max_length: int | None = None):
