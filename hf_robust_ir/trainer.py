@@ -300,6 +300,9 @@ class RetrievalTrainer(Trainer):
         if evaluator_only:
             kwargs["eval_dataset"] = "evaluator"
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator, **kwargs)
+        # compute_loss never reads num_items_in_batch: Trainer must divide the loss by the accumulation steps itself,
+        # whatever the model's forward accepts (a forward taking **kwargs would otherwise switch that off)
+        self.model_accepts_loss_kwargs = False
         if evaluator_only:
             self.eval_dataset = None
         elif evaluator is not None:

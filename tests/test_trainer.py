@@ -305,3 +305,22 @@ def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path, model_path,
         trained[checkpointing] = model.state_dict()
     for name, value in trained[False].items():
         torch.testing.assert_close(trained[True][name], value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+class _ForwardWithKeywords(BiEncoder):
+    """A model whose forward takes **kwargs, which transformers reads as 'the model divides by the token count'."""
+
+    def forward(self, query=None, document=None, **kwargs):
+        return super().forward(query=query, document=document)
+
+
+def test_gradient_accumulation_divides_the_loss_whatever_the_forward_accepts(tmp_path, model_path):
+    common = dict(max_steps=2, in_batch_negatives=False, group_size=5)
+    big = BiEncoder.from_pretrained(model_path)
+    RetrievalTrainer(big, _args(tmp_path / "a", per_device_train_batch_size=4, **common), _rows(), CORPUS).train()
+    small = _ForwardWithKeywords.from_pretrained(model_path)
+    args = _args(tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=2, **common)
+    trainer = RetrievalTrainer(small, args, _rows(), CORPUS)
+    assert trainer.model_accepts_loss_kwargs is False
+    trainer.train()
+    _assert_same_weights(_state(big), _state(small), atol=1e-5)
