@@ -421,7 +421,8 @@ class SelfTrainingLoop:
             logger.info("round %d done: %s", round_number, record.get("metrics"))
             if on_round is not None:
                 on_round(record)
-        return sorted(state["rounds"], key=lambda r: r["round"])
+        # the rounds asked for: a resume with fewer rounds than finished does not report the later ones
+        return sorted((r for r in state["rounds"] if r["round"] <= self.args.rounds), key=lambda r: r["round"])
 
 
 def _labeled_digest(labeled: Any) -> str:

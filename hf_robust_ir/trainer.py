@@ -406,6 +406,10 @@ class RetrievalTrainer(Trainer):
                 if value is not None:
                     raise ValueError(f"{name} is set but loss {self.loss.config()['name']!r} reads no guide")
             return None
+        from .modeling import CrossEncoder
+
+        if isinstance(model, CrossEncoder):  # the guide scores the candidate matrix of a bi-encoder batch
+            raise ValueError("guide-model masking is for bi-encoders; a reranker trains on per-query groups")
         if guide is None:
             raise ValueError(f"loss {self.loss.config()['name']!r} needs a guide model: set guide_model")
         if guide is model:

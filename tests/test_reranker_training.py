@@ -131,3 +131,17 @@ def test_gradient_checkpointing_trains_a_reranker_to_the_same_weights(tmp_path, 
         trained[checkpointing] = model.state_dict()
     for name, value in trained[False].items():
         torch.testing.assert_close(trained[True][name], value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_a_guided_loss_with_a_reranker_is_refused_when_the_trainer_is_built(tmp_path, reranker_path, tiny_model_path):
+    from hf_robust_ir.modeling import BiEncoder
+
+    rows = datasets.Dataset.from_list([_row("q1", ["d1", "d2"], [1, 0])], features=ROW_FEATURES)
+    args = RetrievalTrainingArguments(
+        output_dir=str(tmp_path), group_size=2, report_to=[], use_cpu=True, loss="guide_masked"
+    )
+    with pytest.raises(ValueError, match="guide-model masking is for bi-encoders"):
+        RetrievalTrainer(
+            CrossEncoder.from_pretrained(reranker_path), args, train_dataset=rows, corpus=CORPUS,
+            guide_model=BiEncoder.from_pretrained(tiny_model_path),
+        )  # fmt: skip

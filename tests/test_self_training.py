@@ -108,6 +108,9 @@ def test_rounds_soft_labels_and_resume(tiny_model_path, tmp_path, monkeypatch):
     assert stages == [("pretrain", 6), ("finetune", 3)]
     assert [r["round"] for r in more] == [0, 1, 2] and more[2]["teacher"] == more[1]["checkpoint"]
     assert more[:2] == rounds
+    # resumed with fewer rounds than finished: the rounds asked for, and the last of them is the one selected
+    fewer = SelfTrainingLoop(_args(tmp_path, tiny_model_path, rounds=1), beir).run()
+    assert fewer == rounds and selected_round(fewer) == (rounds[1], "last round")
     # other settings in the same folder are refused, not mixed
     with pytest.raises(ValueError, match="other settings"):
         SelfTrainingLoop(_args(tmp_path, tiny_model_path, rounds=2, learning_rate=1e-3), beir).run()
