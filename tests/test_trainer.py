@@ -72,15 +72,25 @@ def test_training_lowers_the_loss_and_changes_weights(tmp_path, model_path):
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_gradient_accumulation_matches_the_large_batch(tmp_path, model_path):
+class _ForwardWithKeywords(BiEncoder):
+    """A model whose forward takes **kwargs, which transformers reads as 'the model divides by the token count'."""
+
+    def forward(self, query=None, document=None, **kwargs):
+        return super().forward(query=query, document=document)
+
+
+@pytest.mark.parametrize("model_class", [BiEncoder, _ForwardWithKeywords])
+def test_gradient_accumulation_matches_the_large_batch(tmp_path, model_path, model_class):
     # Without in-batch negatives each query's loss depends only on its own group, so 2 micro-batches of 2 accumulated
-    # give the same update as one batch of 4.
+    # give the same update as one batch of 4 -- whatever the model's forward accepts (Trainer divides the loss)
     common = dict(max_steps=2, in_batch_negatives=False, group_size=5)
     big = BiEncoder.from_pretrained(model_path)
     RetrievalTrainer(big, _args(tmp_path / "a", per_device_train_batch_size=4, **common), _rows(), CORPUS).train()
-    small = BiEncoder.from_pretrained(model_path)
+    small = model_class.from_pretrained(model_path)
     args = _args(tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=2, **common)
-    RetrievalTrainer(small, args, _rows(), CORPUS).train()
+    trainer = RetrievalTrainer(small, args, _rows(), CORPUS)
+    assert trainer.model_accepts_loss_kwargs is False
+    trainer.train()
     _assert_same_weights(_state(big), _state(small), atol=1e-5)
     untouched = BiEncoder.from_pretrained(model_path)
     assert any(not torch.equal(v, _state(big)[k]) for k, v in untouched.state_dict().items())
@@ -305,22 +315,3 @@ def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path, model_path,
         trained[checkpointing] = model.state_dict()
     for name, value in trained[False].items():
         torch.testing.assert_close(trained[True][name], value, atol=1e-6, rtol=1e-5, msg=name)
-
-
-class _ForwardWithKeywords(BiEncoder):
-    """A model whose forward takes **kwargs, which transformers reads as 'the model divides by the token count'."""
-
-    def forward(self, query=None, document=None, **kwargs):
-        return super().forward(query=query, document=document)
-
-
-def test_gradient_accumulation_divides_the_loss_whatever_the_forward_accepts(tmp_path, model_path):
-    common = dict(max_steps=2, in_batch_negatives=False, group_size=5)
-    big = BiEncoder.from_pretrained(model_path)
-    RetrievalTrainer(big, _args(tmp_path / "a", per_device_train_batch_size=4, **common), _rows(), CORPUS).train()
-    small = _ForwardWithKeywords.from_pretrained(model_path)
-    args = _args(tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=2, **common)
-    trainer = RetrievalTrainer(small, args, _rows(), CORPUS)
-    assert trainer.model_accepts_loss_kwargs is False
-    trainer.train()
-    _assert_same_weights(_state(big), _state(small), atol=1e-5)
