@@ -453,9 +453,8 @@ class RetrievalTrainer(Trainer):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "pairs" in inputs and self.guide_model is not None:
-            raise ValueError("guide-model masking is for bi-encoders; a reranker trains on per-query groups")
-        if "pairs" in inputs:  # a reranker: scores of each query's candidate group
+        # a reranker: scores of each query's candidate group (never with a guide model: refused in __init__)
+        if "pairs" in inputs:
             pair_scores = model(**inputs["pairs"])
             scores = group_pair_scores(pair_scores, inputs["pair_rows"], inputs["pair_cols"], inputs["labels"].shape)
             scores = scores / self.accelerator.unwrap_model(self.model).temperature
