@@ -111,12 +111,17 @@ def build_query_generator(
 
 
 def sample_labeled_queries(rows: datasets.Dataset, fraction: float, seed: int) -> datasets.Dataset:
-    """A seeded sample of ``ceil(fraction · n)`` rows (all of them at fraction 1), in their original order."""
+    """A seeded sample of ``ceil(fraction · n)`` rows (all of them at fraction 1), in their original order.
+
+    The sample is drawn over the rows' query ids in sorted order, so it depends on which queries there are, not on
+    the order of the lines of the qrels file."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"labeled_fraction must be in (0, 1], got {fraction}")
     if fraction >= 1.0:
         return rows
-    keep = sorted(random.Random(seed).sample(range(len(rows)), math.ceil(fraction * len(rows))))
+    query_ids = rows["query_id"]
+    by_query_id = sorted(range(len(rows)), key=lambda i: query_ids[i])
+    keep = sorted(random.Random(seed).sample(by_query_id, math.ceil(fraction * len(rows))))
     return rows.select(keep)
 
 
@@ -189,6 +194,29 @@ class SelfTrainingLoop:
         if self.args.max_eval_queries is not None:
             keep = sorted(data.qrels)[: self.args.max_eval_queries]
             data.qrels = {q: data.qrels[q] for q in keep}
+        return data
+
+    def _selection_split(self, labeled_queries: set[str]) -> Any:
+        """The selection split without the labeled training queries it shares with them (a round chosen on the
+        queries it was trained on would be chosen for fitting them), or None."""
+        data = self._evaluation_split(self.args.selection_split)
+        if data is None:
+            return None
+        shared = labeled_queries & set(data.qrels)
+        if shared:
+            logger.warning(
+                "selection_split %r shares %d of its %d queries with the labeled training queries; they are left out"
+                " of the selection",
+                self.args.selection_split,
+                len(shared),
+                len(data.qrels),
+            )
+            data.qrels = {q: judged for q, judged in data.qrels.items() if q not in shared}
+            if not data.qrels:
+                raise ValueError(
+                    f"selection_split {self.args.selection_split!r} holds only labeled training queries; use a"
+                    " split of other queries (e.g. dev)"
+                )
         return data
 
     def synthetic_queries(
@@ -325,6 +353,11 @@ class SelfTrainingLoop:
                 f"selection_split {self.args.selection_split!r} is the eval_split: a round chosen on it is chosen on"
                 " the labels it is measured with; use another labeled split (e.g. dev)"
             )
+        if self.args.selection_split and self.args.selection_split == self.args.train_split:
+            raise ValueError(
+                f"selection_split {self.args.selection_split!r} is the train_split: a round chosen on it is chosen on"
+                " the labels it was trained on; use another labeled split (e.g. dev)"
+            )
         train, test, labeled = self.load_data()
         corpus = train.corpus
 
@@ -335,10 +368,10 @@ class SelfTrainingLoop:
             return RetrievalEvaluator(data, batch_size=batch_size, show_progress_bar=progress)
 
         evaluator = evaluator_of(test)
-        selector = evaluator_of(self._evaluation_split(self.args.selection_split))
         labeled_data = type(train)(
             corpus=corpus, queries=train.queries, qrels={q: train.qrels[q] for q in labeled["query_id"]}, name="labeled"
         )
+        selector = evaluator_of(self._selection_split(set(labeled_data.qrels)))
         logger.info("%d labeled training queries (fraction %.2f)", len(labeled), self.args.labeled_fraction)
         # the settings do not pin the labeled rows (labeled_qrels, the data folder, its files): their digest does
         digest = _labeled_digest(labeled_data)
@@ -346,6 +379,12 @@ class SelfTrainingLoop:
             raise ValueError(
                 f"{self.state_path} was written for other labeled data (data folder, qrels or labeled_qrels); use"
                 " another output_dir or delete the file"
+            )
+        corpus_digest = _corpus_digest(corpus)
+        if state.setdefault("corpus", corpus_digest) != corpus_digest:  # a state without one predates the check
+            raise ValueError(
+                f"{self.state_path} was written for another corpus (its documents' ids or texts differ); use another"
+                " output_dir or delete the file"
             )
 
         finished = {record["round"] for record in state["rounds"]}
@@ -429,6 +468,14 @@ def _labeled_digest(labeled: Any) -> str:
     """A digest of the labeled training rows: the sampled queries in order, their texts and judgments."""
     rows = [[q, labeled.queries[q], sorted(judged.items())] for q, judged in labeled.qrels.items()]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def _corpus_digest(corpus: dict[str, str]) -> str:
+    """A digest of the corpus: every document id with its text, in id order."""
+    digest = hashlib.sha256()
+    for doc_id in sorted(corpus):
+        digest.update(json.dumps([doc_id, corpus[doc_id]]).encode())
+    return digest.hexdigest()
 
 
 def _card_info(args: SelfTrainingArguments, model_path: str, record: dict[str, Any], labeled_queries: int) -> Any:

@@ -64,6 +64,9 @@ def test_labeled_fraction_is_a_seeded_sample(tmp_path):
     assert len(three) == 3 and three["query_id"] == sample_labeled_queries(rows, 0.3, seed=0)["query_id"]
     assert three["query_id"] == sorted(three["query_id"], key=int)  # original order kept
     assert sample_labeled_queries(rows, 1.0, seed=0) is rows
+    # the same queries listed in another order (another qrels file's line order): the same queries are sampled
+    backwards = datasets.Dataset.from_list([{"query_id": str(i)} for i in reversed(range(10))])
+    assert sorted(sample_labeled_queries(backwards, 0.3, seed=0)["query_id"]) == sorted(three["query_id"])
     with pytest.raises(ValueError, match="labeled_fraction"):
         sample_labeled_queries(rows, 0.0, seed=0)
 
@@ -220,6 +223,8 @@ def test_rounds_are_scored_on_the_selection_split(tiny_model_path, tmp_path):
     (beir / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n" + dev)
     with pytest.raises(ValueError, match="selection_split 'test' is the eval_split"):
         SelfTrainingLoop(_args(tmp_path, tiny_model_path, rounds=0, selection_split="test"), beir).run()
+    with pytest.raises(ValueError, match="selection_split 'train' is the train_split"):
+        SelfTrainingLoop(_args(tmp_path, tiny_model_path, rounds=0, selection_split="train"), beir).run()
     loop = SelfTrainingLoop(_args(tmp_path, tiny_model_path, rounds=0, selection_split="dev", eval_split=None), beir)
     (only,) = loop.run()
     assert "metrics" not in only and 0.0 <= only["selection_metrics"]["ndcg@10"] <= 1.0
@@ -261,4 +266,33 @@ def test_a_resume_with_other_labeled_data_is_refused(tiny_model_path, tmp_path, 
         SelfTrainingLoop(more, beir, labeled_qrels=noisy).run()
     with pytest.raises(ValueError, match="labeled"):  # the same settings over another data folder
         (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td00\t1\nq1\td10\t1\n")
+        SelfTrainingLoop(more, beir).run()
+
+
+def test_selection_queries_that_are_labeled_training_queries_are_left_out(tiny_model_path, tmp_path, caplog):
+    beir = _beir(tmp_path)
+    args = _args(tmp_path, tiny_model_path, rounds=0, labeled_fraction=1.0, selection_split="dev")
+    loop = SelfTrainingLoop(args, beir)
+    (beir / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td02\t1\nt1\td12\t1\nt2\td22\t1\n")
+    with caplog.at_level("WARNING", logger="hf_robust_ir.self_training"):
+        selection = loop._selection_split({f"q{t}" for t in range(len(TOPICS))})
+    assert selection.qrels == {"t1": {"d12": 1}, "t2": {"d22": 1}}  # q0 was trained on
+    assert "shares 1 of its 3 queries" in caplog.text
+    (beir / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td02\t1\n")
+    with pytest.raises(ValueError, match="holds only labeled training queries"):
+        loop._selection_split({"q0"})
+
+
+def test_a_resume_over_another_corpus_is_refused(tiny_model_path, tmp_path, monkeypatch):
+    beir = _beir(tmp_path)
+    first = _args(tmp_path, tiny_model_path, rounds=0, train_initial_teacher=False, eval_split=None)
+    SelfTrainingLoop(first, beir).run()
+    monkeypatch.setattr(SelfTrainingLoop, "_train", lambda *a, **k: pytest.fail("trained over another corpus"))
+    corpus = beir / "corpus.jsonl"
+    lines = corpus.read_text().splitlines()
+    edited = json.loads(lines[-1])
+    edited["text"] = "a passage that was rewritten"  # same ids, same labeled queries, one text changed
+    corpus.write_text("\n".join([*lines[:-1], json.dumps(edited)]) + "\n")
+    more = _args(tmp_path, tiny_model_path, rounds=1, train_initial_teacher=False, eval_split=None)
+    with pytest.raises(ValueError, match="another corpus"):
         SelfTrainingLoop(more, beir).run()
