@@ -700,7 +700,8 @@ def push_to_hub(
     ``card``: a ``ModelCard``, a :class:`ModelCardInfo`, a path to a ``README.md``, or None for a card built from
     the model. ``base_model``: the Hub id of the base model (required for a LoRA model whose base is a local folder;
     written into the adapter config and the card). ``token``: default ``HF_TOKEN`` or ``huggingface_hub``'s login;
-    a folder holding the token is never uploaded. Returns the commit URL.
+    a folder holding the token is never uploaded. ``revision``: the branch to commit to, made from main if it does not
+    exist yet (a ``refs/pr/N`` pull request must exist). Returns the commit URL.
     """
     from huggingface_hub import HfApi, ModelCard
 
@@ -736,6 +737,8 @@ def push_to_hub(
             raise RuntimeError(f"refusing to upload: the Hub token appears in {[p.name for p in leaked]}")
         api = HfApi(endpoint=_endpoint(endpoint), token=token)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision is not None and not revision.startswith("refs/pr/"):  # the Hub refuses commits to a missing branch
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
         info = api.upload_folder(
             folder_path=str(folder),
             repo_id=repo_id,

@@ -5,12 +5,15 @@ repository, upload a folder and download it again.
 - ``POST /api/validate-yaml``: parses the card's metadata with ``huggingface_hub`` (400 with ``errors`` if invalid);
 - ``POST /api/models/{repo}/preupload/{rev}``: every file is uploaded ``"regular"`` (base64 in the commit), so
   neither LFS nor Xet storage is needed;
-- ``POST /api/models/{repo}/commit/{rev}``: the ndjson commit (``header``, ``file``, ``deletedFile``);
+- ``POST /api/models/{repo}/commit/{rev}``: the ndjson commit (``header``, ``file``, ``deletedFile``) on branch
+  ``rev`` (404 ``RevisionNotFound`` for a branch that does not exist, as on the Hub);
+- ``POST /api/models/{repo}/branch/{branch}``: a branch from ``startingPoint`` or main's head (409 if it exists);
 - ``GET /api/models/{repo}[/revision/{rev}]``: id, sha, siblings; ``GET /api/models/{repo}/tree/{rev}``: files;
 - ``HEAD|GET /{repo}/resolve/{rev}/{path}``: the file with ``X-Repo-Commit``, ``ETag`` (git blob sha1) and
   ``Content-Length``.
 
-Files of each repository's latest commit are also written under ``storage`` (so tests can search them), and the
+Files of each repository's latest commit on main are also written under ``storage`` (those of another branch under
+``storage/<org>/<name>@<branch>``, so tests can search them), and the
 ``Authorization`` headers received are kept in memory (``auth_headers``), never on disk.
 """
 
@@ -27,7 +30,7 @@ from urllib.parse import unquote, urlparse
 
 REPO = r"(?P<repo>[^/]+/[^/]+)"
 API_REPO = re.compile(
-    rf"^/api/models/{REPO}(?:/(?P<action>preupload|commit|revision|tree)/(?P<rev>[^/]+)(?P<rest>/.*)?)?$"
+    rf"^/api/models/{REPO}(?:/(?P<action>preupload|commit|revision|tree|branch)/(?P<rev>[^/]+)(?P<rest>/.*)?)?$"
 )
 RESOLVE = re.compile(rf"^/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 
@@ -37,7 +40,8 @@ def git_blob_sha1(content: bytes) -> str:
 
 
 class HubState:
-    """Repositories: ``{repo_id: {"head": sha, "commits": {sha: {path: bytes}}}}``, mirrored under ``storage``."""
+    """Repositories: ``{repo_id: {"head": sha, "branches": {name: sha}, "commits": {sha: {path: bytes}}}}`` (``head``
+    is main's, ``branches`` the others), mirrored under ``storage``."""
 
     def __init__(self, storage: Path):
         self.storage = storage
@@ -50,22 +54,32 @@ class HubState:
         repo = self.repos.get(repo_id)
         if repo is None:
             return None
-        sha = repo["head"] if rev in ("main", repo["head"]) else rev
+        sha = repo["head"] if rev in ("main", repo["head"]) else repo["branches"].get(rev, rev)
         if sha not in repo["commits"]:
             return None
         return sha, repo["commits"][sha]
 
-    def commit(self, repo_id: str, additions: dict[str, bytes], deletions: list[str], summary: str) -> str:
+    def commit(
+        self, repo_id: str, additions: dict[str, bytes], deletions: list[str], summary: str, branch: str = "main"
+    ) -> str:
         repo = self.repos[repo_id]
-        files = dict(repo["commits"][repo["head"]])
+        parent = repo["head"] if branch == "main" else repo["branches"][branch]
+        files = dict(repo["commits"][parent])
         for path in deletions:
             files = {p: c for p, c in files.items() if p != path and not p.startswith(path.rstrip("/") + "/")}
         files.update(additions)
-        sha = hashlib.sha1(f"{repo['head']}{summary}{sorted(files)}{len(repo['commits'])}".encode()).hexdigest()
+        sha = hashlib.sha1(f"{parent}{summary}{sorted(files)}{len(repo['commits'])}".encode()).hexdigest()
         repo["commits"][sha] = files
-        repo["head"] = sha
-        self._mirror(repo_id, files)
+        if branch == "main":
+            repo["head"] = sha
+            self._mirror(repo_id, files)
+        else:
+            repo["branches"][branch] = sha
+            self._mirror(f"{repo_id}@{branch}", files)
         return sha
+
+    def has_branch(self, repo_id: str, branch: str) -> bool:
+        return branch == "main" or branch in self.repos[repo_id]["branches"]
 
     def _mirror(self, repo_id: str, files: dict[str, bytes]) -> None:
         root = self.storage / repo_id
@@ -123,13 +137,21 @@ def _handler(state: HubState):
             if path == "/api/validate-yaml":
                 return self._validate_yaml(json.loads(body))
             match = API_REPO.match(path)
-            if not match or match["action"] not in ("preupload", "commit"):
+            if not match or match["action"] not in ("preupload", "commit", "branch"):
                 return self._not_found()
             repo_id = unquote(match["repo"])
             if repo_id not in state.repos:
                 return self._not_found()
+            rev = unquote(match["rev"])
+            if match["action"] == "branch":
+                return self._branch(repo_id, rev, json.loads(body or b"{}"))
+            if not state.has_branch(repo_id, rev):
+                message = f"Invalid rev id: {rev}"
+                return self._json(
+                    404, {"error": message}, {"X-Error-Code": "RevisionNotFound", "X-Error-Message": message}
+                )
             if match["action"] == "preupload":
-                found = state.files(repo_id, unquote(match["rev"]))
+                found = state.files(repo_id, rev)
                 existing = found[1] if found else {}
                 files = [
                     {
@@ -141,7 +163,7 @@ def _handler(state: HubState):
                     for f in json.loads(body)["files"]
                 ]
                 return self._json(200, {"files": files, "commitOid": state.repos[repo_id]["head"]})
-            return self._commit(repo_id, body)
+            return self._commit(repo_id, body, rev)
 
         def do_GET(self):
             self._record()
@@ -159,8 +181,23 @@ def _handler(state: HubState):
                 if repo_id in state.repos:
                     return self._json(409, {"error": "You already created this model repo", **url})
                 empty = hashlib.sha1(repo_id.encode()).hexdigest()
-                state.repos[repo_id] = {"head": empty, "commits": {empty: {}}, "private": payload.get("private")}
+                state.repos[repo_id] = {
+                    "head": empty,
+                    "branches": {},
+                    "commits": {empty: {}},
+                    "private": payload.get("private"),
+                }
             self._json(200, url)
+
+        def _branch(self, repo_id: str, branch: str, payload: dict) -> None:
+            with state.lock:
+                if state.has_branch(repo_id, branch):
+                    return self._json(409, {"error": f"Reference already exists: refs/heads/{branch}"})
+                found = state.files(repo_id, payload.get("startingPoint") or "main")
+                if found is None:
+                    return self._not_found("Revision not found")
+                state.repos[repo_id]["branches"][branch] = found[0]
+            self._json(200, {})
 
         def _validate_yaml(self, payload: dict) -> None:
             from huggingface_hub import ModelCard
@@ -171,7 +208,7 @@ def _handler(state: HubState):
                 return self._json(400, {"errors": [{"message": str(error)}]})
             self._json(200, {"warnings": []})
 
-        def _commit(self, repo_id: str, body: bytes) -> None:
+        def _commit(self, repo_id: str, body: bytes, branch: str) -> None:
             additions: dict[str, bytes] = {}
             deletions: list[str] = []
             summary = ""
@@ -192,7 +229,7 @@ def _handler(state: HubState):
                 else:
                     return self._json(400, {"error": f"unsupported commit operation {item['key']}"})
             with state.lock:
-                sha = state.commit(repo_id, additions, deletions, summary)
+                sha = state.commit(repo_id, additions, deletions, summary, branch)
             self._json(200, {"commitUrl": f"{self.base}/{repo_id}/commit/{sha}", "commitOid": sha, "success": True})
 
         def _get(self, head: bool) -> None:

@@ -136,6 +136,22 @@ def test_push_and_from_pretrained_give_the_same_retriever(tmp_path, tiny_model_p
     assert len(local_hub.state.repos["org/tiny-retriever"]["commits"]) == 3
 
 
+def test_a_push_to_a_branch_that_does_not_exist_yet_creates_it(tmp_path, tiny_model_path, local_hub):
+    model = _retriever(tiny_model_path)
+    hub.push_to_hub(model, "org/branched")  # main: the first version
+    main_head = local_hub.state.repos["org/branched"]["head"]
+    other = _retriever(tiny_model_path, query_prefix="q: ")
+    hub.push_to_hub(other, "org/branched", revision="dev")  # the Hub refuses a commit to a missing branch
+    assert local_hub.state.repos["org/branched"]["head"] == main_head  # main untouched
+    assert set(local_hub.state.repos["org/branched"]["branches"]) == {"dev"}
+    on_dev = hf_robust_ir.from_pretrained("org/branched", revision="dev")
+    assert on_dev.retrieval_config.query_prefix == "q: "
+    assert hf_robust_ir.from_pretrained("org/branched").retrieval_config.query_prefix == "query: "
+    hub.push_to_hub(model, "org/branched", revision="dev", commit_message="again")  # the branch exists now
+    assert hf_robust_ir.from_pretrained("org/branched", revision="dev").retrieval_config.query_prefix == "query: "
+    assert local_hub.state.repos["org/branched"]["head"] == main_head
+
+
 def test_download_command_and_no_pickles(tmp_path, tiny_model_path, local_hub):
     from huggingface_hub import HfApi
 
