@@ -32,6 +32,8 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .json_files import read_json_file
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "retriever_card.md"
@@ -111,12 +113,12 @@ def _check_folder_paths(folder: Path) -> None:
     """Reject a downloaded model whose configs point outside its folder (module paths, adapter base models)."""
     for modules_file in [folder / "modules.json", *folder.glob("*/modules.json")]:
         if modules_file.is_file():
-            for module in json.loads(modules_file.read_text()):
+            for module in read_json_file(modules_file, list):
                 if module.get("path"):
                     safe_subpath(modules_file.parent, module["path"])
     for adapter_file in [folder / "adapter_config.json", *folder.glob("*/adapter_config.json")]:
         if adapter_file.is_file():
-            base = json.loads(adapter_file.read_text()).get("base_model_name_or_path")
+            base = read_json_file(adapter_file).get("base_model_name_or_path")
             if base:
                 validate_repo_id(base)  # a downloaded adapter names a Hub model, never a local folder
 
@@ -882,7 +884,7 @@ def from_pretrained(
 def _adapter_base(folder: Path) -> str | None:
     for adapter_file in [folder / "adapter_config.json", *folder.glob("*/adapter_config.json")]:
         if adapter_file.is_file():
-            return json.loads(adapter_file.read_text()).get("base_model_name_or_path")
+            return read_json_file(adapter_file).get("base_model_name_or_path")
     return None
 
 
@@ -892,11 +894,11 @@ def _model_class(folder: Path) -> type:
 
     if (folder / "modules.json").exists() or (folder / "query_encoder").is_dir():
         return BiEncoder
-    if (folder / CONFIG_NAME).exists() and "max_length" in json.loads((folder / CONFIG_NAME).read_text()):
+    if (folder / CONFIG_NAME).exists() and "max_length" in read_json_file(folder / CONFIG_NAME):
         return CrossEncoder
     config_file = folder / "config.json"
     if config_file.exists():
-        architectures = json.loads(config_file.read_text()).get("architectures") or []
+        architectures = read_json_file(config_file).get("architectures") or []
         if any(a.endswith("ForSequenceClassification") for a in architectures):
             return CrossEncoder
     return BiEncoder

@@ -284,3 +284,48 @@ def test_a_max_length_past_the_models_positions_is_refused(tiny_model_path):
     unchecked = BiEncoder(model.query_encoder, model.tokenizer, BiEncoderConfig(query_max_length=300))
     with pytest.raises(ValueError, match="query max_length 300 exceeds the 128 tokens"):
         unchecked.encode_queries([long_text])
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("modules.json", '{"0": {"type": "Transformer"}}', "modules.json: expected a JSON list, got dict"),
+        (
+            "modules.json",
+            '["sentence_transformers.models.Transformer"]',
+            "modules.json: entry 0 should be a JSON object",
+        ),
+        ("modules.json", '[{"type": "Transformer",}]', "modules.json, line 1: not valid JSON (column 25"),
+        (
+            "hf_robust_ir_config.json",
+            '{"pooling": "mean"\n"normalize": true}',
+            "hf_robust_ir_config.json, line 2: not valid JSON",
+        ),
+        (
+            "config_sentence_transformers.json",
+            "[]",
+            "config_sentence_transformers.json: expected a JSON object, got list",
+        ),
+    ],
+)
+def test_a_broken_config_file_is_named_with_what_is_wrong(tiny_model_path, tmp_path, capsys, name, content, message):
+    import hf_robust_ir
+    from hf_robust_ir.cli import main
+
+    BiEncoder.from_pretrained(tiny_model_path).save_pretrained(tmp_path)
+    if name != "hf_robust_ir_config.json":  # a sentence-transformers folder, read through its own files
+        (tmp_path / "hf_robust_ir_config.json").unlink()
+    (tmp_path / name).write_text(content)
+    for load in (BiEncoder.from_pretrained, hf_robust_ir.from_pretrained):
+        with pytest.raises(ValueError) as error:
+            load(tmp_path)
+        assert str(error.value).startswith(str(tmp_path / name)) and message in str(error.value)
+    # on the command line: one "error:" line naming the file, status 2, no traceback
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "a passage"}\n')
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path), "--data", str(beir), "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"error: {tmp_path / name}")

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from ..json_files import read_json_file
 from .compiled_inference import CompiledTower, should_compile
 from .pooling import POOLING_MODES, SENTENCE_TRANSFORMERS_POOLING_FLAGS, pool, pooling_mode_from_sentence_transformers
 
@@ -63,7 +64,7 @@ class BiEncoderConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> BiEncoderConfig:
-        data = json.loads(Path(path).read_text())
+        data = read_json_file(path)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -85,7 +86,7 @@ def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_mo
         return _load_transformer(str(folder), trust_remote_code, torch_dtype)
     from peft import PeftModel
 
-    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or base_model
+    base = read_json_file(folder / "adapter_config.json").get("base_model_name_or_path") or base_model
     if (not base or not Path(base).exists()) and base_model and Path(base_model).exists():
         base = base_model  # the adapter names a Hub id; its local copy was given (hf_robust_ir.hub.from_pretrained)
     if not base or not Path(base).exists():
@@ -118,7 +119,7 @@ def _scores_by_cosine(path: Path) -> bool:
     module). A BiEncoder then normalizes, so that it scores and trains by cosine as well (``q·d / τ`` of raw
     embeddings would give logits in the hundreds)."""
     st_config = path / "config_sentence_transformers.json"
-    settings = json.loads(st_config.read_text()) if st_config.exists() else {}
+    settings = read_json_file(st_config) if st_config.exists() else {}
     return settings.get("similarity_fn_name") in (None, "cosine")
 
 
@@ -126,7 +127,7 @@ def _check_lower_case(path: Path, tokenizer: Any) -> None:
     """sentence-transformers lowercases the texts of a folder saved with ``do_lower_case: true`` before tokenizing; a
     BiEncoder does not, so such a folder loads only when its tokenizer lowercases by itself (an uncased BERT's)."""
     bert_config = path / "sentence_bert_config.json"
-    if not bert_config.exists() or not json.loads(bert_config.read_text()).get("do_lower_case"):
+    if not bert_config.exists() or not read_json_file(bert_config).get("do_lower_case"):
         return
     if tokenizer("Label Noise")["input_ids"] != tokenizer("label noise")["input_ids"]:
         raise ValueError(
@@ -143,7 +144,7 @@ def _config_from_sentence_transformers(path: Path) -> dict[str, Any]:
     if not modules_file.exists():
         return {}
     found: dict[str, Any] = {}
-    modules = json.loads(modules_file.read_text())
+    modules = read_json_file(modules_file, list)
     types = [m.get("type", "") for m in modules]
     unsupported = [t for t in types if t.rsplit(".", 1)[-1] not in SENTENCE_TRANSFORMERS_MODULES]
     if unsupported:
@@ -156,7 +157,7 @@ def _config_from_sentence_transformers(path: Path) -> dict[str, Any]:
         if module.get("type", "").endswith("Pooling"):
             pooling_config = path / module["path"] / "config.json"
             if pooling_config.exists():
-                pooling_settings = json.loads(pooling_config.read_text())
+                pooling_settings = read_json_file(pooling_config)
                 if pooling_settings.get("include_prompt") is False:
                     raise ValueError(
                         f"{path}: pooling setting include_prompt=false (prompt tokens left out of the pooling) is "
@@ -165,12 +166,12 @@ def _config_from_sentence_transformers(path: Path) -> dict[str, Any]:
                 found["pooling"] = pooling_mode_from_sentence_transformers(pooling_settings)
     bert_config = path / "sentence_bert_config.json"
     if bert_config.exists():
-        max_length = json.loads(bert_config.read_text()).get("max_seq_length")
+        max_length = read_json_file(bert_config).get("max_seq_length")
         if max_length:
             found["query_max_length"] = found["document_max_length"] = int(max_length)
     st_config = path / "config_sentence_transformers.json"
     if st_config.exists():
-        prompts = json.loads(st_config.read_text()).get("prompts") or {}
+        prompts = read_json_file(st_config).get("prompts") or {}
         found["query_prefix"] = prompts.get("query", "")
         found["document_prefix"] = prompts.get("document", prompts.get("passage", ""))
     return found

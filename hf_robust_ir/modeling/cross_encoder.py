@@ -27,6 +27,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
+from ..json_files import read_json_file
+
 CONFIG_NAME = "hf_robust_ir_config.json"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # What sentence-transformers applies to the logits of a model saved by CrossEncoder.save_pretrained: nothing.
@@ -48,7 +50,7 @@ class CrossEncoderConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> CrossEncoderConfig:
-        data = json.loads(Path(path).read_text())
+        data = read_json_file(path)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
