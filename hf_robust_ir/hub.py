@@ -123,26 +123,27 @@ def _check_folder_paths(folder: Path) -> None:
                 validate_repo_id(base)  # a downloaded adapter names a Hub model, never a local folder
 
 
-def _current_token(token: str | None = None) -> str | None:
-    if token:
-        return token
+def _known_tokens(token: str | None = None) -> list[str]:
+    """The Hub tokens this process holds: the argument, and ``HF_TOKEN`` or the login's token (both when they differ:
+    a token passed for one upload does not make the login's token safe to publish)."""
     from huggingface_hub import get_token
 
-    return get_token()
+    return [t for t in dict.fromkeys([token, get_token()]) if t]
 
 
 def find_token_in_folder(folder: str | os.PathLike, token: str | None = None) -> list[Path]:
-    """Files under ``folder`` holding the Hub token (the argument, else ``HF_TOKEN`` or the login's token)."""
-    secret = _current_token(token)
-    if not secret:
+    """Files under ``folder`` holding a Hub token (the argument, ``HF_TOKEN`` or the login's token)."""
+    needles = [t.encode() for t in _known_tokens(token)]
+    if not needles:
         return []
-    needle = secret.encode()
-    return [p for p in sorted(Path(folder).rglob("*")) if p.is_file() and needle in p.read_bytes()]
+    files = [p for p in sorted(Path(folder).rglob("*")) if p.is_file()]
+    return [p for p in files if any(needle in p.read_bytes() for needle in needles)]
 
 
 def _redact(text: str, token: str | None = None) -> str:
-    secret = _current_token(token)
-    return text.replace(secret, "<redacted>") if secret else text
+    for secret in _known_tokens(token):
+        text = text.replace(secret, "<redacted>")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- card content
@@ -212,7 +213,7 @@ def non_default_hyperparameters(args: Any) -> dict[str, Any]:
     out, and so is any value holding the current Hub token."""
     if not dataclasses.is_dataclass(args):
         return {}
-    secret = _current_token(getattr(args, "hub_token", None))
+    secrets = _known_tokens(getattr(args, "hub_token", None))
     out: dict[str, Any] = {}
     for f in dataclasses.fields(args):
         name = f.name
@@ -237,7 +238,7 @@ def non_default_hyperparameters(args: Any) -> dict[str, Any]:
         if (
             name.endswith(("_dir", "_path", "_file"))
             or _is_local_path(value)
-            or (secret and secret in json.dumps(value, default=str))
+            or any(secret in json.dumps(value, default=str) for secret in secrets)
         ):
             continue
         out[name] = value

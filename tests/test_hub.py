@@ -375,6 +375,11 @@ def test_a_folder_holding_the_token_is_not_uploaded(tmp_path, tiny_model_path, l
     with pytest.raises(RuntimeError, match="refusing to upload"):
         hub.push_to_hub(model, "org/leaky")
     assert "org/leaky" not in local_hub.state.repos
+    # an upload with a token of its own still never publishes the login's token
+    with pytest.raises(RuntimeError, match="refusing to upload"):
+        hub.push_to_hub(model, "org/leaky", token=f"hf_other{uuid.uuid4().hex}")
+    assert "org/leaky" not in local_hub.state.repos
+    assert hub._redact(f"a {planted} b", token="hf_other") == "a <redacted> b"
 
 
 def test_separate_tower_lora_pushes_no_card_naming_the_local_base_model(tiny_model_path, local_hub):
