@@ -201,10 +201,13 @@ def test_rows_whose_lists_do_not_match_their_doc_ids_are_a_clear_error(tokenizer
         ({"labels": [1, 0, 0, 0]}, "field 'labels': 4 values for 3 doc_ids"),
         ({"labels": None}, "field 'labels': no values for 3 doc_ids"),
         ({"teacher_scores": [0.1]}, "field 'teacher_scores': 1 values for 3 doc_ids"),  # not broadcast
+        ({"doc_ids": [], "labels": []}, "field 'doc_ids': no doc ids"),  # a whole batch of them had no documents
     ]
     for change, message in bad:
         with pytest.raises(DataFormatError, match=f"training row of query 'q1', {message}"):
             collator([{**ROWS[0], **change}, ROWS[1]])
+        with pytest.raises(DataFormatError, match=f"training row of query 'q1', {message}"):
+            collator([{**ROWS[0], **change}])
     # teacher scores as an array (rows formatted as numpy) are read like a list
     import numpy as np
 

@@ -389,6 +389,14 @@ def test_canonical_null_teacher_scores_load_as_nan(tmp_path):
     assert teacher[0] != teacher[0] and teacher[1] == 0.5  # NaN, the collator's "no teacher score"
 
 
+def test_canonical_rows_need_a_candidate(tmp_path):
+    good = {"query_id": "q1", "query": "q", "doc_ids": ["d"], "labels": [1]}
+    path = write_jsonl(tmp_path / "rows.jsonl", [good, {**good, "query_id": "q2", "doc_ids": [], "labels": []}])
+    with pytest.raises(DataFormatError, match="no doc ids: a training row needs at least one candidate") as exc:
+        load_training_data(path, corpus={"d": "a"})
+    assert_error(exc, str(path), 2, "doc_ids")
+
+
 def test_canonical_doc_ids_must_be_strings(tmp_path):
     path = write_jsonl(
         tmp_path / "rows.jsonl", [{"query_id": "q1", "query": "q", "doc_ids": [11, 12], "labels": [1, 0]}]

@@ -47,10 +47,14 @@ class DataFormatError(ValueError):
 def check_candidate_lists(
     row: Mapping[str, Any], source: str, line: int | None, fields: Sequence[str] = ("labels", "teacher_scores")
 ) -> None:
-    """One value per ``doc_ids`` entry in each of ``fields`` of a canonical row; ``labels`` is required, the others
-    may be empty. A :class:`DataFormatError` names the source, line and field (a shorter list would be broadcast over
-    the row by torch or fail with a message about tensor sizes)."""
+    """At least one ``doc_ids`` entry, and one value per entry in each of ``fields`` of a canonical row; ``labels``
+    is required, the others may be empty. A :class:`DataFormatError` names the source, line and field (a shorter list
+    would be broadcast over the row by torch or fail with a message about tensor sizes)."""
     n = len(row["doc_ids"])
+    if n == 0:
+        raise DataFormatError(
+            source, line, "doc_ids", "no doc ids: a training row needs at least one candidate document"
+        )
     for name in fields:
         values = row.get(name)
         if name != "labels" and (values is None or len(values) == 0):
