@@ -23,6 +23,7 @@ from .data.collator import PAD_KEY, RetrievalCollator, build_targets
 from .data.reranker_collator import RerankerCollator
 from .data.token_noise import TokenNoise
 from .losses import RetrievalLoss, get_loss
+from .losses.base import mean_across_processes
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +163,10 @@ def loss_from_embeddings(
     in_batch_negatives: bool = True,
 ) -> torch.Tensor:
     """Scores of the local queries against the batch documents (of all processes when distributed), the target
-    matrix over them, and the loss. With ``P`` processes each holding ``B/P`` queries this gives the same loss and,
-    after DDP's gradient averaging, the same gradients as one process holding all ``B``. When ``inputs`` carry guide
+    matrix over them, and the loss. With ``P`` processes each holding ``B/P`` queries this gives, after DDP's gradient
+    averaging, the same gradients as one process holding all ``B`` (the loss averages over the queries of every
+    process: :func:`~hf_robust_ir.losses.base.mean_across_processes`), and the processes' mean loss is that
+    process's loss. When ``inputs`` carry guide
     embeddings (``RetrievalTrainer.guide_model``), the loss also gets ``guide_scores`` (guide ``q·d``) over the same
     candidate columns."""
     labels, mask, teacher = inputs["labels"], inputs["mask"], inputs["teacher"]
@@ -179,12 +182,14 @@ def loss_from_embeddings(
         )
     scores = similarity(query_embeddings, document_embeddings)
     if "guide_document_embeddings" not in inputs:
-        return loss(scores, labels, mask, teacher)
+        with mean_across_processes():
+            return loss(scores, labels, mask, teacher)
     guide_documents = inputs["guide_document_embeddings"]
     if cross_device_negatives and distributed:  # the guide sees the same gathered candidate columns
         guide_documents, _ = gather_documents(guide_documents, inputs["doc_keys"])
     guide_scores = inputs["guide_query_embeddings"] @ guide_documents.T
-    return loss(scores, labels, mask, teacher, guide_scores=guide_scores)
+    with mean_across_processes():
+        return loss(scores, labels, mask, teacher, guide_scores=guide_scores)
 
 
 def group_pair_scores(
@@ -458,7 +463,8 @@ class RetrievalTrainer(Trainer):
             pair_scores = model(**inputs["pairs"])
             scores = group_pair_scores(pair_scores, inputs["pair_rows"], inputs["pair_cols"], inputs["labels"].shape)
             scores = scores / self.accelerator.unwrap_model(self.model).temperature
-            loss = self.loss(scores, inputs["labels"], inputs["mask"], inputs["teacher"])
+            with mean_across_processes():  # the mean over every process's queries, as for a bi-encoder
+                loss = self.loss(scores, inputs["labels"], inputs["mask"], inputs["teacher"])
             return (loss, {"scores": scores}) if return_outputs else loss
         outputs = model(query=inputs["query"], document=inputs["document"])
         if self.guide_model is not None:

@@ -55,12 +55,17 @@ def _rows():
     return rows, corpus
 
 
-@pytest.mark.parametrize("loss_name", ["infonce", "guide_masked", "guide_masked_weakening"])
+@pytest.mark.parametrize("loss_name", ["infonce", "infonce_uneven", "guide_masked", "guide_masked_weakening"])
 def test_two_processes_match_one_process(tmp_path, no_dropout_model_path, tiny_model_path, loss_name):
     """InfoNCE, GuideMaskedLoss whose guide (another random model) scores the gathered candidates too, and the same
-    around label weakening, whose logged statistics must cover both processes' queries, as one process's do."""
+    around label weakening, whose logged statistics must cover both processes' queries, as one process's do.
+    ``infonce_uneven``: two of the first process's four queries have no positive, so it counts 2 queries and the
+    other 4; the loss must still be the mean over the 6, not the mean of the two processes' means."""
     no_dropout_model = no_dropout_model_path
     rows, corpus = _rows()
+    if loss_name == "infonce_uneven":
+        for row in rows[:2]:
+            row["labels"] = [0.0] * len(row["labels"])
     group_size = 4
     torch.save((rows, corpus, group_size), tmp_path / "rows.pt")
 

@@ -12,18 +12,26 @@ Losses know nothing about models, tokenizers or devices. Each exposes ``config()
 ``citation``. A loss that keeps statistics of what it did (label weakening's plausible sets, guide masking) exposes
 ``stat_totals()``: ``{name: (sum, count)}`` since the last ``reset_stats()``, with names that do not depend on the
 data, so that processes can add them up before the ratios are logged (``stats()``, :func:`stat_ratios`).
+
+A loss that averages over queries does so with :func:`mean_over_queries`; inside :func:`mean_across_processes` (the
+trainer enters it around every loss call) that mean runs over the queries of all processes, so that a distributed
+step trains as one process holding the whole batch would, however the queries that count are spread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 LOSS_REGISTRY: dict[str, type[RetrievalLoss]] = {}
+_MEAN_ACROSS_PROCESSES = contextvars.ContextVar("mean_across_processes", default=False)
 
 
 def register_loss(name: str):
@@ -112,3 +120,33 @@ def positive_target(labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
     total = relevance.sum(-1, keepdim=True)
     has_positive = total.squeeze(-1) > 0
     return relevance / total.clamp(min=1e-12), has_positive
+
+
+@contextlib.contextmanager
+def mean_across_processes() -> Iterator[None]:
+    """Within this block, under ``torch.distributed`` with ``P > 1`` processes, :func:`mean_over_queries` returns
+    ``P · Σ_local / N_all`` (``N_all``: the counted queries of every process, all-reduced). DDP averages gradients over
+    the ``P`` processes, so the step's gradient is that of the mean over all ``N_all`` queries — one process holding
+    the whole batch — even when the queries that count (with a positive, with teacher scores) are spread unevenly,
+    where a mean per process would weigh the processes' queries differently. Each process's loss value is then its
+    share of the global mean; their average, which the trainer logs, is the global mean. Every process must make the
+    same loss calls (the count is a collective operation). Outside a process group it changes nothing."""
+    token = _MEAN_ACROSS_PROCESSES.set(True)
+    try:
+        yield
+    finally:
+        _MEAN_ACROSS_PROCESSES.reset(token)
+
+
+def mean_over_queries(per_query: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Mean of ``per_query`` over the ``counted`` rows (e.g. those with a positive); 0 (still part of the graph) when
+    there are none. Over the rows of every process inside :func:`mean_across_processes`."""
+    kept = torch.where(counted, per_query, torch.zeros_like(per_query))
+    count = counted.sum()
+    if _MEAN_ACROSS_PROCESSES.get() and dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+        if world > 1:
+            total = count.detach().to(torch.float32)
+            dist.all_reduce(total)
+            return kept.sum() * world / total.clamp(min=1)
+    return kept.sum() / count.clamp(min=1)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RetrievalLoss, masked_log_softmax, positive_target, register_loss
-from .robust import mean_over_queries
+from .base import RetrievalLoss, masked_log_softmax, mean_over_queries, positive_target, register_loss
 
 
 @register_loss("infonce")

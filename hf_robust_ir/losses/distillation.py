@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RetrievalLoss, check_guide_scores, register_loss
-from .robust import mean_over_queries
+from .base import RetrievalLoss, check_guide_scores, mean_over_queries, register_loss
 
 _HINTON_2015 = (
     "@article{hinton2015distilling, title={Distilling the Knowledge in a Neural Network}, author={Hinton, Geoffrey "

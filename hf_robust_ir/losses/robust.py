@@ -18,7 +18,14 @@ import math
 
 import torch
 
-from .base import RetrievalLoss, masked_log_softmax, positive_target, register_loss, whole_number
+from .base import (
+    RetrievalLoss,
+    masked_log_softmax,
+    mean_over_queries,
+    positive_target,
+    register_loss,
+    whole_number,
+)
 
 
 class _CandidateSoftmax:
@@ -47,12 +54,6 @@ class _CandidateSoftmax:
 
     def mean(self, per_query: torch.Tensor) -> torch.Tensor:
         return mean_over_queries(per_query, self.has_positive)
-
-
-def mean_over_queries(per_query: torch.Tensor, has_positive: torch.Tensor) -> torch.Tensor:
-    """Mean of ``per_query`` over the rows with a positive; 0 (still part of the graph) when there are none."""
-    kept = torch.where(has_positive, per_query, torch.zeros_like(per_query))
-    return kept.sum() / has_positive.sum().clamp(min=1)
 
 
 @register_loss("label_smoothing")

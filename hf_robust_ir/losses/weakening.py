@@ -25,8 +25,15 @@ import math
 
 import torch
 
-from .base import RetrievalLoss, check_guide_scores, masked_log_softmax, register_loss, stat_ratios, whole_number
-from .robust import mean_over_queries
+from .base import (
+    RetrievalLoss,
+    check_guide_scores,
+    masked_log_softmax,
+    mean_over_queries,
+    register_loss,
+    stat_ratios,
+    whole_number,
+)
 
 RULES = ("margin", "topk_prob")
 
