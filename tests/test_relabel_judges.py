@@ -352,6 +352,32 @@ def test_hf_backend_uses_the_chat_template(tmp_path):
     assert len(backend.complete([[{"role": "user", "content": "hi"}]], max_new_tokens=2)) == 1
 
 
+def test_hf_backend_gives_the_system_message_to_a_template_without_a_system_role():
+    model, tokenizer = tiny_causal_lm()
+    tokenizer.chat_template = (  # as Gemma's template does
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<model>{% endif %}"
+    )
+    backend = HFCausalLMBackend(model, tokenizer)
+    messages = [{"role": "system", "content": "judge"}, {"role": "user", "content": "is it?"}]
+    assert backend.render(messages) == "<user>judge\n\nis it?<model>"
+    assert backend.render(messages[1:]) == "<user>is it?<model>"
+    tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
+    with pytest.raises(Exception, match="alternate"):  # another template error is not hidden
+        HFCausalLMBackend(model, tokenizer).render(messages)
+
+
+def test_hf_backend_asks_the_template_for_no_reasoning_block():
+    model, tokenizer = tiny_causal_lm()
+    tokenizer.chat_template = (  # as Qwen3's template does
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+        "{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}"
+    )
+    assert HFCausalLMBackend(model, tokenizer).render([{"role": "user", "content": "q"}]) == (
+        "<user>q<assistant><think></think>"
+    )
+
+
 def test_hf_backend_cache_key_covers_the_chat_template_text():
     model, tokenizer = tiny_causal_lm()
     assert HFCausalLMBackend(model, tokenizer).config()["chat_template"] is None  # plain rendering

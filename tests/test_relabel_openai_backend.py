@@ -171,6 +171,18 @@ def test_list_and_pointwise_verdicts_over_http():
     assert judgment.verdict is Verdict.RELEVANT and judgment.score == pytest.approx(0.8 / 0.95)
 
 
+def test_a_reasoning_models_think_block_is_not_read_as_its_answer():
+    reasoning = "<think>\nCandidate 1 says RELEVANT: 1? No, 3 is.\n</think>\n\nRELEVANT: 3"
+    with ChatServer(ok(reasoning)) as server:
+        judgments = OpenAICompatibleJudge(server.base_url, "m", mode="list").judge(QUERY, POSITIVES, CANDIDATES[:3])
+    assert [j.verdict for j in judgments] == [Verdict.NOT_RELEVANT, Verdict.NOT_RELEVANT, Verdict.RELEVANT]
+    with ChatServer(ok("<think>it is relevant</think> yes")) as server:
+        assert backend(server.base_url).yes_no_logprobs([MESSAGES]) == [(0.0, -math.inf)]
+    with ChatServer(ok("<think>cut off while RELEVANT: 1")) as server:  # no answer after the reasoning
+        judgments = OpenAICompatibleJudge(server.base_url, "m", mode="list").judge(QUERY, POSITIVES, CANDIDATES[:2])
+    assert [j.verdict for j in judgments] == [Verdict.NO_VERDICT] * 2
+
+
 @pytest.mark.parametrize(
     "top,expected_yes,expected_no",
     [

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from .base import weights_digest
 from .prompts import Message, parse_yes_no
+
+_LEADING_REASONING = re.compile(r"\s*<think>.*?</think>", re.DOTALL)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,25 @@ class ChatBackend(Protocol):
     def yes_no_logprobs(self, batch: Sequence[Conversation]) -> list[tuple[float, float] | None]: ...
 
     def config(self) -> dict[str, Any]: ...
+
+
+def fold_system_message(messages: Conversation) -> list[Message]:
+    """The conversation without system messages, their text at the head of the first user message (for chat
+    templates that accept only user and assistant turns)."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    for message in rest:
+        if message["role"] == "user":
+            message["content"] = f"{system}\n\n{message['content']}" if system else message["content"]
+            return rest
+    return [{"role": "user", "content": system}, *rest]
+
+
+def strip_reasoning(text: str) -> str:
+    """A reasoning model's answer without the ``<think>…</think>`` block it opens with (the answer parsers read the
+    whole text strictly). An unclosed block is left as it is: the answer was cut off while reasoning."""
+    match = _LEADING_REASONING.match(text)
+    return text[match.end() :] if match else text
 
 
 def render_plain(messages: Conversation) -> str:
@@ -132,10 +154,24 @@ class HFCausalLMBackend:
         return ids
 
     def render(self, messages: Conversation) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        bos = self.tokenizer.bos_token or ""
-        return bos + render_plain(messages)
+        """The prompt text: the tokenizer's chat template (asked not to open a reasoning block, as Qwen3's templates
+        take ``enable_thinking``; others ignore it), or the plain rendering for a model without one. A template that
+        refuses the system role (Gemma's) gets the system message at the head of the first user message."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return (self.tokenizer.bos_token or "") + render_plain(messages)
+        from jinja2 import TemplateError
+
+        def apply(conversation: list[Message]) -> str:
+            return self.tokenizer.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=True, enable_thinking=False
+            )
+
+        try:
+            return apply(list(messages))
+        except TemplateError as error:
+            if "system" not in str(error).lower() or not any(m["role"] == "system" for m in messages):
+                raise
+            return apply(fold_system_message(messages))
 
     def _batches(self, batch: Sequence[Conversation]):
         """``(indices, left-padded inputs)`` per model batch, grouped by length; prompts longer than
@@ -168,7 +204,7 @@ class HFCausalLMBackend:
                 )
             new_tokens = generated[:, inputs["input_ids"].shape[1] :]
             for i, text in zip(index, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                out[i] = text
+                out[i] = strip_reasoning(text)
         return out
 
     def yes_no_logprobs(self, batch: Sequence[Conversation]) -> list[tuple[float, float] | None]:
@@ -374,7 +410,7 @@ class OpenAICompatibleBackend:
             content = None
         if answer is not None and not isinstance(content, str):
             logger.warning("chat request to %s: the answer has no message content", self.base_url)
-        return content if isinstance(content, str) else None
+        return strip_reasoning(content) if isinstance(content, str) else None
 
     # ---------------------------------------------------------------- ChatBackend
     def complete(self, batch: Sequence[Conversation], max_new_tokens: int) -> list[str | None]:
