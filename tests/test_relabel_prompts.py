@@ -57,6 +57,13 @@ def test_list_prompt_numbers_candidates_and_shows_ground_truth():
     assert "numbered 1 to 3" in user
 
 
+def test_list_prompt_without_a_labeled_positive_asks_which_candidates_answer():
+    system, user = (m["content"] for m in list_messages("what is x", [], ["first", "second"]))
+    assert "ground_truth" not in user and "Ground-truth" not in user and "ground-truth" not in system
+    assert "Which candidates answer the question? Reply 'RELEVANT: '" in user
+    assert '<passage id="2">second</passage>' in user and "numbered 1 to 2" in user
+
+
 def test_max_passage_chars_clips():
     user = pointwise_messages("q", "abcdefghij", max_passage_chars=4)[1]["content"]
     assert "<passage>abcd</passage>" in user

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-PROMPT_VERSION = "relabel-prompts-v1"
+PROMPT_VERSION = "relabel-prompts-v2"  # v2: the list prompt of a query without a labeled positive
 NO_ANSWER = "NO_ANSWER"
 
 Message = dict[str, str]
@@ -47,6 +47,13 @@ LIST_SYSTEM = (
     "You are a search relevance judge. You are given a question, the ground-truth passages that answer it and "
     "numbered candidate passages. You name the candidates that answer the question as well as, or better than, the "
     "ground-truth passages. "
+    + _DATA_RULE
+    + " Reply with exactly one line: 'RELEVANT: ' followed by the comma-separated numbers of those candidates, "
+    "or 'RELEVANT: NONE'."
+)
+LIST_SYSTEM_WITHOUT_GROUND_TRUTH = (
+    "You are a search relevance judge. You are given a question and numbered candidate passages. You name the "
+    "candidates that answer the question. "
     + _DATA_RULE
     + " Reply with exactly one line: 'RELEVANT: ' followed by the comma-separated numbers of those candidates, "
     "or 'RELEVANT: NONE'."
@@ -109,20 +116,27 @@ def pointwise_messages(query: str, passage: str, max_passage_chars: int | None =
 def list_messages(
     query: str, positives: Sequence[str], candidates: Sequence[str], max_passage_chars: int | None = None
 ) -> list[Message]:
-    """The RLHN list prompt: question, ground-truth passages, candidates numbered from 1.
+    """The RLHN list prompt: question, ground-truth passages, candidates numbered from 1. For a query without a
+    labeled positive there is nothing to compare with: the prompt leaves the ground truth out and asks which
+    candidates answer the question.
 
     Expected answer: ``RELEVANT: 2, 5`` (numbers of the candidates that answer the question as well as the ground
     truth) or ``RELEVANT: NONE``.
     """
-    truth = "\n".join(_passage(p, None, max_passage_chars, tag="ground_truth") for p in positives)
     numbered = "\n".join(_passage(c, k, max_passage_chars) for k, c in enumerate(candidates, start=1))
+    system = LIST_SYSTEM if positives else LIST_SYSTEM_WITHOUT_GROUND_TRUTH
+    if positives:
+        truth = "\n".join(_passage(p, None, max_passage_chars, tag="ground_truth") for p in positives)
+        context = f"Ground-truth passages:\n{truth}\n\n"
+        ask = "Which candidates answer the question as well as, or better than, the ground-truth passages? "
+    else:
+        context, ask = "", "Which candidates answer the question? "
     user = (
-        f"{_question(query)}\n\nGround-truth passages:\n{truth}\n\n"
+        f"{_question(query)}\n\n{context}"
         f"Candidate passages (numbered 1 to {len(candidates)}):\n{numbered}\n\n"
-        "Which candidates answer the question as well as, or better than, the ground-truth passages? "
-        "Reply 'RELEVANT: ' followed by their numbers separated by commas, or 'RELEVANT: NONE'."
+        f"{ask}Reply 'RELEVANT: ' followed by their numbers separated by commas, or 'RELEVANT: NONE'."
     )
-    return [{"role": "system", "content": LIST_SYSTEM}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def answer_span_messages(query: str, passage: str, max_passage_chars: int | None = None) -> list[Message]:
