@@ -63,6 +63,24 @@ def test_a_document_listed_twice_takes_its_largest_label_and_teacher_score(reran
     assert batch["labels"].tolist() == [[1.0, 0.0]] and batch["teacher"].tolist() == [[3.0, 1.0]]
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"labels": [1, 0]}, "field 'labels': 2 values for 3 doc_ids"),
+        ({"teacher_scores": [0.5]}, "field 'teacher_scores': 1 values for 3 doc_ids"),
+        ({"doc_ids": [], "labels": []}, "field 'doc_ids': no doc ids"),
+    ],
+)
+def test_rows_whose_lists_do_not_match_their_doc_ids_are_a_clear_error(reranker_path, change, message):
+    """As for the bi-encoder's collator: a short list would be cut silently by the pairing with doc ids."""
+    from hf_robust_ir.data.schema import DataFormatError
+
+    collator = RerankerCollator(AutoTokenizer.from_pretrained(reranker_path), CORPUS, group_size=3, max_length=32)
+    row = {**_row("q1", ["d1", "d2", "d3"], [1, 0, 0]), **change}
+    with pytest.raises(DataFormatError, match=f"training row of query 'q1', {message}"):
+        collator([row, _row("q2", ["d4"], [1])])
+
+
 def test_trainer_loss_is_the_contract_loss_over_group_scores(tmp_path, reranker_path):
     model = CrossEncoder.from_pretrained(reranker_path)
     rows = [_row("q1", ["d1", "d2", "d3"], [1, 0, 0]), _row("q2", ["d4", "d5"], [1, 0])]

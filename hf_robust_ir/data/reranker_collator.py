@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .collator import RetrievalCollator
+from .schema import check_candidate_lists
 
 
 class RerankerCollator(RetrievalCollator):
@@ -61,6 +62,7 @@ class RerankerCollator(RetrievalCollator):
         queries, documents, pair_rows, pair_cols = [], [], [], []
         groups: list[list[int]] = []
         for i, row in enumerate(rows):
+            check_candidate_lists(row, f"training row of query {row.get('query_id')!r}", None)
             group, seen = [], set()
             for j in self.sample(row):
                 doc_id = row["doc_ids"][j]
