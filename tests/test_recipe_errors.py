@@ -86,6 +86,8 @@ def test_relabel_override_and_recipe_that_are_not_yaml(tmp_path, capsys):
         ("max_steps: 2\n  learning_rate: 1\n", "line 3: invalid YAML: mapping values are not allowed here"),
         ("learning_rate: abc\n", "line 2, field 'learning_rate': invalid float value: 'abc'"),
         ("lerning_rate: 0.1\n", "line 2, field 'lerning_rate': unknown field (did you mean 'learning_rate'?)"),
+        ("epochs: 3\n", "line 2, field 'epochs': unknown field (did you mean 'num_train_epochs'?)"),
+        ("train_group_size: 8\n", "line 2, field 'train_group_size': unknown field (did you mean 'group_size'?)"),
         ("learning_rate: [0.1, 0.2]\n", "line 2, field 'learning_rate': expected one value, got a list: [0.1, 0.2]"),
         ("eval_strategy: sometimes\n", "line 2, field 'eval_strategy': invalid choice: 'sometimes'"),
     ],

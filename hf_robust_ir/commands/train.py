@@ -142,8 +142,23 @@ def _check_loss(training_args, config_path: str | None, lines: dict[str, int], o
         ) from None
 
 
+# names other trainers' recipes use for a field of this one, which spelling distance alone would not find
+FIELD_ALIASES = {
+    "epochs": "num_train_epochs",
+    "lr": "learning_rate",
+    "batch_size": "per_device_train_batch_size",
+    "train_batch_size": "per_device_train_batch_size",
+    "model": "model_name_or_path",
+    "model_name": "model_name_or_path",
+    "data": "data_dir",
+    "negatives": "num_negatives",
+    "train_group_size": "group_size",
+}
+
+
 def _unknown_field(name: str, actions: dict[str, Any]) -> str:
-    close = difflib.get_close_matches(name, list(actions), n=1)
+    alias = FIELD_ALIASES.get(name)
+    close = [alias] if alias in actions else difflib.get_close_matches(name, list(actions), n=1)
     return "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
