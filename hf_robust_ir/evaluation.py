@@ -295,9 +295,9 @@ def _integer_grade(query_id: str, doc_id: str, grade: float) -> int:
     return int(grade)
 
 
-def _ranked(docs: Mapping[str, float]) -> list[tuple[str, float]]:
-    # trec_eval's order: score descending, ties broken by document id descending; trec_eval holds scores as float32,
-    # so scores that differ only below float32 precision tie
+def trec_eval_ranking(docs: Mapping[str, float]) -> list[tuple[str, float]]:
+    """``(doc_id, score)`` in trec_eval's order: score descending, ties broken by document id descending. trec_eval
+    holds scores as float32, so scores that differ only below float32 precision tie."""
     return sorted(docs.items(), key=lambda item: (float(np.float32(item[1])), item[0]), reverse=True)
 
 
@@ -324,7 +324,7 @@ def per_query_scores(
     # trec_eval's own order), so a first relevant document below rank k scores 0, as in MTEB's MRR@k.
     mrr = {
         k: pytrec_eval.RelevanceEvaluator(qrels_int, {"recip_rank"}).evaluate(
-            {qid: dict(_ranked(docs)[:k]) for qid, docs in run_float.items()}
+            {qid: dict(trec_eval_ranking(docs)[:k]) for qid, docs in run_float.items()}
         )
         for k in mrr_at
     }
@@ -387,6 +387,9 @@ class RetrievalEvaluator:
         show_progress_bar: bool = True,
         name: str = "",
     ):
+        for setting, value in (("top_k", top_k), ("batch_size", batch_size), ("chunk_size", chunk_size)):
+            if value < 1:
+                raise ValueError(f"{setting} must be >= 1, got {value}")
         self.data = data
         self.top_k = top_k
         self.batch_size = batch_size

@@ -104,6 +104,22 @@ def select_negatives(
     return negatives
 
 
+def check_mining_arguments(
+    num_negatives: int, range_min: int, range_max: int, batch_size: int = 64, chunk_size: int = 50_000
+) -> None:
+    """A ``ValueError`` naming the first setting of :func:`mine_hard_negatives` that cannot work."""
+    for name, value in (("num_negatives", num_negatives), ("batch_size", batch_size), ("chunk_size", chunk_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not 0 <= range_min < range_max:
+        raise ValueError(f"need 0 <= range_min < range_max, got range_min={range_min}, range_max={range_max}")
+    if num_negatives > range_max - range_min:
+        raise ValueError(
+            f"num_negatives={num_negatives} does not fit in the rank window [{range_min}, {range_max}); "
+            "raise range_max or lower num_negatives"
+        )
+
+
 def mine_hard_negatives(
     model: Encoder,
     data: RetrievalCorpus,
@@ -134,16 +150,7 @@ def mine_hard_negatives(
     ``index`` of ``data.corpus`` made with the same ``model`` to skip encoding the corpus (it is shared with an
     evaluation of the same corpus, for instance).
     """
-    if num_negatives < 1:
-        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
-    if not 0 <= range_min < range_max:
-        raise ValueError(f"need 0 <= range_min < range_max, got range_min={range_min}, range_max={range_max}")
-    if num_negatives > range_max - range_min:
-        raise ValueError(
-            f"num_negatives={num_negatives} does not fit in the rank window [{range_min}, {range_max}); "
-            "raise range_max or lower num_negatives"
-        )
-
+    check_mining_arguments(num_negatives, range_min, range_max, batch_size, chunk_size)
     positives = {qid: [doc_id for doc_id, grade in judged.items() if grade > 0] for qid, judged in data.qrels.items()}
     positives = {qid: docs for qid, docs in positives.items() if docs}
     missing_docs = sorted({doc_id for docs in positives.values() for doc_id in docs} - data.corpus.keys())

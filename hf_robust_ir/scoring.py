@@ -11,6 +11,7 @@ interruption loses at most one chunk.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -93,11 +94,19 @@ def score_candidates(
     return out
 
 
+SCORE_NEUTRAL_SETTINGS = ("temperature", "base_model")
+"""Fields of a teacher's ``retrieval_config`` that leave its raw scores unchanged."""
+
+
 def _progress_header(teacher: Any, bf16: bool) -> dict[str, Any]:
-    """The first line of a progress file: which teacher (a digest of its weights) scored the rows, and how."""
+    """The first line of a progress file: which teacher (a digest of its weights) scored the rows, and how (precision,
+    and the settings that change its scores: token limits, pooling, prefixes)."""
     from .relabel.base import weights_digest
 
-    return {"teacher": weights_digest(teacher) or type(teacher).__name__, "bf16": bool(bf16)}
+    config = getattr(teacher, "retrieval_config", None)
+    settings = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+    settings = {name: value for name, value in settings.items() if name not in SCORE_NEUTRAL_SETTINGS}
+    return {"teacher": weights_digest(teacher) or type(teacher).__name__, "bf16": bool(bf16), "settings": settings}
 
 
 def _read_progress(path: Path, rows: datasets.Dataset, header: dict[str, Any]) -> dict[int, list[float]]:
@@ -117,7 +126,7 @@ def _read_progress(path: Path, rows: datasets.Dataset, header: dict[str, Any]) -
             if "teacher" in record:
                 if record != header:
                     raise ValueError(
-                        f"{path} line {line_number}: these scores come from another teacher or precision "
+                        f"{path} line {line_number}: these scores come from another teacher, precision or settings "
                         f"({record} against {header}); delete the file or use another output folder"
                     )
                 continue
@@ -149,7 +158,8 @@ def score_rows(
 
     Rows are scored ``chunk_size`` at a time; with ``progress_file`` each finished chunk is appended there and a
     later call with the same file resumes after the last finished chunk. The file names the teacher (a digest of its
-    weights) and each row's candidates: a file of another teacher, precision or rows is refused, not mixed in.
+    weights, its token limits) and each row's candidates: a file of another teacher, precision, settings or rows is
+    refused, not mixed in.
     """
     if chunk_size < 1 or batch_size < 1:
         raise ValueError("batch_size and chunk_size must be >= 1")

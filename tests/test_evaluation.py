@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
 
@@ -276,6 +277,46 @@ def test_eval_command_prints_one_json_object(tmp_path, tiny_model_path, capsys):
     missing = parser.parse_args(["--model", tiny_model_path, "--data", str(tmp_path / "nope")])
     assert eval_command.run(missing) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_trec_run_file_keeps_the_evaluated_order_and_distinct_scores(tmp_path):
+    from hf_robust_ir.commands.eval import write_trec_run
+
+    # trec_eval re-sorts a run file by score, then by doc id descending: scores 0.1234561 and 0.1234564 written to 6
+    # decimals would tie and swap, and tied scores are ranked as the evaluation ranked them (the larger id first)
+    write_trec_run({"q": {"a": 0.1234561, "b": 0.1234564, "c": 0.5, "d": 0.5}}, tmp_path / "run.trec", tag="t")
+    assert (tmp_path / "run.trec").read_text().splitlines() == [
+        "q Q0 d 1 0.5 t",
+        "q Q0 c 2 0.5 t",
+        "q Q0 b 3 0.1234564 t",
+        "q Q0 a 4 0.1234561 t",
+    ]
+
+
+def test_eval_command_creates_the_folders_of_its_run_output(tmp_path, tiny_model_path, capsys):
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir")
+    run_file = tmp_path / "runs" / "tiny" / "test.trec"
+    argv = ["eval", "--model", tiny_model_path, "--data", str(tmp_path / "beir"), "--quiet", "--max_length", "32"]
+    assert main([*argv, "--top_k", "2", "--run_output", str(run_file)]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == set(METRIC_KEYS)
+    lines = [line.split() for line in run_file.read_text().splitlines()]
+    assert [(qid, rank) for qid, _, _, rank, _, _ in lines] == [(q, r) for q in ("q1", "q2", "q3") for r in "12"]
+
+
+def test_evaluator_and_eval_command_refuse_nonpositive_sizes_before_encoding(tiny_corpus, tmp_path, capsys):
+    from hf_robust_ir.cli import main
+
+    for name in ("top_k", "batch_size", "chunk_size"):
+        with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
+            RetrievalEvaluator(tiny_corpus, **{name: 0})
+    write_beir_folder(tmp_path / "beir")
+    argv = ["eval", "--model", str(tmp_path / "beir"), "--data", str(tmp_path / "beir"), "--quiet"]
+    # the data folder stands in for the model: the check comes before any model is loaded
+    assert main([*argv, "--top_k", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "error: top_k must be >= 1, got 0\n"
 
 
 def test_mrr_cut_ranks_at_trec_eval_float32_precision():

@@ -220,3 +220,26 @@ def test_mine_command_refuses_a_cross_encoder_and_a_split_without_positives(tmp_
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error:") and "dev.tsv" in captured.err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_mine_command_refuses_bad_sizes_before_loading_the_model(tmp_path, capsys):
+    from test_evaluation import write_beir_folder
+
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir", split="train")
+    # the data folder stands in for the model: the check comes before any model is loaded
+    base = ["mine", "--model", str(tmp_path / "beir"), "--data", str(tmp_path / "beir"), "--quiet"]
+    base += ["--output", str(tmp_path / "out")]
+    for extra, message in [
+        (["--num_negatives", "0"], "num_negatives must be >= 1, got 0"),
+        (["--range_min", "5", "--range_max", "5"], "need 0 <= range_min < range_max, got range_min=5, range_max=5"),
+        (["--chunk_size", "0"], "chunk_size must be >= 1, got 0"),
+        (["--batch_size", "0"], "batch_size must be >= 1, got 0"),
+    ]:
+        assert main([*base, *extra]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err == f"error: {message}\n"
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="chunk_size must be >= 1, got 0"):
+        mine(RetrievalCorpus(corpus={"d": "1 0"}, queries={"q": "1 0"}, qrels={"q": {"d": 1}}), chunk_size=0)

@@ -85,7 +85,7 @@ def test_interrupted_scoring_resumes_without_scoring_a_row_twice(tiny_model_path
     with pytest.raises(KeyboardInterrupt):
         score_rows(_rows(), CORPUS, teacher, chunk_size=1, progress_file=progress, show_progress=False)
     header, *records = [json.loads(line) for line in progress.read_text().splitlines()]
-    assert set(header) == {"teacher", "bf16"} and [r["query_id"] for r in records] == ["q0"]
+    assert set(header) == {"teacher", "bf16", "settings"} and [r["query_id"] for r in records] == ["q0"]
     progress.write_text(progress.read_text() + '{"index": 1, "query_id": "q1", "sco')  # a line cut mid-write
     calls.clear()
     monkeypatch.setattr(scoring, "score_candidates", lambda *a, **k: (calls.append(list(a[1])), real(*a, **k))[1])
@@ -102,7 +102,7 @@ def test_interrupted_scoring_resumes_without_scoring_a_row_twice(tiny_model_path
     other_candidates = _rows().map(lambda row: {"doc_ids": row["doc_ids"][::-1]})
     with pytest.raises(ValueError, match="line 2: field 'doc_ids' does not match row 0"):
         score_rows(other_candidates, CORPUS, teacher, progress_file=progress, show_progress=False)
-    with pytest.raises(ValueError, match="line 1: these scores come from another teacher or precision"):
+    with pytest.raises(ValueError, match="line 1: these scores come from another teacher, precision or settings"):
         score_rows(_rows(), CORPUS, teacher, progress_file=progress, bf16=True, show_progress=False)
     other_teacher = load_teacher(tiny_model_path)
     with torch.no_grad():
@@ -198,3 +198,14 @@ def test_cli_scores_rows_over_a_folder_without_the_split_and_refuses_no_rows(tin
     assert main([*base, "--split", "dev", "--output", str(tmp_path / "b")]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error:") and "no rows" in captured.err
+
+
+def test_a_resume_with_another_max_length_is_refused(tiny_model_path, tmp_path):
+    progress = tmp_path / "progress.jsonl"
+    score_rows(_rows().select([0]), CORPUS, load_teacher(tiny_model_path), progress_file=progress, show_progress=False)
+    header = json.loads(progress.read_text().splitlines()[0])
+    assert header["settings"]["query_max_length"] == header["settings"]["document_max_length"] == 128
+    # the same weights reading 4 tokens score otherwise: their scores are not mixed with the finished row's
+    short = load_teacher(tiny_model_path, max_length=4)
+    with pytest.raises(ValueError, match="line 1: these scores come from another teacher, precision or settings"):
+        score_rows(_rows().select([0]), CORPUS, short, progress_file=progress, show_progress=False)

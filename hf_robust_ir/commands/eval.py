@@ -46,12 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def write_trec_run(run: dict[str, dict[str, float]], path: str | Path, tag: str = "hf_robust_ir") -> None:
-    """Write ``{query_id: {doc_id: score}}`` as a TREC run file, best first per query."""
+    """Write ``{query_id: {doc_id: score}}`` as a TREC run file, best first per query.
+
+    Documents are in trec_eval's order (ties by document id descending) and scores are written in full, so trec_eval
+    reading the file ranks them as the evaluation did.
+    """
+    from hf_robust_ir.evaluation import trec_eval_ranking
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for qid, docs in run.items():
-            ranked = sorted(docs.items(), key=lambda item: item[1], reverse=True)
-            for rank, (doc_id, score) in enumerate(ranked, 1):
-                f.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+            for rank, (doc_id, score) in enumerate(trec_eval_ranking(docs), 1):
+                f.write(f"{qid} Q0 {doc_id} {rank} {float(score)!r} {tag}\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,19 +78,23 @@ def run(args: argparse.Namespace) -> int:
     if error:
         print(error, file=sys.stderr)
         return 2
+    try:
+        evaluator = RetrievalEvaluator(
+            data,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            bf16=args.bf16,
+            chunk_size=args.chunk_size,
+            index_factory=args.index_factory,
+            search_params=args.search_params,
+            ignore_identical_ids=not args.keep_identical_ids,
+            show_progress_bar=not args.quiet,
+            name=f"{data.name}/{args.split}",
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     model = load_bi_encoder(args.model, args.max_length)
-    evaluator = RetrievalEvaluator(
-        data,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        bf16=args.bf16,
-        chunk_size=args.chunk_size,
-        index_factory=args.index_factory,
-        search_params=args.search_params,
-        ignore_identical_ids=not args.keep_identical_ids,
-        show_progress_bar=not args.quiet,
-        name=f"{data.name}/{args.split}",
-    )
     metrics = evaluator(model)
     logger.info("Evaluated %d queries in %.1f s", len(evaluator.last_run), time.perf_counter() - start)
     if args.run_output:

@@ -61,8 +61,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from hf_robust_ir.data.beir import load_beir
-    from hf_robust_ir.mining import MiningStats, mine_hard_negatives
+    from hf_robust_ir.mining import MiningStats, check_mining_arguments, mine_hard_negatives
 
+    try:
+        check_mining_arguments(args.num_negatives, args.range_min, args.range_max, args.batch_size, args.chunk_size)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     data = load_beir(data_dir, split=args.split)
     logger.info("Loaded %r", data)
