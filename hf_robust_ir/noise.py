@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 import datasets
 import numpy as np
 
-from hf_robust_ir.data.schema import RetrievalCorpus
+from hf_robust_ir.data.schema import RetrievalCorpus, check_candidate_lists
 from hf_robust_ir.evaluation import DocumentIndex, Encoder
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ Candidates = Mapping[str, Sequence[tuple[str, float]]]
 """``query_id -> [(doc_id, score), ...]``: a retriever's ranked candidates per query."""
 
 REQUIRED_COLUMNS = ("query_id", "query", "doc_ids", "labels", "teacher_scores", "label_source")
+CANDIDATE_LISTS = ("doc_ids", "labels", "teacher_scores", "label_source")
+"""A row's per-candidate lists: ``labels`` has one value per doc id, the others one each or none."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -225,7 +227,11 @@ class NoiseResult:
 
 
 class _Rows:
-    """The rows' columns as Python lists, edited in place and turned back into a Dataset with the same features."""
+    """The rows' columns as Python lists, edited in place and turned back into a Dataset with the same features.
+
+    A row without candidates, or whose ``labels`` / ``teacher_scores`` / ``label_source`` do not match its
+    ``doc_ids``, is refused (:class:`~hf_robust_ir.data.schema.DataFormatError` naming the row and the field).
+    """
 
     def __init__(self, rows: datasets.Dataset):
         missing = [name for name in REQUIRED_COLUMNS if name not in rows.column_names]
@@ -236,6 +242,8 @@ class _Rows:
             )
         self.features = rows.features
         self.columns = rows.to_dict()
+        for i, row in enumerate(zip(*(self.columns[name] for name in CANDIDATE_LISTS))):
+            check_candidate_lists(dict(zip(CANDIDATE_LISTS, row)), "rows", i + 1, fields=CANDIDATE_LISTS[1:])
         self.query_ids: list[str] = self.columns["query_id"]
         duplicates = sorted(qid for qid, count in Counter(self.query_ids).items() if count > 1)
         if duplicates:

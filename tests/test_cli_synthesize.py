@@ -46,7 +46,9 @@ def test_writes_a_beir_folder_with_graded_qrels_and_resumes(tmp_path):
     backend = GradeEcho()
     summary = synthesize(args, beir, backend=backend)
     assert backend.queries == ["at what temperature does water boil"] * 2  # only q1 is asked again
-    assert [json.loads(line)["query_id"] for line in partial.read_text().splitlines()] == ["q0", "q1"]
+    header, *records = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert header == {"generator": summary["generator"], "split": "train"}
+    assert [record["query_id"] for record in records] == ["q0", "q1"]
     again = GradeEcho()
     assert synthesize(args, beir, backend=again)["rows"] == 2 and again.queries == []  # nothing is asked a third time
     assert summary["rows"] == 2 and summary["synthetic_documents"] == 4
@@ -79,3 +81,35 @@ def test_recipe_errors(tmp_path):
     recipe.write_text("output_dir: out\nbackend: {type: hf}\ngrade: [1]\n")
     with pytest.raises(DataFormatError, match="line 3, field 'grade'"):
         parse_recipe(str(recipe), [])
+
+
+def test_a_resume_with_other_generation_settings_is_refused(tmp_path):
+    beir = _beir(tmp_path)
+    args = SynthesizeArguments(
+        output_dir=str(tmp_path / "out"), grades=[0, 3], chunk_queries=1, batch_size=4, show_progress_bar=False
+    )
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(args, beir, backend=GradeEcho(fail_on=2))  # q0 finished with grades 0 and 3
+    partial = tmp_path / "out" / "generated.partial.jsonl"
+    written = partial.read_text()
+    args.grades = [0, 1, 2, 3]
+    backend = GradeEcho()
+    with pytest.raises(ValueError, match=r"generated\.partial\.jsonl line 1: .*other settings"):
+        synthesize(args, beir, backend=backend)
+    assert backend.queries == [] and partial.read_text() == written
+    args.grades = [0, 3]  # the settings of the interrupted run resume it
+    assert synthesize(args, beir, backend=backend)["synthetic_documents_per_grade"] == {"0": 2, "3": 2}
+    assert backend.queries == ["at what temperature does water boil"] * 2
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("chunk_queries", -1), ("chunk_queries", 0), ("batch_size", 0), ("max_queries", -1), ("max_new_tokens", 0)],
+)
+def test_counts_below_one_are_refused_with_their_line(tmp_path, field, value):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"output_dir: out\nbackend: {{type: hf, model: m}}\n{field}: {value}\n")
+    with pytest.raises(DataFormatError, match=f"r.yaml, line 3, field '{field}': must be >= 1, got {value}"):
+        parse_recipe(str(recipe), [])
+    with pytest.raises(ValueError, match=f"{field} must be >= 1, got {value}"):
+        SynthesizeArguments(output_dir=str(tmp_path / "out"), **{field: value})

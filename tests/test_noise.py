@@ -321,6 +321,29 @@ def test_other_argument_checks():
         UniformSwapNoise(CORPUS_IDS, 0.5).apply(duplicated)
 
 
+@pytest.mark.parametrize(
+    "field, values, problem",
+    [
+        ("teacher_scores", [[0.9, 0.5, 0.4], [0.9]], "1 values for 3 doc_ids"),
+        ("label_source", [["qrels"] * 3, ["qrels", "mined"]], "2 values for 3 doc_ids"),
+        ("labels", [[1.0, 0.0, 0.0], [1.0, 1.0]], "2 values for 3 doc_ids"),
+    ],
+)
+def test_rows_whose_lists_do_not_match_their_doc_ids_are_refused_naming_row_and_field(field, values, problem):
+    columns = {
+        "query_id": ["q1", "q2"],
+        "query": ["one", "two"],
+        "doc_ids": [["p1", "n1", "n2"], ["p2", "p3", "n3"]],
+        "labels": [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]],
+        "teacher_scores": [[], []],
+        "label_source": [[], []],
+    }
+    rows = datasets.Dataset.from_dict({**columns, field: values}, features=ROW_FEATURES)
+    for noise in (UniformSwapNoise(["n1", "n2", "n3", "d"], 1.0), FalseNegativeInjection(1.0)):
+        with pytest.raises(ValueError, match=f"rows, line 2, field '{field}': {problem}"):
+            noise.apply(rows)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # false negatives
 
@@ -506,6 +529,24 @@ def test_noise_command_bad_input_is_one_line_naming_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{rows}, line 1, field 'labels': labels must be numbers" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_noise_command_refuses_rows_over_another_corpus(tmp_path, capsys):
+    from test_evaluation import write_beir_folder
+
+    from hf_robust_ir.cli import main
+    from hf_robust_ir.data.hf_formats import content_id
+
+    write_beir_folder(tmp_path / "beir", split="train")
+    rows = tmp_path / "pairs.jsonl"  # sentence-transformers pairs: their documents are texts, not ids of the corpus
+    rows.write_text(json.dumps({"query": "what is a", "positive": "doc a text", "negative": "doc b text"}) + "\n")
+    argv = ["--data", str(tmp_path / "beir"), "--kind", "uniform_swap", "--rate", "1", "--rows", str(rows)]
+    assert main(["noise", *argv, "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"error: {rows}: documents not in the corpus of {tmp_path / 'beir'}, e.g. {content_id('doc a text')!r}" in err
+    )
+    assert "Traceback" not in err and not (tmp_path / "x").exists()
 
 
 def test_noise_command_false_negative_by_teacher_score(tmp_path, capsys):

@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rows",
         default=None,
-        help="clean training rows to corrupt (e.g. the output folder of `hf-robust-ir mine`; jsonl/parquet/"
-        "save_to_disk); default: rows from the split's qrels",
+        help="clean canonical training rows over the --data corpus to corrupt (e.g. the output folder of "
+        "`hf-robust-ir mine`; jsonl/parquet/save_to_disk); default: rows from the split's qrels",
     )
     parser.add_argument("--output", required=True, help="output folder (save_to_disk + rows.jsonl + changes.jsonl)")
     semantic = parser.add_argument_group("semantic_swap")
@@ -84,7 +84,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         data = load_beir(data_dir, split=args.split)
         logger.info("Loaded %r", data)
-        rows = load_training_data(args.rows, corpus=data.corpus).rows if args.rows else rows_from_qrels(data)
+        if args.rows:
+            training = load_training_data(args.rows, corpus=data.corpus)
+            outside = [doc_id for doc_id in training.corpus if doc_id not in data.corpus]
+            if outside:  # rows of texts (sentence-transformers, Tevatron, ...) get ids of their own
+                raise ValueError(
+                    f"{args.rows}: documents not in the corpus of {data_dir}, e.g. {outside[0]!r}; noise needs "
+                    "canonical rows over that corpus (query_id, query, doc_ids, labels), e.g. from `hf-robust-ir mine`"
+                )
+            rows = training.rows
+        else:
+            rows = rows_from_qrels(data)
         logger.info("Clean rows: %d queries (%s)", len(rows), args.rows or f"qrels/{args.split}.tsv")
         if len(rows) == 0:  # a saved empty dataset does not load back
             source = args.rows or f"qrels/{args.split}.tsv (no query with a relevant document)"

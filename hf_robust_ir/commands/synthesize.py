@@ -8,7 +8,8 @@ join the corpus of ``split`` alone), ``queries.jsonl``, ``qrels/<split>.tsv`` wi
 at grade 3 when ``include_real_positives``), the other qrels splits copied unchanged (so evaluation runs on the real
 test set over the source corpus, as published numbers are), plus ``rows.jsonl`` (canonical rows,
 ``label_source = synthetic``) and ``summary.json``. Generation is resumable: finished queries are appended to
-``generated.partial.jsonl`` and skipped by a restarted run.
+``generated.partial.jsonl`` and skipped by a restarted run; the file names the generator's settings and the split,
+and a restart with other ones is refused.
 """
 
 from __future__ import annotations
@@ -48,6 +49,20 @@ class SynthesizeArguments:
     chunk_queries: int = 64  # queries generated between two progress saves
     show_progress_bar: bool = True
 
+    def __post_init__(self):
+        for name in COUNT_FIELDS:
+            problem = _count_problem(getattr(self, name))
+            if problem:
+                raise ValueError(f"{name} {problem}")
+
+
+COUNT_FIELDS = ("documents_per_grade", "max_new_tokens", "max_queries", "batch_size", "chunk_queries")
+"""Arguments that count something and must be >= 1 (``max_queries`` may be None: every query)."""
+
+
+def _count_problem(value: Any) -> str | None:
+    return f"must be >= 1, got {value}" if value is not None and value < 1 else None
+
 
 def build_backend(spec: dict[str, Any]) -> Any:
     """A chat backend from ``{"type": "hf", "model": DIR, ...}`` or ``{"type": "openai", "base_url", "model", ...}``."""
@@ -70,18 +85,35 @@ def parse_recipe(config_path: str | None, overrides: list[str]) -> SynthesizeArg
         raise DataFormatError(source, None, "output_dir", "missing (the BEIR folder to write)")
     if config.get("backend", {}).get("type") not in ("hf", "openai"):
         raise DataFormatError(source, lines.get("backend"), "backend", "type must be 'hf' or 'openai'")
+    for name in COUNT_FIELDS:
+        problem = _count_problem(config.get(name))
+        if problem:
+            raise DataFormatError(source, lines.get(name), name, problem)
     return SynthesizeArguments(**config)
 
 
-def _read_partial(path: Path) -> dict[str, dict[str, Any]]:
+def _read_partial(path: Path, header: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The finished queries of an earlier run. The file opens with ``header`` (the generator's settings and the
+    split); a file written with other settings is refused, not mixed in."""
     done: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by an interruption: that query is generated again
-                continue
-            done[record["query_id"]] = record
+    if not path.exists():
+        return done
+    header = json.loads(json.dumps(header))
+    seen_header = False
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by an interruption: that query is generated again
+            continue
+        if not seen_header:
+            if record != header:
+                raise ValueError(
+                    f"{path} line {line_number}: written with other settings ({record} against {header}); rerun with "
+                    "those settings, or delete the file or use another output_dir"
+                )
+            seen_header = True
+            continue
+        done[record["query_id"]] = record
     return done
 
 
@@ -107,10 +139,13 @@ def synthesize(args: SynthesizeArguments, data_dir: Path, backend: Any = None) -
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     partial = out / PARTIAL_NAME
-    done = _read_partial(partial)
+    header = {"generator": generator.config(), "split": args.split}
+    done = _read_partial(partial, header)
     todo = [q for q in query_ids if q not in done]
     logger.info("%d queries, %d already generated", len(query_ids), len(query_ids) - len(todo))
     with open_for_append(partial) as handle:
+        if handle.tell() == 0:
+            handle.write(json.dumps(header) + "\n")
         for start in range(0, len(todo), args.chunk_queries):
             chunk = todo[start : start + args.chunk_queries]
             rows, documents, _ = generator.generate_rows(
