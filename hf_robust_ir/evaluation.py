@@ -227,6 +227,8 @@ class DocumentIndex:
         process encodes a contiguous 1/world share of every chunk and the shares are all-gathered in rank order, so
         every process ends with the same index while the encoding work is split across them.
         """
+        if batch_size < 1 or chunk_size < 1:
+            raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
         index = cls(index_factory=index_factory, search_params=search_params, keep_ids=keep_ids)
         doc_ids = list(corpus)
         if not doc_ids:
@@ -290,7 +292,7 @@ def relevant_queries(qrels: Qrels) -> list[str]:
 
 def _integer_grade(query_id: str, doc_id: str, grade: float) -> int:
     """trec_eval's gains are integers: a fractional grade would be cut (0.5 to 0, not relevant) without a word."""
-    if float(grade) != int(grade):
+    if not math.isfinite(float(grade)) or float(grade) != int(grade):
         raise ValueError(f"qrels grade {grade!r} of query {query_id!r}, document {doc_id!r} is not an integer")
     return int(grade)
 

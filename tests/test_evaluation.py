@@ -108,6 +108,19 @@ def test_fractional_grades_are_refused_rather_than_cut():
     assert score_run({"q": {"a": 2.0, "b": 0}}, {"q": {"a": 1.0, "b": 0.5}})["ndcg@10"] == 1.0  # 2.0 is an integer
     with pytest.raises(ValueError, match=r"grade 0.5 of query 'q', document 'a' is not an integer"):
         score_run({"q": {"a": 0.5}}, {"q": {"a": 1.0}})
+    for grade in (float("nan"), float("inf")):  # named like a fractional grade, not Python's conversion error
+        with pytest.raises(ValueError, match=rf"grade {grade!r} of query 'q', document 'a' is not an integer"):
+            score_run({"q": {"a": grade, "b": 1}}, {"q": {"a": 1.0}})
+
+
+def test_an_index_refuses_sizes_below_one_before_encoding(tiny_model_path):
+    from hf_robust_ir.evaluation import DocumentIndex
+    from hf_robust_ir.modeling import BiEncoder
+
+    model = BiEncoder.from_pretrained(tiny_model_path)
+    for sizes in ({"chunk_size": 0}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match="batch_size and chunk_size must be >= 1"):
+            DocumentIndex.from_corpus(model, {"d": "text"}, show_progress_bar=False, **sizes)
 
 
 def test_mrr_cut_follows_trec_eval_tie_order():
