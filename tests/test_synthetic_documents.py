@@ -166,10 +166,11 @@ def test_config_names_the_prompt_version_and_backend():
     }
 
 
-@pytest.mark.parametrize("grades", [(), (0, 0), (0, 4), (-1,)])
+@pytest.mark.parametrize("grades", [(), (0, 0), (0, 4), (-1,), (0, 1.5), (True, 2), ("3",)])
 def test_bad_grades_are_refused(grades):
-    with pytest.raises(ValueError, match="grades"):
+    with pytest.raises(ValueError, match="grades must be distinct values in"):
         GradedDocumentGenerator(ScriptedBackend(canned), grades=grades)
+    assert GradedDocumentGenerator(ScriptedBackend(canned), grades=[3.0, 1]).grades == (3, 1)  # whole floats, as YAML
 
 
 @pytest.mark.parametrize(

@@ -108,9 +108,12 @@ class GradedDocumentGenerator:
         documents_per_grade: int = 1,
         include_real_positives: bool = True,
     ):
-        grades = tuple(int(g) for g in grades)
+        given = tuple(grades)
+        # 1.5 or True would pass int() as a grade of 1 without a word
+        whole = all(isinstance(g, int | float) and not isinstance(g, bool) and float(g).is_integer() for g in given)
+        grades = tuple(int(g) for g in given) if whole else ()
         if not grades or any(g not in GRADE_DEFINITIONS for g in grades) or len(set(grades)) != len(grades):
-            raise ValueError(f"grades must be distinct values in {sorted(GRADE_DEFINITIONS)}, got {grades!r}")
+            raise ValueError(f"grades must be distinct values in {sorted(GRADE_DEFINITIONS)}, got {list(given)!r}")
         if documents_per_grade < 1:
             raise ValueError(f"documents_per_grade must be >= 1, got {documents_per_grade}")
         self.backend = backend
