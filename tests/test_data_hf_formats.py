@@ -418,3 +418,46 @@ def test_dataset_dict_contributes_the_requested_split(tmp_path):
         load_training_data(splits, split="test")
     only = datasets.DatasetDict({"validation": splits["dev"]})
     assert load_training_data(only).rows["query"] == ["q dev"]  # the only split
+
+
+def test_canonical_labels_must_be_finite_and_teacher_scores_not_infinite():
+    good = {"query_id": "q1", "query": "q", "doc_ids": ["d", "e"], "labels": [1.0, 0.0], "teacher_scores": [0.5, 0.1]}
+    cases = (
+        ("labels", [1.0, float("nan")], "labels must be finite, got nan at position 1"),
+        ("labels", [float("inf"), 0.0], "labels must be finite, got inf at position 0"),
+        (
+            "teacher_scores",
+            [0.5, float("-inf")],
+            r"teacher_scores must be finite or NaN \(none\), got -inf at position 1",
+        ),
+    )
+    for name, values, message in cases:
+        ds = datasets.Dataset.from_list([good, {**good, "query_id": "q2", name: values}])
+        with pytest.raises(DataFormatError, match=message) as exc:
+            load_training_data(ds, corpus={"d": "a", "e": "b"})
+        assert_error(exc, "dataset", 2, name)
+    unknown_teacher = {**good, "teacher_scores": [float("nan"), 0.1]}  # NaN: no teacher score, as the collator reads it
+    loaded = load_training_data(datasets.Dataset.from_list([unknown_teacher]), corpus={"d": "a", "e": "b"}).rows[0]
+    assert loaded["labels"] == [1.0, 0.0] and loaded["teacher_scores"][1] == pytest.approx(0.1)
+    assert loaded["teacher_scores"][0] != loaded["teacher_scores"][0]
+
+
+def test_canonical_query_id_with_two_texts(tmp_path):
+    first = {"query_id": "q1", "query": "what is a cell", "doc_ids": ["d"], "labels": [1]}
+    other = {"query_id": "q2", "query": "what is a gene", "doc_ids": ["e"], "labels": [1]}
+    path = write_jsonl(tmp_path / "rows.jsonl", [first, other, {**first, "query": "how do cells divide"}])
+    with pytest.raises(DataFormatError, match="query 'q1' has a different text than on line 1") as exc:
+        load_training_data(path, corpus={"d": "a", "e": "b"})
+    assert_error(exc, str(path), 3, "query")
+    path = write_jsonl(tmp_path / "rows.jsonl", [first, other, {**first, "doc_ids": ["e"]}])
+    rows = load_training_data(path, corpus={"d": "a", "e": "b"}).rows  # the same query twice is kept as given
+    assert rows["query_id"] == ["q1", "q2", "q1"] and rows["doc_ids"] == [["d"], ["e"], ["e"]]
+
+
+def test_empty_jsonl_file_is_named_as_empty(tmp_path):
+    for content in ("", "\n \r\n"):
+        path = tmp_path / "rows.jsonl"
+        path.write_text(content)
+        with pytest.raises(DataFormatError, match=r"rows\.jsonl: the file holds no rows$") as exc:
+            load_training_data(path)
+        assert_error(exc, str(path), None, None)

@@ -1,11 +1,14 @@
 """Recipe mistakes in `hf-robust-ir relabel` and `train`: exit code 2 and one line, ``error: <file>, line N, field
 '<name>': <problem>`` (the command line in place of the file for overrides), never a traceback."""
 
+import dataclasses
 import json
 
 import pytest
 
 from hf_robust_ir.cli import main
+from hf_robust_ir.commands.common import load_recipe
+from hf_robust_ir.data import DataFormatError
 
 
 def _error_line(capsys) -> str:
@@ -106,3 +109,22 @@ def test_train_override_errors_name_the_command_line(tmp_path, capsys):
     recipe.write_text(f"output_dir: {tmp_path / 'run'}\n")
     assert main(["train", "--config", str(recipe), "--learning", "1e-4"]) == 2  # no abbreviations
     assert _error_line(capsys) == "error: command line, field 'learning': unknown field (did you mean 'learning_rate'?)"
+
+
+@dataclasses.dataclass
+class _Recipe:
+    learning_rate: float = 2e-5
+    margin: float | None = None
+    name: str = ""
+
+
+def test_recipe_float_written_with_an_exponent_reads_as_a_number(tmp_path):
+    """The recipes of relabel, synthesize and self-train (read by ``load_recipe``) take ``1e-5`` as train's do."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 1e-5\nmargin: -2.5E+1\nname: 1e5\n")  # YAML 1.1 reads these as strings
+    config, lines, _ = load_recipe(_Recipe, str(recipe), ["--learning_rate", "3e-4"])
+    assert config == {"learning_rate": 3e-4, "margin": -25.0, "name": "1e5"}
+    assert lines == {"margin": 2, "name": 3}
+    recipe.write_text("name: x\nlearning_rate: fast\n")
+    with pytest.raises(DataFormatError, match="line 2, field 'learning_rate': expected float, got str"):
+        load_recipe(_Recipe, str(recipe), [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -88,6 +89,16 @@ def _key_lines(text: str) -> dict[str, int]:
     if node is None or not isinstance(node, yaml.MappingNode):
         return {}
     return {key.value: key.start_mark.line + 1 for key, _ in node.value}
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _exponent_float(value: Any, annotation: str) -> Any:
+    """``value`` as a float when a float field holds a number like ``1e-5``, which YAML 1.1 reads as a string."""
+    if isinstance(value, str) and annotation.split("|")[0].strip() == "float" and _EXPONENT_NUMBER.fullmatch(value):
+        return float(value)
+    return value
 
 
 def _check_type(name: str, value: Any, annotation: str) -> str | None:
@@ -185,11 +196,16 @@ def load_recipe(
         config[name] = _override_value(name, overrides[i + 1])
         lines.pop(name, None)
         i += 2
-    known = {f.name: str(f.type) for f in fields(arguments)}
+    # annotations as written ("float | None"), whether or not the dataclass's module postpones their evaluation
+    known = {
+        f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        for f in fields(arguments)
+    }
     for name, value in config.items():
         line = lines.get(name)
         if name not in known:
             raise DataFormatError(source, line, name, f"unknown field; fields: {sorted(known)}")
+        config[name] = value = _exponent_float(value, known[name])
         problem = _check_type(name, value, known[name])
         if problem:
             raise DataFormatError(source, line, name, problem)

@@ -290,9 +290,14 @@ def _from_canonical(ds: datasets.Dataset, corpus: dict[str, str], source: str) -
     _require(ds, source, "query_id", "query", "doc_ids", "labels")
     columns = [name for name in ROW_FEATURES if name in ds.column_names]
     fixed: dict[str, list] = {name: [] for name in ROW_FEATURES}
+    query_texts: dict[str, tuple[str, int]] = {}  # query_id -> (text, first row)
     for row, values in _iter_rows(ds, columns):
         qid = _text(values["query_id"], source, row, "query_id", "query id")
         query = _text(values["query"], source, row, "query", "query")
+        known_text, first_row = query_texts.setdefault(qid, (query, row))
+        if known_text != query:
+            problem = f"query {qid!r} has a different text than on line {first_row + 1}"
+            raise DataFormatError(source, row + 1, "query", problem)
         doc_ids = _list(values["doc_ids"], source, row, "doc_ids")
         for position, doc_id in enumerate(doc_ids):
             if not isinstance(doc_id, str):
@@ -306,6 +311,10 @@ def _from_canonical(ds: datasets.Dataset, corpus: dict[str, str], source: str) -
             for position, value in enumerate(checks[name]):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     problem = f"{name} must be numbers, got {value!r} at position {position}"
+                    raise DataFormatError(source, row + 1, name, problem)
+                if math.isinf(value) or (name == "labels" and math.isnan(value)):
+                    allowed = "finite" if name == "labels" else "finite or NaN (none)"
+                    problem = f"{name} must be {allowed}, got {value!r} at position {position}"
                     raise DataFormatError(source, row + 1, name, problem)
         missing = [d for d in doc_ids if d not in corpus]
         if missing:
@@ -351,14 +360,17 @@ def _json_kind(value: Any) -> str | None:
     return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
 
 
-def _diagnose_json_lines(path: Path) -> tuple[int | None, str | None, str]:
-    """Find why a JSONL file is not a table: the first malformed line, or the first value whose type differs from the
-    type the same field had on an earlier line. Returns ``(line, field, problem)``."""
+def _diagnose_json_lines(path: Path) -> tuple[int | None, str | None, str | None]:
+    """Find why a JSONL file is not a table: the first malformed line, the first value whose type differs from the
+    type the same field had on an earlier line, or no line at all. Returns ``(line, field, problem)``; ``problem`` is
+    None when no cause was found."""
     kinds: dict[str, tuple[str, int]] = {}
+    rows = 0
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
+            rows += 1
             try:
                 obj = json.loads(raw)
             except ValueError as exc:
@@ -372,7 +384,7 @@ def _diagnose_json_lines(path: Path) -> tuple[int | None, str | None, str]:
                 first = kinds.setdefault(key, (kind, n))
                 if first[0] != kind:
                     return n, key, f"a {kind} here but a {first[0]} on line {first[1]}"
-    return None, None, "could not be read as a table"
+    return None, None, None if rows else "the file holds no rows"
 
 
 def _load_local(path: Path) -> datasets.Dataset | datasets.DatasetDict:
@@ -391,7 +403,7 @@ def _load_local(path: Path) -> datasets.Dataset | datasets.DatasetDict:
         if builder != "json":
             raise
         line, field, problem = _diagnose_json_lines(path)
-        raise DataFormatError(str(path), line, field, problem if line is not None else f"{problem}: {exc}") from exc
+        raise DataFormatError(str(path), line, field, problem or f"could not be read as a table: {exc}") from exc
 
 
 def _single_split(ds: datasets.Dataset | datasets.DatasetDict, source: str, split: str) -> datasets.Dataset:
