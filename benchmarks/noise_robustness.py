@@ -78,6 +78,10 @@ SENTENCE_TRANSFORMERS = (ST_MNRL, ST_GIST)
 # A reference, not a method: InfoNCE after an oracle that knows the clean qrels fixes each row as well as any rule
 # over the row's own candidates could (see oracle_rows); it bounds what label weakening can reach at a budget.
 ORACLE = "oracle_infonce"
+# The same with the whole corpus in reach (see corpus_oracle_rows): what a rule that found every displaced true positive
+# wherever it lies would hand InfoNCE; it bounds any label repair, in-batch or drawn from the corpus.
+CORPUS_ORACLE = "oracle_corpus_infonce"
+ORACLES = (ORACLE, CORPUS_ORACLE)
 # Relabel before training, then InfoNCE: the base model judges every listed negative of every row once (an
 # EmbeddingJudge flagging candidates it scores more than --relabel_margin above the row's best label), so a decision
 # holds for every epoch instead of one in-batch step (see relabeled_rows).
@@ -298,7 +302,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
 
-    known = [*OURS, *SENTENCE_TRANSFORMERS, ORACLE, *RELABELED]
+    known = [*OURS, *SENTENCE_TRANSFORMERS, *ORACLES, *RELABELED]
     if args.merge:
         if not args.out:
             parser.error("--merge needs --out, the file to merge into")
@@ -455,11 +459,12 @@ def method_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
         }
     from hf_robust_ir.losses import get_loss
 
-    if name == ORACLE:
+    if name in ORACLES:
+        fix = oracle_rows if name == ORACLE else corpus_oracle_rows
         return {
             "trainer": "hf_robust_ir",
             "loss": our_loss(INFONCE, args).config(),  # what they train with: InfoNCE under its --loss_kwargs
-            "rows": oracle_rows.__doc__.split("\n")[0],
+            "rows": fix.__doc__.split("\n")[0],
         }
     if name in RELABELED:
         return {
@@ -892,7 +897,7 @@ def budget_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _method_order(methods: Iterable[str]) -> list[str]:
-    order = {name: i for i, name in enumerate((*OURS, *SENTENCE_TRANSFORMERS, ORACLE, *RELABELED))}
+    order = {name: i for i, name in enumerate((*OURS, *SENTENCE_TRANSFORMERS, *ORACLES, *RELABELED))}
     return sorted(methods, key=lambda m: order.get(m, len(order)))
 
 
@@ -1257,6 +1262,45 @@ def oracle_rows(rows: Any, clean_qrels: dict[str, dict[str, int]]) -> tuple[Any,
     return type(rows).from_list(kept, features=rows.features), counts
 
 
+def corpus_oracle_rows(rows: Any, clean_qrels: dict[str, dict[str, int]]) -> tuple[Any, dict[str, int]]:
+    """Rows as a rule that can draw from the whole corpus would at best leave them, decided with the clean qrels.
+
+    A row whose labeled positives are exactly the clean ones is kept. Any other row is *restored*: every listed
+    document gets its clean grade (a wrong positive becomes a negative, a hidden positive a positive again) and the
+    clean positives the row does not list are put in front of it (``restored_from_corpus``; teacher score NaN), so
+    no query is dropped. Training InfoNCE on these rows bounds what any label repair can reach at the budget.
+    """
+    counts = {"kept": 0, "restored": 0, "restored_from_corpus": 0}
+    fixed = []
+    for row in rows:
+        truth = {d: grade for d, grade in clean_qrels.get(row["query_id"], {}).items() if grade > 0}
+        labeled = {d for d, label in zip(row["doc_ids"], row["labels"]) if label > 0}
+        if labeled == set(truth):
+            counts["kept"] += 1
+            fixed.append(row)
+            continue
+        missing = [d for d in truth if d not in row["doc_ids"]]
+        counts["restored_from_corpus" if missing else "restored"] += 1
+        doc_ids = missing + list(row["doc_ids"])
+        labels = [float(truth.get(d, 0)) for d in doc_ids]
+        teacher = list(row["teacher_scores"])
+        old_labels = [0.0] * len(missing) + list(row["labels"])
+        sources = ["oracle"] * len(missing) + list(row["label_source"])
+        fixed.append(
+            {
+                **row,
+                "doc_ids": doc_ids,
+                "labels": labels,
+                "teacher_scores": [math.nan] * len(missing) + teacher if teacher else [],
+                "label_source": [
+                    "oracle" if (new > 0) != (old > 0) else source
+                    for new, old, source in zip(labels, old_labels, sources)
+                ],
+            }
+        )
+    return type(rows).from_list(fixed, features=rows.features), counts
+
+
 def relabeled_rows(
     args: argparse.Namespace, strategy: str, rows: Any, prepared: Prepared, cache_dir: str, seed: int = 0
 ) -> tuple[Any, dict[str, Any]]:
@@ -1571,8 +1615,9 @@ def run_one(
     with tempfile.TemporaryDirectory(dir=work_root) as work:
         if method in SENTENCE_TRANSFORMERS:
             model, train_log = train_sentence_transformers(args, method, rows, prepared.train.corpus, seed, work)
-        elif method == ORACLE:
-            rows, extra["oracle_rows"] = oracle_rows(rows, prepared.train.qrels)
+        elif method in ORACLES:
+            fix = oracle_rows if method == ORACLE else corpus_oracle_rows
+            rows, extra["oracle_rows"] = fix(rows, prepared.train.qrels)
             model, train_log = train_ours(args, INFONCE, rows, prepared.train.corpus, seed, work)
         elif method in RELABELED:
             rows, extra["relabeling"] = relabeled_rows(args, RELABELED[method], rows, prepared, work_root, seed)

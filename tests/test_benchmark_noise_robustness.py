@@ -27,12 +27,39 @@ def test_oracle_rows_keep_restore_and_drop():
     assert fixed.features == rows.features
 
 
+def test_corpus_oracle_rows_restore_every_row_from_the_clean_qrels():
+    clean = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 2, "z": 0}, "q4": {"d": 1, "e": 1}}
+    rows = datasets.Dataset.from_list(
+        [
+            canonical_row("q1", ["a", "x"], [1.0, 0.0], [0.9, 0.5]),  # clean: kept as it is
+            canonical_row("q2", ["w", "b"], [1.0, 0.0], [0.8, 0.7]),  # true positive listed as the hard negative
+            canonical_row("q3", ["v", "y"], [1.0, 0.0], [0.6, 0.4]),  # true positive absent: put in front
+            canonical_row("q4", ["d", "e"], [1.0, 0.0], [0.9, 0.8]),  # a hidden positive (false-negative injection)
+        ],
+        features=ROW_FEATURES,
+    )
+    with benchmark_module("noise_robustness") as bench:
+        fixed, counts = bench.corpus_oracle_rows(rows, clean)
+    assert counts == {"kept": 1, "restored": 2, "restored_from_corpus": 1}
+    assert fixed["query_id"] == ["q1", "q2", "q3", "q4"] and fixed[0] == rows[0]
+    assert fixed[1]["doc_ids"] == ["w", "b"] and fixed[1]["labels"] == [0.0, 1.0]
+    assert fixed[1]["label_source"] == ["oracle", "oracle"]
+    assert fixed[1]["teacher_scores"] == pytest.approx([0.8, 0.7])
+    assert fixed[2]["doc_ids"] == ["c", "v", "y"] and fixed[2]["labels"] == [2.0, 0.0, 0.0]
+    assert fixed[2]["label_source"] == ["oracle", "oracle", "qrels"]
+    teacher = fixed[2]["teacher_scores"]
+    assert teacher[0] != teacher[0] and teacher[1:] == pytest.approx([0.6, 0.4])  # NaN: no score for the added passage
+    assert fixed[3]["labels"] == [1.0, 1.0] and fixed[3]["label_source"] == ["qrels", "oracle"]
+    assert fixed.features == rows.features
+
+
 def test_oracle_and_relabeling_are_methods_of_the_command_and_report_their_counts(
     tiny_model_path, scifact_dir, tmp_path
 ):
     out = tmp_path / "oracle.json"
     argv = ["--profile", "quick", "--model", tiny_model_path, "--data_dir", str(scifact_dir.parent),
-            "--methods", "oracle_infonce", "relabel_replace", "--rates", "0.4", "--max_train_queries", "20",
+            "--methods", "oracle_infonce", "oracle_corpus_infonce", "relabel_replace", "--rates", "0.4",
+            "--max_train_queries", "20",
             "--max_eval_queries", "5", "--max_corpus", "60", "--max_length", "32", "--eval_max_length", "32",
             "--out", str(out)]  # fmt: skip
     with benchmark_module("noise_robustness") as bench:
@@ -46,6 +73,8 @@ def test_oracle_and_relabeling_are_methods_of_the_command_and_report_their_count
     counts = record["oracle_rows"]
     assert counts["kept"] == 12 and counts["restored"] + counts["dropped"] == 8  # 40 % of 20 queries swapped
     assert 0.0 <= record["ndcg@10"] <= 1.0
+    corpus = report["results"]["oracle_corpus_infonce"]["scifact"]["semantic_swap"]["0.4"]["seeds"]["0"]["oracle_rows"]
+    assert corpus["kept"] == 12 and corpus["restored"] + corpus["restored_from_corpus"] == 8  # no query dropped
     assert report["methods"]["oracle_infonce"]["loss"]["name"] == "infonce"
     noise = report["noise"]["scifact"]["semantic_swap"]["0.4"]["0"]
     assert len(noise["rows_digest"]) == 16  # the rows every method of this file trained on
