@@ -142,3 +142,20 @@ def test_a_bad_judge_stops_before_the_rows_are_mined(tmp_path, capsys, tiny_mode
     assert main(["relabel", "--config", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "no-such-judge" in err and "mined before" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "problem"),
+    [
+        ("batch_size: 0\n", 2, "batch_size", "must be >= 1, got 0"),
+        ("max_candidates: -1\n", 2, "max_candidates", "must be >= 1, got -1"),
+        ("max_flagged: -1\n", 2, "max_flagged", "must be >= 0, got -1"),
+    ],
+)
+def test_counts_out_of_range_are_refused_with_their_line(tmp_path, text, line, field, problem):
+    """batch_size 0 looped forever, max_candidates -1 left the last negative unjudged, max_flagged -1 dropped every
+    query."""
+    with pytest.raises(DataFormatError) as err:
+        parse_recipe(str(_recipe(tmp_path, "output_dir: out\n" + text)), [])
+    assert (err.value.line, err.value.field, err.value.problem) == (line, field, problem)
+    assert parse_recipe(str(_recipe(tmp_path, "output_dir: out\nmax_flagged: 0\n")), []).max_flagged == 0

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from hf_robust_ir.relabel.base import NO_VERDICT, Judgment, Verdict
-from hf_robust_ir.relabel.cache import JudgmentCache, doc_key, query_key
+from hf_robust_ir.relabel.cache import JudgmentCache, doc_key, list_key, query_key
 
 
 def test_round_trip_and_len(tmp_path):
@@ -70,3 +70,10 @@ def test_replace_takes_the_new_judgment(tmp_path):
         cache.put_many("j", [("q", "d", Judgment(Verdict.NOT_RELEVANT, 0.0, "again"))], replace=True)
         assert cache.get_many("j", [("q", "d")]) == {("q", "d"): Judgment(Verdict.NOT_RELEVANT, 0.0, "again")}
         assert len(cache) == 1
+
+
+def test_list_keys_depend_on_the_candidate_list_and_its_order():
+    qk, a, b = query_key("q", [("p", "pos")]), doc_key("a", "one"), doc_key("b", "two")
+    assert list_key(qk, [a, b]) == list_key(qk, [a, b])
+    assert len({list_key(qk, [a, b]), list_key(qk, [b, a]), list_key(qk, [a]), qk}) == 4
+    assert list_key(qk, [a]) != list_key(query_key("q", [("p", "other")]), [a])

@@ -15,7 +15,7 @@ import datasets
 import pytest
 from test_relabel_judges import ARHN_CANDIDATES, ARHN_POSITIVE, QUERY, ScriptedBackend, _arhn_answer
 
-from hf_robust_ir.data.schema import ROW_FEATURES
+from hf_robust_ir.data.schema import ROW_FEATURES, DataFormatError
 from hf_robust_ir.relabel.arhn import AnswerabilityJudge
 from hf_robust_ir.relabel.base import NO_VERDICT, Judge, Judgment, Verdict
 from hf_robust_ir.relabel.cache import JudgmentCache, doc_key, query_key
@@ -389,3 +389,108 @@ def test_cascade_labels_do_not_depend_on_what_was_cached(tmp_path, first_candida
         assert later.datasets["rlhn"][0]["labels"] == [1.0, 1.0, 0.0, 0.0]
         again = relabel(rows, corpus, _cascade(), ["rlhn"], cache, show_progress_bar=False)  # all cached now
     assert again.summary["judge_calls"] == 0 and again.judgments == fresh.judgments
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"max_candidates": -1}, "max_candidates must be >= 1, got -1"),
+        ({"max_flagged": -1}, "max_flagged must be >= 0, got -1"),
+    ],
+)
+def test_counts_out_of_range_are_refused_before_judging(tmp_path, setting, message):
+    rows, corpus = _one_row(["fn", "neg"])
+    judge = _TableJudge("t", {"fn": Verdict.RELEVANT})
+    with JudgmentCache(tmp_path / "c.sqlite") as cache, pytest.raises(ValueError, match=message):
+        relabel(rows, corpus, judge, ["rlhn"], cache, show_progress_bar=False, **setting)
+    assert judge.requests == []
+
+
+def test_a_document_listed_twice_is_judged_once_and_counted_per_candidate(tmp_path):
+    """Row [p, fn, fn, neg] (fn twice, as content ids make of a repeated negative text): the judge is asked about
+    fn once; every candidate is either a cache hit or a judged pair, on the first run and on the rerun."""
+    rows, corpus = _one_row(["fn", "neg"])
+    rows = datasets.Dataset.from_list(
+        [{**rows[0], "doc_ids": ["p", "n0", "n0", "n1"], "labels": [1.0, 0.0, 0.0, 0.0]}], features=ROW_FEATURES
+    )
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        judge = _TableJudge("t", {"fn": Verdict.RELEVANT})
+        first = relabel(rows, corpus, judge, ["rlhn", "hn_remove"], cache, show_progress_bar=False)
+        assert judge.requests == [["fn", "neg"]] and len(cache) == 2
+        again = relabel(rows, corpus, _TableJudge("t", {"fn": Verdict.RELEVANT}), ["rlhn"], cache,
+                        show_progress_bar=False)  # fmt: skip
+    counts = ("candidates_judged", "judged_pairs", "cache_hits", "judge_calls")
+    assert [first.summary[k] for k in counts] == [3, 2, 1, 1]
+    assert [again.summary[k] for k in counts] == [3, 0, 3, 0]
+    assert first.summary["verdicts"] == {"not_relevant": 1, "relevant": 2}
+    assert first.datasets["rlhn"][0]["labels"] == [1.0, 1.0, 1.0, 0.0]
+    assert first.datasets["rlhn"][0]["label_source"] == ["qrels", "relabeled:t", "relabeled:t", "mined"]
+    assert first.datasets["hn_remove"][0]["doc_ids"] == ["p", "n1"]
+    assert first.summary["strategies"]["hn_remove"]["candidates_removed"] == 2
+    assert again.datasets["rlhn"].to_list() == first.datasets["rlhn"].to_list()
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_a_listwise_verdict_belongs_to_the_list_it_was_given_in(tmp_path, batch_size):
+    """Two rows of one query share "fn": in [fn, neg] the cheap judge flags neg, so the expensive one decides and
+    flags fn; in [fn, other] nothing is escalated and fn stays not relevant. Each row keeps its own list's verdicts,
+    on the first run and when everything comes from the cache."""
+    corpus = {"p": ARHN_POSITIVE, "n0": "fn", "n1": "neg", "n2": "other"}
+    rows = datasets.Dataset.from_list(
+        [{"query_id": "q", "query": QUERY, "doc_ids": ["p", "n0", other], "labels": [1.0, 0.0, 0.0],
+          "teacher_scores": [], "label_source": []} for other in ("n1", "n2")],
+        features=ROW_FEATURES,
+    )  # fmt: skip
+    expected = [[None, "relevant", "not_relevant"], [None, "not_relevant", "not_relevant"]]
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        first = relabel(rows, corpus, _cascade(), ["rlhn"], cache, batch_size=batch_size, show_progress_bar=False)
+        again = relabel(rows, corpus, _cascade(), ["rlhn"], cache, batch_size=batch_size, show_progress_bar=False)
+    assert first.judgments == expected and again.judgments == expected and again.summary["judge_calls"] == 0
+    assert [row["labels"] for row in again.datasets["rlhn"]] == [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+
+
+class _ListMarkJudge(_TableJudge):
+    """ARHN marks that depend on the list: "fn" is ranked above the positive ("R") only next to "neg"."""
+
+    def arhn_labels(self, query, positives, candidates):
+        self.requests.append(list(candidates))
+        return ["R" if text == "fn" and "neg" in candidates else None for text in candidates]
+
+
+def test_arhn_marks_belong_to_the_list_they_were_given_in(tmp_path):
+    corpus = {"p": ARHN_POSITIVE, "n0": "fn", "n1": "neg", "n2": "other"}
+    rows = datasets.Dataset.from_list(
+        [{"query_id": "q", "query": QUERY, "doc_ids": ["p", "n0", other], "labels": [1.0, 0.0, 0.0],
+          "teacher_scores": [], "label_source": []} for other in ("n1", "n2")],
+        features=ROW_FEATURES,
+    )  # fmt: skip
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        first = relabel(rows, corpus, _ListMarkJudge("m", {}), ["arhn_r"], cache, batch_size=1,
+                        show_progress_bar=False)  # fmt: skip
+        again = relabel(rows, corpus, _ListMarkJudge("m", {}), ["arhn_r"], cache, batch_size=1,
+                        show_progress_bar=False)  # fmt: skip
+    assert first.marks == again.marks == [[None, "R", None], [None, None, None]]
+    assert again.summary["judge_calls"] == 0
+    assert [row["labels"] for row in again.datasets["arhn_r"]] == [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize(
+    ("field", "values", "problem"),
+    [
+        ("label_source", ["qrels", "mined"], "2 values for 3 doc_ids"),
+        ("teacher_scores", [0.5, 0.25], "2 values for 3 doc_ids"),
+        ("labels", [1.0, 0.0], "2 values for 3 doc_ids"),
+    ],
+)
+def test_a_row_whose_lists_do_not_match_its_doc_ids_is_refused_before_judging(tmp_path, field, values, problem):
+    """Refused with its row and field before its batch is judged (not with an IndexError after every row was)."""
+    rows, corpus = _one_row(["fn", "neg"])
+    ok = {**rows[0], "query_id": "q0"}
+    bad = {**rows[0], "query_id": "q1", field: values}
+    rows = datasets.Dataset.from_list([ok, bad], features=ROW_FEATURES)
+    judge = _TableJudge("t", {"fn": Verdict.RELEVANT})
+    with JudgmentCache(tmp_path / "c.sqlite") as cache, pytest.raises(DataFormatError) as err:
+        relabel(rows, corpus, judge, ["rlhn"], cache, show_progress_bar=False)
+    assert (err.value.source, err.value.line, err.value.field, err.value.problem) == ("rows", 2, field, problem)
+    assert judge.requests == []

@@ -63,6 +63,10 @@ class RelabelArguments:
     show_progress_bar: bool = True
 
 
+LEAST_VALUES = {"batch_size": 1, "encode_batch_size": 1, "max_candidates": 1, "max_queries": 1, "max_flagged": 0}
+"""Fields that count something and their least value (``None`` where allowed: no limit)."""
+
+
 def parse_recipe(config_path: str | None, overrides: list[str]) -> RelabelArguments:
     """Recipe file + ``--key value`` overrides (values read as YAML) -> :class:`RelabelArguments`; errors name the
     file, line and field."""
@@ -76,6 +80,10 @@ def read_relabel_recipe(config_path: str | None, overrides: list[str]) -> tuple[
         raise DataFormatError(source, None, "output_dir", "missing (the folder the relabeled datasets go to)")
     if config.get("push_to_hub") and not config.get("hub_repo_id"):
         raise DataFormatError(source, lines.get("push_to_hub"), "hub_repo_id", "push_to_hub needs a hub_repo_id")
+    for name, least in LEAST_VALUES.items():
+        value = config.get(name)
+        if value is not None and value < least:
+            raise DataFormatError(source, lines.get(name), name, f"must be >= {least}, got {value}")
     args = RelabelArguments(**config)
     from ..relabel.strategies import get_strategy
 

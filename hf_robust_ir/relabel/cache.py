@@ -7,6 +7,9 @@ One table keyed by ``(judge_key, query_key, doc_key)``:
   positives as reference may give another verdict when they change (:func:`query_key`);
 - ``doc_key``: SHA-256 of the candidate's id and text (:func:`doc_key`).
 
+A list-wise judge's verdicts are stored under :func:`list_key` in place of the query key: the candidate list is part of
+what was judged.
+
 Each :meth:`JudgmentCache.put_many` is one transaction, committed at once, so a killed run loses at most the batch in
 flight. The database runs in WAL mode with a lock timeout, so several processes can share one file.
 """
@@ -50,6 +53,12 @@ def query_key(query: str, positives: Sequence[tuple[str, str]] = ()) -> str:
 def doc_key(doc_id: str, text: str) -> str:
     """SHA-256 of a candidate's id and text: an edited document is judged again."""
     return _digest([doc_id, text])
+
+
+def list_key(query_key: str, doc_keys: Sequence[str]) -> str:
+    """SHA-256 of a query key and the doc keys of the candidate list judged together, in order: the query key of a
+    list-wise judge, whose verdict on a candidate depends on the others."""
+    return _digest([query_key, list(doc_keys)])
 
 
 class JudgmentCache:

@@ -4,15 +4,17 @@ Rows are visited in dataset order, ``batch_size`` at a time. For each batch the 
 called (one :meth:`~hf_robust_ir.relabel.base.Judge.judge_many`) only for the rows that still have uncached pairs,
 and its verdicts are committed to the cache before the next batch. A pointwise judge receives only the uncached
 candidates; a list-wise judge (``judge.listwise = True``, one whose verdict on a candidate depends on the others)
-always receives the whole candidate list, and its new verdicts replace the cached ones of that list, so the labels
-do not depend on what was cached before. A no verdict (a failed request, an unusable answer) is not stored: the next
-run asks again. So a run that is killed and started again with the same cache judges no pair twice (except the batch
-in flight when it was killed, and the pairs without a verdict) and writes the same datasets as an uninterrupted run.
+always receives the whole candidate list, its verdicts are cached under the list's key (:func:`~.cache.list_key`),
+and its new verdicts replace the cached ones of that list, so the labels depend neither on what was cached before nor
+on the lists of other rows of the same query. A no verdict (a failed request, an unusable answer) is not stored: the
+next run asks again. So a run that is killed and started again with the same cache judges no pair twice (except the
+batch in flight when it was killed, and the pairs without a verdict) and writes the same datasets as an uninterrupted
+run.
 
 ARHN strategies need per-candidate marks ``"R"`` / ``"F"`` / ``None`` from a judge with
-``arhn_labels(query, positives, candidates)``; they are cached as judgments of the judge key + ``":arhn"``. A judge
-that also has ``arhn_decisions`` (same arguments, ``(mark, decided)`` per candidate) says which ``None`` marks are
-undecided; those are not stored either.
+``arhn_labels(query, positives, candidates)``; they are cached, by list key, as judgments of the judge key +
+``":arhn"``. A judge that also has ``arhn_decisions`` (same arguments, ``(mark, decided)`` per candidate) says which
+``None`` marks are undecided; those are not stored either.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..data.schema import DataFormatError
 from .base import Judge, Judgment, Verdict
-from .cache import JudgmentCache, PairKey, doc_key, query_key
+from .cache import JudgmentCache, PairKey, doc_key, list_key, query_key
 from .strategies import RELEVANT, Mark, apply_strategy, default_sources, get_strategy
 
 logger = logging.getLogger(__name__)
@@ -86,18 +88,26 @@ class _Row:
     texts: list[str]  # their texts
     query_key: str
     doc_keys: list[str]
+    list_key: str  # the query key of a list-wise judge (:func:`~.cache.list_key`)
+
+    def key(self, listwise: bool) -> str:
+        return self.list_key if listwise else self.query_key
 
 
 def _prepare(index: int, row: Mapping[str, Any], corpus: Mapping[str, str], max_candidates: int | None) -> _Row:
     doc_ids, labels = row["doc_ids"], row["labels"]
-    if len(labels) != len(doc_ids):
-        raise DataFormatError("rows", index + 1, "labels", f"{len(labels)} labels for {len(doc_ids)} doc_ids")
+    for name in ("labels", "teacher_scores", "label_source"):  # the others may be empty
+        values = row.get(name) or []
+        if (name == "labels" or values) and len(values) != len(doc_ids):
+            raise DataFormatError("rows", index + 1, name, f"{len(values)} values for {len(doc_ids)} doc_ids")
     missing = [d for d in doc_ids if d not in corpus]
     if missing:
         raise DataFormatError("rows", index + 1, "doc_ids", f"ids not in the corpus: {missing[:5]}")
     positives = [(d, corpus[d]) for d, y in zip(doc_ids, labels) if y > 0]
     candidates = [j for j, y in enumerate(labels) if y <= 0][:max_candidates]
     texts = [corpus[doc_ids[j]] for j in candidates]
+    key = query_key(row["query"], positives)
+    doc_keys = [doc_key(doc_ids[j], text) for j, text in zip(candidates, texts)]
     return _Row(
         index,
         row["query_id"],
@@ -105,12 +115,16 @@ def _prepare(index: int, row: Mapping[str, Any], corpus: Mapping[str, str], max_
         [text for _, text in positives],
         candidates,
         texts,
-        query_key(row["query"], positives),
-        [doc_key(doc_ids[j], text) for j, text in zip(candidates, texts)],
+        key,
+        doc_keys,
+        list_key(key, doc_keys),
     )
 
 
 class _Counts:
+    """``cache_hits``: candidates answered without the judge (cached, or a pair the batch lists again);
+    ``judged_pairs``: candidates sent to the judge; ``judge_calls``: calls to it."""
+
     def __init__(self):
         self.cache_hits = self.judged_pairs = self.judge_calls = 0
 
@@ -118,14 +132,22 @@ class _Counts:
 def _judge_batch(
     batch: list[_Row], judge: Judge, judge_key: str, cache: JudgmentCache, counts: _Counts, listwise: bool
 ) -> list[list[Judgment]]:
-    """Judgments for every candidate of the batch's rows: cached, or from one ``judge_many`` call (then cached)."""
-    cached = _cached_verdicts(cache, judge_key, batch)
-    counts.cache_hits += len(cached)
-    requests, owners = [], []
+    """Judgments for every candidate of the batch's rows: cached, or from one ``judge_many`` call (then cached). A
+    pointwise judge is asked about each uncached pair once, however often the batch lists it."""
+    cached = _cached_verdicts(cache, judge_key, batch, listwise)
+    requests, owners, asked = [], [], set()
     for r in batch:
-        todo = [k for k, dk in enumerate(r.doc_keys) if (r.query_key, dk) not in cached]
+        todo = [k for k, dk in enumerate(r.doc_keys) if (r.key(listwise), dk) not in cached]
+        if todo and listwise:
+            todo = list(range(len(r.doc_keys)))
+        else:
+            todo, uncached = [], todo
+            for k in uncached:
+                if (r.query_key, r.doc_keys[k]) not in asked:
+                    asked.add((r.query_key, r.doc_keys[k]))
+                    todo.append(k)
+        counts.cache_hits += len(r.doc_keys) - len(todo)
         if todo:
-            todo = list(range(len(r.doc_keys))) if listwise else todo
             requests.append((r.query, r.positives, [r.texts[k] for k in todo]))
             owners.append((r, todo))
     if requests:
@@ -141,14 +163,16 @@ def _judge_batch(
                     f"{r.query_id!r}"
                 )
             counts.judged_pairs += len(todo)
-            store.extend(_merge(cached, [(r.query_key, r.doc_keys[k], j) for k, j in zip(todo, judgments)], listwise))
+            fresh = [(r.key(listwise), r.doc_keys[k], j) for k, j in zip(todo, judgments)]
+            store.extend(_merge(cached, fresh, listwise))
         cache.put_many(judge_key, store, replace=listwise)
-    return [[cached[(r.query_key, dk)] for dk in r.doc_keys] for r in batch]
+    return [[cached[(r.key(listwise), dk)] for dk in r.doc_keys] for r in batch]
 
 
-def _cached_verdicts(cache: JudgmentCache, key: str, batch: list[_Row]) -> dict[PairKey, Judgment]:
-    """The cached verdicts of the batch's pairs; a no verdict stored by an earlier version counts as not cached."""
-    found = cache.get_many(key, [(r.query_key, dk) for r in batch for dk in r.doc_keys])
+def _cached_verdicts(cache: JudgmentCache, key: str, batch: list[_Row], listwise: bool) -> dict[PairKey, Judgment]:
+    """The cached verdicts of the batch's pairs (by list key for a list-wise judge); a no verdict stored by an earlier
+    version counts as not cached."""
+    found = cache.get_many(key, [(r.key(listwise), dk) for r in batch for dk in r.doc_keys])
     return {pair: judgment for pair, judgment in found.items() if judgment.verdict is not Verdict.NO_VERDICT}
 
 
@@ -176,11 +200,11 @@ def _mark_batch(
 ) -> list[list[Judgment]]:
     """ARHN marks (as judgments) for every candidate: cached, or one ``arhn_labels`` call per uncached row (a whole
     row: ARHN ranks a query's candidates together)."""
-    cached = _cached_verdicts(cache, mark_key, batch)
-    counts.cache_hits += len(cached)
+    cached = _cached_verdicts(cache, mark_key, batch, listwise=True)
     decisions = getattr(judge, "arhn_decisions", None)
     for r in batch:
-        if all((r.query_key, dk) in cached for dk in r.doc_keys):
+        if all((r.list_key, dk) in cached for dk in r.doc_keys):
+            counts.cache_hits += len(r.doc_keys)
             continue
         if callable(decisions):
             marks = decisions(r.query, r.positives, r.texts)
@@ -190,9 +214,9 @@ def _mark_batch(
         counts.judged_pairs += len(r.texts)
         if len(marks) != len(r.texts):
             raise ValueError(f"arhn_labels returned {len(marks)} marks for {len(r.texts)} candidates")
-        fresh = [(r.query_key, dk, mark_to_judgment(m, decided)) for dk, (m, decided) in zip(r.doc_keys, marks)]
+        fresh = [(r.list_key, dk, mark_to_judgment(m, decided)) for dk, (m, decided) in zip(r.doc_keys, marks)]
         cache.put_many(mark_key, _merge(cached, fresh, replace=True), replace=True)
-    return [[cached[(r.query_key, dk)] for dk in r.doc_keys] for r in batch]
+    return [[cached[(r.list_key, dk)] for dk in r.doc_keys] for r in batch]
 
 
 def _spread(r: _Row, size: int, values: Sequence[Mark]) -> list[Mark]:
@@ -229,6 +253,10 @@ def relabel(
     chosen = [get_strategy(name) for name in strategies]
     if not chosen:
         raise ValueError("no relabeling strategy given")
+    settings = {"batch_size": (batch_size, 1), "max_candidates": (max_candidates, 1), "max_flagged": (max_flagged, 0)}
+    for name, (value, least) in settings.items():
+        if value is not None and value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
     needs_verdicts = any(not s.arhn for s in chosen)
     needs_marks = any(s.arhn for s in chosen)
     if needs_marks and not callable(getattr(judge, "arhn_labels", None)):
@@ -242,7 +270,7 @@ def relabel(
     verdict_counts: Counter[str] = Counter()
     mark_counts: Counter[str] = Counter()
     candidates = 0
-    wanted = ["query_id", "query", "doc_ids", "labels", "label_source"]
+    wanted = ["query_id", "query", "doc_ids", "labels", "teacher_scores", "label_source"]
     table = rows.with_format(None).select_columns([c for c in wanted if c in rows.column_names])
     index = 0
     desc = f"Relabeling with {judge.name}"
