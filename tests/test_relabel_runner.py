@@ -494,3 +494,23 @@ def test_a_row_whose_lists_do_not_match_its_doc_ids_is_refused_before_judging(tm
         relabel(rows, corpus, judge, ["rlhn"], cache, show_progress_bar=False)
     assert (err.value.source, err.value.line, err.value.field, err.value.problem) == ("rows", 2, field, problem)
     assert judge.requests == []
+
+
+def test_written_rows_are_strict_json_with_a_missing_score_as_null(tmp_path):
+    import datasets
+
+    from hf_robust_ir.data import load_training_data
+    from hf_robust_ir.data.schema import ROW_FEATURES
+    from hf_robust_ir.relabel.runner import write_jsonl
+
+    rows = datasets.Dataset.from_list(
+        [{"query_id": "q", "query": "q", "doc_ids": ["a", "b"], "labels": [1.0, 0.0],
+          "teacher_scores": [float("nan"), 0.5], "label_source": ["qrels", "mined"]}],
+        features=ROW_FEATURES,
+    )  # fmt: skip
+    write_jsonl(rows, tmp_path / "rows.jsonl")
+    line = (tmp_path / "rows.jsonl").read_text()
+    assert '"teacher_scores": [null, 0.5]' in line
+    json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    teacher = load_training_data(tmp_path / "rows.jsonl", corpus={"a": "x", "b": "y"}).rows[0]["teacher_scores"]
+    assert teacher[0] != teacher[0] and teacher[1] == 0.5  # read back as "no score"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,10 +73,21 @@ class RelabelResult:
 
 
 def write_jsonl(dataset: datasets.Dataset, path: str | Path) -> None:
-    """One JSON object per row, columns in dataset order (deterministic bytes for identical rows)."""
+    """One JSON object per row, columns in dataset order (deterministic bytes for identical rows). A missing score
+    (NaN) is written as ``null``, as ``datasets`` writes it: ``NaN`` is not JSON, and strict readers refuse it."""
     with open(path, "w", encoding="utf-8") as f:
         for row in dataset.with_format(None):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(_nan_as_null(row), ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _nan_as_null(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list):
+        return [_nan_as_null(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _nan_as_null(v) for k, v in value.items()}
+    return value
 
 
 @dataclass
