@@ -197,3 +197,27 @@ def test_a_folder_without_max_seq_length_reads_as_far_as_sentence_transformers(t
         atol=1e-5,
     )
     assert BiEncoder.from_pretrained(folder, document_max_length=64).retrieval_config.document_max_length == 64
+
+
+def test_a_max_length_given_for_one_kind_leaves_the_other_as_sentence_transformers_reads(tiny_model_path, tmp_path):
+    """Overriding the query length of a folder without max_seq_length keeps documents at the folder's length (400),
+    not at a BiEncoder's own default of 256."""
+    from conftest import tiny_bert_config
+    from transformers import AutoTokenizer, BertModel
+
+    base = tmp_path / "base"
+    BertModel(tiny_bert_config(max_position_embeddings=512)).save_pretrained(base)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(base)
+    folder = tmp_path / "st"
+    transformer = models.Transformer(str(base), max_seq_length=400)
+    SentenceTransformer(modules=[transformer, models.Pooling(32, "mean")], device="cpu").save(str(folder))
+    model = BiEncoder.from_pretrained(folder, query_max_length=32)
+    assert (model.retrieval_config.query_max_length, model.retrieval_config.document_max_length) == (32, 400)
+    long_text = " ".join(["label noise"] * 170)  # 340 tokens: past 256, within 400
+    np.testing.assert_allclose(
+        model.encode_documents([long_text]),
+        SentenceTransformer(str(folder), device="cpu").encode([long_text], normalize_embeddings=True),
+        atol=1e-5,
+    )
+    model = BiEncoder.from_pretrained(folder, document_max_length=64)
+    assert (model.retrieval_config.query_max_length, model.retrieval_config.document_max_length) == (400, 64)

@@ -191,3 +191,15 @@ def test_errors(reranker_path, tmp_path):
         model.tokenize(["a", "b"], ["c"])
     with pytest.raises(ValueError, match="pairs"):
         model.predict([("only a query",)])
+
+
+def test_a_pair_given_as_a_string_is_refused(reranker_path, reference_scores):
+    """A str is a sequence of characters: ("qa", "ds") would be scored as the pairs ("q", "a") and ("d", "s")."""
+    model = CrossEncoder.from_pretrained(reranker_path)
+    for pairs in (("qa", "ds"), ["qa"], PAIRS[0]):
+        with pytest.raises(ValueError, match=r"\(query, document\) pairs, got a str: wrap one pair in a list"):
+            model.predict(pairs)
+    with pytest.raises(ValueError, match="a list of documents, got a str: wrap one document in a list"):
+        model.rank(QUERY, DOCUMENTS[0])
+    np.testing.assert_allclose(model.predict([PAIRS[0]]), reference_scores[:1], atol=1e-5)
+    np.testing.assert_allclose(model.predict(p for p in PAIRS[:2]), reference_scores[:2], atol=1e-5)

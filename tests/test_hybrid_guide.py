@@ -87,6 +87,23 @@ def test_a_query_of_stop_words_has_no_lexical_evidence_and_bad_settings_are_refu
         LexicalEncoder(CORPUS, b=2.0)
 
 
+def test_one_text_given_as_a_string_is_refused(no_dropout_model_path):
+    """A str is a sequence of characters: "fish" would be scored as four one-letter documents."""
+    lexical = LexicalEncoder(CORPUS)
+    guide = HybridGuide(BiEncoder.from_pretrained(no_dropout_model_path), lexical)
+    for call in (
+        lambda: lexical.encode_documents("fish"),
+        lambda: lexical.encode_queries("fish"),
+        lambda: guide.encode_queries("fish"),
+        lambda: guide.encode_documents("fish"),
+    ):
+        with pytest.raises(TypeError, match="expected a list of texts, got a str: wrap one text in a list"):
+            call()
+    assert (lexical.encode_queries(["fish"]) @ lexical.encode_documents(["fish"]).T)[0, 0] == pytest.approx(
+        1 / (1 + 1.5 * (0.25 + 0.75 / 2))  # |d| = 1, avgdl = 2
+    )
+
+
 def test_hybrid_guide_scores_are_the_dense_cosine_plus_the_weighted_lexical_score(no_dropout_model_path):
     model = BiEncoder.from_pretrained(no_dropout_model_path)
     guide = HybridGuide(model, CORPUS, queries=["cat dog"], lexical_weight=0.5)

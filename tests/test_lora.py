@@ -123,6 +123,14 @@ def test_adapter_loads_back(trained):
     np.testing.assert_allclose(st.encode(DOCUMENTS), trained.trained_outputs[1], atol=1e-5)
 
 
+def test_a_loaded_adapter_trains_on(trained):
+    """An adapter checkpoint loads with the adapter trainable, as it was saved (training can resume from it)."""
+    loaded = BiEncoder.from_pretrained(trained.folder)
+    trainable = {name for name, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, p in trained.model.named_parameters() if p.requires_grad}
+    assert len(trainable) == 8  # lora_A and lora_B of query and value in 2 layers
+
+
 def test_merge_and_save_full_model(trained, tmp_path):
     merged = BiEncoder.from_pretrained(trained.folder).merge_lora()
     assert not isinstance(merged.query_encoder, PeftModel)

@@ -236,6 +236,21 @@ def test_max_lengths_capped_and_applied(tiny_model_path):
     np.testing.assert_allclose(model.encode_queries(TEXTS[:1]), truncated, atol=1e-5)
 
 
+def test_one_text_given_as_a_string_is_refused(tiny_model_path):
+    """A str is a sequence of characters: it would be embedded as one text per character."""
+    model = BiEncoder.from_pretrained(tiny_model_path)
+    for call in (
+        lambda: model.encode("label noise"),
+        lambda: model.encode_queries("label noise"),
+        lambda: model.tokenize("label noise", "document"),
+    ):
+        with pytest.raises(TypeError, match="expected a list of texts, got a str: wrap one text in a list"):
+            call()
+    one = model.encode_queries(["label noise"])
+    assert one.shape == (1, 32)
+    np.testing.assert_allclose(one, _manual_embeddings(tiny_model_path, ["label noise"], "mean", True), atol=1e-5)
+
+
 # ---------------------------------------------------------------- errors
 def test_missing_folder_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does-not-exist"):

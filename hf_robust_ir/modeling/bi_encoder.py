@@ -81,7 +81,8 @@ def _load_transformer(path: str, trust_remote_code: bool, torch_dtype: Any = Non
 
 
 def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_model: str | None) -> nn.Module:
-    """A transformer folder, or a peft adapter folder on top of its (local) base model."""
+    """A transformer folder, or a peft adapter folder on top of its (local) base model (the adapter trainable, as it
+    was saved, so training can go on from it)."""
     if not (folder / "adapter_config.json").exists():
         return _load_transformer(str(folder), trust_remote_code, torch_dtype)
     from peft import PeftModel
@@ -91,7 +92,8 @@ def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_mo
         base = base_model  # the adapter names a Hub id; its local copy was given (hf_robust_ir.hub.from_pretrained)
     if not base or not Path(base).exists():
         raise FileNotFoundError(f"{folder}: the adapter's base model {base!r} is not a local folder")
-    return PeftModel.from_pretrained(_load_transformer(base, trust_remote_code, torch_dtype), str(folder))
+    base_encoder = _load_transformer(base, trust_remote_code, torch_dtype)
+    return PeftModel.from_pretrained(base_encoder, str(folder), is_trainable=True)
 
 
 def input_length_limit(encoder: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
@@ -183,6 +185,12 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
+def _check_text_list(texts: Any) -> None:
+    """A ``TypeError`` for one str given as the texts (it would be read as one text per character)."""
+    if isinstance(texts, str):
+        raise TypeError("expected a list of texts, got a str: wrap one text in a list")
+
+
 class BiEncoder(nn.Module):
     """Dense retriever: ``q = pool(E_q(prefix_q + query))``, ``d = pool(E_d(prefix_d + doc))``, ``s = q·d / τ``.
 
@@ -240,9 +248,9 @@ class BiEncoder(nn.Module):
             settings = _config_from_sentence_transformers(folder)
         settings.update(overrides)
         # a sentence-transformers folder without max_seq_length (version 6 keeps it in the tokenizer) reads as far as
-        # the model and tokenizer allow, as sentence-transformers does
-        lengths_from_model = (folder / "modules.json").exists() and not (
-            {"query_max_length", "document_max_length"} & set(settings)
+        # the model and tokenizer allow, as sentence-transformers does, for each length not given
+        lengths_from_model = (
+            {"query_max_length", "document_max_length"} - set(settings) if (folder / "modules.json").exists() else set()
         )
         settings.setdefault("base_model", str(path))
         config = BiEncoderConfig(**settings)
@@ -260,7 +268,7 @@ class BiEncoder(nn.Module):
             document_encoder = _load_tower(document_folder, trust_remote_code, torch_dtype, config.base_model)
         limit = input_length_limit(query_encoder, tokenizer) if lengths_from_model else None
         if limit is not None:
-            config = dataclasses.replace(config, query_max_length=limit, document_max_length=limit)
+            config = dataclasses.replace(config, **dict.fromkeys(lengths_from_model, limit))
         return cls(query_encoder, tokenizer, _fit_max_lengths(config, query_encoder, tokenizer), document_encoder)
 
     def save_pretrained(self, path: str | os.PathLike, safe_serialization: bool = True) -> None:
@@ -410,6 +418,7 @@ class BiEncoder(nn.Module):
     # ---------------------------------------------------------------- tokenization and encoding of raw texts
     def prefixed(self, texts: list[str], kind: str) -> list[str]:
         _check_kind(kind)
+        _check_text_list(texts)
         prefix = self.retrieval_config.query_prefix if kind == "query" else self.retrieval_config.document_prefix
         return [prefix + t for t in texts] if prefix else list(texts)
 
@@ -451,6 +460,7 @@ class BiEncoder(nn.Module):
         encoding on a CPU with AMX-BF16. The compiled tower is kept for later calls and rebuilt when the weights
         change. ``None`` (default) compiles for bf16 encoding of at least 10,000 texts on CPU; ``False`` never compiles.
         """
+        _check_text_list(texts)
         if len(texts) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         encoded = self.tokenize(list(texts), kind, max_length=max_length, padding=False)

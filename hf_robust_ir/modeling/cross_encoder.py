@@ -217,6 +217,9 @@ class CrossEncoder(nn.Module):
         """Raw scores (float32 ``[N]``) of (query, document) pairs, in input order. Pairs are tokenized once and
         batched by token length (longest first) so each batch pads as little as possible; ``bf16`` runs under
         bfloat16 autocast."""
+        pairs = [pairs] if isinstance(pairs, str) else list(pairs)
+        if any(isinstance(p, str) for p in pairs):  # it would be read as a pair of its first two characters
+            raise ValueError("predict expects (query, document) pairs, got a str: wrap one pair in a list")
         pairs = [tuple(p) for p in pairs]
         if not pairs:
             return np.zeros(0, dtype=np.float32)
@@ -251,6 +254,8 @@ class CrossEncoder(nn.Module):
     ) -> list[dict[str, Any]]:
         """Documents by decreasing score: ``[{"corpus_id": i, "score": s(query, documents[i])}, ...]``
         (``"text"`` too with ``return_documents``); ties keep input order."""
+        if isinstance(documents, str):  # it would be read as one document per character
+            raise ValueError("rank expects a list of documents, got a str: wrap one document in a list")
         scores = self.predict([(query, d) for d in documents], batch_size=batch_size, bf16=bf16)
         order = np.argsort(-scores, kind="stable")[:top_k]
         ranked = []

@@ -113,6 +113,8 @@ class LexicalEncoder:
         return len(self.columns) + zlib.crc32(token.encode("utf-8")) % self.hashed_dimensions
 
     def tokenize(self, texts: list[str]) -> list[list[str]]:
+        if isinstance(texts, str):  # it would be read as one text per character
+            raise TypeError("expected a list of texts, got a str: wrap one text in a list")
         return self._tokenize_texts(texts) if texts else []
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
