@@ -45,6 +45,10 @@ OTHER_FORMAT_PATTERNS = [
     "*.h5", "*.keras", "*.tflite", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "*.onnx.data", "onnx/*", "*.gguf",
     "openvino/*", "*.xml", "*.mlmodel", "*.mlpackage/*", "coreml/*",
 ]  # fmt: skip
+# Files of an earlier push that a loader would read instead of this push's: weights, an adapter, tower folders.
+REPLACED_ON_PUSH_PATTERNS = [
+    "*.safetensors", "*.safetensors.index.json", "adapter_config.json", "query_encoder/*", "document_encoder/*",
+]  # fmt: skip
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 SECRET_FIELD = re.compile(r"(^|_)(token|secret|password|passwd|api_key|key|credentials?|auth)s?$", re.IGNORECASE)
 # Fields that are paths, hub settings or bookkeeping, not hyperparameters a reader can reuse.
@@ -432,7 +436,8 @@ def usage_snippets(info: ModelCardInfo) -> str:
         pool_code = "    return hidden[:, 0]"
     elif pooling == "lasttoken":
         pool_code = (
-            "    last = mask.sum(1) - 1  # right padding\n    return hidden[torch.arange(hidden.shape[0]), last]"
+            "    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # the last real token, left or right padding\n"
+            "    return hidden[torch.arange(hidden.shape[0]), last]"
         )
     else:
         pool_code = (
@@ -701,10 +706,12 @@ def push_to_hub(
     """Save ``model`` (safetensors; only the adapter for a LoRA model) and its card, and upload them to ``repo_id``.
 
     ``card``: a ``ModelCard``, a :class:`ModelCardInfo`, a path to a ``README.md``, or None for a card built from
-    the model. ``base_model``: the Hub id of the base model (required for a LoRA model whose base is a local folder;
-    written into the adapter config and the card). ``token``: default ``HF_TOKEN`` or ``huggingface_hub``'s login;
-    a folder holding the token is never uploaded. ``revision``: the branch to commit to, made from main if it does not
-    exist yet (a ``refs/pr/N`` pull request must exist). Returns the commit URL.
+    the model; its usage snippets are written for ``model`` in ``repo_id``. ``base_model``: the Hub id of the base
+    model (required for a LoRA model whose base is a local folder; written into the adapter config and the card).
+    ``token``: default ``HF_TOKEN`` or ``huggingface_hub``'s login; a folder holding the token is never uploaded.
+    ``revision``: the branch to commit to, made from main if it does not exist yet (a ``refs/pr/N`` pull request must
+    exist). The commit deletes the weights, adapter and tower folders of an earlier push that this one does not
+    write. Returns the commit URL.
     """
     from huggingface_hub import HfApi, ModelCard
 
@@ -733,6 +740,7 @@ def push_to_hub(
         if base_model and card.data.base_model != base_model:
             card.data.base_model = base_model
         card = _card_without_local_paths(card, local_paths, base_model)
+        card = _card_with_usage(card, model_card_info_from_model(model, repo_id=repo_id))
         validate_model_card(card)
         card.save(folder / "README.md")
         leaked = find_token_in_folder(folder, token)
@@ -749,6 +757,7 @@ def push_to_hub(
             commit_message=commit_message,
             revision=revision,
             ignore_patterns=PICKLE_PATTERNS,
+            delete_patterns=REPLACED_ON_PUSH_PATTERNS,
         )
     logger.info("Pushed %s to %s", "adapter" if is_adapter else "model", repo_id)
     return str(getattr(info, "commit_url", info))
@@ -808,6 +817,16 @@ def _card_without_local_paths(card: Any, local_paths: list[str], base_model: str
     return card if text == str(card) else ModelCard(text)
 
 
+def _card_with_usage(card: Any, info: ModelCardInfo) -> Any:
+    """The card with its "Usage" section's snippets rewritten for ``info`` (the model pushed and its repository)."""
+    from huggingface_hub import ModelCard
+
+    text = str(card)
+    usage = re.compile(r"(?<=\n## Usage\n\n).*?(?=\n\n## |\Z)", re.S)
+    updated = usage.sub(lambda _: usage_snippets(info), text, count=1)
+    return card if updated == text else ModelCard(updated)
+
+
 def download(
     repo_id: str,
     local_dir: str | os.PathLike | None = None,
@@ -818,8 +837,9 @@ def download(
     endpoint: str | None = None,
 ) -> Path:
     """Download a published model (configs, tokenizer, safetensors; no pickle files, no other frameworks' weights)
-    and return its folder."""
-    from huggingface_hub import snapshot_download
+    and return its folder; a ``ValueError`` for a repository without safetensors weights, naming those it has."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import filter_repo_objects
 
     validate_repo_id(repo_id)
     if revision is not None and (".." in revision or revision.startswith("/") or "\\" in revision):
@@ -836,6 +856,11 @@ def download(
     )
     folder = Path(path)
     _check_folder_paths(folder)
+    if not any(folder.rglob("*.safetensors")):
+        files = HfApi(endpoint=_endpoint(endpoint), token=token).list_repo_files(repo_id, revision=revision)
+        skipped = list(filter_repo_objects(files, allow_patterns=PICKLE_PATTERNS + OTHER_FORMAT_PATTERNS))
+        only = f" (only {skipped}, never downloaded: pickle files and other frameworks' weights are not loaded)"
+        raise ValueError(f"{repo_id} has no safetensors weights" + (only if skipped else ""))
     return folder
 
 

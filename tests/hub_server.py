@@ -23,6 +23,7 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -83,6 +84,7 @@ class HubState:
 
     def _mirror(self, repo_id: str, files: dict[str, bytes]) -> None:
         root = self.storage / repo_id
+        shutil.rmtree(root, ignore_errors=True)  # files deleted by the commit go too
         for path, content in files.items():
             target = root / path
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,7 @@ def _handler(state: HubState):
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if not head:
+            if not head and self.command != "HEAD":  # no body in an answer to HEAD, errors included
                 self.wfile.write(body)
 
         def _json(self, status: int, payload, headers: dict | None = None) -> None:

@@ -420,3 +420,79 @@ def test_training_data_paths_of_this_machine_are_published_by_name_only(tmp_path
     text = (local_hub.state.storage / "org" / "data-paths" / "README.md").read_text()
     assert str(tmp_path) not in text and "| scifact | train | 809 |" in text
     assert "https://example.org/a/b" in text and "/not/on/this/machine" in text  # not paths of this machine
+
+
+def test_a_push_replaces_the_model_files_of_an_earlier_push(tmp_path, tiny_model_path, local_hub):
+    """Pushing another layout to the same repository (towers, then one shared model; a LoRA adapter, then full weights)
+    leaves none of the earlier files behind for a loader to pick up instead of the new model."""
+    from conftest import save_tiny_bert
+    from peft import LoraConfig
+
+    other_path = save_tiny_bert(tmp_path / "other-bert", seed=1)
+    hub.push_to_hub(_retriever(tiny_model_path), "org/tiny-base")
+    hub.push_to_hub(_retriever(tiny_model_path, separate_towers=True), "org/relaid", base_model="org/tiny-base")
+    lora = _retriever(tiny_model_path).add_lora(LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
+    hub.push_to_hub(lora, "org/relaid", base_model="org/tiny-base")
+    shared = _retriever(other_path)
+    hub.push_to_hub(shared, "org/relaid", base_model="org/tiny-base")
+
+    stored = local_hub.state.storage / "org" / "relaid"
+    names = {p.relative_to(stored).as_posix() for p in stored.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "README.md", "modules.json"} <= names
+    assert not {n for n in names if n.startswith(("query_encoder/", "document_encoder/", "adapter_"))}
+    loaded = hf_robust_ir.from_pretrained("org/relaid")
+    _same_embeddings(shared, loaded)
+
+
+def test_a_card_written_during_training_is_pushed_with_usage_snippets_for_the_repository(
+    tmp_path, tiny_model_path, local_hub, monkeypatch
+):
+    """A card written into an output folder before the repository was named (the model's name is the folder's) gets
+    snippets naming the repository it is pushed to; run from the Hub, they give the model's scores."""
+    import re
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", local_hub.url)  # what transformers and sentence-transformers read
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", f"{local_hub.url}/{{repo_id}}/resolve/{{revision}}/{{filename}}"
+    )
+    model = _retriever(tiny_model_path)
+    callback = ModelCardCallback(base_model=tiny_model_path)
+    args = argparse.Namespace(output_dir=str(tmp_path / "run"), should_save=True)
+    callback.on_train_end(args, argparse.Namespace(global_step=0, log_history=[], epoch=0.0), None, model=model)
+    assert 'SentenceTransformer("run")' in (tmp_path / "run" / "README.md").read_text()
+    hub.push_to_hub(model, "org/from-run", card=tmp_path / "run" / "README.md")
+
+    text = (local_hub.state.storage / "org" / "from-run" / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text[text.index("## Usage") :], re.S)
+    expected = model.encode_queries(["what is label noise?"]) @ model.encode_documents(["Label noise is ..."]).T
+    for block in blocks:  # sentence-transformers, transformers, hf_robust_ir
+        scope = {}
+        exec(block, scope)
+        np.testing.assert_allclose(np.asarray(scope["scores"]), expected, atol=1e-4)
+
+
+def test_a_repository_with_only_pickled_weights_is_refused_naming_them(tmp_path, tiny_model_path, local_hub):
+    """Pickle files are never downloaded: a repository whose weights are only pickled says so, rather than failing in
+    transformers on a downloaded folder said to lack ``pytorch_model.bin``."""
+    from huggingface_hub import HfApi
+
+    from hf_robust_ir.commands import download as command
+
+    source = tmp_path / "pickled"
+    _retriever(tiny_model_path).save_pretrained(source)
+    weights = (source / "model.safetensors").read_bytes()
+    (source / "model.safetensors").unlink()
+    (source / "pytorch_model.bin").write_bytes(weights)  # what matters is the name: it is never fetched
+    api = HfApi(endpoint=local_hub.url)
+    api.create_repo("org/pickled")
+    api.upload_folder(folder_path=str(source), repo_id="org/pickled")
+    message = "org/pickled has no safetensors weights (only ['pytorch_model.bin'], never downloaded: pickle files "
+    with pytest.raises(ValueError) as error:
+        hf_robust_ir.from_pretrained("org/pickled")
+    assert str(error.value).startswith(message)
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert command.run(parser.parse_args(["org/pickled", "--local_dir", str(tmp_path / "local")])) == 2

@@ -367,3 +367,20 @@ def test_usage_snippets_of_separate_lora_towers_give_the_models_embeddings(tmp_p
         scope = {}
         exec(block, scope)
         np.testing.assert_allclose(np.asarray(scope["scores"]), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_last_token_usage_snippet_embeds_a_padded_batch_as_the_model_does(tmp_path, tiny_model_path, padding_side):
+    """Decoder embedders pad on the left: the snippet's ``embed`` must pool each text's last token whichever side
+    its tokenizer pads, for a batch of texts of different lengths (one text alone has no padding)."""
+    model = BiEncoder.from_pretrained(tiny_model_path, pooling="lasttoken", normalize=False, query_prefix="q: ")
+    model.tokenizer.padding_side = padding_side
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    text = hub.usage_snippets(hub.model_card_info_from_model(model, repo_id=str(folder)))
+    scope = {}
+    exec(re.findall(r"```python\n(.*?)```", text, re.S)[1], scope)  # transformers
+    assert scope["tokenizer"].padding_side == padding_side
+    texts = ["label noise", "a much longer query about wrong labels in dense retrieval training data"]
+    embedded = scope["embed"](texts, "q: ", 256).numpy()
+    np.testing.assert_allclose(embedded, model.encode_queries(texts), atol=1e-5)
