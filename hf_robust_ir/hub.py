@@ -729,6 +729,8 @@ def push_to_hub(
         local_paths = _hide_local_base_model(folder, base_model)
         if isinstance(card, str | os.PathLike) and Path(card).is_file():
             card = ModelCard.load(Path(card))
+        elif isinstance(card, str | os.PathLike):
+            raise FileNotFoundError(f"model card {str(card)!r} not found")
         elif card is None or isinstance(card, ModelCardInfo):
             info = card or model_card_info_from_model(model, model_name=repo_id.split("/")[-1])
             info.repo_id, info.model_name = repo_id, info.model_name or repo_id.split("/")[-1]

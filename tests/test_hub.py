@@ -407,6 +407,9 @@ def test_a_given_card_gets_the_base_model_named_at_push(tmp_path, tiny_model_pat
     assert "**Base model:** `org/tiny-base`" in (stored / "README.md").read_text()
     assert json.loads((stored / hub.CONFIG_NAME).read_text())["base_model"] == "org/tiny-base"
     assert ModelCard.load(stored / "README.md").data.base_model == "org/tiny-base"
+    for typo in (str(tmp_path / "crad" / "README.md"), tmp_path / "crad" / "README.md"):  # not read as card text
+        with pytest.raises(FileNotFoundError, match="crad"):
+            hub.push_to_hub(model, "org/given-card", card=typo)
 
 
 def test_training_data_paths_of_this_machine_are_published_by_name_only(tmp_path, tiny_model_path, local_hub):
