@@ -7,6 +7,7 @@ It overrides only what it must: ``compute_loss`` (embeddings -> cross-device can
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -210,6 +211,25 @@ class EpochSamplingCallback(TrainerCallback):
         self.collator.set_epoch(int(state.epoch or 0))
 
 
+@contextlib.contextmanager
+def evaluation_sample(collator: Any):
+    """Collate evaluation rows with epoch 0's sample of candidates and without student noise, so that every
+    evaluation of a run scores the same clean batches (the collator's training epoch and noise are restored after)."""
+    epoch = getattr(collator, "epoch", None) if hasattr(collator, "set_epoch") else None
+    noise = getattr(collator, "student_noise", None)
+    if epoch is not None:
+        collator.set_epoch(0)
+    if noise is not None:
+        collator.student_noise = None
+    try:
+        yield
+    finally:
+        if epoch is not None:
+            collator.set_epoch(epoch)
+        if noise is not None:
+            collator.student_noise = noise
+
+
 def _check_teacher_scores(loss: RetrievalLoss, rows: Any) -> None:
     """A loss that learns from teacher scores gets rows that have some, instead of a silent zero loss."""
     if not getattr(loss, "needs_teacher", False) or rows is None:
@@ -292,6 +312,12 @@ class RetrievalTrainer(Trainer):
             guide_model if guide_model is not None else args.guide_model, model, args, corpus, train_dataset
         )
         self.evaluator = evaluator
+        if evaluator is not None and args.metric_for_best_model in ("loss", "eval_loss"):
+            raise ValueError(
+                f"metric_for_best_model is {args.metric_for_best_model!r}, but the evaluator reports retrieval metrics "
+                "(eval_ndcg@10, eval_recall@100, eval_mrr@10, eval_map), no loss: set metric_for_best_model, e.g. "
+                "'ndcg@10' (transformers picks 'loss' for load_best_model_at_end when none is set)"
+            )
         # a streamed dataset under several processes: accelerate would build each batch on the main process and
         # slice its tensors along the first dimension, which a batch of [B, C] targets and D documents does not
         # allow; each process collates its own share of the stream instead
@@ -490,7 +516,7 @@ class RetrievalTrainer(Trainer):
     # ------------------------------------------------------------------ evaluation
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """On an ``eval_dataset`` of training rows (no evaluator): the training loss on them (``eval_loss``),
-        without gradient; no predictions."""
+        without gradient; no predictions. Every evaluation collates the rows alike (:func:`evaluation_sample`)."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
@@ -501,7 +527,7 @@ class RetrievalTrainer(Trainer):
         if self.evaluator is None:
             # its data loader draws a seed from the CPU generator, which dropout on the CPU also draws from: evaluating
             # during training would change the training that follows
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), evaluation_sample(self.data_collator):
                 return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         model = self.accelerator.unwrap_model(self.model)
         metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in self.evaluator(model).items()}

@@ -139,6 +139,25 @@ def test_settings_that_do_not_go_together_are_a_one_line_error(recipe, capsys):
     assert "Traceback" not in last
 
 
+def test_a_null_in_the_recipe_sets_the_field_to_none_or_is_refused(recipe, capsys):
+    from hf_robust_ir.commands.train import parse_recipe
+    from hf_robust_ir.data.schema import DataFormatError
+
+    config = yaml.safe_load(recipe.read_text())
+    recipe.write_text(yaml.safe_dump({**config, "eval_split": None, "ddp_find_unused_parameters": None}))
+    _, data_args, training_args = parse_recipe(str(recipe), [])
+    assert data_args.eval_split is None and training_args.ddp_find_unused_parameters is None  # defaults: test, False
+    assert parse_recipe(str(recipe), ["--eval_split", "dev"])[1].eval_split == "dev"  # the command line wins
+    assert main(["train", "--config", str(recipe)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert "before" not in results and "after" not in results  # no evaluation split: nothing evaluated
+    recipe.write_text(yaml.safe_dump({**config, "learning_rate": None}))
+    line = 1 + next(i for i, text in enumerate(recipe.read_text().splitlines()) if text.startswith("learning_rate:"))
+    with pytest.raises(DataFormatError) as error:
+        parse_recipe(str(recipe), [])
+    assert str(error.value) == f"{recipe}, line {line}, field 'learning_rate': null is not a value of this field"
+
+
 def _launch(prefix, recipe, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = prefix + ["-m", "hf_robust_ir.cli", "train", "--config", str(recipe), "--evaluate_before", "false"]

@@ -138,6 +138,17 @@ def test_confidence_warmup():
     assert _step(off_after, 4).confidence_enabled is False
 
 
+def test_a_confidence_warmup_for_a_loss_without_a_confidence_rule_is_refused():
+    # InfoNCE has no confidence rule: a warm-up would be accepted and change nothing
+    with pytest.raises(ValueError, match="InfoNCELoss has no confidence rule to warm up"):
+        LossScheduleCallback(InfoNCELoss(), warmup_steps=5)
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0, got -1"):
+        LossScheduleCallback(LabelWeakeningLoss(), warmup_steps=-1)
+    assert LossScheduleCallback(InfoNCELoss(), warmup_steps=0).config()["confidence_warmup_steps"] == 0
+    inner = WeightedSumLoss([{"name": "label_weakening"}, {"name": "infonce"}])  # the sum forwards the rule
+    assert LossScheduleCallback(inner, warmup_steps=2).config()["confidence_warmup_steps"] == 2
+
+
 def test_warmup_changes_the_loss():
     # s = [1, 3, 0], α = 0: during the warm-up S = {0} (−log p0), after it S = {0, 1}
     loss = LabelWeakeningLoss(alpha=0.0, warmup_steps=2)

@@ -153,6 +153,17 @@ def test_evaluation_metrics_and_best_model_at_end(tmp_path, model_path):
     assert set(trainer.evaluate()) == {"eval_ndcg@10", "eval_recall@100", "eval_mrr@10", "eval_map"}
 
 
+def test_best_model_by_a_loss_the_evaluator_does_not_report_is_refused_before_training(tmp_path, model_path):
+    # load_best_model_at_end without metric_for_best_model: transformers picks "loss", which an evaluator never reports
+    args = _args(tmp_path, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+                 load_best_model_at_end=True)  # fmt: skip
+    assert args.metric_for_best_model == "loss"
+    with pytest.raises(ValueError, match="metric_for_best_model is 'loss', but the evaluator reports retrieval"):
+        RetrievalTrainer(BiEncoder.from_pretrained(model_path), args, _rows(), CORPUS, evaluator=ScriptedEvaluator([]))
+    rows = RetrievalTrainer(BiEncoder.from_pretrained(model_path), args, _rows(), CORPUS, eval_dataset=_rows(8))
+    assert rows.evaluator is None  # evaluation on rows reports eval_loss: accepted
+
+
 def test_missing_corpus_is_a_clear_error(tmp_path, model_path):
     with pytest.raises(ValueError, match="corpus"):
         RetrievalTrainer(BiEncoder.from_pretrained(model_path), _args(tmp_path), _rows())
@@ -206,6 +217,25 @@ def test_eval_dataset_of_rows_without_an_evaluator_reports_the_loss_on_them(tmp_
     with torch.no_grad():
         expected = trainer.compute_loss(trainer.model.eval(), batch).item()
     assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("student_noise", [None, {"kind": "mask", "p": 0.5}])
+def test_every_evaluation_on_rows_scores_the_same_clean_batches(tmp_path, model_path, student_noise):
+    # learning rate 0: the weights never change, so the evaluation loss of each epoch must be the same number; the
+    # rows list 5 candidates of which group_size=3 are sampled, a new sample each training epoch
+    args = _args(
+        tmp_path, max_steps=-1, num_train_epochs=3, learning_rate=0.0, eval_strategy="epoch",
+        per_device_eval_batch_size=8, student_noise=student_noise,
+    )  # fmt: skip
+    trainer = RetrievalTrainer(BiEncoder.from_pretrained(model_path), args, _rows(), CORPUS, eval_dataset=_rows(8))
+    trainer.train()
+    assert trainer.data_collator.epoch == 2 and (trainer.data_collator.student_noise is None) == (student_noise is None)
+    losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    clean = RetrievalTrainer(BiEncoder.from_pretrained(model_path), _args(tmp_path), _rows(), CORPUS).data_collator
+    batch = clean(list(_rows(8)))  # epoch 0's sample, no noise
+    with torch.no_grad():
+        expected = trainer.compute_loss(trainer.model.eval(), batch).item()
+    assert losses == pytest.approx([expected] * 3, rel=1e-6)
 
 
 def test_settings_that_would_silently_change_training_are_refused(tmp_path, model_path):

@@ -83,7 +83,8 @@ class LossScheduleCallback(TrainerCallback):
             the run's ``max_steps``.
         warmup_steps: optimizer steps during which the loss's confidence rule is off; default: the loss's own
             ``warmup_steps`` (0 if it has none). After the warm-up the rule returns to the loss's setting at
-            construction, so a rule switched off by the user stays off.
+            construction, so a rule switched off by the user stays off. A warm-up for a loss without a confidence
+            rule (``confidence_enabled``) is refused.
         parameter: the loss attribute to schedule (``"alpha"``; e.g. ``"epsilon"`` for label smoothing). A loss
             without it is not scheduled, only logged; asking such a loss for a schedule (a schedule other than
             ``constant``, or an end point) is refused, as is a ``weighted_sum`` with several terms holding it.
@@ -127,6 +128,10 @@ class LossScheduleCallback(TrainerCallback):
             owner = next(iter(_owners_of(loss, parameter)), loss)  # a wrapper forwards to exactly one inner loss
             _check_scheduled_value(owner, parameter, self.alpha_start, "start")
             _check_scheduled_value(owner, parameter, self.alpha_end, "end")
+        if warmup_steps is not None and warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if warmup_steps and not hasattr(loss, "confidence_enabled"):
+            raise ValueError(f"{type(loss).__name__} has no confidence rule to warm up (warmup_steps={warmup_steps})")
         self.schedule_steps = schedule_steps
         self.warmup_steps = int(getattr(loss, "warmup_steps", 0) or 0) if warmup_steps is None else warmup_steps
         self.manages_confidence = hasattr(loss, "confidence_enabled") and self.warmup_steps > 0

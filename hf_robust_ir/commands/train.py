@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import difflib
 import json
 import logging
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +88,8 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
     """Recipe file + command-line overrides -> (ModelArguments, DataArguments, RetrievalTrainingArguments).
 
     A bad recipe raises :class:`~hf_robust_ir.data.schema.DataFormatError` naming the file (or the command line),
-    the line and the field: invalid YAML, an unknown field, a value the field's type refuses."""
+    the line and the field: invalid YAML, an unknown field, a value the field's type refuses. A field set to null
+    is None (``eval_split: null``: no evaluation), where its type allows None."""
     from transformers import HfArgumentParser
 
     from ..data.schema import DataFormatError
@@ -105,10 +108,14 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
             raise DataFormatError(config_path, lines.get(name), name, _unknown_field(name, actions))
         if isinstance(value, list | tuple) and actions[name].nargs is None:
             raise DataFormatError(config_path, lines.get(name), name, f"expected one value, got a list: {value}")
+        if value is None and not _accepts_none(name):
+            raise DataFormatError(config_path, lines.get(name), name, "null is not a value of this field")
+    nulls = {name for name, value in config.items() if value is None}
     try:
         model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
             args=_yaml_to_argv(config) + list(overrides), return_remaining_strings=True
         )
+        model_args, data_args, training_args = (_with_nulls(a, nulls) for a in (model_args, data_args, training_args))
     except argparse.ArgumentError as exc:
         name = (exc.argument_name or "").split("/")[0].removeprefix("--")
         source, line = ("command line", None) if name in overridden else (config_path, lines.get(name))
@@ -121,6 +128,24 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
         raise DataFormatError("command line", None, name, problem)
     _check_loss(training_args, config_path, lines, overridden)
     return model_args, data_args, training_args
+
+
+def _accepts_none(name: str) -> bool:
+    """Whether the recipe field ``name`` may be None (its type is optional)."""
+    from ..trainer import RetrievalTrainingArguments
+
+    for arguments in (ModelArguments, DataArguments, RetrievalTrainingArguments):
+        hints = typing.get_type_hints(arguments)
+        if name in hints:
+            return type(None) in typing.get_args(hints[name])
+    return False
+
+
+def _with_nulls(arguments: Any, nulls: set[str]) -> Any:
+    """``arguments`` with the fields the recipe sets to null as None, built again so that its checks run."""
+    changes = {f.name: None for f in dataclasses.fields(arguments) if f.init and f.name in nulls}
+    changes = {name: value for name, value in changes.items() if getattr(arguments, name) is not None}
+    return dataclasses.replace(arguments, **changes) if changes else arguments
 
 
 def _check_loss(training_args, config_path: str | None, lines: dict[str, int], overridden: set[str]) -> None:
