@@ -231,3 +231,21 @@ def test_a_data_dir_that_is_not_a_beir_folder_is_one_error_line(recipe, tmp_path
     assert main(["train", "--config", str(recipe), "--data_dir", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"error: {tmp_path / 'nowhere'} is not a BEIR folder (no corpus.jsonl)"
+
+
+def test_resume_from_checkpoint_true_resumes_from_the_last_checkpoint(recipe, tmp_path, capsys):
+    """As transformers takes ``True``: a recipe's ``true`` (the text "True" after parsing) is the last checkpoint."""
+    settings = yaml.safe_load(recipe.read_text())
+    settings.update(save_strategy="steps", save_steps=2, eval_split=None)
+    settings["resume_from_checkpoint"] = True
+    recipe.write_text(yaml.safe_dump(settings))
+    assert main(["train", "--config", str(recipe)]) == 2  # nothing to resume from yet: said before anything loads
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: resume_from_checkpoint is true, but output_dir {settings['output_dir']!r} holds no checkpoint-*"
+    )
+    assert main(["train", "--config", str(recipe), "--resume_from_checkpoint", "false"]) == 0
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+    assert main(["train", "--config", str(recipe), "--max_steps", "3", "--save_steps", "1"]) == 0
+    state = json.loads((tmp_path / "run" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3]
+    assert not (tmp_path / "run" / "checkpoint-1").exists()  # steps 1-2 were not trained again

@@ -130,6 +130,24 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
     return model_args, data_args, training_args
 
 
+def resume_point(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
+    """The checkpoint folder to resume from: ``resume_from_checkpoint`` as given, or for ``true`` (as transformers
+    takes ``True``; a recipe's ``true`` arrives as the text ``"True"``) the last checkpoint in ``output_dir``, which
+    must hold one; ``false`` is None. Checked before the model and the data load."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if resume_from_checkpoint is None or resume_from_checkpoint.lower() == "false":
+        return None
+    if resume_from_checkpoint.lower() != "true":
+        if not Path(resume_from_checkpoint).is_dir():
+            raise FileNotFoundError(f"resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint folder")
+        return resume_from_checkpoint
+    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if last is None:
+        raise FileNotFoundError(f"resume_from_checkpoint is true, but output_dir {output_dir!r} holds no checkpoint-*")
+    return last
+
+
 def _accepts_none(name: str) -> bool:
     """Whether the recipe field ``name`` may be None (its type is optional)."""
     from ..trainer import RetrievalTrainingArguments
@@ -341,6 +359,11 @@ def _run(args: argparse.Namespace, stdout: Any) -> int:
     except (FileNotFoundError, ValueError) as exc:  # a missing or malformed recipe: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        resume_from = resume_point(training_args.resume_from_checkpoint, training_args.output_dir)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     loss = get_loss(training_args.loss, **(training_args.loss_kwargs or {}))  # parse_recipe built it once already
     is_main = training_args.process_index == 0
     logger.info("world_size=%d process_index=%d", training_args.world_size, training_args.process_index)
@@ -385,7 +408,7 @@ def _run(args: argparse.Namespace, stdout: Any) -> int:
             ]
         if not model_args.model_name_or_path:  # the packaged all-MiniLM-L6-v2
             card.base_model = "sentence-transformers/all-MiniLM-L6-v2"
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
     results["train"] = train_output.metrics
     if evaluator is not None:
         results["after"] = trainer.evaluate(metric_key_prefix="after")
