@@ -175,9 +175,9 @@ def test_folders_scored_by_cosine_without_a_normalize_module_load_normalized(tin
     assert BiEncoder.from_pretrained(dot).retrieval_config.normalize is True
 
 
-def test_a_folder_without_max_seq_length_reads_as_far_as_sentence_transformers(tiny_model_path, tmp_path):
-    """sentence-transformers 6 saves max_seq_length in the tokenizer, not in sentence_bert_config.json: a BiEncoder
-    reads as many tokens as it does (not its own default of 256)."""
+def _folder_without_max_seq_length(tiny_model_path, tmp_path):
+    """A sentence-transformers folder of a 512-position tiny BERT read to 400 tokens, saved without max_seq_length
+    (sentence-transformers 6 keeps it in the tokenizer)."""
     from conftest import tiny_bert_config
     from transformers import AutoTokenizer, BertModel
 
@@ -187,6 +187,13 @@ def test_a_folder_without_max_seq_length_reads_as_far_as_sentence_transformers(t
     folder = tmp_path / "st"
     transformer = models.Transformer(str(base), max_seq_length=400)
     SentenceTransformer(modules=[transformer, models.Pooling(32, "mean")], device="cpu").save(str(folder))
+    return folder
+
+
+def test_a_folder_without_max_seq_length_reads_as_far_as_sentence_transformers(tiny_model_path, tmp_path):
+    """sentence-transformers 6 saves max_seq_length in the tokenizer, not in sentence_bert_config.json: a BiEncoder
+    reads as many tokens as it does (not its own default of 256)."""
+    folder = _folder_without_max_seq_length(tiny_model_path, tmp_path)
     assert "max_seq_length" not in json.loads((folder / "sentence_bert_config.json").read_text())
     model = BiEncoder.from_pretrained(folder)
     assert (model.retrieval_config.query_max_length, model.retrieval_config.document_max_length) == (400, 400)
@@ -202,15 +209,7 @@ def test_a_folder_without_max_seq_length_reads_as_far_as_sentence_transformers(t
 def test_a_max_length_given_for_one_kind_leaves_the_other_as_sentence_transformers_reads(tiny_model_path, tmp_path):
     """Overriding the query length of a folder without max_seq_length keeps documents at the folder's length (400),
     not at a BiEncoder's own default of 256."""
-    from conftest import tiny_bert_config
-    from transformers import AutoTokenizer, BertModel
-
-    base = tmp_path / "base"
-    BertModel(tiny_bert_config(max_position_embeddings=512)).save_pretrained(base)
-    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(base)
-    folder = tmp_path / "st"
-    transformer = models.Transformer(str(base), max_seq_length=400)
-    SentenceTransformer(modules=[transformer, models.Pooling(32, "mean")], device="cpu").save(str(folder))
+    folder = _folder_without_max_seq_length(tiny_model_path, tmp_path)
     model = BiEncoder.from_pretrained(folder, query_max_length=32)
     assert (model.retrieval_config.query_max_length, model.retrieval_config.document_max_length) == (32, 400)
     long_text = " ".join(["label noise"] * 170)  # 340 tokens: past 256, within 400

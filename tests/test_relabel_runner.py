@@ -431,17 +431,23 @@ def test_a_document_listed_twice_is_judged_once_and_counted_per_candidate(tmp_pa
     assert again.datasets["rlhn"].to_list() == first.datasets["rlhn"].to_list()
 
 
-@pytest.mark.parametrize("batch_size", [1, 2])
-def test_a_listwise_verdict_belongs_to_the_list_it_was_given_in(tmp_path, batch_size):
-    """Two rows of one query share "fn": in [fn, neg] the cheap judge flags neg, so the expensive one decides and
-    flags fn; in [fn, other] nothing is escalated and fn stays not relevant. Each row keeps its own list's verdicts,
-    on the first run and when everything comes from the cache."""
+def _two_lists_of_one_query():
+    """Two rows of one query sharing the candidate "fn": one lists it next to "neg", the other next to "other"."""
     corpus = {"p": ARHN_POSITIVE, "n0": "fn", "n1": "neg", "n2": "other"}
     rows = datasets.Dataset.from_list(
         [{"query_id": "q", "query": QUERY, "doc_ids": ["p", "n0", other], "labels": [1.0, 0.0, 0.0],
           "teacher_scores": [], "label_source": []} for other in ("n1", "n2")],
         features=ROW_FEATURES,
     )  # fmt: skip
+    return corpus, rows
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_a_listwise_verdict_belongs_to_the_list_it_was_given_in(tmp_path, batch_size):
+    """Two rows of one query share "fn": in [fn, neg] the cheap judge flags neg, so the expensive one decides and
+    flags fn; in [fn, other] nothing is escalated and fn stays not relevant. Each row keeps its own list's verdicts,
+    on the first run and when everything comes from the cache."""
+    corpus, rows = _two_lists_of_one_query()
     expected = [[None, "relevant", "not_relevant"], [None, "not_relevant", "not_relevant"]]
     with JudgmentCache(tmp_path / "c.sqlite") as cache:
         first = relabel(rows, corpus, _cascade(), ["rlhn"], cache, batch_size=batch_size, show_progress_bar=False)
@@ -459,12 +465,7 @@ class _ListMarkJudge(_TableJudge):
 
 
 def test_arhn_marks_belong_to_the_list_they_were_given_in(tmp_path):
-    corpus = {"p": ARHN_POSITIVE, "n0": "fn", "n1": "neg", "n2": "other"}
-    rows = datasets.Dataset.from_list(
-        [{"query_id": "q", "query": QUERY, "doc_ids": ["p", "n0", other], "labels": [1.0, 0.0, 0.0],
-          "teacher_scores": [], "label_source": []} for other in ("n1", "n2")],
-        features=ROW_FEATURES,
-    )  # fmt: skip
+    corpus, rows = _two_lists_of_one_query()
     with JudgmentCache(tmp_path / "c.sqlite") as cache:
         first = relabel(rows, corpus, _ListMarkJudge("m", {}), ["arhn_r"], cache, batch_size=1,
                         show_progress_bar=False)  # fmt: skip
