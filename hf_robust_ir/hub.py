@@ -140,8 +140,13 @@ def find_token_in_folder(folder: str | os.PathLike, token: str | None = None) ->
     needles = [t.encode() for t in _known_tokens(token)]
     if not needles:
         return []
-    files = [p for p in sorted(Path(folder).rglob("*")) if p.is_file()]
-    return [p for p in files if any(needle in p.read_bytes() for needle in needles)]
+    leaked = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            content = path.read_bytes()  # once, however many tokens are searched for
+            if any(needle in content for needle in needles):
+                leaked.append(path)
+    return leaked
 
 
 def _redact(text: str, token: str | None = None) -> str:
