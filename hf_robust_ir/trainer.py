@@ -166,10 +166,9 @@ def loss_from_embeddings(
     """Scores of the local queries against the batch documents (of all processes when distributed), the target
     matrix over them, and the loss. With ``P`` processes each holding ``B/P`` queries this gives, after DDP's gradient
     averaging, the same gradients as one process holding all ``B`` (the loss averages over the queries of every
-    process: :func:`~hf_robust_ir.losses.base.mean_across_processes`), and the processes' mean loss is that
-    process's loss. When ``inputs`` carry guide
-    embeddings (``RetrievalTrainer.guide_model``), the loss also gets ``guide_scores`` (guide ``q·d``) over the same
-    candidate columns."""
+    process: :func:`~hf_robust_ir.losses.base.mean_across_processes`), and the mean of the processes' losses is the
+    loss of that one process. When ``inputs`` carry guide embeddings (``RetrievalTrainer.guide_model``), the loss also
+    gets ``guide_scores`` (guide ``q·d``) over the same candidate columns."""
     labels, mask, teacher = inputs["labels"], inputs["mask"], inputs["teacher"]
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     if cross_device_negatives and distributed:
@@ -182,15 +181,14 @@ def loss_from_embeddings(
             in_batch_negatives,
         )
     scores = similarity(query_embeddings, document_embeddings)
-    if "guide_document_embeddings" not in inputs:
-        with mean_across_processes():
-            return loss(scores, labels, mask, teacher)
-    guide_documents = inputs["guide_document_embeddings"]
-    if cross_device_negatives and distributed:  # the guide sees the same gathered candidate columns
-        guide_documents, _ = gather_documents(guide_documents, inputs["doc_keys"])
-    guide_scores = inputs["guide_query_embeddings"] @ guide_documents.T
+    guided: dict[str, torch.Tensor] = {}
+    if "guide_document_embeddings" in inputs:
+        guide_documents = inputs["guide_document_embeddings"]
+        if cross_device_negatives and distributed:  # the guide sees the same gathered candidate columns
+            guide_documents, _ = gather_documents(guide_documents, inputs["doc_keys"])
+        guided["guide_scores"] = inputs["guide_query_embeddings"] @ guide_documents.T
     with mean_across_processes():
-        return loss(scores, labels, mask, teacher, guide_scores=guide_scores)
+        return loss(scores, labels, mask, teacher, **guided)
 
 
 def group_pair_scores(
