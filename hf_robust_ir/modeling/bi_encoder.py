@@ -185,7 +185,7 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
-def _check_text_list(texts: Any) -> None:
+def check_text_list(texts: Any) -> None:
     """A ``TypeError`` for one str given as the texts (it would be read as one text per character)."""
     if isinstance(texts, str):
         raise TypeError("expected a list of texts, got a str: wrap one text in a list")
@@ -418,7 +418,7 @@ class BiEncoder(nn.Module):
     # ---------------------------------------------------------------- tokenization and encoding of raw texts
     def prefixed(self, texts: list[str], kind: str) -> list[str]:
         _check_kind(kind)
-        _check_text_list(texts)
+        check_text_list(texts)
         prefix = self.retrieval_config.query_prefix if kind == "query" else self.retrieval_config.document_prefix
         return [prefix + t for t in texts] if prefix else list(texts)
 
@@ -460,7 +460,7 @@ class BiEncoder(nn.Module):
         encoding on a CPU with AMX-BF16. The compiled tower is kept for later calls and rebuilt when the weights
         change. ``None`` (default) compiles for bf16 encoding of at least 10,000 texts on CPU; ``False`` never compiles.
         """
-        _check_text_list(texts)
+        check_text_list(texts)
         if len(texts) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         encoded = self.tokenize(list(texts), kind, max_length=max_length, padding=False)

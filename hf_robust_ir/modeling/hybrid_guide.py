@@ -33,6 +33,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from .bi_encoder import check_text_list
+
 
 def _bm25s():
     try:
@@ -113,8 +115,7 @@ class LexicalEncoder:
         return len(self.columns) + zlib.crc32(token.encode("utf-8")) % self.hashed_dimensions
 
     def tokenize(self, texts: list[str]) -> list[list[str]]:
-        if isinstance(texts, str):  # it would be read as one text per character
-            raise TypeError("expected a list of texts, got a str: wrap one text in a list")
+        check_text_list(texts)
         return self._tokenize_texts(texts) if texts else []
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
