@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -174,12 +175,23 @@ def _override_value(name: str, text: str) -> Any:
         raise DataFormatError("command line", None, name, f"invalid YAML value {text!r}: {problem}") from None
 
 
+def below_least(values: Mapping[str, Any], least: Mapping[str, int]) -> tuple[str, str] | None:
+    """The first field of ``least`` whose value in ``values`` is below its least value, with the problem; None when
+    none is (a missing or None value is no limit)."""
+    for name, bound in least.items():
+        value = values.get(name)
+        if value is not None and value < bound:
+            return name, f"must be >= {bound}, got {value}"
+    return None
+
+
 def load_recipe(
-    arguments: type, config_path: str | None, overrides: list[str]
+    arguments: type, config_path: str | None, overrides: list[str], least: Mapping[str, int] | None = None
 ) -> tuple[dict[str, Any], dict[str, int], str]:
     """A YAML recipe plus ``--key value`` overrides (values read as YAML), checked against the fields of the
-    dataclass ``arguments``: ``(config, line of each key in the file, source name)``. Errors name the file, the line
-    and the field (:class:`~hf_robust_ir.data.schema.DataFormatError`)."""
+    dataclass ``arguments`` (and, for the fields of ``least``, against their least value): ``(config, line of each
+    key in the file, source name)``. Errors name the file, the line and the field
+    (:class:`~hf_robust_ir.data.schema.DataFormatError`)."""
     from ..data.schema import DataFormatError
 
     source = config_path or "command line"
@@ -209,4 +221,7 @@ def load_recipe(
         problem = _check_type(name, value, known[name])
         if problem:
             raise DataFormatError(source, line, name, problem)
+    found = below_least(config, least or {})
+    if found:
+        raise DataFormatError(source, lines.get(found[0]), *found)
     return config, lines, source

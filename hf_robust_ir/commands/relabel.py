@@ -75,15 +75,11 @@ def parse_recipe(config_path: str | None, overrides: list[str]) -> RelabelArgume
 
 def read_relabel_recipe(config_path: str | None, overrides: list[str]) -> tuple[RelabelArguments, dict[str, int], str]:
     """:func:`parse_recipe` plus the line of each key in the file and the source name, for later errors."""
-    config, lines, source = load_recipe(RelabelArguments, config_path, overrides)
+    config, lines, source = load_recipe(RelabelArguments, config_path, overrides, least=LEAST_VALUES)
     if "output_dir" not in config:
         raise DataFormatError(source, None, "output_dir", "missing (the folder the relabeled datasets go to)")
     if config.get("push_to_hub") and not config.get("hub_repo_id"):
         raise DataFormatError(source, lines.get("push_to_hub"), "hub_repo_id", "push_to_hub needs a hub_repo_id")
-    for name, least in LEAST_VALUES.items():
-        value = config.get(name)
-        if value is not None and value < least:
-            raise DataFormatError(source, lines.get(name), name, f"must be >= {least}, got {value}")
     args = RelabelArguments(**config)
     from ..relabel.strategies import get_strategy
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.schema import DataFormatError
-from .common import beir_folder, load_recipe, setup_logging
+from .common import beir_folder, below_least, load_recipe, setup_logging
 
 HELP = "write graded synthetic documents (grades 0-3) for the queries of a BEIR split with a chat model (SyCL)"
 ACCEPTS_OVERRIDES = True
@@ -50,18 +50,13 @@ class SynthesizeArguments:
     show_progress_bar: bool = True
 
     def __post_init__(self):
-        for name in COUNT_FIELDS:
-            problem = _count_problem(getattr(self, name))
-            if problem:
-                raise ValueError(f"{name} {problem}")
+        found = below_least(vars(self), LEAST_VALUES)
+        if found:
+            raise ValueError(" ".join(found))
 
 
-COUNT_FIELDS = ("documents_per_grade", "max_new_tokens", "max_queries", "batch_size", "chunk_queries")
+LEAST_VALUES = dict.fromkeys(("documents_per_grade", "max_new_tokens", "max_queries", "batch_size", "chunk_queries"), 1)
 """Arguments that count something and must be >= 1 (``max_queries`` may be None: every query)."""
-
-
-def _count_problem(value: Any) -> str | None:
-    return f"must be >= 1, got {value}" if value is not None and value < 1 else None
 
 
 def build_backend(spec: dict[str, Any]) -> Any:
@@ -80,15 +75,11 @@ def build_backend(spec: dict[str, Any]) -> Any:
 
 
 def parse_recipe(config_path: str | None, overrides: list[str]) -> SynthesizeArguments:
-    config, lines, source = load_recipe(SynthesizeArguments, config_path, overrides)
+    config, lines, source = load_recipe(SynthesizeArguments, config_path, overrides, least=LEAST_VALUES)
     if "output_dir" not in config:
         raise DataFormatError(source, None, "output_dir", "missing (the BEIR folder to write)")
     if config.get("backend", {}).get("type") not in ("hf", "openai"):
         raise DataFormatError(source, lines.get("backend"), "backend", "type must be 'hf' or 'openai'")
-    for name in COUNT_FIELDS:
-        problem = _count_problem(config.get(name))
-        if problem:
-            raise DataFormatError(source, lines.get(name), name, problem)
     return SynthesizeArguments(**config)
 
 
