@@ -21,10 +21,11 @@ candidates. The ground truth lives in :attr:`NoiseResult.changes`, records with 
   stays in place with ``new_label`` 0);
 - ``rank`` / ``score``: for a semantic swap, the new passage's 0-based rank among the query's non-relevant candidates
   and the model's score for it (None otherwise);
-- ``removed_negative_position``: when a swapped-in passage was already a negative of the row, that negative is removed
-  (a passage is never both a positive and a negative of one query); this is its index in the clean row, else None.
+- ``removed_negative_positions``: when a swapped-in passage was already a negative of the row, that negative is
+  removed, every copy of it (a passage is never both a positive and a negative of one query); their indices in the
+  clean row, else an empty list.
 
-Replaying the records on the clean rows (replace at ``position``, then delete the ``removed_negative_position``
+Replaying the records on the clean rows (replace at ``position``, then delete the ``removed_negative_positions``
 entries) gives the noisy rows exactly.
 
 **Determinism and nested noise levels.** The queries eligible for a kind of noise are sorted by id and permuted once
@@ -76,7 +77,7 @@ CHANGE_FIELDS = (
     "new_label",
     "rank",
     "score",
-    "removed_negative_position",
+    "removed_negative_positions",
 )
 
 Candidates = Mapping[str, Sequence[tuple[str, float]]]
@@ -207,7 +208,7 @@ class NoiseResult:
             "selected_queries": len(self.selected_queries),
             "changed_queries": len(self.changed_queries),
             "changes": len(self.changes),
-            "removed_negatives": sum(c["removed_negative_position"] is not None for c in self.changes),
+            "removed_negatives": sum(len(c["removed_negative_positions"]) for c in self.changes),
             "shortfall_queries": len(self.shortfall_queries),
         }
 
@@ -266,6 +267,7 @@ class _Pick(NamedTuple):
 
 def _change(query_id: str, kind: str, position: int, doc_id: str, label: float, **new: Any) -> dict[str, Any]:
     record = dict.fromkeys(CHANGE_FIELDS)
+    record["removed_negative_positions"] = []
     record.update(query_id=query_id, kind=kind, position=position, doc_id=doc_id, label=float(label), **new)
     return record
 
@@ -359,10 +361,14 @@ class _PositiveSwap:
         doc_ids, labels = list(columns["doc_ids"][i]), list(columns["labels"][i])
         teacher = list(columns["teacher_scores"][i])
         sources = list(columns["label_source"][i]) or [""] * len(doc_ids)
-        clean_position = {doc_id: j for j, doc_id in enumerate(doc_ids)}
+        clean_positions: dict[str, list[int]] = {}
+        for j, doc_id in enumerate(doc_ids):
+            clean_positions.setdefault(doc_id, []).append(j)
         changes, removed = [], []
         for position, pick in zip(positions, drawn):
-            was_negative = clean_position.get(pick.doc_id)  # never a positive: positives are excluded from draws
+            # never a positive: positives are excluded from draws; every copy of a listed negative leaves the row
+            copies = clean_positions.get(pick.doc_id, [])
+            was_negative = copies[0] if copies else None
             changes.append(
                 _change(
                     table.query_ids[i],
@@ -374,7 +380,7 @@ class _PositiveSwap:
                     new_label=float(labels[position]),
                     rank=pick.rank,
                     score=pick.score,
-                    removed_negative_position=was_negative,
+                    removed_negative_positions=list(copies),
                 )
             )
             if teacher:
@@ -384,8 +390,7 @@ class _PositiveSwap:
                     teacher[position] = pick.score if pick.score is not None else float("nan")
             doc_ids[position] = pick.doc_id
             sources[position] = NOISE_SOURCE
-            if was_negative is not None:
-                removed.append(was_negative)
+            removed.extend(copies)
         for j in sorted(removed, reverse=True):
             for values in (doc_ids, labels, sources) + ((teacher,) if teacher else ()):
                 del values[j]

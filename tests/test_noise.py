@@ -48,9 +48,9 @@ def replay(clean: datasets.Dataset, changes: list[dict]) -> list[dict]:
             row["doc_ids"][j] = change["new_doc_id"]
         row["labels"][j] = change["new_label"]
         row["label_source"][j] = "noise"
-        if change["removed_negative_position"] is not None:
-            assert row["labels"][change["removed_negative_position"]] == 0
-            removed.setdefault(change["query_id"], []).append(change["removed_negative_position"])
+        for position in change["removed_negative_positions"]:
+            assert row["labels"][position] == 0
+            removed.setdefault(change["query_id"], []).append(position)
     for qid, positions in removed.items():
         for j in sorted(positions, reverse=True):
             for name in ("doc_ids", "labels", "label_source"):
@@ -126,7 +126,7 @@ def test_semantic_swap_draws_from_the_top_k_non_relevant_candidates(toy, toy_row
     assert rows["q1"]["labels"] == [1.0, 2.0, 0.0]
     assert rows["q1"]["label_source"] == ["noise", "noise", "mined"]
     assert rows["q1"]["teacher_scores"] == pytest.approx([{"b": 0.75, "c": 0.7}[new[p]] for p in (0, 1)] + [0.4])
-    assert [c["removed_negative_position"] for c in q1 if c["new_doc_id"] == "b"] == [2]
+    assert [c["removed_negative_positions"] for c in q1] == [[2] if c["new_doc_id"] == "b" else [] for c in q1]
     assert rows["q2"]["doc_ids"][1] == "f" and rows["q2"]["labels"] == [1.0, 0.0]
     assert rows["q2"]["teacher_scores"][0] == pytest.approx(q2[0]["score"])
     assert replay(toy_rows, result.changes) == without_teacher(result.rows)
@@ -143,6 +143,21 @@ def test_semantic_swap_never_draws_a_judged_positive(toy, toy_rows):
             judged = {d for d, grade in toy.qrels[change["query_id"]].items() if grade > 0}
             assert change["new_doc_id"] not in judged
             assert change["rank"] < 4
+
+
+def test_semantic_swap_removes_every_copy_of_a_negative_it_swaps_in(toy):
+    # q2's only non-relevant passage in reach (top_k=1) is f, listed twice among its negatives: both copies leave the
+    # row, so f is not both its label and a negative
+    rows = make_rows(
+        {"q2": [("p3", 1, 0.7, "qrels"), ("f", 0, 0.9, "mined"), ("g", 0, 0.8, "mined"), ("f", 0, 0.9, "x")]}
+    ).map(lambda row: {"query": "0 1"})
+    result = SemanticSwapNoise(VectorEncoder(), rate=1.0, top_k=1, seed=0).apply(rows, toy)
+    [change] = result.changes
+    assert (change["new_doc_id"], change["removed_negative_positions"]) == ("f", [1, 3])
+    [row] = result.rows
+    assert (row["doc_ids"], row["labels"], row["teacher_scores"]) == (["f", "g"], [1.0, 0.0], pytest.approx([0.9, 0.8]))
+    assert result.summary()["removed_negatives"] == 2
+    assert replay(rows, result.changes) == without_teacher(result.rows)
 
 
 def test_candidates_index_and_model_give_the_same_noise(toy, toy_rows):
