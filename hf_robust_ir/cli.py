@@ -8,8 +8,10 @@ Progress goes to stderr; machine-readable results (JSON) go to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+from collections.abc import Iterator
 
 COMMANDS = ("train", "eval", "mine", "noise", "score", "relabel", "synthesize", "self-train", "download")
 
@@ -25,6 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _progress_bars(shown: bool) -> Iterator[None]:
+    """With ``shown`` False (a command's ``--quiet``), also silence the bars ``datasets`` draws while saving or
+    mapping rows; the previous setting is restored afterwards."""
+    import datasets
+
+    was_shown = datasets.is_progress_bar_enabled()
+    if not shown:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_shown and not shown:
+            datasets.enable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -34,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from .data.schema import DataFormatError
 
     try:
-        return int(args._run(args) or 0)
+        with _progress_bars(not getattr(args, "quiet", False)):
+            return int(args._run(args) or 0)
     except (DataFormatError, FileNotFoundError) as exc:  # bad input: the file (line and field), without a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

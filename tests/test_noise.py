@@ -470,6 +470,21 @@ def run_noise(argv: list[str], capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def test_quiet_silences_the_bars_of_datasets_too(tmp_path, capsys):
+    from test_evaluation import write_beir_folder
+
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir", split="train")
+    argv = ["noise", "--data", str(tmp_path / "beir"), "--kind", "uniform_swap", "--rate", "1"]
+    assert main([*argv, "--output", str(tmp_path / "loud")]) == 0
+    assert "Saving the dataset" in capsys.readouterr().err  # datasets draws its bar when saving the rows
+    assert main([*argv, "--output", str(tmp_path / "quiet"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "Saving the dataset" not in err and "Creating json" not in err
+    assert datasets.is_progress_bar_enabled()  # restored for whatever runs next in the process
+
+
 def test_noise_command_semantic_swap_writes_rows_and_changes(tmp_path, tiny_model_path, capsys):
     from test_evaluation import write_beir_folder
 
