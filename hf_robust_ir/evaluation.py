@@ -240,15 +240,20 @@ class DocumentIndex:
             chunk_ids = doc_ids[start : start + chunk_size]
             rank, world = _process_group()
             share = chunk_ids[rank * len(chunk_ids) // world : (rank + 1) * len(chunk_ids) // world]
+            # every process encodes as many texts (a short share repeats a document of the chunk, dropped after the
+            # gather), so all make the same number of forward calls, which a sharded (FSDP) model needs
+            padding = math.ceil(len(chunk_ids) / world) - len(share)
+            texts = [corpus[doc_id] for doc_id in share] + [corpus[chunk_ids[-1]]] * padding
             embeddings = model.encode_documents(
-                [corpus[doc_id] for doc_id in share],
+                texts,
                 batch_size=batch_size,
                 bf16=bf16,
                 show_progress_bar=show_progress_bar and rank == 0,
             )
+            embeddings = np.asarray(embeddings, dtype=np.float32)[: len(share)]
             if world > 1:
                 gathered: list[Any] = [None] * world
-                dist.all_gather_object(gathered, np.asarray(embeddings, dtype=np.float32))
+                dist.all_gather_object(gathered, embeddings)
                 embeddings = np.concatenate([part for part in gathered if len(part)])
             index.add(chunk_ids, embeddings)
         return index.finish()
