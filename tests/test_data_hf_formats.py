@@ -206,6 +206,24 @@ def test_tevatron_query_id_with_two_texts():
     assert_error(exc, "tev", 2, "query")
 
 
+def test_a_query_without_any_passage_is_refused_where_it_is_read(tmp_path):
+    # a row with no candidates would fail only in the collator, named by query id (a hash for FlagEmbedding)
+    empty_tevatron = {"query_id": "9", "query": "q9", "positive_passages": [], "negative_passages": None}
+    path = write_jsonl(tmp_path / "tev.jsonl", [*tevatron_rows(), empty_tevatron])
+    with pytest.raises(DataFormatError, match="query 'q9' has no passages: a training row needs at least one") as exc:
+        load_training_data(path)
+    assert_error(exc, str(path), 3, "positive_passages")
+    flag = [{"query": "q1", "pos": ["a"], "neg": []}, {"query": "q2", "pos": [], "neg": []}]
+    path = write_jsonl(tmp_path / "flag.jsonl", flag)
+    with pytest.raises(DataFormatError, match="query 'q2' has no passages") as exc:
+        load_training_data(path)
+    assert_error(exc, str(path), 2, "pos")
+    # a query whose passages are all on another of its rows is one row with those passages
+    merged = [{"query": "q1", "pos": [], "neg": []}, {"query": "q1", "pos": ["a"], "neg": ["b"]}]
+    rows = from_flagembedding(datasets.Dataset.from_list(merged)).rows.to_list()
+    assert rows == [row("q1", [C("a"), C("b")], [1.0, 0.0])]
+
+
 # ---------------------------------------------------------------- FlagEmbedding
 
 
@@ -258,6 +276,28 @@ def test_flagembedding_score_length_mismatch():
     with pytest.raises(DataFormatError, match="1 scores for 2 passages") as exc:
         from_flagembedding(ds, source="flag")
     assert_error(exc, "flag", 2, "neg_scores")
+
+
+def test_flagembedding_scores_must_be_finite_or_nan():
+    # an infinite teacher score would read as "none" in the bi-encoder's target matrix and as inf in a reranker's
+    inf = float("inf")
+    for pos_scores, neg_scores, field, shown in (([1.0], [0.5, -inf], "neg_scores", "-inf at position 1"),
+                                                 ([inf], [0.5, 0.1], "pos_scores", "inf at position 0")):  # fmt: skip
+        ds = datasets.Dataset.from_list(
+            [
+                {"query": "q1", "pos": ["a"], "neg": ["b", "c"], "pos_scores": [1.0], "neg_scores": [0.5, 0.1]},
+                {"query": "q2", "pos": ["a"], "neg": ["b", "c"], "pos_scores": pos_scores, "neg_scores": neg_scores},
+            ]
+        )
+        with pytest.raises(DataFormatError, match=rf"scores must be finite or NaN \(none\), got {shown}$") as exc:
+            from_flagembedding(ds, source="flag")
+        assert_error(exc, "flag", 2, field)
+    nan = float("nan")
+    ds = datasets.Dataset.from_dict(
+        {"query": ["q"], "pos": [["a"]], "neg": [["b"]], "pos_scores": [[nan]], "neg_scores": [[0.25]]}
+    )
+    teacher = from_flagembedding(ds).rows[0]["teacher_scores"]  # NaN: no teacher score, as the collator reads it
+    assert teacher[0] != teacher[0] and teacher[1] == 0.25
 
 
 def test_flagembedding_empty_passage():
@@ -461,3 +501,33 @@ def test_empty_jsonl_file_is_named_as_empty(tmp_path):
         with pytest.raises(DataFormatError, match=r"rows\.jsonl: the file holds no rows$") as exc:
             load_training_data(path)
         assert_error(exc, str(path), None, None)
+
+
+def test_errors_name_the_file_line_when_the_jsonl_has_blank_lines(tmp_path):
+    # the loader skips blank lines (a byte-order mark alone, spaces, "\r\n"), but an error names the line in the file
+    first, second, third = tevatron_rows()[0], tevatron_rows()[1], tevatron_rows()[1]
+    third = {**third, "query_id": "9", "positive_passages": [{"docid": "d2", "text": "Another tree."}]}
+    path = tmp_path / "tev.jsonl"
+    lines = ["\ufeff", json.dumps(first), "   ", json.dumps(second), "\r", "", json.dumps(third)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # d2 is first seen on line 2 (a negative of the first row), its other text on line 7 (the third row)
+    with pytest.raises(DataFormatError, match="'d2' has a different text than on line 2$") as exc:
+        load_training_data(path)
+    assert_error(exc, str(path), 7, "positive_passages")
+    st = tmp_path / "st.jsonl"
+    st.write_text('\n{"anchor": "q1", "positive": "p1"}\n\n\n{"anchor": "q2", "positive": " "}\n')
+    with pytest.raises(DataFormatError, match="empty text") as exc:
+        load_training_data(st)
+    assert_error(exc, str(st), 5, "positive")
+
+
+def test_a_byte_order_mark_alone_on_the_first_line_is_a_blank_line_when_a_file_is_diagnosed(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf\n{"anchor": "q", "positive": "p"}\n{"anchor": "q2", "positive": \n')
+    with pytest.raises(DataFormatError, match="malformed JSON") as exc:
+        load_training_data(path)
+    assert_error(exc, str(path), 3, None)
+    path.write_bytes(b"\xef\xbb\xbf\n\n")
+    with pytest.raises(DataFormatError, match=r"bad\.jsonl: the file holds no rows$") as exc:
+        load_training_data(path)
+    assert_error(exc, str(path), None, None)

@@ -11,19 +11,23 @@ Shapes:
 
 Text-only shapes get content ids (:func:`content_id`), so one passage has one id wherever it appears. Rows that share a
 query (same text, or same Tevatron ``query_id``) are merged into one canonical row, candidates in first-appearance order
-with positives first; a document that is a positive of a query is never kept as a negative of the same query.
+with positives first; a document that is a positive of a query is never kept as a negative of the same query. A query
+with no passage on any of its rows is an error, as a canonical row without doc ids is.
 
 Errors are :class:`DataFormatError` naming the source (the file path when loaded from a file), ``line`` = row index + 1,
-and the column.
+and the column. For a JSON lines file the line is the file's: the loader skips blank lines, so the converters take
+``blank_lines``, the number of rows above each blank line (:func:`load_training_data` passes them).
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterator
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +65,16 @@ def _require(ds: datasets.Dataset, source: str, *columns: str) -> None:
             raise DataFormatError(source, None, column, f"missing column; columns found: {ds.column_names}")
 
 
-def _iter_rows(ds: datasets.Dataset, columns: list[str], batch_size: int = 1000) -> Iterator[tuple[int, dict]]:
-    """Yield ``(row_index, {column: python value})``, reading the dataset in Arrow batches."""
+def _iter_rows(
+    ds: datasets.Dataset, columns: list[str], blank_lines: Sequence[int] = (), batch_size: int = 1000
+) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line - 1, {column: python value})``, reading the dataset in Arrow batches: ``line`` is the row index
+    + 1, moved past the blank lines of the file the rows were read from (see :func:`_blank_lines`)."""
     ds = ds.with_format(None).select_columns(columns)
     row = 0
     for batch in ds.iter(batch_size=batch_size):
         for j in range(len(batch[columns[0]])):
-            yield row, {c: batch[c][j] for c in columns}
+            yield row + bisect_right(blank_lines, row), {c: batch[c][j] for c in columns}
             row += 1
 
 
@@ -89,17 +96,21 @@ def _scores(value: Any, expected: int, source: str, row: int, field: str) -> lis
     values = _list([] if value is None else value, source, row, field)
     if len(values) != expected:
         raise DataFormatError(source, row + 1, field, f"{len(values)} scores for {expected} passages")
-    for v in values:
+    for position, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise DataFormatError(source, row + 1, field, f"scores must be numbers, got {type(v).__name__}")
+        if math.isinf(v):  # NaN is "no teacher score", as in canonical rows
+            problem = f"scores must be finite or NaN (none), got {v!r} at position {position}"
+            raise DataFormatError(source, row + 1, field, problem)
     return [float(v) for v in values]
 
 
 class _RowBuilder:
-    """Accumulates candidates per query, merging rows of the same query, and the corpus they point into."""
+    """Accumulates candidates per query, merging rows of the same query, and the corpus they point into.
+    ``positives_field`` is the column named when a query ends up with no passage at all."""
 
-    def __init__(self, source: str, with_scores: bool):
-        self.source, self.with_scores = source, with_scores
+    def __init__(self, source: str, with_scores: bool, positives_field: str):
+        self.source, self.with_scores, self.positives_field = source, with_scores, positives_field
         self.corpus: dict[str, str] = {}
         self._doc_row: dict[str, int] = {}
         self._queries: dict[str, tuple[str, int]] = {}  # query_id -> (text, first row)
@@ -151,8 +162,11 @@ class _RowBuilder:
                 self.conflicts,
             )
         columns: dict[str, list] = {name: [] for name in ROW_FEATURES}
-        for qid, (text, _) in self._queries.items():
+        for qid, (text, row) in self._queries.items():
             pos, neg = self._pos[qid], self._neg[qid]
+            if not pos and not neg:  # as a canonical row without doc ids, refused where it is read
+                problem = f"query {text!r} has no passages: a training row needs at least one candidate document"
+                raise DataFormatError(self.source, row + 1, self.positives_field, problem)
             columns["query_id"].append(qid)
             columns["query"].append(text)
             columns["doc_ids"].append([*pos, *neg])
@@ -185,7 +199,9 @@ def _sentence_transformers_columns(ds: datasets.Dataset, source: str) -> tuple[s
     return query, positive, negatives
 
 
-def from_sentence_transformers(ds: datasets.Dataset, source: str = "dataset") -> TrainingData:
+def from_sentence_transformers(
+    ds: datasets.Dataset, source: str = "dataset", *, blank_lines: Sequence[int] = ()
+) -> TrainingData:
     """Convert a sentence-transformers (anchor, positive[, negatives...]) text dataset.
 
     Every column after the query and the positive is a negative, so the dataset must hold text columns only (an id
@@ -195,8 +211,8 @@ def from_sentence_transformers(ds: datasets.Dataset, source: str = "dataset") ->
     """
     source = _source_name(ds, source)
     query_col, positive_col, negative_cols = _sentence_transformers_columns(ds, source)
-    builder = _RowBuilder(source, with_scores=False)
-    for row, values in _iter_rows(ds, [query_col, positive_col, *negative_cols]):
+    builder = _RowBuilder(source, with_scores=False, positives_field=positive_col)
+    for row, values in _iter_rows(ds, [query_col, positive_col, *negative_cols], blank_lines):
         query = _text(values[query_col], source, row, query_col, "query")
         qid = content_id(query)
         builder.query(qid, query, row, query_col)
@@ -224,7 +240,7 @@ def _passage(item: Any, source: str, row: int, field: str, index: int) -> tuple[
     return str(docid).strip(), full
 
 
-def from_tevatron(ds: datasets.Dataset, source: str = "dataset") -> TrainingData:
+def from_tevatron(ds: datasets.Dataset, source: str = "dataset", *, blank_lines: Sequence[int] = ()) -> TrainingData:
     """Convert a Tevatron dataset: ``query_id``, ``query``, ``positive_passages``, optional ``negative_passages``.
 
     Passages are ``{docid, title (optional), text}``; the corpus text is ``title + " " + text``. A ``docid`` seen with
@@ -236,8 +252,8 @@ def from_tevatron(ds: datasets.Dataset, source: str = "dataset") -> TrainingData
     has_negatives = "negative_passages" in ds.column_names
     if has_negatives:
         columns.append("negative_passages")
-    builder = _RowBuilder(source, with_scores=False)
-    for row, values in _iter_rows(ds, columns):
+    builder = _RowBuilder(source, with_scores=False, positives_field="positive_passages")
+    for row, values in _iter_rows(ds, columns, blank_lines):
         raw_qid = values["query_id"]
         if isinstance(raw_qid, bool) or not isinstance(raw_qid, (str, int)) or not str(raw_qid).strip():
             raise DataFormatError(source, row + 1, "query_id", f"must be a non-empty string, got {raw_qid!r}")
@@ -256,7 +272,9 @@ def from_tevatron(ds: datasets.Dataset, source: str = "dataset") -> TrainingData
     return builder.build()
 
 
-def from_flagembedding(ds: datasets.Dataset, source: str = "dataset") -> TrainingData:
+def from_flagembedding(
+    ds: datasets.Dataset, source: str = "dataset", *, blank_lines: Sequence[int] = ()
+) -> TrainingData:
     """Convert a FlagEmbedding dataset: ``query``, ``pos``, ``neg`` (lists of texts), ``pos_scores``, ``neg_scores``.
 
     When either score column exists, every row must carry one score per passage; they become ``teacher_scores``.
@@ -267,8 +285,8 @@ def from_flagembedding(ds: datasets.Dataset, source: str = "dataset") -> Trainin
     names = ds.column_names
     columns = [c for c in ("query", "pos", "neg", "pos_scores", "neg_scores") if c in names]
     with_scores = "pos_scores" in names or "neg_scores" in names
-    builder = _RowBuilder(source, with_scores=with_scores)
-    for row, values in _iter_rows(ds, columns):
+    builder = _RowBuilder(source, with_scores=with_scores, positives_field="pos")
+    for row, values in _iter_rows(ds, columns, blank_lines):
         query = _text(values["query"], source, row, "query", "query")
         qid = content_id(query)
         builder.query(qid, query, row, "query")
@@ -285,13 +303,15 @@ def from_flagembedding(ds: datasets.Dataset, source: str = "dataset") -> Trainin
     return builder.build()
 
 
-def _from_canonical(ds: datasets.Dataset, corpus: dict[str, str], source: str) -> TrainingData:
+def _from_canonical(
+    ds: datasets.Dataset, corpus: dict[str, str], source: str, blank_lines: Sequence[int] = ()
+) -> TrainingData:
     """Check canonical rows against their corpus and cast them to :data:`ROW_FEATURES`."""
     _require(ds, source, "query_id", "query", "doc_ids", "labels")
     columns = [name for name in ROW_FEATURES if name in ds.column_names]
     fixed: dict[str, list] = {name: [] for name in ROW_FEATURES}
     query_texts: dict[str, tuple[str, int]] = {}  # query_id -> (text, first row)
-    for row, values in _iter_rows(ds, columns):
+    for row, values in _iter_rows(ds, columns, blank_lines):
         qid = _text(values["query_id"], source, row, "query_id", "query id")
         query = _text(values["query"], source, row, "query", "query")
         known_text, first_row = query_texts.setdefault(qid, (query, row))
@@ -360,31 +380,59 @@ def _json_kind(value: Any) -> str | None:
     return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
 
 
+def _file_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(line_number, raw line)`` of a file (1-based), a byte-order mark at its start removed: a line of only
+    a byte-order mark is blank, as the JSON loader reads it."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            yield n, raw.removeprefix(codecs.BOM_UTF8) if n == 1 else raw
+
+
 def _diagnose_json_lines(path: Path) -> tuple[int | None, str | None, str | None]:
     """Find why a JSONL file is not a table: the first malformed line, the first value whose type differs from the
     type the same field had on an earlier line, or no line at all. Returns ``(line, field, problem)``; ``problem`` is
     None when no cause was found."""
     kinds: dict[str, tuple[str, int]] = {}
     rows = 0
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
+    for n, raw in _file_lines(path):
+        if not raw.strip():
+            continue
+        rows += 1
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            return n, None, f"malformed JSON: {exc}"
+        if not isinstance(obj, dict):
+            return n, None, f"expected a JSON object, got {type(obj).__name__}"
+        for key, value in obj.items():
+            kind = _json_kind(value)
+            if kind is None:
                 continue
-            rows += 1
-            try:
-                obj = json.loads(raw)
-            except ValueError as exc:
-                return n, None, f"malformed JSON: {exc}"
-            if not isinstance(obj, dict):
-                return n, None, f"expected a JSON object, got {type(obj).__name__}"
-            for key, value in obj.items():
-                kind = _json_kind(value)
-                if kind is None:
-                    continue
-                first = kinds.setdefault(key, (kind, n))
-                if first[0] != kind:
-                    return n, key, f"a {kind} here but a {first[0]} on line {first[1]}"
+            first = kinds.setdefault(key, (kind, n))
+            if first[0] != kind:
+                return n, key, f"a {kind} here but a {first[0]} on line {first[1]}"
     return None, None, None if rows else "the file holds no rows"
+
+
+def _blank_lines(path: Path) -> list[int]:
+    """For each blank line of a JSON lines file (the loader skips them), the number of rows above it, so that row
+    ``r`` is on line ``r + 1 + bisect_right(blank_lines, r)``; ``[]`` for a JSON document that is not one object per
+    line (an array, a pretty-printed object), whose rows are not lines."""
+    blank_lines: list[int] = []
+    rows = 0
+    for _, raw in _file_lines(path):
+        if not raw.strip():
+            blank_lines.append(rows)
+            continue
+        if rows == 0:
+            try:
+                one_object = isinstance(json.loads(raw), dict)
+            except ValueError:
+                one_object = False
+            if not one_object:
+                return []
+        rows += 1
+    return blank_lines
 
 
 def _load_local(path: Path) -> datasets.Dataset | datasets.DatasetDict:
@@ -431,6 +479,7 @@ def load_training_data(
     """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {FORMATS}")
+    blank_lines: list[int] = []  # of a JSON lines file, so that errors name its lines
     if isinstance(path_or_dataset, (datasets.Dataset, datasets.DatasetDict)):
         ds, source = path_or_dataset, None
     else:
@@ -441,6 +490,8 @@ def load_training_data(
             data = load_beir(path, split=split)
             return TrainingData(rows=rows_from_qrels(data), corpus=data.corpus)
         ds, source = _load_local(path), str(path)
+        if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
+            blank_lines = _blank_lines(path)
     if format == "beir":
         raise ValueError("format='beir' needs a BEIR folder path")
     ds = _single_split(ds, source or "dataset", split)
@@ -452,10 +503,10 @@ def load_training_data(
                 f"{source}: canonical rows point into a corpus; pass corpus={{doc_id: text}} "
                 "or load a BEIR folder instead"
             )
-        return _from_canonical(ds, corpus, source)
+        return _from_canonical(ds, corpus, source, blank_lines)
     convert = {
         "sentence-transformers": from_sentence_transformers,
         "tevatron": from_tevatron,
         "flagembedding": from_flagembedding,
     }[shape]
-    return convert(ds, source=source)
+    return convert(ds, source=source, blank_lines=blank_lines)
