@@ -70,3 +70,17 @@ def test_batch_without_positives_gives_zero_whatever_the_masked_scores():
         value.backward()
         assert value.item() == 0.0
         assert (scores.grad == 0).all()
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_REGISTRY))
+def test_labels_or_mask_of_another_shape_than_the_scores_are_refused(name):
+    # labels[B] holding the index of each query's positive (as in-batch losses elsewhere take them) would broadcast
+    # over the [B, B] scores of an in-batch-only batch and silently train on a wrong target
+    loss = get_loss(name, **({"losses": [{"name": "infonce"}]} if name == "weighted_sum" else {}))
+    scores = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 2.0]])
+    teacher = guide = torch.zeros(3, 3)
+    extra = {"guide_scores": guide} if getattr(loss, "needs_guide_scores", False) else {}
+    with pytest.raises(ValueError, match=r"labels \(3,\) do not match scores \(3, 3\)"):
+        loss(scores, torch.arange(3), torch.ones(3, 3, dtype=torch.bool), teacher, **extra)
+    with pytest.raises(ValueError, match=r"mask \(3,\) do not match scores \(3, 3\)"):
+        loss(scores, torch.eye(3), torch.ones(3, dtype=torch.bool), teacher, **extra)

@@ -101,6 +101,29 @@ def test_kl_distillation_gradient_is_softmax_difference_over_student_temperature
     torch.testing.assert_close(scores.grad, t(expected))
 
 
+def test_teacher_score_of_minus_infinity_is_a_target_probability_of_zero():
+    # teacher [3, 1, −inf] (e.g. log 0 of a teacher's log-probabilities): q = [e²/(e² + 1), 1/(e² + 1), 0]; the
+    # term of candidate 2 is 0 · log(0 / p_2) = 0, so KL(q || p) = Σ_{k<2} q_k log(q_k / p_k), p = softmax([2, 1, 0])
+    q0, q1 = E**2 / (E**2 + 1), 1 / (E**2 + 1)
+    expected = q0 * math.log(q0 / (E**2 / Z)) + q1 * math.log(q1 / (E / Z))  # 0.16148
+    assert expected == pytest.approx(0.16148, abs=1e-5)
+    scores = t([[2.0, 1.0, 0.0]]).requires_grad_()
+    teacher = t([[3.0, 1.0, -math.inf]])
+    value = KLDistillationLoss()(scores, t([[1, 0, 0]]), full_mask(scores), teacher)
+    assert value.item() == pytest.approx(expected, abs=1e-6)
+    value.backward()  # ∂/∂s = p − q
+    torch.testing.assert_close(scores.grad, t([[E**2 / Z - q0, E / Z - q1, 1 / Z]]))
+    listnet = ListNetLoss(use_teacher=True)(scores, t([[1, 0, 0]]), full_mask(scores), teacher)
+    assert listnet.item() == pytest.approx(expected, abs=1e-6)
+    # a margin to a teacher score of −inf has no finite target: Margin-MSE leaves that candidate out, as it does a NaN.
+    # Left: the negative 1, ((2 − 1) − (3 − 1))² = 1, with gradient 2 · (−1) = −2 on s_0 and +2 on s_1
+    scores.grad = None
+    margin_mse = MarginMSELoss()(scores, t([[1, 0, 0]]), full_mask(scores), teacher)
+    assert margin_mse.item() == pytest.approx(1.0, abs=1e-6)
+    margin_mse.backward()
+    torch.testing.assert_close(scores.grad, t([[-2.0, 2.0, 0.0]]))
+
+
 def test_kl_distillation_without_any_teacher_row():
     scores = t(KL_SCORES[2:]).requires_grad_()
     value = KLDistillationLoss()(scores, t(KL_LABELS[2:]), full_mask(scores), t(KL_TEACHER[2:]))

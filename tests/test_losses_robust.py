@@ -314,3 +314,23 @@ def test_whole_number_settings_of_label_weakening_accept_yaml_floats_and_refuse_
     for setting, bad in (("taylor_order", 0), ("top_m", 1.5), ("max_added", -1), ("warmup_steps", 2.5)):
         with pytest.raises(ValueError, match=f"{setting} must be a whole number"):
             LabelWeakeningLoss(alpha=0.0, **{setting: bad})
+
+
+def test_whole_number_settings_accept_numpy_integers():
+    # a sweep over np.arange(1, 4) gives np.int64 values: 3 is a whole number, whatever its type
+    import numpy as np
+
+    from hf_robust_ir.losses import LabelWeakeningLoss
+
+    taylor = TaylorCELoss(order=np.int64(3))
+    assert taylor.order == 3 and type(taylor.order) is int
+    # order 3 at p_y = e²/Z: (1 − p) + (1 − p)²/2 + (1 − p)³/3 with 1 − p = (e + 1)/Z = 0.33476
+    rest = (E + 1) / Z
+    value = taylor(torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]]), torch.ones(1, 3, dtype=torch.bool))
+    assert value.item() == pytest.approx(rest + rest**2 / 2 + rest**3 / 3, abs=1e-6)
+    loss = LabelWeakeningLoss(top_m=np.int32(2), max_added=np.int64(0), warmup_steps=np.int64(5))
+    assert (loss.top_m, loss.max_added, loss.warmup_steps) == (2, 0, 5)
+    with pytest.raises(ValueError, match="order must be a whole number"):
+        TaylorCELoss(order=np.int64(0))
+    with pytest.raises(ValueError, match="order must be a whole number"):
+        TaylorCELoss(order=True)

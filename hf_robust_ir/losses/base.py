@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import numbers
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -72,6 +73,19 @@ class RetrievalLoss(nn.Module):
         raise NotImplementedError
 
 
+def check_batch(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
+    """Refuse ``labels`` or ``mask`` of another shape than ``scores[B, C]``: they would broadcast silently, e.g. the
+    index of each query's positive (``labels[B]``) over the ``[B, B]`` scores of an in-batch-only batch."""
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [B, C] (queries × candidates), got shape {tuple(scores.shape)}")
+    for name, value in (("labels", labels), ("mask", mask)):
+        if value.shape != scores.shape:
+            raise ValueError(
+                f"{name} {tuple(value.shape)} do not match scores {tuple(scores.shape)}: scores, labels and mask are "
+                "[B, C], one value per (query, candidate) (labels: the relevance of each candidate, not an index)"
+            )
+
+
 def check_guide_scores(loss: RetrievalLoss, scores: torch.Tensor, guide_scores: torch.Tensor | None, why: str = ""):
     """Refuse a call of a loss that reads the guide model's scores (``needs_guide_scores``) without them, or with
     scores over other candidates than ``scores``; ``why`` names the option that makes the loss read them."""
@@ -82,11 +96,11 @@ def check_guide_scores(loss: RetrievalLoss, scores: torch.Tensor, guide_scores: 
 
 
 def whole_number(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` as an ``int`` when it is a whole number ``>= minimum`` (a recipe's YAML may give ``2.0``); else a
-    ``ValueError`` naming the setting."""
+    """``value`` as an ``int`` when it is a whole number ``>= minimum`` (a recipe's YAML may give ``2.0``, a sweep a
+    NumPy integer); else a ``ValueError`` naming the setting."""
     if (
         isinstance(value, bool)
-        or not isinstance(value, int | float)
+        or not isinstance(value, numbers.Real)
         or not float(value).is_integer()
         or value < minimum
     ):

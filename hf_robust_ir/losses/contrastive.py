@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RetrievalLoss, masked_log_softmax, mean_over_queries, positive_target, register_loss
+from .base import RetrievalLoss, check_batch, masked_log_softmax, mean_over_queries, positive_target, register_loss
 
 
 @register_loss("infonce")
@@ -25,6 +25,7 @@ class InfoNCELoss(RetrievalLoss):
     )
 
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
+        check_batch(scores, labels, mask)
         log_probs = masked_log_softmax(scores, mask)
         target, has_positive = positive_target(labels, mask)
         per_query = -torch.where(target > 0, target * log_probs, torch.zeros_like(log_probs)).sum(-1)

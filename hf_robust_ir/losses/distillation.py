@@ -12,10 +12,11 @@
   the rows of the student's and the target's softmax.
 
 ``teacher[B, C]`` holds teacher scores, ``NaN`` where query ``i`` has none for candidate ``c`` (typically the
-in-batch documents of other queries). The teacher is a target: it never gets a gradient. A loss that needs a teacher
-(``needs_teacher = True``) raises ``ValueError`` when called with ``teacher=None``; rows without (enough) teacher
-scores are left out of the batch mean, and a batch where no row qualifies gives a 0 that stays connected to
-``scores``.
+in-batch documents of other queries). A score of ``−inf`` is a soft-label probability of 0 (Margin-MSE, which needs
+a finite margin, leaves it out as it does a ``NaN``). The teacher is a target: it never gets a gradient. A loss that
+needs a teacher (``needs_teacher = True``) raises ``ValueError`` when called with ``teacher=None``; rows without
+(enough) teacher scores are left out of the batch mean, and a batch where no row qualifies gives a 0 that stays
+connected to ``scores``.
 
 To mix one of these losses with a hard-label loss, use :class:`~hf_robust_ir.losses.WeightedSumLoss`.
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RetrievalLoss, check_guide_scores, mean_over_queries, register_loss
+from .base import RetrievalLoss, check_batch, check_guide_scores, mean_over_queries, register_loss
 
 _HINTON_2015 = (
     "@article{hinton2015distilling, title={Distilling the Knowledge in a Neural Network}, author={Hinton, Geoffrey "
@@ -71,9 +72,11 @@ def _log_softmax_over(values: torch.Tensor, support: torch.Tensor, dtype: torch.
 
 
 def _kl_over(log_target: torch.Tensor, log_pred: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """``Σ_k T_k (log T_k − log P_k)`` per row over ``support`` (both log-distributions are 0 outside it)."""
+    """``Σ_k T_k (log T_k − log P_k)`` per row over ``support`` (both log-distributions are 0 outside it), with
+    ``0 · log 0 = 0`` where ``T_k = 0`` (a target score of ``−inf``)."""
     target = torch.where(support, log_target.exp(), torch.zeros_like(log_target))
-    return (target * (log_target - log_pred)).sum(-1)
+    terms = torch.where(target > 0, target * (log_target - log_pred), torch.zeros_like(log_pred))
+    return terms.sum(-1)
 
 
 def _soft_label_kl(target: torch.Tensor, scores: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -120,6 +123,7 @@ class KLDistillationLoss(RetrievalLoss):
         self.scale_by_temperature = bool(scale_by_temperature)
 
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
+        check_batch(scores, labels, mask)
         teacher = _require_teacher(self, scores, teacher)
         known = mask.bool() & ~torch.isnan(teacher)
         loss = _soft_label_kl(teacher / self.teacher_temperature, scores.float() / self.student_temperature, known)
@@ -157,6 +161,7 @@ class GuideDistillationLoss(RetrievalLoss):
         self.guide_temperature = float(guide_temperature)
 
     def forward(self, scores, labels, mask, teacher=None, guide_scores=None) -> torch.Tensor:
+        check_batch(scores, labels, mask)
         check_guide_scores(self, scores, guide_scores)
         return _soft_label_kl(guide_scores.detach().float() / self.guide_temperature, scores, mask.bool())
 
@@ -164,8 +169,8 @@ class GuideDistillationLoss(RetrievalLoss):
 @register_loss("margin_mse")
 class MarginMSELoss(RetrievalLoss):
     """Margin-MSE (Hofstätter et al. 2020, arXiv 2010.02666): the student's score margin between a positive and a
-    negative is regressed on the teacher's. For query ``i``, among the masked-in candidates with a teacher score,
-    the positive ``p`` is the labeled positive with the highest label (ties: the highest teacher score, then the
+    negative is regressed on the teacher's. For query ``i``, among the masked-in candidates with a finite teacher
+    score, the positive ``p`` is the labeled positive with the highest label (ties: the highest teacher score, then the
     first), ``N_i`` are the candidates with label 0, and
 
         L_i = mean_{n∈N_i} ((σ s_p − σ s_n) − (t_p − t_n))²
@@ -194,8 +199,9 @@ class MarginMSELoss(RetrievalLoss):
         self.student_scale = float(student_scale)
 
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
+        check_batch(scores, labels, mask)
         teacher = _require_teacher(self, scores, teacher)
-        known = mask.bool() & ~torch.isnan(teacher)
+        known = mask.bool() & torch.isfinite(teacher)  # an infinite teacher score gives no finite margin
         labels = labels.float()
         positives, negatives = known & (labels > 0), known & (labels <= 0)
         rows = positives.any(-1) & negatives.any(-1)
@@ -243,6 +249,7 @@ class ListNetLoss(RetrievalLoss):
         self.use_teacher = bool(use_teacher)
 
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
+        check_batch(scores, labels, mask)
         mask = mask.bool()
         support, values = mask, labels.float()
         if self.use_teacher and teacher is not None:
@@ -300,6 +307,7 @@ class WassersteinListwiseLoss(RetrievalLoss):
         self.ddof = int(ddof)
 
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
+        check_batch(scores, labels, mask)
         mask = mask.bool()
         dtype = torch.float32 if scores.device.type == "mps" else torch.float64
         pred = torch.where(mask, _log_softmax_over(scores, mask, dtype).exp(), 0.0)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .base import RetrievalLoss, check_guide_scores, get_loss, loss_stat_totals, register_loss, stat_ratios
+from .base import RetrievalLoss, check_batch, check_guide_scores, get_loss, loss_stat_totals, register_loss, stat_ratios
 
 _FORWARDED = ("alpha", "confidence_enabled", "warmup_steps")  # scheduled attributes of the inner loss
 
@@ -114,6 +114,7 @@ class GuideMaskedLoss(RetrievalLoss):
         return mask & ~too_close
 
     def forward(self, scores, labels, mask, teacher=None, guide_scores=None) -> torch.Tensor:
+        check_batch(scores, labels, mask)
         check_guide_scores(self, scores, guide_scores)
         # passes without gradient (evaluation) are not counted, as label weakening does not count them
         masked = self.guide_mask(guide_scores, labels, mask, record=torch.is_grad_enabled())

@@ -20,6 +20,7 @@ import torch
 
 from .base import (
     RetrievalLoss,
+    check_batch,
     masked_log_softmax,
     mean_over_queries,
     positive_target,
@@ -32,6 +33,7 @@ class _CandidateSoftmax:
     """What every loss here needs of one batch: log p (0 where masked), p (0 where masked), q and the rows to keep."""
 
     def __init__(self, scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor):
+        check_batch(scores, labels, mask)
         self.mask = mask.bool()
         log_probs = masked_log_softmax(scores, self.mask)
         self.log_p = torch.where(self.mask, log_probs, torch.zeros_like(log_probs))

@@ -27,6 +27,7 @@ import torch
 
 from .base import (
     RetrievalLoss,
+    check_batch,
     check_guide_scores,
     masked_log_softmax,
     mean_over_queries,
@@ -119,6 +120,7 @@ class LabelRelaxationLoss(RetrievalLoss):
         return positives
 
     def forward(self, scores, labels, mask, teacher=None, guide_scores=None) -> torch.Tensor:
+        check_batch(scores, labels, mask)
         mask = mask.bool()
         positives = mask & (labels > 0)
         has_positive = positives.any(-1)
