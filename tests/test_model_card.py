@@ -384,3 +384,33 @@ def test_last_token_usage_snippet_embeds_a_padded_batch_as_the_model_does(tmp_pa
     texts = ["label noise", "a much longer query about wrong labels in dense retrieval training data"]
     embedded = scope["embed"](texts, "q: ", 256).numpy()
     np.testing.assert_allclose(embedded, model.encode_queries(texts), atol=1e-5)
+
+
+def test_the_card_records_the_loss_as_configured_not_as_the_schedule_left_it():
+    """The schedule moves alpha and turns the confidence rule off during the warm-up; a card written meanwhile records
+    the loss as it was built (alpha 0.3, rule on), next to the schedule, and leaves the training loss as it is."""
+    from types import SimpleNamespace
+
+    from hf_robust_ir.callbacks import LossScheduleCallback
+
+    loss = get_loss("label_weakening", alpha=0.3, warmup_steps=3)
+    schedule = LossScheduleCallback(loss, "linear", alpha_end=0.0)
+    schedule.apply(1, 11)  # alpha = 0.3 - 0.3 * 1 / 10 = 0.27, rule off (step 1 < 3)
+    callback = ModelCardCallback(loss=loss, loss_schedule=schedule)
+    args, state = SimpleNamespace(output_dir="/tmp/run"), SimpleNamespace(log_history=[])
+    recorded = callback.card_info(args, state).loss
+    assert recorded["alpha"] == pytest.approx(0.3) and recorded["confidence_enabled"] is True
+    assert loss.alpha == pytest.approx(0.27) and loss.confidence_enabled is False  # training goes on as scheduled
+    # a rule the user switched off is recorded off; a wrapper's inner loss is recorded as configured too
+    off = get_loss("label_weakening", warmup_steps=3, confidence_enabled=False)
+    off_schedule = LossScheduleCallback(off)
+    off_schedule.apply(5, 11)
+    assert (
+        ModelCardCallback(loss=off, loss_schedule=off_schedule).card_info(args, state).loss["confidence_enabled"]
+        is False
+    )
+    wrapped = get_loss("guide_masked", inner="label_weakening", inner_kwargs={"alpha": 0.2, "warmup_steps": 2})
+    wrapped_schedule = LossScheduleCallback(wrapped, "cosine", alpha_end=0.0)
+    wrapped_schedule.apply(10, 11)  # the end: alpha 0, rule on
+    inner = ModelCardCallback(loss=wrapped, loss_schedule=wrapped_schedule).card_info(args, state).loss["inner"]
+    assert inner["alpha"] == pytest.approx(0.2) and wrapped.alpha == pytest.approx(0.0)

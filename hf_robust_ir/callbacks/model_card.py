@@ -25,7 +25,8 @@ class ModelCardCallback(TrainerCallback):
     """Collect the run's logs and evaluation metrics and write ``README.md`` on each save and at the end of training.
 
     Args:
-        loss: the loss the trainer calls (``trainer.loss``); its ``config()`` and ``citation`` go into the card.
+        loss: the loss the trainer calls (``trainer.loss``); its ``config()`` (as built: a scheduled value at the
+            schedule's start, the confidence rule as set) and ``citation`` go into the card.
         base_model: the model training started from (a Hub id goes into the metadata; a local path only into text).
         train_dataset_info: one dict (or a list) per training set: ``id`` (Hub dataset id) or ``path``, ``split``,
             ``rows``, ``corpus_size``, ...; default: the number of rows of the trainer's training set.
@@ -93,7 +94,11 @@ class ModelCardCallback(TrainerCallback):
         fields["datasets"] = datasets
         citations = list(fields.pop("citations", []) or [])
         if self.loss is not None:
-            fields["loss"] = self.loss.config() if hasattr(self.loss, "config") else {"name": type(self.loss).__name__}
+            fields["loss"] = (
+                _configured_loss_config(self.loss, self.loss_schedule)
+                if hasattr(self.loss, "config")
+                else {"name": type(self.loss).__name__}
+            )
             citations.insert(0, getattr(self.loss, "citation", ""))
         if self.loss_schedule is not None and hasattr(self.loss_schedule, "config"):
             fields["loss_schedule"] = self.loss_schedule.config()
@@ -166,6 +171,25 @@ class ModelCardCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.write(args.output_dir, args, state, **kwargs)
+
+
+def _configured_loss_config(loss: Any, schedule: Any) -> dict[str, Any]:
+    """``loss.config()`` as the loss was built: the schedule moves its parameter (recorded at the schedule's start,
+    with the schedule's own table beside it) and turns the confidence rule off during the warm-up (recorded as the
+    user set it). The loss is left as the schedule set it."""
+    configured: dict[str, Any] = {}
+    if getattr(schedule, "scheduled", False) and schedule.alpha_start is not None:
+        configured[schedule.parameter] = schedule.alpha_start
+    if getattr(schedule, "manages_confidence", False):
+        configured["confidence_enabled"] = schedule.confidence_after_warmup
+    in_use = {name: getattr(loss, name) for name in configured}
+    try:
+        for name, value in configured.items():
+            setattr(loss, name, value)
+        return loss.config()
+    finally:
+        for name, value in in_use.items():
+            setattr(loss, name, value)
 
 
 def _is_metric(key: str) -> bool:
