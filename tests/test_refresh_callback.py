@@ -196,3 +196,15 @@ def test_refresh_is_refused_for_a_reranker(tmp_path, tiny_model_path):
     reranker = CrossEncoder(head, AutoTokenizer.from_pretrained(tiny_model_path))
     with pytest.raises(ValueError, match="refresh_steps mines new negatives with the model being trained"):
         RetrievalTrainer(reranker, _args(tmp_path), train_dataset=datasets.Dataset.from_list(ROWS), corpus=CORPUS)
+
+
+def test_mining_settings_that_cannot_work_are_refused_before_training(tiny_model_path):
+    """A refresh first mines after every_steps training steps: settings it would refuse then are refused at once."""
+    collator = RetrievalCollator.for_model(_model(tiny_model_path), CORPUS, group_size=3)
+    rows = datasets.Dataset.from_list(ROWS)
+    with pytest.raises(ValueError, match=r"num_negatives=8 does not fit in the rank window \[0, 5\)"):
+        HardNegativeRefreshCallback(rows, CORPUS, collator, every_steps=2, num_negatives=8, range_max=5)
+    with pytest.raises(ValueError, match="need 0 <= range_min < range_max, got range_min=5, range_max=5"):
+        HardNegativeRefreshCallback(rows, CORPUS, collator, every_steps=2, num_negatives=1, range_min=5, range_max=5)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        HardNegativeRefreshCallback(rows, CORPUS, collator, every_steps=2, batch_size=0)

@@ -57,6 +57,12 @@ class HardNegativeRefreshCallback(TrainerCallback):
             raise ValueError(f"every_steps must be >= 1, got {every_steps}")
         if not hasattr(collator, "set_row_overrides"):
             raise ValueError(f"{type(collator).__name__} cannot take refreshed candidates (no set_row_overrides)")
+        from ..mining import check_mining_arguments
+
+        try:  # now, not at the first refresh every_steps training steps later
+            check_mining_arguments(num_negatives, range_min, range_max, batch_size)
+        except ValueError as exc:
+            raise ValueError(f"hard-negative refresh: {exc}") from None
         self.rows, self.corpus, self.collator = rows, corpus, collator
         self.every_steps, self.num_negatives = every_steps, num_negatives
         self.range_min, self.range_max = range_min, range_max
