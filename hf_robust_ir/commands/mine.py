@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return 2
     model = load_bi_encoder(args.model, args.max_length)
+    error = index_settings_error(model.embedding_dim, args.index_factory, args.search_params, len(data.corpus))
+    if error:  # before the corpus is encoded, not after
+        print(error, file=sys.stderr)
+        return 2
     stats = MiningStats()
     rows = mine_hard_negatives(
         model,
@@ -117,3 +122,37 @@ def run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary))
     return 0
+
+
+def index_settings_error(dim: int, index_factory: str, search_params: str | None, documents: int) -> str | None:
+    """A message when faiss cannot build ``index_factory`` over ``dim``-dimensional embeddings, set
+    ``search_params`` on it, or train its inverted lists on the ``documents`` of the corpus; None when it can."""
+    import faiss
+
+    from hf_robust_ir.evaluation import DocumentIndex, build_index, set_search_params
+
+    try:
+        index = build_index(dim, index_factory)
+    except RuntimeError as exc:
+        return f"error: --index_factory {index_factory!r}: {_faiss_reason(exc)}"
+    try:
+        set_search_params(index, search_params)
+    except RuntimeError as exc:
+        return f"error: --search_params {search_params!r}: {_faiss_reason(exc)} (index {index_factory!r})"
+    try:
+        lists = faiss.extract_index_ivf(index).nlist
+    except RuntimeError:  # not an IVF index
+        return None
+    training_points = min(documents, DocumentIndex().max_train_points)
+    if lists > training_points:
+        return (
+            f"error: --index_factory {index_factory!r}: {lists} lists need at least {lists} training documents, "
+            f"the corpus gives {training_points}; use fewer lists or Flat"
+        )
+    return None
+
+
+def _faiss_reason(exc: RuntimeError) -> str:
+    """The reason in a faiss error, without the C++ signature and source line before it."""
+    reason = re.split(r" at \S+:\d+: ", str(exc).strip())[-1]
+    return re.sub(r"^Error: '.*?' failed: ", "", reason)
