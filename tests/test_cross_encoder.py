@@ -203,3 +203,25 @@ def test_a_pair_given_as_a_string_is_refused(reranker_path, reference_scores):
         model.rank(QUERY, DOCUMENTS[0])
     np.testing.assert_allclose(model.predict([PAIRS[0]]), reference_scores[:1], atol=1e-5)
     np.testing.assert_allclose(model.predict(p for p in PAIRS[:2]), reference_scores[:2], atol=1e-5)
+
+
+def test_saving_over_a_sentence_transformers_folder_keeps_raw_logits(reranker_path, reference_scores, tmp_path):
+    """sentence-transformers 6 reads the activation from config_sentence_transformers.json before config.json: a
+    stale Sigmoid there (the folder was saved by sentence-transformers) must not survive a save into it."""
+    SentenceTransformersCrossEncoder(reranker_path, device="cpu").save_pretrained(str(tmp_path))
+    assert "Sigmoid" in (tmp_path / "config_sentence_transformers.json").read_text()
+    model = CrossEncoder.from_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+    loaded = SentenceTransformersCrossEncoder(str(tmp_path), device="cpu")
+    assert isinstance(loaded.activation_fn, torch.nn.Identity)
+    np.testing.assert_allclose(loaded.predict(PAIRS[:3]), reference_scores[:3], atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_a_batch_size_below_one_is_refused(reranker_path, batch_size):
+    """range(0, n, -1) is empty: the scores would be the uninitialized output buffer."""
+    model = CrossEncoder.from_pretrained(reranker_path)
+    with pytest.raises(ValueError, match=f"batch_size must be >= 1, got {batch_size}"):
+        model.predict(PAIRS[:2], batch_size=batch_size)
+    with pytest.raises(ValueError, match=f"batch_size must be >= 1, got {batch_size}"):
+        model.rank(QUERY, DOCUMENTS, batch_size=batch_size)

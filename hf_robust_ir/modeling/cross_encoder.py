@@ -6,9 +6,10 @@ BERT", arXiv:1901.04085).
 
 A saved CrossEncoder folder is a ``transformers`` sequence-classification folder (``num_labels=1``, safetensors,
 tokenizer) that loads in ``AutoModelForSequenceClassification`` and in ``sentence_transformers.CrossEncoder``, plus
-``hf_robust_ir_config.json`` (max length, temperature). Its ``config.json`` names the identity as the
-sentence-transformers activation, so ``sentence_transformers.CrossEncoder(folder).predict`` returns the same raw logits
-as :meth:`CrossEncoder.predict` (without it, sentence-transformers applies a sigmoid to one-label models).
+``hf_robust_ir_config.json`` (max length, temperature). Its ``config.json`` (and ``config_sentence_transformers.json``
+when the folder already has one) names the identity as the sentence-transformers activation, so
+``sentence_transformers.CrossEncoder(folder).predict`` returns the same raw logits as :meth:`CrossEncoder.predict`
+(without it, sentence-transformers applies a sigmoid to one-label models).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from ..json_files import read_json_file
 
 CONFIG_NAME = "hf_robust_ir_config.json"
+# sentence-transformers 6's own settings file, read before config.json (a folder it saved has one)
+SENTENCE_TRANSFORMERS_CONFIG_NAME = "config_sentence_transformers.json"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # What sentence-transformers applies to the logits of a model saved by CrossEncoder.save_pretrained: nothing.
 SENTENCE_TRANSFORMERS_ACTIVATION = "torch.nn.modules.linear.Identity"
@@ -150,6 +153,11 @@ class CrossEncoder(nn.Module):
         # sentence-transformers truncates pairs at the tokenizer's model_max_length
         self.tokenizer.model_max_length = self.max_length
         self.tokenizer.save_pretrained(str(folder))
+        st_config_file = folder / SENTENCE_TRANSFORMERS_CONFIG_NAME
+        if st_config_file.exists():  # a folder sentence-transformers saved: its activation (a sigmoid) would win
+            st_config = read_json_file(st_config_file)
+            st_config["activation_fn"] = SENTENCE_TRANSFORMERS_ACTIVATION
+            st_config_file.write_text(json.dumps(st_config, indent=2) + "\n")
         (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.retrieval_config), indent=2) + "\n")
 
     # ---------------------------------------------------------------- forward and scores
@@ -217,6 +225,8 @@ class CrossEncoder(nn.Module):
         """Raw scores (float32 ``[N]``) of (query, document) pairs, in input order. Pairs are tokenized once and
         batched by token length (longest first) so each batch pads as little as possible; ``bf16`` runs under
         bfloat16 autocast."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         pairs = [pairs] if isinstance(pairs, str) else list(pairs)
         if any(isinstance(p, str) for p in pairs):  # it would be read as a pair of its first two characters
             raise ValueError("predict expects (query, document) pairs, got a str: wrap one pair in a list")
