@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -64,3 +65,35 @@ def test_misaligned_row_lengths_are_rejected(metric):
             predictions=[{"query_id": "q", "doc_ids": ["a", "b"], "scores": [1.0]}],
             references=[{"query_id": "q", "doc_ids": ["a"], "relevance": [1]}],
         )
+
+
+def test_a_fractional_grade_is_refused_not_truncated(metric):
+    """An int64 feature would cut 0.5 to 0 (not relevant) and drop the query from the mean without a word."""
+    predictions = [{"query_id": "q", "doc_ids": ["d1", "d2"], "scores": [0.9, 0.5]}]
+    with pytest.raises(ValueError, match="grade 0.5 of query 'q', document 'd2' is not an integer"):
+        metric.compute(predictions=predictions, references=[{"query_id": "q", "doc_ids": ["d2"], "relevance": [0.5]}])
+    # whole grades given as floats are read as integers: d2 (grade 2) at rank 2 of 2
+    result = metric.compute(
+        predictions=predictions, references=[{"query_id": "q", "doc_ids": ["d2"], "relevance": [2.0]}]
+    )
+    assert result["mrr@10"] == pytest.approx(0.5) and result["map"] == pytest.approx(0.5)
+    assert result["ndcg@10"] == pytest.approx((2 / math.log2(3)) / 2)  # trec_eval's gain is the grade: 2 at rank 2
+
+
+def test_a_document_given_twice_with_different_values_is_refused(metric):
+    references = [{"query_id": "q", "doc_ids": ["d1"], "relevance": [1]}]
+    # d1 at 0.9 and again at 0.1 (e.g. two passages of one document): which score ranks it is ambiguous
+    predictions = [
+        {"query_id": "q", "doc_ids": ["d1", "d2"], "scores": [0.9, 0.5]},
+        {"query_id": "q", "doc_ids": ["d1"], "scores": [0.1]},
+    ]
+    with pytest.raises(ValueError, match=r"query 'q': document 'd1' has two scores \(0.9 and 0.1\)"):
+        metric.compute(predictions=predictions, references=references * 2)
+    with pytest.raises(ValueError, match=r"query 'q': document 'd1' has two grades \(1 and 0\)"):
+        metric.compute(
+            predictions=predictions[:1],
+            references=[{"query_id": "q", "doc_ids": ["d1", "d1"], "relevance": [1, 0]}],
+        )
+    # the same row twice (a distributed sampler repeats rows to even out its shards) is the row once: d1 at rank 1
+    result = metric.compute(predictions=predictions[:1] * 2, references=references * 2)
+    assert result == pytest.approx({"ndcg@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0, "map": 1.0})

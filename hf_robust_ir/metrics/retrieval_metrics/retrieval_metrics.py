@@ -6,6 +6,8 @@ Load it by path, offline: ``evaluate.load(hf_robust_ir.evaluation.METRIC_MODULE_
 
 from __future__ import annotations
 
+import math
+
 import datasets
 import evaluate
 
@@ -24,8 +26,9 @@ Args:
         retrieved documents and their scores (higher is better; order does not matter, ties are broken as trec_eval
         does). A query that retrieved nothing may have empty lists.
     references: one row per query: ``{"query_id": str, "doc_ids": list[str], "relevance": list[int]}``, the judged
-        documents and their grades (0 = not relevant). Rows are matched to predictions by ``query_id``, not by
-        position; several rows with the same ``query_id`` are merged.
+        documents and their integer grades (0 = not relevant; a fractional grade is an error). Rows are matched to
+        predictions by ``query_id``, not by position; several rows with the same ``query_id`` are merged, and a
+        document listed again must have the same score (grade) as before.
 Returns:
     ``{"ndcg@10": float, "recall@100": float, "mrr@10": float, "map": float}``
 Examples:
@@ -68,7 +71,8 @@ class RetrievalMetrics(evaluate.Metric):
                     "references": {
                         "query_id": datasets.Value("string"),
                         "doc_ids": datasets.Sequence(datasets.Value("string")),
-                        "relevance": datasets.Sequence(datasets.Value("int64")),
+                        # float, so that a fractional grade reaches score_run's check instead of being cut to int
+                        "relevance": datasets.Sequence(datasets.Value("float64")),
                     },
                 }
             ),
@@ -82,12 +86,21 @@ class RetrievalMetrics(evaluate.Metric):
                 raise ValueError(
                     f"query {row['query_id']!r}: {len(row['doc_ids'])} doc_ids but {len(row['scores'])} scores"
                 )
-            run.setdefault(row["query_id"], {}).update(zip(row["doc_ids"], map(float, row["scores"])))
-        qrels: dict[str, dict[str, int]] = {}
+            _merge(run.setdefault(row["query_id"], {}), row["query_id"], row["doc_ids"], row["scores"], "scores")
+        qrels: dict[str, dict[str, float]] = {}
         for row in references:
             if len(row["doc_ids"]) != len(row["relevance"]):
                 raise ValueError(
                     f"query {row['query_id']!r}: {len(row['doc_ids'])} doc_ids but {len(row['relevance'])} grades"
                 )
-            qrels.setdefault(row["query_id"], {}).update(zip(row["doc_ids"], map(int, row["relevance"])))
+            _merge(qrels.setdefault(row["query_id"], {}), row["query_id"], row["doc_ids"], row["relevance"], "grades")
         return score_run(qrels, run)
+
+
+def _merge(merged: dict[str, float], query_id: str, doc_ids: list[str], values: list[float], what: str) -> None:
+    """Add one row's documents to its query's; a document seen again must have the same value (a repeated row, as a
+    distributed sampler pads its shards with, is harmless; two different scores or grades are ambiguous)."""
+    for doc_id, value in zip(doc_ids, map(float, values)):
+        seen = merged.setdefault(doc_id, value)
+        if seen != value and not (math.isnan(seen) and math.isnan(value)):
+            raise ValueError(f"query {query_id!r}: document {doc_id!r} has two {what} ({seen:g} and {value:g})")
