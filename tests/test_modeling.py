@@ -65,6 +65,14 @@ def test_pooling_left_padding():
     mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
     assert torch.equal(pool(TOKENS, mask, "mean"), torch.tensor([[4.0, 5.0], [11.0, 12.0]]))
     assert torch.equal(pool(TOKENS, mask, "lasttoken"), torch.tensor([[5.0, 6.0], [11.0, 12.0]]))
+    # the first token that is not padding, as sentence-transformers takes it
+    assert torch.equal(pool(TOKENS, mask, "cls"), torch.tensor([[3.0, 4.0], [11.0, 12.0]]))
+
+
+def test_pooling_a_row_without_tokens_gives_zeros_as_sentence_transformers_does():
+    mask = torch.tensor([[0, 0, 0], [1, 1, 0]])
+    assert torch.equal(pool(TOKENS, mask, "lasttoken"), torch.tensor([[0.0, 0.0], [9.0, 10.0]]))
+    assert torch.equal(pool(TOKENS, mask, "mean"), torch.tensor([[0.0, 0.0], [8.0, 9.0]]))
 
 
 def test_pooling_unknown_mode():
@@ -249,6 +257,19 @@ def test_one_text_given_as_a_string_is_refused(tiny_model_path):
     one = model.encode_queries(["label noise"])
     assert one.shape == (1, 32)
     np.testing.assert_allclose(one, _manual_embeddings(tiny_model_path, ["label noise"], "mean", True), atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_a_batch_size_below_one_is_refused(tiny_model_path, batch_size):
+    """A batch size of -1 ran no batch and returned the uninitialized output buffer as embeddings."""
+    model = BiEncoder.from_pretrained(tiny_model_path)
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+        model.encode_documents(["label noise", "weak labels"], batch_size=batch_size)
+    np.testing.assert_allclose(
+        model.encode_documents(["label noise", "weak labels"], batch_size=np.int64(1)),
+        model.encode_documents(["label noise", "weak labels"]),
+        atol=1e-5,
+    )
 
 
 # ---------------------------------------------------------------- errors

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -461,6 +462,8 @@ class BiEncoder(nn.Module):
         change. ``None`` (default) compiles for bf16 encoding of at least 10,000 texts on CPU; ``False`` never compiles.
         """
         check_text_list(texts)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         if len(texts) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         encoded = self.tokenize(list(texts), kind, max_length=max_length, padding=False)

@@ -11,19 +11,25 @@ def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: str
     """Pool ``token_embeddings[N, T, H]`` under ``attention_mask[N, T]`` into ``[N, H]``.
 
     - ``mean``: average of the non-padding tokens (sentence-transformers' default);
-    - ``cls``: the first token;
+    - ``cls``: the first non-padding token (the first token of a right-padded batch);
     - ``lasttoken``: the last non-padding token, for left- or right-padded batches (decoder embedders).
+
+    As in sentence-transformers, whichever side the padding is on; a row without any token pools to zeros
+    (``cls``: its first position).
     """
     if mode == "mean":
         mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
         return (token_embeddings * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    rows = torch.arange(token_embeddings.shape[0], device=token_embeddings.device)
     if mode == "cls":
-        return token_embeddings[:, 0]
+        # position of the first 1 in each row: a left-padded batch starts with padding
+        return token_embeddings[rows, attention_mask.long().argmax(1)]
     if mode == "lasttoken":
         # position of the last 1 in each row, whichever side the padding is on
         length = attention_mask.shape[1]
         last = length - 1 - attention_mask.flip(1).long().argmax(1)
-        return token_embeddings[torch.arange(token_embeddings.shape[0], device=token_embeddings.device), last]
+        present = attention_mask.any(1).unsqueeze(-1).to(token_embeddings.dtype)
+        return token_embeddings[rows, last] * present
     raise ValueError(f"unknown pooling mode {mode!r}; choose one of {POOLING_MODES}")
 
 
