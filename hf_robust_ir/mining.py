@@ -1,9 +1,11 @@
 """Hard-negative mining: faiss top-k candidates of a model, filtered relative to each query's positives.
 
 For every query with a relevant judgment, the model retrieves its top ``range_max`` (+ number of positives) documents.
-Judged positives are skipped; the remaining candidates keep their rank (0 = the most similar non-positive) and only
-ranks in ``[range_min, range_max)`` are eligible. Eligible candidates then pass the positive-aware filters (as in
-sentence-transformers' ``mine_hard_negatives`` and NV-Retriever, Moreira et al. 2024, arXiv:2407.15831):
+Judged positives are skipped, and so are their copies (other documents with a positive's exact text, which tie with it:
+unlabeled positives, which sentence-transformers' text-deduplicated corpus skips too); the remaining candidates keep
+their rank (0 = the most similar non-positive) and only ranks in ``[range_min, range_max)`` are eligible. Eligible
+candidates then pass the positive-aware filters (as in sentence-transformers' ``mine_hard_negatives`` and
+NV-Retriever, Moreira et al. 2024, arXiv:2407.15831):
 
 - ``absolute_margin`` m: keep if ``score <= pos - m``;
 - ``relative_margin`` r: keep if ``score <= pos - |pos| * r`` (``pos * (1 - r)`` for a non-negative positive score;
@@ -25,6 +27,7 @@ listed document, positives included (computed exactly from their embeddings, whe
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import datasets
@@ -47,6 +50,7 @@ class MiningStats:
     skipped: dict[str, int] = field(default_factory=dict)
     negatives: int = 0
     short_queries: int = 0  # queries that got fewer than num_negatives negatives
+    copies_of_positives: int = 0  # retrieved documents skipped for holding a positive's exact text
 
     def as_dict(self) -> dict:
         return {
@@ -55,6 +59,7 @@ class MiningStats:
             "skipped": dict(self.skipped),
             "negatives": self.negatives,
             "queries_short_of_negatives": self.short_queries,
+            "copies_of_positives_skipped": self.copies_of_positives,
         }
 
 
@@ -69,13 +74,20 @@ def select_negatives(
     max_score: float | None = None,
     min_score: float | None = None,
     stats: MiningStats | None = None,
+    copies_of_positives: Collection[str] = (),
 ) -> list[tuple[str, float]]:
     """Pick the negatives of one query from its retrieved ``(doc_id, score)`` list (best first).
 
-    ``positive_scores`` maps each judged positive to its score; positives are never negatives. See the module
-    docstring for the rank window and the filters.
+    ``positive_scores`` maps each judged positive to its score; positives are never negatives, nor are
+    ``copies_of_positives`` (skipped like positives, before ranks are counted). See the module docstring for the rank
+    window and the filters.
     """
     non_positive = [(doc_id, score) for doc_id, score in ranked if doc_id not in positive_scores]
+    if copies_of_positives:
+        kept = [(doc_id, score) for doc_id, score in non_positive if doc_id not in copies_of_positives]
+        if stats is not None:
+            stats.copies_of_positives += len(non_positive) - len(kept)
+        non_positive = kept
     window = non_positive[range_min:range_max]
     reference = min(positive_scores.values()) if positive_scores else None
     thresholds: list[tuple[str, float]] = []  # (filter name, highest score it keeps)
@@ -165,6 +177,7 @@ def mine_hard_negatives(
         )
 
     positive_ids = {doc_id for docs in positives.values() for doc_id in docs}
+    copies = _copies_of_positives(data.corpus, positives)
     if index is None:
         index = DocumentIndex.from_corpus(
             model,
@@ -197,8 +210,9 @@ def mine_hard_negatives(
             [data.queries[qid] for qid in qids], batch_size=batch_size, bf16=bf16, show_progress_bar=show_progress_bar
         )
         embeddings = np.asarray(embeddings, dtype=np.float32)
-        # enough hits that range_max non-positive candidates remain after skipping the positives
-        top_k = range_max + max(len(positives[qid]) for qid in qids)
+        # enough hits that range_max non-positive candidates remain after skipping the positives and their copies
+        # (at most range_max copies are made up for: a text repeated thousands of times must not blow up top_k)
+        top_k = range_max + max(len(positives[qid]) + min(len(copies.get(qid, ())), range_max) for qid in qids)
         hits = index.search(embeddings, top_k, query_ids=qids if ignore_identical_ids else None)
         for row, qid in enumerate(qids):
             positive_scores = {
@@ -215,6 +229,7 @@ def mine_hard_negatives(
                 max_score=max_score,
                 min_score=min_score,
                 stats=stats,
+                copies_of_positives=copies.get(qid, ()),
             )
             candidates[qid] = list(positive_scores.items()) + negatives
 
@@ -227,6 +242,8 @@ def mine_hard_negatives(
                 100 * count / stats.candidates,
                 name,
             )
+    if stats.copies_of_positives:
+        logger.info("Skipped %d candidates holding the exact text of a positive", stats.copies_of_positives)
     if stats.short_queries:
         logger.info(
             "%d of %d queries got fewer than %d negatives; widen range_max or loosen the filters for more",
@@ -235,3 +252,18 @@ def mine_hard_negatives(
             num_negatives,
         )
     return rows_from_qrels(data, candidates, candidate_source="mined")
+
+
+def _copies_of_positives(corpus: Mapping[str, str], positives: Mapping[str, list[str]]) -> dict[str, set[str]]:
+    """For each query with copies: the other documents whose text is exactly one of its positives' texts."""
+    positive_texts = {corpus[doc_id] for docs in positives.values() for doc_id in docs}
+    same_text: dict[str, list[str]] = {}
+    for doc_id, text in corpus.items():
+        if text in positive_texts:
+            same_text.setdefault(text, []).append(doc_id)
+    copies = {}
+    for qid, docs in positives.items():
+        found = {doc_id for positive in docs for doc_id in same_text[corpus[positive]]}.difference(docs)
+        if found:
+            copies[qid] = found
+    return copies

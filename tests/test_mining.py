@@ -243,3 +243,44 @@ def test_mine_command_refuses_bad_sizes_before_loading_the_model(tmp_path, capsy
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="chunk_size must be >= 1, got 0"):
         mine(RetrievalCorpus(corpus={"d": "1 0"}, queries={"q": "1 0"}, qrels={"q": {"d": 1}}), chunk_size=0)
+
+
+def test_copies_of_a_positive_are_never_negatives():
+    # "copy" has p1's exact text under another id: it ties with p1 at 0.8 and is an unlabeled positive. Like p1 it is
+    # skipped before ranks are counted: non-positive ranks n1 0, n2 1, n3 2 (not n1 0, copy 1, n2 2).
+    data = RetrievalCorpus(
+        corpus={"n1": "0.9 0", "p1": "0.8 0", "copy": "0.8 0", "n2": "0.7 0", "n3": "0.5 0"},
+        queries={"q1": "1 0"},
+        qrels={"q1": {"p1": 1}},
+    )
+    stats = MiningStats()
+    # range_max=2 retrieves enough for two non-positives although p1 and its copy both rank above n2
+    rows = mine(data, num_negatives=2, range_max=2, stats=stats)
+    assert negatives_of(rows, "q1") == ["n1", "n2"]
+    assert rows[0]["doc_ids"] == ["p1", "n1", "n2"] and rows[0]["labels"] == [1.0, 0.0, 0.0]
+    assert stats.copies_of_positives == 1
+    assert negatives_of(mine(data, num_negatives=1, range_min=1, range_max=3), "q1") == ["n2"]
+
+
+def test_mine_command_names_faiss_settings_it_cannot_use_in_one_line(tmp_path, tiny_model_path, capsys):
+    """Bad faiss settings are refused before the corpus is encoded, without a traceback."""
+    from test_evaluation import write_beir_folder
+
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir", split="train")  # 6 documents; the tiny model's embeddings have 32 dims
+    base = ["mine", "--model", tiny_model_path, "--data", str(tmp_path / "beir"), "--quiet", "--max_length", "32"]
+    base += ["--num_negatives", "2", "--range_max", "4", "--output", str(tmp_path / "out")]
+    for extra, message in [
+        (["--index_factory", "Bogus"], "error: --index_factory 'Bogus': could not parse index string Bogus"),
+        (["--index_factory", "IVF4096,Flat"], "error: --index_factory 'IVF4096,Flat': 4096 lists need at least 4096"),
+        (["--index_factory", "IVF2,PQ5"], "error: --index_factory 'IVF2,PQ5': The dimension of the vector (d)"),
+        (["--search_params", "nprobe=abc"], "error: --search_params 'nprobe=abc': could not interpret parameters"),
+        (["--index_factory", "HNSW32", "--search_params", "nprobe=4"], "error: --search_params 'nprobe=4': "),
+    ]:
+        assert main([*base, *extra]) == 2, extra
+        captured = capsys.readouterr()  # stderr also holds the model's loading progress bar
+        errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+        assert captured.out == "" and len(errors) == 1 and errors[0].startswith(message), captured.err
+        assert "Traceback" not in captured.err
+    assert not (tmp_path / "out").exists()
