@@ -91,6 +91,13 @@ class RetrievalTrainingArguments(TrainingArguments):
     )
     refresh_num_negatives: int = field(default=7, metadata={"help": "negatives per query kept by each refresh"})
     refresh_range_max: int = field(default=100, metadata={"help": "a refresh mines from the model's top-k"})
+    refresh_teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder of the BiEncoder / CrossEncoder that scores each refresh's candidates (default: the model "
+            "being trained); a loss that learns from teacher scores needs it"
+        },
+    )
     model_card: bool = field(
         default=True, metadata={"help": "write README.md (the model card) into checkpoints and output_dir"}
     )
@@ -352,6 +359,17 @@ class RetrievalTrainer(Trainer):
                 raise ValueError("refresh_steps needs the training rows and the corpus")
             if isinstance(data_collator, RerankerCollator):  # it mines with the model: a bi-encoder's embeddings
                 raise ValueError("refresh_steps mines new negatives with the model being trained: a bi-encoder")
+            teacher = None
+            if args.refresh_teacher:
+                from .scoring import load_teacher
+
+                teacher = load_teacher(args.refresh_teacher).to(args.device).eval()
+            elif getattr(self.loss, "needs_teacher", False):
+                logger.warning(
+                    "loss %r learns from the rows' teacher scores, and each refresh replaces them with the scores of "
+                    "the model being trained (self-distillation); set refresh_teacher to keep a teacher's scores",
+                    self.loss.config()["name"],
+                )
             self.hard_negative_refresh = HardNegativeRefreshCallback(
                 train_dataset,
                 corpus,
@@ -359,6 +377,7 @@ class RetrievalTrainer(Trainer):
                 every_steps=args.refresh_steps,
                 num_negatives=args.refresh_num_negatives,
                 range_max=args.refresh_range_max,
+                teacher=teacher,
             )
             self.add_callback(self.hard_negative_refresh)
         self.loss_schedule = LossScheduleCallback(

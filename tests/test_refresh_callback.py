@@ -208,3 +208,26 @@ def test_mining_settings_that_cannot_work_are_refused_before_training(tiny_model
         HardNegativeRefreshCallback(rows, CORPUS, collator, every_steps=2, num_negatives=1, range_min=5, range_max=5)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         HardNegativeRefreshCallback(rows, CORPUS, collator, every_steps=2, batch_size=0)
+
+
+def test_refresh_teacher_scores_the_new_candidates(tiny_model_path, no_dropout_model_path, tmp_path, caplog):
+    """With refresh_teacher, a refresh's teacher scores are the teacher's, not the trained model's; without it, a
+    distillation loss is warned that it now learns from the trained model's own scores."""
+    from hf_robust_ir.scoring import score_candidates
+
+    rows = datasets.Dataset.from_list([{**row, "teacher_scores": [0.9, 0.1]} for row in ROWS])
+    kl = {"loss": "kl_distillation"}
+    with caplog.at_level("WARNING", logger="hf_robust_ir.trainer"):
+        RetrievalTrainer(_model(tiny_model_path), _args(tmp_path, **kl), train_dataset=rows, corpus=CORPUS)
+    assert "replaces them with the scores of the model being trained" in caplog.text
+    caplog.clear()
+    args = _args(tmp_path, refresh_teacher=no_dropout_model_path, **kl)
+    with caplog.at_level("WARNING", logger="hf_robust_ir.trainer"):
+        trainer = RetrievalTrainer(_model(tiny_model_path), args, train_dataset=rows, corpus=CORPUS)
+    assert "replaces them" not in caplog.text
+    overrides = trainer.hard_negative_refresh.refresh(trainer.model)
+    teacher = BiEncoder.from_pretrained(no_dropout_model_path)
+    for query_id, override in overrides.items():
+        query = {row["query_id"]: row["query"] for row in ROWS}[query_id]
+        [expected] = score_candidates(teacher, [query], [[CORPUS[d] for d in override["doc_ids"]]])
+        np.testing.assert_allclose(override["teacher_scores"], expected, atol=1e-5)
