@@ -365,3 +365,23 @@ def test_a_broken_config_file_is_named_with_what_is_wrong(tiny_model_path, tmp_p
     capsys.readouterr()
     assert main(["eval", "--model", str(tmp_path), "--data", str(beir), "--quiet"]) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith(f"error: {tmp_path / name}")
+
+
+def test_a_folder_without_a_model_is_named_before_any_tokenizer_loads(tmp_path, capsys):
+    """An empty folder (or a data folder passed by mistake) failed deep in the tokenizer with a message about
+    sentencepiece; the CLI printed that traceback."""
+    from hf_robust_ir.cli import main
+    from hf_robust_ir.modeling import CrossEncoder
+
+    (tmp_path / "empty").mkdir()
+    for load in (BiEncoder.from_pretrained, CrossEncoder.from_pretrained):
+        with pytest.raises(FileNotFoundError, match="is not a model folder"):
+            load(tmp_path / "empty")
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text('{"_id": "d1", "text": "a passage"}\n')
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    assert main(["eval", "--model", str(tmp_path / "empty"), "--data", str(beir), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "is not a model folder" in err[-1] and "Traceback" not in "".join(err)

@@ -260,6 +260,12 @@ class BiEncoder(nn.Module):
             query_folder, document_folder = folder / QUERY_TOWER, folder / DOCUMENT_TOWER
         else:
             query_folder = document_folder = folder
+        for tower in {query_folder, document_folder} if config.separate_towers else {query_folder}:
+            if not any((tower / name).is_file() for name in ("config.json", "adapter_config.json")):
+                raise FileNotFoundError(
+                    f"{str(tower)!r} is not a model folder: it holds neither config.json (a transformers or "
+                    "sentence-transformers model) nor adapter_config.json (a LoRA adapter)"
+                )
         tokenizer = AutoTokenizer.from_pretrained(str(query_folder), trust_remote_code=trust_remote_code)
         if not (folder / CONFIG_NAME).exists():
             _check_lower_case(folder, tokenizer)

@@ -114,6 +114,8 @@ class CrossEncoder(nn.Module):
             raise FileNotFoundError(
                 f"model folder {str(path)!r} does not exist (Hub names need network access; pass a local folder)"
             )
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{str(path)!r} is not a model folder: it holds no config.json")
         unknown = set(overrides) - {f.name for f in dataclasses.fields(CrossEncoderConfig)}
         if unknown:
             raise TypeError(f"unknown CrossEncoder option(s): {sorted(unknown)}")
