@@ -117,7 +117,13 @@ def select_negatives(
 
 
 def check_mining_arguments(
-    num_negatives: int, range_min: int, range_max: int, batch_size: int = 64, chunk_size: int = 50_000
+    num_negatives: int,
+    range_min: int,
+    range_max: int,
+    batch_size: int = 64,
+    chunk_size: int = 50_000,
+    min_score: float | None = None,
+    max_score: float | None = None,
 ) -> None:
     """A ``ValueError`` naming the first setting of :func:`mine_hard_negatives` that cannot work."""
     for name, value in (("num_negatives", num_negatives), ("batch_size", batch_size), ("chunk_size", chunk_size)):
@@ -130,6 +136,8 @@ def check_mining_arguments(
             f"num_negatives={num_negatives} does not fit in the rank window [{range_min}, {range_max}); "
             "raise range_max or lower num_negatives"
         )
+    if min_score is not None and max_score is not None and min_score > max_score:
+        raise ValueError(f"min_score={min_score} is above max_score={max_score}: no negative could be kept")
 
 
 def mine_hard_negatives(
@@ -162,7 +170,7 @@ def mine_hard_negatives(
     ``index`` of ``data.corpus`` made with the same ``model`` to skip encoding the corpus (it is shared with an
     evaluation of the same corpus, for instance).
     """
-    check_mining_arguments(num_negatives, range_min, range_max, batch_size, chunk_size)
+    check_mining_arguments(num_negatives, range_min, range_max, batch_size, chunk_size, min_score, max_score)
     positives = {qid: [doc_id for doc_id, grade in judged.items() if grade > 0] for qid, judged in data.qrels.items()}
     positives = {qid: docs for qid, docs in positives.items() if docs}
     missing_docs = sorted({doc_id for docs in positives.values() for doc_id in docs} - data.corpus.keys())

@@ -236,6 +236,10 @@ def test_mine_command_refuses_bad_sizes_before_loading_the_model(tmp_path, capsy
         (["--range_min", "5", "--range_max", "5"], "need 0 <= range_min < range_max, got range_min=5, range_max=5"),
         (["--chunk_size", "0"], "chunk_size must be >= 1, got 0"),
         (["--batch_size", "0"], "batch_size must be >= 1, got 0"),
+        (
+            ["--min_score", "0.8", "--max_score", "0.5"],
+            "min_score=0.8 is above max_score=0.5: no negative could be kept",
+        ),
     ]:
         assert main([*base, *extra]) == 2
         captured = capsys.readouterr()

@@ -65,7 +65,15 @@ def run(args: argparse.Namespace) -> int:
     from hf_robust_ir.mining import MiningStats, check_mining_arguments, mine_hard_negatives
 
     try:
-        check_mining_arguments(args.num_negatives, args.range_min, args.range_max, args.batch_size, args.chunk_size)
+        check_mining_arguments(
+            args.num_negatives,
+            args.range_min,
+            args.range_max,
+            args.batch_size,
+            args.chunk_size,
+            args.min_score,
+            args.max_score,
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
