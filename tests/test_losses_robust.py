@@ -7,6 +7,7 @@ With candidate 1 masked out, p = (e², 1) / (e² + 1) over candidates 0 and 2.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -334,3 +335,20 @@ def test_whole_number_settings_accept_numpy_integers():
         TaylorCELoss(order=np.int64(0))
     with pytest.raises(ValueError, match="order must be a whole number"):
         TaylorCELoss(order=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "setting"),
+    [
+        ("kl_distillation", "scale_by_temperature"),
+        ("listnet", "use_teacher"),
+        ("label_weakening", "confidence_enabled"),
+    ],
+)
+def test_switches_take_true_or_false_not_a_string(name, setting):
+    """A quoted recipe value "false" read as true through bool()."""
+    from hf_robust_ir.losses import get_loss
+
+    with pytest.raises(ValueError, match=f"{setting} must be true or false, got 'false'"):
+        get_loss(name, **{setting: "false"})
+    assert get_loss(name, **{setting: np.bool_(False)}).config()[setting] is False

@@ -27,6 +27,7 @@ import numbers
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -106,6 +107,14 @@ def whole_number(value: Any, name: str, minimum: int = 1) -> int:
     ):
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
+
+
+def true_or_false(value: Any, name: str) -> bool:
+    """``value`` as a ``bool`` when it is one (NumPy's too); else a ``ValueError`` naming the setting. A string such
+    as ``"false"`` from a quoted recipe value would otherwise read as true."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
 
 
 def stat_ratios(totals: Mapping[str, tuple[Any, Any]]) -> dict[str, float]:

@@ -25,7 +25,14 @@ from __future__ import annotations
 
 import torch
 
-from .base import RetrievalLoss, check_batch, check_guide_scores, mean_over_queries, register_loss
+from .base import (
+    RetrievalLoss,
+    check_batch,
+    check_guide_scores,
+    mean_over_queries,
+    register_loss,
+    true_or_false,
+)
 
 _HINTON_2015 = (
     "@article{hinton2015distilling, title={Distilling the Knowledge in a Neural Network}, author={Hinton, Geoffrey "
@@ -120,7 +127,7 @@ class KLDistillationLoss(RetrievalLoss):
             )
         self.teacher_temperature = float(teacher_temperature)
         self.student_temperature = float(student_temperature)
-        self.scale_by_temperature = bool(scale_by_temperature)
+        self.scale_by_temperature = true_or_false(scale_by_temperature, "scale_by_temperature")
 
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
         check_batch(scores, labels, mask)
@@ -246,7 +253,7 @@ class ListNetLoss(RetrievalLoss):
         if target_temperature <= 0:
             raise ValueError(f"target_temperature must be > 0, got {target_temperature}")
         self.target_temperature = float(target_temperature)
-        self.use_teacher = bool(use_teacher)
+        self.use_teacher = true_or_false(use_teacher, "use_teacher")
 
     def forward(self, scores, labels, mask, teacher=None) -> torch.Tensor:
         check_batch(scores, labels, mask)

@@ -33,6 +33,7 @@ from .base import (
     mean_over_queries,
     register_loss,
     stat_ratios,
+    true_or_false,
     whole_number,
 )
 
@@ -257,7 +258,8 @@ class LabelWeakeningLoss(LabelRelaxationLoss):
         max_added = None if max_added is None else whole_number(max_added, "max_added", minimum=0)
         warmup_steps = whole_number(warmup_steps, "warmup_steps", minimum=0)
         self.rule, self.margin, self.top_m, self.min_prob = rule, margin, top_m, min_prob
-        self.max_added, self.warmup_steps, self.confidence_enabled = max_added, warmup_steps, confidence_enabled
+        self.max_added, self.warmup_steps = max_added, warmup_steps
+        self.confidence_enabled = true_or_false(confidence_enabled, "confidence_enabled")
         if replace_margin is not None and guide_margin is None:
             raise ValueError("replace_margin needs guide_margin (the replacement is judged by the guide)")
         if replace_margin is not None and replace_margin < guide_margin:
