@@ -252,6 +252,17 @@ def test_client_errors_are_not_retried():
         assert len(server.requests) == 1
 
 
+def test_a_failure_warning_names_the_endpoint_and_quotes_the_servers_reason(caplog, monkeypatch):
+    """A list prompt over the served context length is refused with 400 on every request: the warning says why."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    reason = {"error": {"message": "This model's maximum context length is 4096 tokens", "echo": SECRET}}
+    with ChatServer(lambda body, index: (400, reason, {}, 0.0)) as server:
+        with caplog.at_level(logging.WARNING, logger="hf_robust_ir.relabel.backends"):
+            assert backend(server.base_url).complete([MESSAGES], 8) == [None]
+    assert f"{server.base_url}/chat/completions failed with HTTP 400" in caplog.text
+    assert "maximum context length is 4096 tokens" in caplog.text and SECRET not in caplog.text
+
+
 def test_429_honours_retry_after():
     def respond(body, index):
         if index == 0:

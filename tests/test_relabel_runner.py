@@ -407,6 +407,24 @@ def test_counts_out_of_range_are_refused_before_judging(tmp_path, setting, messa
     assert judge.requests == []
 
 
+def test_threshold_without_max_flagged_is_refused_before_judging(tmp_path):
+    rows, corpus = _one_row(["fn", "neg"])
+    judge = _TableJudge("t", {"fn": Verdict.RELEVANT})
+    with JudgmentCache(tmp_path / "c.sqlite") as cache, pytest.raises(ValueError, match="threshold.*max_flagged"):
+        relabel(rows, corpus, judge, ["rlhn", "threshold"], cache, show_progress_bar=False)
+    assert judge.requests == []
+
+
+def test_no_rows_give_empty_datasets_and_a_summary(tmp_path):
+    rows = datasets.Dataset.from_dict({name: [] for name in ROW_FEATURES}, features=ROW_FEATURES)
+    judge = _TableJudge("t", {})
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        result = relabel(rows, {}, judge, ["rlhn", "remove"], cache, show_progress_bar=False)
+    assert judge.requests == [] and result.summary["queries"] == 0
+    assert {name: len(ds) for name, ds in result.datasets.items()} == {"rlhn": 0, "remove": 0}
+    assert result.datasets["rlhn"].features == ROW_FEATURES
+
+
 def test_a_document_listed_twice_is_judged_once_and_counted_per_candidate(tmp_path):
     """Row [p, fn, fn, neg] (fn twice, as content ids make of a repeated negative text): the judge is asked about
     fn once; every candidate is either a cache hit or a judged pair, on the first run and on the rerun."""

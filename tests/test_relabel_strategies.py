@@ -162,3 +162,29 @@ def test_judgments_as_dicts_with_verdict_members_are_read_by_value():
     out = apply_strategy(_dataset(), judgments, "rlhn", judge="ce")
     assert out[0]["labels"] == [2.0, 1.0, 0.0, 0.0, 0.0]
     assert out[0]["label_source"] == ["qrels", "relabeled:ce", "mined", "mined", "mined"]
+
+
+def test_threshold_without_max_flagged_is_refused():
+    """``threshold`` acts only through ``max_flagged``: without it every row would pass unchanged, silently."""
+    judgments = [[None, "relevant", "relevant", "relevant", None], [None, "relevant", None]]
+    with pytest.raises(ValueError, match="threshold.*max_flagged"):
+        apply_strategy(_dataset(), judgments, "threshold")
+    assert apply_strategy(_dataset(), judgments, "threshold", max_flagged=2)["query_id"] == ["q2"]
+
+
+@pytest.mark.parametrize(
+    ("field", "values"), [("label_source", ["qrels", "mined"]), ("teacher_scores", [0.9]), ("labels", [2.0, 0.0])]
+)
+def test_a_row_whose_lists_do_not_match_its_doc_ids_is_refused_by_name(field, values):
+    row = _row([None, R, N, N, N])
+    row[field] = values
+    with pytest.raises(ValueError, match=f"query 'q1': {len(values)} {field} values for 5 candidates"):
+        rlhn(row, judge="ce")
+
+
+def test_no_rows_give_no_rows_with_the_canonical_columns():
+    empty = datasets.Dataset.from_dict({"query_id": [], "query": [], "doc_ids": [], "labels": []})
+    for name in ("rlhn", "hn_remove", "remove", "arhn_rf"):
+        out = apply_strategy(empty, [], name, max_flagged=8)
+        assert len(out) == 0, name
+        assert out.column_names == ["query_id", "query", "doc_ids", "labels", "teacher_scores", "label_source"], name

@@ -286,8 +286,9 @@ class OpenAICompatibleBackend:
     or a 408/409/425/429/5xx answer is retried up to ``max_retries`` times after
     ``min(backoff_max, backoff_base * 2**attempt)`` seconds, jittered to a uniform draw in ``[d/2, d]`` (a
     ``Retry-After`` header raises the wait, up to ``backoff_max``); any other failure, or the last retry's, gives
-    ``None`` for that item and a warning. ``yes_no_logprobs`` asks for ``logprobs`` with ``top_logprobs``; if the
-    server returns none, it parses the text answer strictly (``yes`` → ``(0, -inf)``).
+    ``None`` for that item and a warning that names the endpoint and quotes the server's reason (the start of the
+    answer's body). ``yes_no_logprobs`` asks for ``logprobs`` with ``top_logprobs``; if the server returns none, it
+    parses the text answer strictly (``yes`` → ``(0, -inf)``).
 
     The API key comes from ``api_key`` or the environment variable ``api_key_env``; it is sent only in the
     ``Authorization`` header and appears in no log, repr or :meth:`config`.
@@ -379,15 +380,31 @@ class OpenAICompatibleBackend:
                         logger.warning("chat request to %s: the answer is not JSON", url)
                         return None
                 if response.status_code not in RETRY_STATUS:
-                    logger.warning("chat request to %s failed with HTTP %d (not retried)", url, response.status_code)
+                    logger.warning(
+                        "chat request to %s failed with HTTP %d (not retried): %s",
+                        url,
+                        response.status_code,
+                        self._reason(response),
+                    )
                     return None
-                problem = f"HTTP {response.status_code}"
+                problem = f"HTTP {response.status_code}: {self._reason(response)}"
                 retry_after = response.headers.get("Retry-After")
             if attempt == self.max_retries:
                 logger.warning("chat request to %s failed after %d attempts (%s)", url, attempt + 1, problem)
                 return None
             self.sleep(self._backoff(attempt, retry_after))
         return None
+
+    def _reason(self, response: Any, limit: int = 300) -> str:
+        """The start of a failed answer's body on one line (the server's reason: an unknown model, a prompt over the
+        context length), the API key masked."""
+        try:
+            text = " ".join(str(response.text).split())
+        except Exception:  # noqa: BLE001 - an undecodable body has no reason to show
+            return "(no readable body)"
+        if self._api_key:
+            text = text.replace(self._api_key, "***")
+        return (text[:limit] + " ...") if len(text) > limit else text or "(empty body)"
 
     def _map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         if self.max_concurrency == 1 or len(items) <= 1:

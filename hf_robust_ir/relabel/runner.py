@@ -269,6 +269,8 @@ def relabel(
     for name, (value, least) in settings.items():
         if value is not None and value < least:
             raise ValueError(f"{name} must be >= {least}, got {value}")
+    for strategy in chosen:
+        strategy.check_max_flagged(max_flagged)
     needs_verdicts = any(not s.arhn for s in chosen)
     needs_marks = any(s.arhn for s in chosen)
     if needs_marks and not callable(getattr(judge, "arhn_labels", None)):

@@ -10,7 +10,8 @@ strategy acts on:
 - ``rlhn``: flagged negatives become positives (label 1, source ``"relabeled:<judge>"``);
 - ``hn_remove``: flagged negatives are dropped from the row;
 - ``remove``: a query with any flagged negative is dropped;
-- ``threshold``: a query with more than ``max_flagged`` flagged negatives is dropped, the others are unchanged;
+- ``threshold``: a query with more than ``max_flagged`` flagged negatives is dropped, the others are unchanged (it
+  needs ``max_flagged``);
 - ``arhn_r``: candidates the list-wise ranking put above the original positive (``"R"``) become positives;
 - ``arhn_f``: candidates below it that hold an answer span (``"F"``) leave the negatives;
 - ``arhn_rf``: both.
@@ -83,6 +84,19 @@ class Strategy:
     def flagging(self) -> frozenset[str]:
         return self.flag_marks or (self.promote | self.drop)
 
+    @property
+    def needs_max_flagged(self) -> bool:
+        """Whether the strategy acts only through ``max_flagged`` (``threshold``): without it no row changes."""
+        return not (self.promote or self.drop or self.drop_query)
+
+    def check_max_flagged(self, max_flagged: int | None) -> None:
+        """Refuse a strategy that would change nothing for want of ``max_flagged``."""
+        if max_flagged is None and self.needs_max_flagged:
+            raise ValueError(
+                f"strategy {self.name!r} drops only queries with more than max_flagged flagged negatives: give "
+                "max_flagged (without it every row is kept unchanged)"
+            )
+
     def flagged(self, row: Mapping[str, Any], column: str = JUDGMENTS_COLUMN) -> list[int]:
         """Indices of the row's non-positive candidates whose mark this strategy acts on."""
         marks = row.get(column) or []
@@ -102,10 +116,16 @@ class Strategy:
         """The new row (canonical columns + ``keep``) for one row carrying its marks in ``column``."""
         doc_ids, labels = list(row["doc_ids"]), [float(x) for x in row["labels"]]
         teacher = list(row.get("teacher_scores") or [])
-        sources = list(row.get("label_source") or []) or default_sources(labels)
+        given_sources = list(row.get("label_source") or [])
         marks = list(row.get(column) or [])
+        for name, values in (("labels", labels), ("teacher_scores", teacher), ("label_source", given_sources)):
+            if (name == "labels" or values) and len(values) != len(doc_ids):
+                raise ValueError(
+                    f"query {row['query_id']!r}: {len(values)} {name} values for {len(doc_ids)} candidates"
+                )
         if marks and len(marks) != len(doc_ids):
             raise ValueError(f"query {row['query_id']!r}: {len(marks)} marks for {len(doc_ids)} candidates")
+        sources = given_sources or default_sources(labels)
         flagged = self.flagged(row, column)
         unchanged = {"doc_ids": doc_ids, "labels": labels, "teacher_scores": teacher, "label_source": sources}
         if (self.drop_query and flagged) or (max_flagged is not None and len(flagged) > max_flagged):
@@ -177,6 +197,7 @@ def apply_strategy(
     when ``dataset`` already has the ``column``), ``map`` the transform, drop the rows it does not keep and the
     helper columns. Other columns pass through unchanged."""
     strategy = get_strategy(strategy)
+    strategy.check_max_flagged(max_flagged)
     if judgments is not None:
         dataset = attach_judgments(dataset, judgments, column)
     elif column not in dataset.column_names:
@@ -189,6 +210,9 @@ def apply_strategy(
         ("label_source", datasets.Sequence(datasets.Value("string"))),
     ):
         features[name] = features.get(name, feature)
+    if len(dataset) == 0:  # ``map`` does not call the transform on no rows: give the columns it would have added
+        kept_features = datasets.Features({k: v for k, v in features.items() if k not in (KEEP_COLUMN, column)})
+        return datasets.Dataset.from_dict({name: [] for name in kept_features}, features=kept_features)
     mapped = dataset.map(
         strategy,
         fn_kwargs={"judge": judge, "column": column, "max_flagged": max_flagged},
