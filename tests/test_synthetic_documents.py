@@ -268,3 +268,26 @@ def test_positives_must_be_lists_of_document_ids(positives):
     generator = GradedDocumentGenerator(ScriptedBackend(lambda m: "text"), grades=(3,))
     with pytest.raises(TypeError, match=r"positives\['q'\] must be a list of document ids"):
         generator.generate_rows({"q": "label noise"}, positives=positives, show_progress=False)
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("<think>\nThe user wants a grade 3 passage about label noise. Let me", None),
+        ("<think>plan: define it</think>\n\nLabel noise is common.", "Label noise is common."),
+        ("The user wants a grade 3 passage.\n</think>\n\nPassage: Label noise is common.", "Label noise is common."),
+        ("<think>plan</think>", None),
+    ],
+)
+def test_parse_generated_document_drops_a_reasoning_models_thinking(answer, expected):
+    """A reasoning model cut off while thinking wrote no passage; its thinking (whose opening tag a chat template may
+    put in the prompt) is never part of one."""
+    assert parse_generated_document(answer) == expected
+
+
+def test_an_answer_cut_off_while_reasoning_is_a_failed_passage():
+    thinking = "<think>\nOkay, the user wants a passage of relevance grade 3 for the query"
+    generator = GradedDocumentGenerator(ScriptedBackend(lambda m: thinking), grades=(0, 3))
+    rows, documents, summary = generator.generate_rows({"q": "what is label noise"}, show_progress=False)
+    assert rows == [] and documents == {}
+    assert summary["generated"] == {0: 0, 3: 0} and summary["failed"] == {0: 1, 3: 1}

@@ -390,3 +390,30 @@ def test_a_prompt_without_room_for_the_document_is_an_error(tokenizer):
 def test_train_query_generator_refuses_pairs_without_a_query(tmp_path):
     with pytest.raises(ValueError, match="non-empty document and query"):
         train_query_generator([("cats sleep", ""), ("dogs bark", "  ")], tmp_path / "nowhere", tmp_path / "out")
+
+
+def newline_run_tokenizer():
+    """A word-level tokenizer that, like the Llama 3 and Qwen2 ones, makes a run of newlines one token: without the
+    document, the prompt's ``\\n{document}\\n`` becomes one ``\\n\\n`` token instead of two ``\\n`` tokens."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "<pad>": 1, "<unk>": 2, "\n": 3, "\n\n": 4, ":": 5}
+    for word in "passage Query cats sleep most of the day".split():
+        vocab[word] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r"[ \t]+"), "removed"), pre_tokenizers.Split(Regex(r"[\r\n]+|:"), "isolated")]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", pad_token="<pad>", unk_token="<unk>")
+
+
+def test_the_input_fits_max_input_length_when_the_prompt_tokenizes_differently_around_the_document():
+    tokenizer = newline_run_tokenizer()
+    model = tiny_llama(tokenizer)
+    generator = HFQueryGenerator.from_model(model, tokenizer, prompt="passage:\n{document}\nQuery:", max_input_length=8)
+    # <s> passage : \n {document} \n Query : -> 7 tokens around the document, room for one of its words
+    ids = generator.input_ids("cats sleep most of the day")
+    assert tokenizer.convert_ids_to_tokens(ids) == ["<s>", "passage", ":", "\n", "cats", "\n", "Query", ":"]
+    features = doc2query_features(tokenizer, generator.prompt, "cats sleep most of the day", "cats", 8, 4, False)
+    assert features["labels"].count(-100) == 8  # the training prompt is clipped the same way

@@ -48,6 +48,7 @@ _FENCE = re.compile(r"\A```(?:[^\n`]*\n)?(.*?)\n?```\Z", re.DOTALL)
 _LABEL = re.compile(
     r"\A(?:\*\*)?(?:passage|document)(?:\s*\d+(?:\s+of\s+\d+)?)?(?:\*\*)?\s*:(?:\*\*)?\s*", re.IGNORECASE
 )
+_THINK_START, _THINK_END = "<think>", "</think>"
 _QUOTES = (('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019"))
 
 
@@ -71,13 +72,19 @@ def graded_document_messages(query: str, grade: int, variant: int = 0, variants:
 def parse_generated_document(text: str | None) -> str | None:
     """The passage in a model's answer, or ``None`` when there is none.
 
-    Strips whitespace, a surrounding code fence, a leading ``Passage:`` / ``Document:`` label (any case, optionally in
-    bold, numbered as in ``Passage 2:`` or ``Passage 1 of 2:``) and one pair of quotes around the whole passage (kept
-    when another quotation opens inside, as in ``"noise" or "errors"``).
+    Drops a reasoning model's thinking: everything up to the last ``</think>`` (the opening ``<think>`` may be in the
+    prompt), and the whole answer when it opens with ``<think>`` and never closes it (cut off while reasoning: no
+    passage). Then strips whitespace, a surrounding code fence, a leading ``Passage:`` / ``Document:`` label (any
+    case, optionally in bold, numbered as in ``Passage 2:`` or ``Passage 1 of 2:``) and one pair of quotes around the
+    whole passage (kept when another quotation opens inside, as in ``"noise" or "errors"``).
     """
     if text is None:
         return None
     text = text.strip()
+    if _THINK_END in text:
+        text = text.rsplit(_THINK_END, 1)[1].strip()
+    elif text.startswith(_THINK_START):
+        return None
     fenced = _FENCE.match(text)
     if fenced:
         text = fenced.group(1).strip()

@@ -167,14 +167,22 @@ def _clip_document(tokenizer: Any, document: str, budget: int) -> str:
 
 def _fill(tokenizer: Any, template: str, document: str, max_length: int, is_encoder_decoder: bool) -> str:
     """``template`` with ``{document}`` filled in, the document clipped so that the whole input fits ``max_length``
-    tokens (the instructions around the document are never cut)."""
+    tokens (the instructions around the document are never cut). The filled text is counted again and the document
+    clipped further while it is too long: the text around the document may take more tokens with the document in (two
+    newlines may make one token, one newline on each side of the document two)."""
     overhead = len(_encode(tokenizer, template.replace("{document}", ""), is_encoder_decoder))
     if overhead >= max_length:  # no room left for the document: the model would see the instructions alone
         raise ValueError(
             f"the prompt takes {overhead} tokens without the document, leaving none of max_input_length={max_length}"
             " for it: raise max_input_length or shorten the prompt"
         )
-    return template.replace("{document}", _clip_document(tokenizer, document, max_length - overhead))
+    budget = max_length - overhead
+    while True:
+        text = template.replace("{document}", _clip_document(tokenizer, document, budget))
+        excess = len(_encode(tokenizer, text, is_encoder_decoder)) - max_length
+        if excess <= 0 or budget == 0:  # with budget 0 the text is the template alone, which fits
+            return text
+        budget = max(budget - excess, 0)
 
 
 def _check_template(template: str, name: str) -> str:
