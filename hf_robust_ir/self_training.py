@@ -220,14 +220,23 @@ class SelfTrainingLoop:
         return data
 
     def synthetic_queries(
-        self, corpus: dict[str, str], labeled_pairs: list[tuple[str, str]] | None = None
+        self,
+        corpus: dict[str, str],
+        labeled_pairs: list[tuple[str, str]] | None = None,
+        state: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """The synthetic query rows, made once and kept in ``output_dir/synthetic_queries.jsonl``."""
+        """The synthetic query rows, made once and kept in ``output_dir/synthetic_queries.jsonl``.
+
+        With the loop's ``state``, the file's digest is recorded in it, and a file the state does not record (left by
+        a run whose state file was deleted, so made with other settings) is made again rather than reused."""
         from .synthetic import synthetic_query_rows
 
         path = self.output_dir / SYNTHETIC_NAME
         if path.exists():
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            text = path.read_text()
+            if state is None or state.get("synthetic_queries") == _text_digest(text):
+                return [json.loads(line) for line in text.splitlines() if line.strip()]
+            logger.warning("%s is not recorded in %s (another run's queries): making them again", path, STATE_NAME)
         doc_ids = sorted(corpus)
         if self.args.synthetic_passages is not None and self.args.synthetic_passages < len(doc_ids):
             doc_ids = sorted(random.Random(self.args.seed).sample(doc_ids, self.args.synthetic_passages))
@@ -239,9 +248,13 @@ class SelfTrainingLoop:
             num_queries=self.args.queries_per_passage,
             show_progress=self.args.show_progress_bar,
         )
+        text = "".join(json.dumps(row) + "\n" for row in rows)
         partial = path.with_suffix(".tmp")
-        partial.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        partial.write_text(text)
         partial.replace(path)
+        if state is not None:
+            state["synthetic_queries"] = _text_digest(text)
+            self.save_state(state)
         logger.info("%d synthetic queries from %d passages (%s)", len(rows), len(doc_ids), generator.config())
         return rows
 
@@ -436,7 +449,7 @@ class SelfTrainingLoop:
                     for d, grade in judged.items()
                     if grade > 0
                 ]
-                synthetic = self.synthetic_queries(corpus, pairs)
+                synthetic = self.synthetic_queries(corpus, pairs, state)
                 soft_rows = self.soft_label_rows(teacher, corpus, synthetic, index)
                 labeled_rows = mine_labeled(teacher, index)
                 del index
@@ -468,6 +481,10 @@ def _labeled_digest(labeled: Any) -> str:
     """A digest of the labeled training rows: the sampled queries in order, their texts and judgments."""
     rows = [[q, labeled.queries[q], sorted(judged.items())] for q, judged in labeled.qrels.items()]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _corpus_digest(corpus: dict[str, str]) -> str:

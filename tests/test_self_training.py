@@ -296,3 +296,34 @@ def test_a_resume_over_another_corpus_is_refused(tiny_model_path, tmp_path, monk
     more = _args(tmp_path, tiny_model_path, rounds=1, train_initial_teacher=False, eval_split=None)
     with pytest.raises(ValueError, match="another corpus"):
         SelfTrainingLoop(more, beir).run()
+
+
+def test_synthetic_queries_left_by_a_run_whose_state_was_deleted_are_made_again(tiny_model_path, tmp_path, monkeypatch):
+    """The refusal of other settings says to delete the state file; the synthetic queries of the old settings must not
+    then be reused for the new ones."""
+    beir = _beir(tmp_path)
+    pretrained: list[list[tuple[str, str]]] = []
+
+    def no_training(self, model, rows, corpus, training_args):
+        if training_args.output_dir.endswith("pretrain"):
+            pretrained.append([(row["query_id"], row["query"]) for row in rows])
+        return model
+
+    monkeypatch.setattr(SelfTrainingLoop, "_train", no_training)
+    spans = {"type": "extractive", "mode": "span", "min_words": 2, "max_words": 3}
+    settings = dict(rounds=1, train_initial_teacher=False, eval_split=None)
+    SelfTrainingLoop(_args(tmp_path, tiny_model_path, query_generator=spans, **settings), beir).run()
+    assert all(len(query.split()) <= 3 for _, query in pretrained[0])
+    sentences = {"type": "extractive", "mode": "sentence"}
+    with pytest.raises(ValueError, match="other settings; use another output_dir or delete the file"):
+        SelfTrainingLoop(_args(tmp_path, tiny_model_path, query_generator=sentences, **settings), beir).run()
+    (tmp_path / "out" / self_training.STATE_NAME).unlink()
+    SelfTrainingLoop(_args(tmp_path, tiny_model_path, query_generator=sentences, **settings), beir).run()
+    # every query is now a whole sentence of its passage ("This passage number k is about T." or "It says more ...")
+    corpus = {f"d{t}{k}": (k, topic) for t, topic in enumerate(TOPICS) for k in range(3)}
+    assert len(pretrained) == 2 and len(pretrained[1]) == 6
+    for query_id, query in pretrained[1]:
+        k, topic = corpus[query_id.split(":")[1]]
+        assert query in (f"This passage number {k} is about {topic}.", f"It says more words about {topic} here.")
+    written = [json.loads(line)["query"] for line in (tmp_path / "out" / "synthetic_queries.jsonl").open()]
+    assert written == [query for _, query in pretrained[1]]
