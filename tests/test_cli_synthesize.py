@@ -47,7 +47,7 @@ def test_writes_a_beir_folder_with_graded_qrels_and_resumes(tmp_path):
     summary = synthesize(args, beir, backend=backend)
     assert backend.queries == ["at what temperature does water boil"] * 2  # only q1 is asked again
     header, *records = [json.loads(line) for line in partial.read_text().splitlines()]
-    assert header == {"generator": summary["generator"], "split": "train"}
+    assert header == {"generator": summary["generator"], "split": "train", "queries": header["queries"]}
     assert [record["query_id"] for record in records] == ["q0", "q1"]
     again = GradeEcho()
     assert synthesize(args, beir, backend=again)["rows"] == 2 and again.queries == []  # nothing is asked a third time
@@ -113,3 +113,39 @@ def test_counts_below_one_are_refused_with_their_line(tmp_path, field, value):
         parse_recipe(str(recipe), [])
     with pytest.raises(ValueError, match=f"{field} must be >= 1, got {value}"):
         SynthesizeArguments(output_dir=str(tmp_path / "out"), **{field: value})
+
+
+def test_a_resume_over_other_queries_is_refused(tmp_path):
+    """Another data folder with the same query ids (another dataset) in the same output_dir: the finished queries'
+    passages were written for other query texts and must not be mixed in."""
+    import shutil
+
+    beir = _beir(tmp_path)
+    args = SynthesizeArguments(
+        output_dir=str(tmp_path / "out"), grades=[0, 3], chunk_queries=1, batch_size=4, show_progress_bar=False
+    )
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(args, beir, backend=GradeEcho(fail_on=2))  # q0 finished
+    partial = tmp_path / "out" / "generated.partial.jsonl"
+    written = partial.read_text()
+    other = tmp_path / "other"
+    shutil.copytree(beir, other)
+    (other / "queries.jsonl").write_text(
+        json.dumps({"_id": "q0", "text": "who wrote hamlet"})
+        + "\n"
+        + json.dumps({"_id": "q1", "text": "how far is the moon"})
+        + "\n"
+    )
+    backend = GradeEcho()
+    with pytest.raises(ValueError, match=r"generated\.partial\.jsonl line 1: written for other queries"):
+        synthesize(args, other, backend=backend)
+    assert backend.queries == [] and partial.read_text() == written
+    same = tmp_path / "same"  # a copy of the first folder elsewhere: the same queries, resumed
+    shutil.copytree(beir, same)
+    summary = synthesize(args, same, backend=backend)
+    assert backend.queries == ["at what temperature does water boil"] * 2 and summary["rows"] == 2
+    header, *records = partial.read_text().splitlines()
+    older = {k: v for k, v in json.loads(header).items() if k != "queries"}  # written before the queries' digest
+    partial.write_text("\n".join([json.dumps(older), *records]) + "\n")
+    again = GradeEcho()
+    assert synthesize(args, beir, backend=again)["rows"] == 2 and again.queries == []

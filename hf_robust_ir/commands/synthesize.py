@@ -8,13 +8,14 @@ join the corpus of ``split`` alone), ``queries.jsonl``, ``qrels/<split>.tsv`` wi
 at grade 3 when ``include_real_positives``), the other qrels splits copied unchanged (so evaluation runs on the real
 test set over the source corpus, as published numbers are), plus ``rows.jsonl`` (canonical rows,
 ``label_source = synthetic``) and ``summary.json``. Generation is resumable: finished queries are appended to
-``generated.partial.jsonl`` and skipped by a restarted run; the file names the generator's settings and the split,
-and a restart with other ones is refused.
+``generated.partial.jsonl`` and skipped by a restarted run; the file names the generator's settings, the split and a
+digest of the split's queries and their positives, and a restart with other ones (another data folder, say) is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shutil
@@ -83,9 +84,16 @@ def parse_recipe(config_path: str | None, overrides: list[str]) -> SynthesizeArg
     return SynthesizeArguments(**config)
 
 
+def _queries_digest(data: Any) -> str:
+    """A digest of the split's queries (ids and texts) and their positives: what the finished records were made
+    from (every query of the split, so that ``max_queries`` may change on resume)."""
+    judged = [[q, data.queries[q], sorted(d for d, grade in data.qrels[q].items() if grade > 0)] for q in data.qrels]
+    return hashlib.sha256(json.dumps(sorted(judged)).encode("utf-8")).hexdigest()
+
+
 def _read_partial(path: Path, header: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The finished queries of an earlier run. The file opens with ``header`` (the generator's settings and the
-    split); a file written with other settings is refused, not mixed in."""
+    """The finished queries of an earlier run. The file opens with ``header`` (the generator's settings, the split
+    and the queries' digest); a file written with other settings or for other queries is refused, not mixed in."""
     done: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return done
@@ -97,10 +105,16 @@ def _read_partial(path: Path, header: dict[str, Any]) -> dict[str, dict[str, Any
         except json.JSONDecodeError:  # a line cut by an interruption: that query is generated again
             continue
         if not seen_header:
-            if record != header:
+            settings = {k: v for k, v in header.items() if k != "queries"}
+            # a header without the queries' digest was written before the check: its settings alone are compared
+            if record != header and record != settings:
+                if {k: v for k, v in record.items() if k != "queries"} == settings:
+                    what = "for other queries (another data folder, or its queries or qrels changed)"
+                else:
+                    what = f"with other settings ({record} against {header})"
                 raise ValueError(
-                    f"{path} line {line_number}: written with other settings ({record} against {header}); rerun with "
-                    "those settings, or delete the file or use another output_dir"
+                    f"{path} line {line_number}: written {what}; rerun with those settings, or delete the file or use"
+                    " another output_dir"
                 )
             seen_header = True
             continue
@@ -130,7 +144,7 @@ def synthesize(args: SynthesizeArguments, data_dir: Path, backend: Any = None) -
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     partial = out / PARTIAL_NAME
-    header = {"generator": generator.config(), "split": args.split}
+    header = {"generator": generator.config(), "split": args.split, "queries": _queries_digest(data)}
     done = _read_partial(partial, header)
     todo = [q for q in query_ids if q not in done]
     logger.info("%d queries, %d already generated", len(query_ids), len(query_ids) - len(todo))
