@@ -178,6 +178,10 @@ def test_a_reasoning_models_think_block_is_not_read_as_its_answer():
     assert [j.verdict for j in judgments] == [Verdict.NOT_RELEVANT, Verdict.NOT_RELEVANT, Verdict.RELEVANT]
     with ChatServer(ok("<think>it is relevant</think> yes")) as server:
         assert backend(server.base_url).yes_no_logprobs([MESSAGES]) == [(0.0, -math.inf)]
+    # the template opened the block in the prompt: the answer holds its end only
+    with ChatServer(ok("Candidate 1 says RELEVANT: 1? No.\n</think>\n\nRELEVANT: 2")) as server:
+        judgments = OpenAICompatibleJudge(server.base_url, "m", mode="list").judge(QUERY, POSITIVES, CANDIDATES[:2])
+    assert [j.verdict for j in judgments] == [Verdict.NOT_RELEVANT, Verdict.RELEVANT]
     with ChatServer(ok("<think>cut off while RELEVANT: 1")) as server:  # no answer after the reasoning
         judgments = OpenAICompatibleJudge(server.base_url, "m", mode="list").judge(QUERY, POSITIVES, CANDIDATES[:2])
     assert [j.verdict for j in judgments] == [Verdict.NO_VERDICT] * 2

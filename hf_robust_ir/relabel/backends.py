@@ -70,9 +70,15 @@ def fold_system_message(messages: Conversation) -> list[Message]:
 
 def strip_reasoning(text: str) -> str:
     """A reasoning model's answer without the ``<think>…</think>`` block it opens with (the answer parsers read the
-    whole text strictly). An unclosed block is left as it is: the answer was cut off while reasoning."""
+    whole text strictly), or without everything up to ``</think>`` when the opening tag was part of the prompt (as
+    chat templates of distilled reasoning models put it). An unclosed block is left as it is: the answer was cut off
+    while reasoning."""
     match = _LEADING_REASONING.match(text)
-    return text[match.end() :] if match else text
+    if match:
+        return text[match.end() :]
+    if "<think>" not in text and "</think>" in text:
+        return text.split("</think>", 1)[1]
+    return text
 
 
 def render_plain(messages: Conversation) -> str:
