@@ -50,11 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     from .data.schema import DataFormatError
+    from .relabel.backends import EndpointRefusedError
 
     try:
         with _progress_bars(not getattr(args, "quiet", False)):
             return int(args._run(args) or 0)
-    except (DataFormatError, FileNotFoundError) as exc:  # bad input: the file (line and field), without a traceback
+    # bad input (the file, line and field) or a chat endpoint's settings, without a traceback
+    except (DataFormatError, FileNotFoundError, EndpointRefusedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # a command's own stop with a message (bad input too): one "error:" line, status 2

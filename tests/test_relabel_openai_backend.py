@@ -384,3 +384,31 @@ def test_an_answer_without_text_is_a_failure_with_a_warning(payload, caplog):
         with caplog.at_level(logging.WARNING, logger="hf_robust_ir.relabel.backends"):
             assert backend(server.base_url).complete([MESSAGES], 8) == [None]
     assert "no message content" in caplog.text
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_an_endpoint_that_refuses_every_request_stops_the_run(status, tmp_path, capsys):
+    """A wrong key, URL or model name is refused on every request: before, every item got no answer and the run
+    finished with nothing relabeled."""
+    from hf_robust_ir.cli import main
+    from hf_robust_ir.relabel.backends import EndpointRefusedError
+
+    refusal = {"error": {"message": "The model `m` does not exist"}}
+    with ChatServer(lambda body, index: (status, refusal, {}, 0.0)) as server:
+        with pytest.raises(EndpointRefusedError, match=f"refused with HTTP {status}: .*does not exist"):
+            backend(server.base_url, max_retries=3).complete([MESSAGES, MESSAGES], 8)
+        assert len(server.requests) <= 2  # not retried
+
+        beir = tmp_path / "beir"
+        (beir / "qrels").mkdir(parents=True)
+        (beir / "corpus.jsonl").write_text('{"_id": "p0", "text": "paris"}\n{"_id": "n0", "text": "lyon"}\n')
+        (beir / "queries.jsonl").write_text('{"_id": "q0", "text": "capital of france"}\n')
+        (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\tp0\t1\nq0\tn0\t0\n")
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(
+            f"judge: {{type: openai, base_url: '{server.base_url}', model: m}}\nstrategies: [rlhn]\n"
+            f"data_dir: {beir}\noutput_dir: {tmp_path / 'out'}\nshow_progress_bar: false\n"
+        )
+        assert main(["relabel", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: chat request to {server.base_url}/chat/completions refused with HTTP {status}")

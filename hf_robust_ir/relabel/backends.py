@@ -282,6 +282,13 @@ def _unlisted_bound(pairs: Sequence[tuple[str, float]]) -> float:
 
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# Answers that say the settings are wrong (key, permission, URL or model name): every request would get the same one.
+REFUSED_STATUS = frozenset({401, 403, 404})
+
+
+class EndpointRefusedError(RuntimeError):
+    """The endpoint refused a request in a way every request would be refused (HTTP 401, 403 or 404: a wrong API
+    key, base URL or model name); raised instead of giving every item no answer."""
 
 
 class OpenAICompatibleBackend:
@@ -291,10 +298,11 @@ class OpenAICompatibleBackend:
     ``max_concurrency`` threads, at most ``requests_per_second`` started per second. A timeout, a connection error,
     or a 408/409/425/429/5xx answer is retried up to ``max_retries`` times after
     ``min(backoff_max, backoff_base * 2**attempt)`` seconds, jittered to a uniform draw in ``[d/2, d]`` (a
-    ``Retry-After`` header raises the wait, up to ``backoff_max``); any other failure, or the last retry's, gives
-    ``None`` for that item and a warning that names the endpoint and quotes the server's reason (the start of the
-    answer's body). ``yes_no_logprobs`` asks for ``logprobs`` with ``top_logprobs``; if the server returns none, it
-    parses the text answer strictly (``yes`` → ``(0, -inf)``).
+    ``Retry-After`` header raises the wait, up to ``backoff_max``); a 401/403/404 answer (a wrong key, URL or model
+    name, which every request would get) raises :class:`EndpointRefusedError`; any other failure, or the last
+    retry's, gives ``None`` for that item and a warning that names the endpoint and quotes the server's reason (the
+    start of the answer's body). ``yes_no_logprobs`` asks for ``logprobs`` with ``top_logprobs``; if the server
+    returns none, it parses the text answer strictly (``yes`` → ``(0, -inf)``).
 
     The API key comes from ``api_key`` or the environment variable ``api_key_env``; it is sent only in the
     ``Authorization`` header and appears in no log, repr or :meth:`config`.
@@ -385,6 +393,11 @@ class OpenAICompatibleBackend:
                     except ValueError:
                         logger.warning("chat request to %s: the answer is not JSON", url)
                         return None
+                if response.status_code in REFUSED_STATUS:
+                    raise EndpointRefusedError(
+                        f"chat request to {url} refused with HTTP {response.status_code}: {self._reason(response)} "
+                        "(check base_url, the API key and the model name)"
+                    )
                 if response.status_code not in RETRY_STATUS:
                     logger.warning(
                         "chat request to %s failed with HTTP %d (not retried): %s",
