@@ -713,6 +713,7 @@ def push_to_hub(
     ``card``: a ``ModelCard``, a :class:`ModelCardInfo`, a path to a ``README.md``, or None for a card built from
     the model; its usage snippets are written for ``model`` in ``repo_id``. ``base_model``: the Hub id of the base
     model (required for a LoRA model whose base is a local folder; written into the adapter config and the card).
+    ``repo_id``: ``namespace/name``, or a bare name for a repository in the token owner's namespace.
     ``token``: default ``HF_TOKEN`` or ``huggingface_hub``'s login; a folder holding the token is never uploaded.
     ``revision``: the branch to commit to, made from main if it does not exist yet (a ``refs/pr/N`` pull request must
     exist). The commit deletes the weights, adapter and tower folders of an earlier push that this one does not
@@ -747,14 +748,21 @@ def push_to_hub(
         if base_model and card.data.base_model != base_model:
             card.data.base_model = base_model
         card = _card_without_local_paths(card, local_paths, base_model)
-        card = _card_with_usage(card, model_card_info_from_model(model, repo_id=repo_id))
-        validate_model_card(card)
-        card.save(folder / "README.md")
-        leaked = find_token_in_folder(folder, token)
-        if leaked:
-            raise RuntimeError(f"refusing to upload: the Hub token appears in {[p.name for p in leaked]}")
+
+        def save_card(card: Any, repo_id: str) -> None:
+            card = _card_with_usage(card, model_card_info_from_model(model, repo_id=repo_id))
+            validate_model_card(card)
+            card.save(folder / "README.md")
+            leaked = find_token_in_folder(folder, token)
+            if leaked:
+                raise RuntimeError(f"refusing to upload: the Hub token appears in {[p.name for p in leaked]}")
+
+        save_card(card, repo_id)
         api = HfApi(endpoint=_endpoint(endpoint), token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        created = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
+        if created != repo_id:  # a name without namespace: the repository is the token owner's, as the Hub made it
+            repo_id = created
+            save_card(card, repo_id)
         if revision is not None and not revision.startswith("refs/pr/"):  # the Hub refuses commits to a missing branch
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
         info = api.upload_folder(

@@ -421,7 +421,9 @@ class RetrievalTrainer(Trainer):
     ) -> str | None:
         """Push the trained model and its card with :func:`hf_robust_ir.hub.push_to_hub` (adapter-only for LoRA;
         ``base_model``: the Hub id of a LoRA model's local base), from the main process only (the others get None).
-        ``private`` and ``revision`` default to ``args.hub_private_repo`` and ``args.hub_revision``."""
+        The repository: the one made for ``push_to_hub=True`` (``hub_model_id``, else the output folder's name),
+        else ``args.hub_model_id``, else the output folder's name. ``private`` and ``revision`` default to
+        ``args.hub_private_repo`` and ``args.hub_revision``."""
         from .hub import push_to_hub
 
         self.create_model_card()
@@ -430,13 +432,47 @@ class RetrievalTrainer(Trainer):
         card = Path(self.args.output_dir) / "README.md"
         return push_to_hub(
             self.accelerator.unwrap_model(self.model),
-            self.args.hub_model_id,
+            self.hub_model_id or self.args.hub_model_id or Path(self.args.output_dir).absolute().name,
             private=bool(self.args.hub_private_repo if private is None else private),
             token=token or self.args.hub_token,
             commit_message=commit_message or "End of training",
             card=card if card.exists() else None,
             base_model=base_model,
             revision=revision if revision is not None else self.args.hub_revision,
+        )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """A save with ``push_to_hub=True`` pushes the model as :meth:`push_to_hub` does (the retriever's folder, its
+        card, safetensors, the token check), not transformers' copy of the output folder, which adds
+        ``training_args.bin``: a pickle holding ``hub_token``. ``hub_strategy`` ``checkpoint`` and
+        ``all_checkpoints`` also upload the checkpoint folder (the optimizer state, to resume from) without its
+        ``training_args.bin``, which a resume does not read."""
+        from huggingface_hub import HfApi
+        from transformers.trainer import TRAINING_ARGS_NAME as TRAINING_ARGS
+        from transformers.trainer_utils import HubStrategy, SaveStrategy
+
+        from .hub import _endpoint, find_token_in_folder
+
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        if self.args.save_strategy == SaveStrategy.STEPS:
+            message = f"Training in progress, step {self.state.global_step}"
+        else:
+            message = f"Training in progress, epoch {int(self.state.epoch or 0)}"
+        self.push_to_hub(commit_message=message)
+        if self.args.hub_strategy not in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            return
+        folder = Path(checkpoint_folder)
+        leaked = [path for path in find_token_in_folder(folder, self.args.hub_token) if path.name != TRAINING_ARGS]
+        if leaked:
+            raise RuntimeError(f"refusing to upload {folder}: the Hub token appears in {[p.name for p in leaked]}")
+        HfApi(endpoint=_endpoint(None), token=self.args.hub_token).upload_folder(
+            repo_id=self.hub_model_id,
+            folder_path=str(folder),
+            path_in_repo="last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT else folder.name,
+            commit_message=message + ", checkpoint",
+            revision=self.args.hub_revision,
+            ignore_patterns=[TRAINING_ARGS],
         )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

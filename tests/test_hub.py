@@ -152,6 +152,17 @@ def test_a_push_to_a_branch_that_does_not_exist_yet_creates_it(tmp_path, tiny_mo
     assert local_hub.state.repos["org/branched"]["head"] == main_head
 
 
+def test_a_name_without_namespace_is_pushed_to_the_repository_the_hub_made_for_it(tiny_model_path, local_hub):
+    """The Hub puts ``trained`` in the token owner's namespace (the local server's is ``user``): the upload goes to
+    ``user/trained``, and the card's snippets name it."""
+    model = _retriever(tiny_model_path)
+    url = hub.push_to_hub(model, "trained")
+    assert "user/trained" in url and set(local_hub.state.repos) == {"user/trained"}
+    card = (local_hub.state.storage / "user" / "trained" / "README.md").read_text()
+    assert 'hf_robust_ir.from_pretrained("user/trained")' in card
+    _same_embeddings(model, hf_robust_ir.from_pretrained("user/trained"))
+
+
 def test_download_command_and_no_pickles(tmp_path, tiny_model_path, local_hub):
     from huggingface_hub import HfApi
 
@@ -366,6 +377,67 @@ def test_the_hub_token_never_reaches_logs_cards_configs_or_checkpoints(
     assert planted not in captured.out + captured.err + caplog.text
     card = (output_dir / "README.md").read_text()
     assert "hub_token" not in card and "learning_rate" in card
+
+
+def _push_run(output_dir, planted, local_hub, monkeypatch, **overrides):
+    """Arguments of a 2-step run that pushes; transformers' own calls (the repository it makes) reach the local Hub."""
+    from huggingface_hub import constants
+
+    from hf_robust_ir.trainer import RetrievalTrainingArguments
+
+    monkeypatch.setattr(constants, "ENDPOINT", local_hub.url)  # what transformers reads
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", f"{local_hub.url}/{{repo_id}}/resolve/{{revision}}/{{filename}}"
+    )
+
+    settings = dict(
+        output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=2, save_strategy="steps", save_steps=1,
+        report_to=[], group_size=3, use_cpu=True, disable_tqdm=True, learning_rate=1e-3, push_to_hub=True,
+        hub_token=planted,
+    )  # fmt: skip
+    settings.update(overrides)
+    return RetrievalTrainingArguments(**settings)
+
+
+@pytest.mark.parametrize("hub_strategy", ["every_save", "checkpoint"])
+def test_pushes_during_training_publish_the_retriever_without_pickled_arguments_or_the_token(
+    tmp_path, tiny_model_path, local_hub, monkeypatch, hub_strategy
+):
+    """transformers' push at each save copies the output folder with ``training_args.bin``: a pickle that holds
+    ``hub_token``. Each save pushes the retriever's folder instead; ``checkpoint`` adds the last checkpoint."""
+    from hf_robust_ir.trainer import RetrievalTrainer
+
+    planted = f"hf_planted{uuid.uuid4().hex}"
+    monkeypatch.setenv("HF_TOKEN", planted)
+    args = _push_run(
+        tmp_path / "run", planted, local_hub, monkeypatch, hub_model_id="org/pushed", hub_strategy=hub_strategy
+    )
+    model = _retriever(tiny_model_path)
+    RetrievalTrainer(model, args, train_dataset=_rows(), corpus=CORPUS).train()
+
+    stored = local_hub.state.storage / "org" / "pushed"
+    files = [p for p in stored.rglob("*") if p.is_file()]
+    names = {p.relative_to(stored).as_posix() for p in files}
+    assert {"README.md", "model.safetensors", "modules.json", hub.CONFIG_NAME} <= names
+    assert "training_args.bin" not in {p.name for p in files}
+    assert [p for p in files if planted.encode() in p.read_bytes()] == []
+    assert ("last-checkpoint/trainer_state.json" in names) == (hub_strategy == "checkpoint")
+    _same_embeddings(model, hf_robust_ir.from_pretrained("org/pushed"))  # the weights of the last save
+
+
+def test_save_model_with_push_to_hub_pushes_to_the_repository_named_after_the_output_folder(
+    tmp_path, tiny_model_path, local_hub, monkeypatch
+):
+    """Without ``hub_model_id``, transformers makes the repository ``<token owner>/<output folder's name>``."""
+    from hf_robust_ir.trainer import RetrievalTrainer
+
+    args = _push_run(tmp_path / "my-run", None, local_hub, monkeypatch, save_strategy="no")
+    model = _retriever(tiny_model_path)
+    trainer = RetrievalTrainer(model, args, train_dataset=_rows(), corpus=CORPUS)
+    trainer.train()
+    trainer.save_model()
+    assert set(local_hub.state.repos) == {"user/my-run"}
+    _same_embeddings(model, hf_robust_ir.from_pretrained("user/my-run"))
 
 
 def test_a_folder_holding_the_token_is_not_uploaded(tmp_path, tiny_model_path, local_hub, monkeypatch):
