@@ -111,6 +111,20 @@ def test_train_override_errors_name_the_command_line(tmp_path, capsys):
     assert _error_line(capsys) == "error: command line, field 'learning': unknown field (did you mean 'learning_rate'?)"
 
 
+def test_train_overrides_written_key_equals_value_replace_the_recipe_value(tmp_path, capsys):
+    from hf_robust_ir.commands.train import parse_recipe
+
+    recipe = _write(tmp_path, f"output_dir: {tmp_path / 'run'}\neval_split: null\nmax_steps: 5\n")
+    _, data_args, training_args = parse_recipe(str(recipe), ["--eval_split=dev", "--max-steps=7"])
+    assert (data_args.eval_split, training_args.max_steps) == ("dev", 7)  # not the recipe's null
+    assert main(["train", "--config", str(recipe), "--max_steps=x"]) == 2
+    assert _error_line(capsys) == "error: command line, field 'max_steps': invalid int value: 'x'"
+    assert main(["train", "--config", str(recipe), "--lerning_rate=0.1"]) == 2
+    assert _error_line(capsys) == (
+        "error: command line, field 'lerning_rate': unknown field (did you mean 'learning_rate'?)"
+    )
+
+
 @dataclasses.dataclass
 class _Recipe:
     learning_rate: float = 2e-5

@@ -97,7 +97,7 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
     from .common import one_line, read_recipe
 
     config, lines = read_recipe(config_path) if config_path else ({}, {})
-    overridden = {key[2:].replace("-", "_") for key in overrides if key.startswith("--")}
+    overridden = {_override_name(key) for key in overrides if key.startswith("--")}
     config = {key: value for key, value in config.items() if key not in overridden}  # the command line wins
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, RetrievalTrainingArguments), exit_on_error=False, allow_abbrev=False
@@ -123,11 +123,16 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
     except ValueError as exc:  # values TrainingArguments refuses together (its __post_init__ checks)
         raise DataFormatError(config_path or "command line", None, None, one_line(exc)) from None
     if unknown:
-        name = next((s[2:].replace("-", "_") for s in unknown if s.startswith("--")), None)
+        name = next((_override_name(s) for s in unknown if s.startswith("--")), None)
         problem = _unknown_field(name, actions) if name else f"unexpected argument(s) {unknown}"
         raise DataFormatError("command line", None, name, problem)
     _check_loss(training_args, config_path, lines, overridden)
     return model_args, data_args, training_args
+
+
+def _override_name(option: str) -> str:
+    """The field an override sets: ``--max-steps 10`` and ``--max_steps=10`` both set ``max_steps``."""
+    return option[2:].split("=", 1)[0].replace("-", "_")
 
 
 def resume_point(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
