@@ -571,3 +571,29 @@ def test_a_repository_with_only_pickled_weights_is_refused_naming_them(tmp_path,
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     assert command.run(parser.parse_args(["org/pickled", "--local_dir", str(tmp_path / "local")])) == 2
+
+
+def test_the_train_command_pushes_the_card_with_the_scores_after_training(
+    tmp_path, tiny_model_path, small_beir, local_hub, monkeypatch, capsys
+):
+    """The push at the end of the train command carried a card without the scores measured after training: they
+    were written into the local card only, after the push."""
+    import yaml
+    from huggingface_hub import ModelCard, constants
+
+    from hf_robust_ir.cli import main
+
+    monkeypatch.setattr(constants, "ENDPOINT", local_hub.url)  # what transformers reads
+    config = {
+        "model_name_or_path": tiny_model_path, "data_dir": str(small_beir), "num_negatives": 2,
+        "mining_range_max": 10, "group_size": 2, "per_device_train_batch_size": 4, "max_steps": 1,
+        "output_dir": str(tmp_path / "run"), "save_strategy": "no", "report_to": "none", "use_cpu": True,
+        "encode_batch_size": 32, "push_to_hub": True, "hub_model_id": "org/cli-run",
+    }  # fmt: skip
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 0
+    after = json.loads(capsys.readouterr().out)["after"]["after_ndcg@10"]
+    for card_path in (tmp_path / "run" / "README.md", local_hub.state.storage / "org" / "cli-run" / "README.md"):
+        card = ModelCard.load(card_path)
+        reported = {result.metric_type: result.metric_value for result in card.data.eval_results or []}
+        assert reported.get("ndcg_at_10") == pytest.approx(after), card_path

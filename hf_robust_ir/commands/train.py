@@ -417,11 +417,12 @@ def _run(args: argparse.Namespace, stdout: Any) -> int:
     results["train"] = train_output.metrics
     if evaluator is not None:
         results["after"] = trainer.evaluate(metric_key_prefix="after")
-    trainer.save_model(training_args.output_dir)
-    if evaluator is not None and trainer.model_card is not None:  # the card reports what the saved weights scored
-        scored = {f"eval_{name.removeprefix('after_')}": value for name, value in results["after"].items()}
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        trainer.model_card.write(training_args.output_dir, training_args, trainer.state, scored, model=model)
+        if trainer.model_card is not None:  # the card reports what the saved weights scored, here and on the Hub
+            scored = {f"eval_{name.removeprefix('after_')}": value for name, value in results["after"].items()}
+            trainer.model_card.eval_metrics = scored
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            trainer.model_card.write(training_args.output_dir, training_args, trainer.state, scored, model=model)
+    trainer.save_model(training_args.output_dir)  # with push_to_hub, the push writes the card again
     if is_main:
         Path(training_args.output_dir, "results.json").write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results), file=stdout, flush=True)
