@@ -300,6 +300,11 @@ class RetrievalTrainer(Trainer):
         guide_model: Any = None,
         **kwargs: Any,
     ):
+        if kwargs.get("compute_loss_func") is not None:  # compute_loss would never call it
+            raise ValueError(
+                "RetrievalTrainer computes the loss with `loss` (a RetrievalLoss, or args.loss by name) over the "
+                "batch's target matrix; compute_loss_func is not used: write the loss as a RetrievalLoss instead"
+            )
         if data_collator is None:
             if corpus is None:
                 raise ValueError("RetrievalTrainer needs the corpus (doc id -> text) or a data_collator")

@@ -169,6 +169,15 @@ def test_missing_corpus_is_a_clear_error(tmp_path, model_path):
         RetrievalTrainer(BiEncoder.from_pretrained(model_path), _args(tmp_path), _rows())
 
 
+def test_a_compute_loss_func_is_refused_not_ignored(tmp_path, model_path):
+    """transformers' compute_loss_func would never be called by compute_loss, and the trainer would stop dividing the
+    loss by the accumulation steps."""
+    with pytest.raises(ValueError, match="compute_loss_func is not used: write the loss as a RetrievalLoss"):
+        RetrievalTrainer(
+            BiEncoder.from_pretrained(model_path), _args(tmp_path), _rows(), CORPUS, compute_loss_func=lambda *a: 0.0
+        )
+
+
 def test_empty_training_rows_are_a_clear_error(tmp_path, model_path):
     with pytest.raises(ValueError, match=r"training rows are empty \(0 queries\)"):
         RetrievalTrainer(BiEncoder.from_pretrained(model_path), _args(tmp_path), _rows().select([]), corpus=CORPUS)
