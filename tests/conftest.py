@@ -21,6 +21,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("HF_ROBUST_IR_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def progress_bars_as_they_were() -> Iterator[None]:
+    """Each test starts with the progress bars of ``datasets`` and ``transformers`` shown and ends restoring them:
+    benchmark scripts run in-process turn both off for their whole process, which would hide the bars later tests
+    look for."""
+    import datasets
+    import transformers
+
+    datasets.enable_progress_bars()
+    transformers.logging.enable_progress_bar()
+    yield
+    datasets.enable_progress_bars()
+    transformers.logging.enable_progress_bar()
+
+
 @contextlib.contextmanager
 def benchmark_module(name: str) -> Iterator:
     """A script of ``benchmarks/`` imported as a module, with that folder on ``sys.path`` while in use (the scripts
