@@ -159,3 +159,74 @@ def test_counts_out_of_range_are_refused_with_their_line(tmp_path, text, line, f
         parse_recipe(str(_recipe(tmp_path, "output_dir: out\n" + text)), [])
     assert (err.value.line, err.value.field, err.value.problem) == (line, field, problem)
     assert parse_recipe(str(_recipe(tmp_path, "output_dir: out\nmax_flagged: 0\n")), []).max_flagged == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "problem"),
+    [
+        ("strategies: []\n", 5, "strategies", "no relabeling strategy given"),
+        ("strategies: [threshold]\nmax_flagged: null\n", 6, "max_flagged", "strategy 'threshold' drops only queries"),
+        ("strategies: [rlhn, arhn_r]\n", 2, "judge", "strategies ['arhn_r'] need a judge that gives ARHN labels"),
+    ],
+)
+def test_strategies_that_cannot_run_are_one_error_line_before_any_work(
+    tmp_path, capsys, tiny_model_path, text, line, field, problem
+):
+    """An empty list, threshold without max_flagged and ARHN with a judge without ARHN labels ended in a traceback
+    (exit status 1) after the rows were loaded and the output folder made."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"query_id": "q0", "query": "x", "doc_ids": ["p0", "n0"], "labels": [1, 0]}) + "\n")
+    out = tmp_path / "out"
+    recipe = _recipe(
+        tmp_path,
+        f"output_dir: {out}\njudge:\n  type: embedding\n  model: {tiny_model_path}\n{text}"
+        f"rows: {rows}\ndata_dir: {_beir(tmp_path)}\nshow_progress_bar: false\n",
+    )
+    assert main(["relabel", "--config", str(recipe)]) == 2
+    captured = capsys.readouterr()
+    error_lines = [entry for entry in captured.err.splitlines() if entry.startswith("error:")]
+    assert error_lines == [error_lines[0]] and f"{recipe}, line {line}, field '{field}': {problem}" in error_lines[0]
+    assert captured.out == "" and "Traceback" not in captured.err and not out.exists()
+
+
+def test_show_progress_bar_false_silences_the_bars_of_datasets_too(tmp_path, capsys, tiny_model_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"query_id": "q0", "query": "x", "doc_ids": ["p0", "n0"], "labels": [1, 0]}) + "\n")
+    text = f"judge:\n  type: embedding\n  model: {tiny_model_path}\nrows: {rows}\ndata_dir: {_beir(tmp_path)}\n"
+    loud = _recipe(tmp_path, f"output_dir: {tmp_path / 'loud'}\n{text}")
+    assert main(["relabel", "--config", str(loud)]) == 0
+    assert "Saving the dataset" in capsys.readouterr().err  # datasets draws its bar when saving the rows
+    quiet = _recipe(tmp_path, f"output_dir: {tmp_path / 'quiet'}\n{text}show_progress_bar: false\n")
+    assert main(["relabel", "--config", str(quiet)]) == 0
+    err = capsys.readouterr().err
+    assert "Saving the dataset" not in err and "Filter" not in err and "strategy rlhn" not in err
+    assert datasets.is_progress_bar_enabled()  # restored for whatever runs next in the process
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "problem"),
+    [
+        ("mining_range_min: -5\n", 2, "mining_range_min", "must be >= 0, got -5"),
+        (
+            "mining_range_min: 50\nmining_range_max: 10\n",
+            3,
+            "mining_range_max",
+            "must be > mining_range_min (50), got 10",
+        ),
+        (
+            "mining_range_min: 10\nmining_range_max: 10\n",
+            3,
+            "mining_range_max",
+            "must be > mining_range_min (10), got 10",
+        ),
+    ],
+)
+def test_a_mining_range_that_holds_no_rank_is_refused_with_its_line(tmp_path, text, line, field, problem):
+    """It was refused by the miner only after the judge and the mining model loaded, naming neither file nor line."""
+    with pytest.raises(DataFormatError) as err:
+        parse_recipe(str(_recipe(tmp_path, "output_dir: out\n" + text)), [])
+    assert (err.value.line, err.value.field, err.value.problem) == (line, field, problem)
+    with pytest.raises(DataFormatError) as err:  # an override has no line in the file
+        parse_recipe(str(_recipe(tmp_path, "output_dir: out\nmining_range_max: 5\n")), ["--mining_range_max", "0"])
+    assert (err.value.line, err.value.field) == (None, "mining_range_max")
+    assert parse_recipe(str(_recipe(tmp_path, "output_dir: out\nmining_range_max: 1\n")), []).mining_range_max == 1

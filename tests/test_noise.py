@@ -626,3 +626,20 @@ def test_noise_command_refuses_a_cross_encoder_and_no_rows(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error:") and "no training rows" in captured.err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_noise_command_refuses_a_token_limit_below_one_before_any_work(tmp_path, tiny_model_path, capsys, value):
+    """--max_length 0 was read as no limit at all (a text longer than the model's positions then fails mid-run); -1
+    ended in a tokenizer traceback."""
+    from test_evaluation import write_beir_folder
+
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir", split="train")
+    argv = ["noise", "--data", str(tmp_path / "beir"), "--kind", "semantic_swap", "--rate", "1", "--quiet"]
+    argv += ["--model", tiny_model_path, "--output", str(tmp_path / "x"), "--max_length", value]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"error: --max_length must be >= 1, got {value}\n"
+    assert not (tmp_path / "x").exists()

@@ -209,3 +209,15 @@ def test_a_resume_with_another_max_length_is_refused(tiny_model_path, tmp_path):
     short = load_teacher(tiny_model_path, max_length=4)
     with pytest.raises(ValueError, match="line 1: these scores come from another teacher, precision or settings"):
         score_rows(_rows().select([0]), CORPUS, short, progress_file=progress, show_progress=False)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--max_length", "-1"), ("--max_length", "0"), ("--chunk_size", "0")])
+def test_cli_refuses_counts_below_one_before_any_work(tiny_model_path, tmp_path, capsys, flag, value):
+    """--max_length -1 ended in a tokenizer traceback and 0 was read as no limit at all (a text longer than the model's
+    positions then fails mid-run); each left an output folder behind."""
+    out = tmp_path / "out"
+    argv = ["score", "--data", str(_beir(tmp_path)), "--teacher", tiny_model_path, "--output", str(out), "--quiet"]
+    assert main([*argv, flag, value]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"error: {flag} must be >= 1, got {value}\n"
+    assert not out.exists()

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import cross_encoder_error, input_error, load_bi_encoder, setup_logging
+from .common import below_least, cross_encoder_error, input_error, load_bi_encoder, setup_logging
 
 HELP = "Inject label noise into training rows: noisy rows plus changes.jsonl, the record of every change."
 
@@ -64,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
+    found = below_least(vars(args), {"max_length": 1, "batch_size": 1, "top_k": 1})  # max_length 0: no limit
+    if found:
+        print(f"error: --{found[0]} {found[1]}", file=sys.stderr)
+        return 2
     data_dir = Path(args.data)
     if args.kind == "semantic_swap" and args.model is None:
         print("error: --kind semantic_swap needs --model (the model whose top-k is swapped in)", file=sys.stderr)

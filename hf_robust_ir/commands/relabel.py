@@ -63,7 +63,14 @@ class RelabelArguments:
     show_progress_bar: bool = True
 
 
-LEAST_VALUES = {"batch_size": 1, "encode_batch_size": 1, "max_candidates": 1, "max_queries": 1, "max_flagged": 0}
+LEAST_VALUES = {
+    "batch_size": 1,
+    "encode_batch_size": 1,
+    "max_candidates": 1,
+    "max_queries": 1,
+    "max_flagged": 0,
+    "mining_range_min": 0,
+}
 """Fields that count something and their least value (``None`` where allowed: no limit)."""
 
 
@@ -81,14 +88,34 @@ def read_relabel_recipe(config_path: str | None, overrides: list[str]) -> tuple[
     if config.get("push_to_hub") and not config.get("hub_repo_id"):
         raise DataFormatError(source, lines.get("push_to_hub"), "hub_repo_id", "push_to_hub needs a hub_repo_id")
     args = RelabelArguments(**config)
+    if args.mining_range_max <= args.mining_range_min:  # mining keeps ranks range_min <= rank < range_max
+        problem = f"must be > mining_range_min ({args.mining_range_min}), got {args.mining_range_max}"
+        raise DataFormatError(source, lines.get("mining_range_max"), "mining_range_max", problem)
     from ..relabel.strategies import get_strategy
 
+    if not args.strategies:
+        raise DataFormatError(source, lines.get("strategies"), "strategies", "no relabeling strategy given")
     for name in args.strategies:
         try:
-            get_strategy(name)
+            strategy = get_strategy(name)
         except ValueError as exc:
             raise DataFormatError(source, lines.get("strategies"), "strategies", str(exc)) from None
+        try:
+            strategy.check_max_flagged(args.max_flagged)
+        except ValueError as exc:
+            raise DataFormatError(source, lines.get("max_flagged"), "max_flagged", str(exc)) from None
     return args, lines, source
+
+
+def arhn_judge_error(strategies: list[str], judge: Judge, source: str, line: int | None) -> DataFormatError | None:
+    """The error for ARHN strategies given a judge without ``arhn_labels`` (they read its marks), else None."""
+    from ..relabel.strategies import get_strategy
+
+    arhn = [name for name in strategies if get_strategy(name).arhn]
+    if not arhn or callable(getattr(judge, "arhn_labels", None)):
+        return None
+    problem = f"strategies {arhn} need a judge that gives ARHN labels (type: arhn); {judge.name!r} gives none"
+    return DataFormatError(source, line, "judge", problem)
 
 
 def build_recipe_judge(spec: dict, source: str, line: int | None) -> Judge:
@@ -198,13 +225,22 @@ def run(args: argparse.Namespace) -> int:
     except (DataFormatError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from ..cli import _progress_bars
 
+    with _progress_bars(recipe.show_progress_bar):  # datasets' own bars (loading, map, filter, saving) too
+        return _relabel(recipe, lines, source)
+
+
+def _relabel(recipe: RelabelArguments, lines: dict[str, int], source: str) -> int:
     from ..relabel.cache import JudgmentCache
     from ..relabel.runner import relabel
 
     start = time.perf_counter()
     try:
         judge = build_recipe_judge(recipe.judge, source, lines.get("judge"))  # a bad judge stops before mining
+        error = arhn_judge_error(recipe.strategies, judge, source, lines.get("judge"))
+        if error is not None:
+            raise error
         rows, corpus = load_rows(recipe)
     except (DataFormatError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

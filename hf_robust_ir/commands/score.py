@@ -9,11 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-from .common import input_error, setup_logging
+from .common import below_least, input_error, setup_logging
 
 HELP = "Score every candidate of training rows with a teacher (bi-encoder or cross-encoder): teacher_scores."
 
 PROGRESS_NAME = "teacher_scores.partial.jsonl"
+
+LEAST_VALUES = {"batch_size": 1, "chunk_size": 1, "max_length": 1}
+"""Flags that count something and their least value (``max_length`` None: the teacher's own)."""
 
 logger = logging.getLogger("hf_robust_ir.score")
 
@@ -46,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
+    found = below_least(vars(args), LEAST_VALUES)
+    if found:
+        print(f"error: --{found[0]} {found[1]}", file=sys.stderr)
+        return 2
     data_dir = Path(args.data)
     error = input_error(data_dir, args.teacher)
     if error:
