@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -129,6 +130,11 @@ def search(
     return index.search(queries, k)
 
 
+def _faiss_reason(exc: Exception) -> str:
+    """The reason in a faiss error, without the C++ function and source line it comes from."""
+    return re.sub(r"^Error in .*? at \S+:\d+: ", "", str(exc).strip().splitlines()[-1])
+
+
 def _process_group() -> tuple[int, int]:
     """``(rank, world_size)`` of the initialized default process group, else ``(0, 1)``."""
     if dist.is_available() and dist.is_initialized():
@@ -165,6 +171,24 @@ class DocumentIndex:
     def __len__(self) -> int:
         return len(self.doc_ids)
 
+    def create(self, dim: int) -> None:
+        """Build the empty index for ``dim``-sized embeddings with its search parameters set, so that an index factory
+        or search parameter faiss refuses is named before any document is encoded."""
+        try:
+            self.index = build_index(dim, self.index_factory)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"index_factory {self.index_factory!r} is not a faiss index for {dim}-sized embeddings: "
+                f"{_faiss_reason(exc)}"
+            ) from None
+        try:
+            set_search_params(self.index, self.search_params)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"search_params {self.search_params!r} do not apply to a {self.index_factory!r} index: "
+                f"{_faiss_reason(exc)}"
+            ) from None
+
     def add(self, doc_ids: Sequence[str], embeddings: np.ndarray) -> None:
         """Add one chunk of document embeddings."""
         embeddings = as_faiss_array(embeddings)
@@ -175,9 +199,11 @@ class DocumentIndex:
             repeated = next(doc_id for i, doc_id in enumerate(doc_ids) if doc_id in doc_ids[:i])
         if repeated is not None:  # a search would return it twice, or fewer than top_k documents
             raise ValueError(f"document id {repeated!r} is added to the index twice")
-        self._seen_ids.update(doc_ids)
         if self.index is None:
-            self.index = build_index(embeddings.shape[1], self.index_factory)
+            self.create(embeddings.shape[1])
+        elif embeddings.shape[1] != self.index.d:
+            raise ValueError(f"embeddings of size {embeddings.shape[1]} for an index of size {self.index.d}")
+        self._seen_ids.update(doc_ids)
         for row, doc_id in enumerate(doc_ids):
             if doc_id in self.keep_ids:
                 self.kept_embeddings[doc_id] = embeddings[row].copy()
@@ -225,7 +251,8 @@ class DocumentIndex:
 
         Under ``torchrun`` / ``accelerate launch`` (``torch.distributed`` initialized with several processes) each
         process encodes a contiguous 1/world share of every chunk and the shares are all-gathered in rank order, so
-        every process ends with the same index while the encoding work is split across them.
+        every process ends with the same index while the encoding work is split across them. A model that tells its
+        ``embedding_dim`` (a BiEncoder) gets its index built first, so faiss settings it refuses fail before encoding.
         """
         if batch_size < 1 or chunk_size < 1:
             raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
@@ -233,6 +260,9 @@ class DocumentIndex:
         doc_ids = list(corpus)
         if not doc_ids:
             raise ValueError("the corpus is empty: there is nothing to index")
+        dim = getattr(model, "embedding_dim", None)  # known (a BiEncoder): the index settings are checked up front
+        if isinstance(dim, int) and dim > 0:
+            index.create(dim)
         n_chunks = math.ceil(len(doc_ids) / chunk_size)
         for start in tqdm(
             range(0, len(doc_ids), chunk_size), desc=desc, unit="chunk", disable=not show_progress_bar or n_chunks < 2

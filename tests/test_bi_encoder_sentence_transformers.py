@@ -220,3 +220,37 @@ def test_a_max_length_given_for_one_kind_leaves_the_other_as_sentence_transforme
     )
     model = BiEncoder.from_pretrained(folder, document_max_length=64)
     assert (model.retrieval_config.query_max_length, model.retrieval_config.document_max_length) == (400, 64)
+
+
+def test_a_max_length_asked_for_past_a_folders_max_seq_length_is_kept(tiny_model_path, tmp_path):
+    """sentence-transformers 6 keeps max_seq_length (400) as the tokenizer's model_max_length: a setting, not what the
+    model reads (512 positions), so a longer max length asked for is kept, as ``st.max_seq_length = 480`` is."""
+    folder = _folder_without_max_seq_length(tiny_model_path, tmp_path)
+    model = BiEncoder.from_pretrained(folder, document_max_length=480)
+    assert model.retrieval_config.document_max_length == 480
+    long_text = " ".join(["label noise"] * 230)  # 460 tokens with [CLS] and [SEP]: past 400, within 480
+    st = SentenceTransformer(str(folder), device="cpu")
+    st.max_seq_length = 480
+    expected = st.encode_document([long_text], normalize_embeddings=True)
+    np.testing.assert_allclose(model.encode_documents([long_text]), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        BiEncoder.from_pretrained(folder).encode_documents([long_text], max_length=480), expected, atol=1e-5
+    )
+    assert BiEncoder.from_pretrained(folder, document_max_length=1000).retrieval_config.document_max_length == 512
+
+
+def test_positions_after_the_padding_index_bound_the_max_length(tiny_model_path, tmp_path):
+    """RoBERTa-style embeddings number positions from padding_idx + 1: 130 positions with padding_idx 1 read at most
+    130 - 2 = 128 tokens, whatever the tokenizer's limit (512 here)."""
+    from conftest import tiny_bert_config
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+    settings = tiny_bert_config(max_position_embeddings=130).to_dict()
+    settings.pop("model_type", None)
+    RobertaModel(RobertaConfig(**{**settings, "pad_token_id": 1}), add_pooling_layer=False).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(tmp_path)
+    model = BiEncoder.from_pretrained(tmp_path, document_max_length=1000)
+    assert model.retrieval_config.document_max_length == 128
+    assert model.encode_documents([" ".join(["noise"] * 300)]).shape == (1, 32)
+    with pytest.raises(ValueError, match="document max_length 129 exceeds the 128 tokens this model reads"):
+        model.encode_documents(["noise"], max_length=129)

@@ -195,6 +195,43 @@ def test_document_index_from_corpus_encodes_chunk_by_chunk():
     assert index.index.ntotal == 25
 
 
+class SizedHashingEncoder(HashingEncoder):
+    """A :class:`HashingEncoder` that tells its embedding size, as a BiEncoder does."""
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.dim
+
+
+def test_index_settings_faiss_refuses_are_named_before_the_corpus_is_encoded():
+    """A typo in ``search_params`` failed inside faiss only once the whole corpus was encoded (and one in
+    ``index_factory`` once the first chunk was)."""
+    corpus = {f"d{i}": f"word{i} common" for i in range(25)}
+    for settings, message in (
+        ({"index_factory": "IVF2,Flat", "search_params": "nprob=2"}, r"search_params 'nprob=2' .* 'IVF2,Flat' index"),
+        ({"index_factory": "Flat", "search_params": "nprobe=2"}, r"search_params 'nprobe=2' .* 'Flat' index"),
+        ({"index_factory": "IVF2,Flatt"}, r"index_factory 'IVF2,Flatt' is not a faiss index"),
+    ):
+        model = SizedHashingEncoder()
+        with pytest.raises(ValueError, match=message):
+            DocumentIndex.from_corpus(model, corpus, chunk_size=10, show_progress_bar=False, **settings)
+        assert model.document_calls == []
+    model = HashingEncoder()  # no embedding_dim: the index is built at the first chunk, and refused there
+    with pytest.raises(ValueError, match=r"search_params 'nprob=2'"):
+        DocumentIndex.from_corpus(
+            model, corpus, chunk_size=10, index_factory="IVF2,Flat", search_params="nprob=2", show_progress_bar=False
+        )
+    assert model.document_calls == [10]
+    model = SizedHashingEncoder()
+    index = DocumentIndex.from_corpus(
+        model, corpus, chunk_size=10, index_factory="IVF2,Flat", search_params="nprobe=2", show_progress_bar=False
+    )
+    assert model.document_calls == [10, 10, 5] and index.index.ntotal == 25
+    assert faiss.extract_index_ivf(index.index).nprobe == 2
+    with pytest.raises(ValueError, match="embeddings of size 8 for an index of size 64"):
+        index.add(["new"], np.ones((1, 8), np.float32))
+
+
 # ------------------------------------------------------------------------------------------------------ evaluator
 
 
@@ -330,6 +367,9 @@ def test_evaluator_and_eval_command_refuse_nonpositive_sizes_before_encoding(tin
     assert main([*argv, "--top_k", "0"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == "error: top_k must be >= 1, got 0\n"
+    assert main([*argv, "--max_length", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "error: max_length must be >= 1, got 0\n"
 
 
 def test_mrr_cut_ranks_at_trec_eval_float32_precision():

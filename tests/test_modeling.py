@@ -168,6 +168,25 @@ def test_separate_towers_round_trip(tiny_model_path, tmp_path):
     np.testing.assert_allclose(st_document.encode(TEXTS), documents, atol=1e-5)
 
 
+def test_a_shared_model_saved_over_separate_towers_loads_itself(tiny_model_path, tmp_path):
+    """Saving a shared model into a folder that held separate towers leaves query_encoder/ behind; loading read that
+    older tower instead of the model saved last."""
+    towers = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True)
+    with torch.no_grad():
+        for parameter in towers.parameters():
+            parameter.add_(0.1)
+    towers.save_pretrained(tmp_path)
+    BiEncoder.from_pretrained(tiny_model_path).save_pretrained(tmp_path)
+    assert (tmp_path / "query_encoder").is_dir()
+    reloaded = BiEncoder.from_pretrained(tmp_path)
+    expected = _manual_embeddings(tiny_model_path, TEXTS, "mean", True)
+    np.testing.assert_allclose(reloaded.encode_queries(TEXTS), expected, atol=1e-5)
+    np.testing.assert_allclose(reloaded.encode_documents(TEXTS), expected, atol=1e-5)
+    # without hf_robust_ir_config.json, the top-level model (what sentence-transformers loads) is read too
+    (tmp_path / "hf_robust_ir_config.json").unlink()
+    np.testing.assert_allclose(BiEncoder.from_pretrained(tmp_path).encode_queries(TEXTS), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("pooling", ["cls", "lasttoken"])
 def test_pooling_saved_for_sentence_transformers(tiny_model_path, tmp_path, pooling):
     model = BiEncoder.from_pretrained(tiny_model_path, pooling=pooling)
@@ -288,6 +307,24 @@ def test_bad_pooling_and_temperature_errors(tiny_model_path):
         BiEncoder.from_pretrained(tiny_model_path, pooling="max")
     with pytest.raises(ValueError, match="temperature"):
         BiEncoderConfig(temperature=0)
+
+
+@pytest.mark.parametrize("length", [0, -5, 2.5])
+def test_a_max_length_below_one_is_refused(tiny_model_path, length):
+    """A max length of 0 truncated nothing (past the 128 positions of the tiny model) and -5 failed inside the
+    tokenizer with an OverflowError."""
+    for name in ("query_max_length", "document_max_length"):
+        with pytest.raises(ValueError, match=f"{name} must be a whole number >= 1, got {length}"):
+            BiEncoder.from_pretrained(tiny_model_path, **{name: length})
+    model = BiEncoder.from_pretrained(tiny_model_path)
+    with pytest.raises(ValueError, match=f"max_length must be a whole number >= 1, got {length}"):
+        model.encode_queries(TEXTS, max_length=length)
+    # [CLS] what [SEP]: a max length of 3 keeps one word of the first text
+    np.testing.assert_allclose(
+        model.encode_queries(TEXTS[:1], max_length=3),
+        _manual_embeddings(tiny_model_path, ["what"], "mean", True),
+        atol=1e-5,
+    )
 
 
 def test_tower_arguments_must_agree(tiny_model_path):

@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if error:
         print(error, file=sys.stderr)
         return 2
+    if args.max_length is not None and args.max_length < 1:  # 0 would truncate nothing
+        print(f"error: max_length must be >= 1, got {args.max_length}", file=sys.stderr)
+        return 2
 
     from hf_robust_ir.data.beir import load_beir
     from hf_robust_ir.evaluation import RetrievalEvaluator

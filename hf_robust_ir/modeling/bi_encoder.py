@@ -62,12 +62,20 @@ class BiEncoderConfig:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("query_max_length", "document_max_length"):
+            _check_max_length(getattr(self, name), name)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> BiEncoderConfig:
         data = read_json_file(path)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _check_max_length(value: Any, name: str = "max_length") -> None:
+    """A ``ValueError`` for a max length that is not a whole number >= 1 (0 would truncate nothing)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
 def _load_transformer(path: str, trust_remote_code: bool, torch_dtype: Any = None) -> nn.Module:
@@ -97,15 +105,40 @@ def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_mo
     return PeftModel.from_pretrained(base_encoder, str(folder), is_trainable=True)
 
 
+def _position_limit(encoder: nn.Module) -> int | None:
+    """The positions the model's embeddings hold, less the offset of those (RoBERTa, MPNet) that number positions
+    from ``padding_idx + 1``; None for a model without ``max_position_embeddings``."""
+    positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
+    if not positions:
+        return None
+    for name, module in encoder.named_modules():
+        module = getattr(module, "base_layer", module)  # under a LoRA adapter
+        if name.endswith("position_embeddings") and isinstance(module, nn.Embedding):
+            if module.num_embeddings == positions and module.padding_idx is not None:
+                return positions - module.padding_idx - 1
+            break
+    return positions
+
+
+def _tokenizer_limit(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    return tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
+
+
 def input_length_limit(encoder: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
-    """The most tokens the model can read (its position embeddings and the tokenizer's limit); None if unbounded."""
-    limits = [getattr(getattr(encoder, "config", None), "max_position_embeddings", None)]
-    limits.append(tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None)
-    return min((x for x in limits if x), default=None)
+    """The most tokens the model can read: its position embeddings, or the tokenizer's limit for a model without
+    them; None if unbounded. Where the model has positions the tokenizer's limit is a default, not a bound: a
+    sentence-transformers 6 folder keeps its ``max_seq_length`` there, and ``st.max_seq_length`` may go past it."""
+    return _position_limit(encoder) or _tokenizer_limit(tokenizer)
+
+
+def _default_read_length(encoder: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """How far sentence-transformers reads a folder without ``max_seq_length``: the tokenizer's limit, capped at the
+    model's positions."""
+    return min((x for x in (_position_limit(encoder), _tokenizer_limit(tokenizer)) if x), default=None)
 
 
 def _fit_max_lengths(config: BiEncoderConfig, encoder: nn.Module, tokenizer: PreTrainedTokenizerBase):
-    """Cap the max lengths at what the model can read (its position embeddings and the tokenizer's limit)."""
+    """Cap the max lengths at what the model can read (see :func:`input_length_limit`)."""
     limit = input_length_limit(encoder, tokenizer)
     if limit is None:
         return config
@@ -180,6 +213,11 @@ def _config_from_sentence_transformers(path: Path) -> dict[str, Any]:
     return found
 
 
+def _holds_model(folder: Path) -> bool:
+    """Whether ``folder`` holds a transformers model (``config.json``) or a LoRA adapter (``adapter_config.json``)."""
+    return any((folder / name).is_file() for name in ("config.json", "adapter_config.json"))
+
+
 def _check_kind(kind: str) -> None:
     """A ``ValueError`` for a kind other than "query" or "document" (a typo would get the document prefix and tower)."""
     if kind not in KINDS:
@@ -247,6 +285,9 @@ class BiEncoder(nn.Module):
             settings = dataclasses.asdict(BiEncoderConfig.from_json_file(folder / CONFIG_NAME))
         else:
             settings = _config_from_sentence_transformers(folder)
+        # the towers of query_encoder/ and document_encoder/, unless the folder was saved since as one shared model (a
+        # save does not delete the tower folders of an earlier one)
+        saved_towers = (folder / QUERY_TOWER).is_dir() and (settings.get("separate_towers") or not _holds_model(folder))
         settings.update(overrides)
         # a sentence-transformers folder without max_seq_length (version 6 keeps it in the tokenizer) reads as far as
         # the model and tokenizer allow, as sentence-transformers does, for each length not given
@@ -256,12 +297,12 @@ class BiEncoder(nn.Module):
         settings.setdefault("base_model", str(path))
         config = BiEncoderConfig(**settings)
 
-        if (folder / QUERY_TOWER).exists():
+        if saved_towers:
             query_folder, document_folder = folder / QUERY_TOWER, folder / DOCUMENT_TOWER
         else:
             query_folder = document_folder = folder
         for tower in {query_folder, document_folder} if config.separate_towers else {query_folder}:
-            if not any((tower / name).is_file() for name in ("config.json", "adapter_config.json")):
+            if not _holds_model(tower):
                 raise FileNotFoundError(
                     f"{str(tower)!r} is not a model folder: it holds neither config.json (a transformers or "
                     "sentence-transformers model) nor adapter_config.json (a LoRA adapter)"
@@ -273,7 +314,7 @@ class BiEncoder(nn.Module):
         document_encoder = None
         if config.separate_towers:
             document_encoder = _load_tower(document_folder, trust_remote_code, torch_dtype, config.base_model)
-        limit = input_length_limit(query_encoder, tokenizer) if lengths_from_model else None
+        limit = _default_read_length(query_encoder, tokenizer) if lengths_from_model else None
         if limit is not None:
             config = dataclasses.replace(config, **dict.fromkeys(lengths_from_model, limit))
         return cls(query_encoder, tokenizer, _fit_max_lengths(config, query_encoder, tokenizer), document_encoder)
@@ -436,7 +477,9 @@ class BiEncoder(nn.Module):
 
     def tokenize(self, texts: list[str], kind: str, max_length: int | None = None, padding: bool = True):
         """Tokenize with the prefix and max length of ``kind`` ("query" or "document"); a max length past what the
-        model reads (its position embeddings, the tokenizer's limit) is refused rather than failing inside the model."""
+        model reads (see :func:`input_length_limit`) is refused rather than failing inside the model."""
+        if max_length is not None:
+            _check_max_length(max_length)
         length = max_length or self.max_length(kind)
         limit = input_length_limit(self.query_encoder, self.tokenizer)
         if limit is not None and length > limit:
