@@ -526,7 +526,8 @@ def combine_seeds(reports: list[dict[str, Any]], sources: list[str]) -> dict[str
     Cost per seed ``c_s = infonce_clean_s − infonce_injected_s``; its paired t-statistic is
     ``mean(c) / (std(c) / sqrt(n))``. The cost counts as clear when every ``c_s > 0`` and ``t >= 2``.
     ``recovered_fraction = (mean(best) − mean(injected)) / (mean(clean) − mean(injected))`` with the strategy of best
-    mean; the per-seed fractions use that same strategy.
+    mean; the per-seed fractions use that same strategy. A relabeling strategy keeps its ``judge`` (``judge_per_seed``
+    where the seeds' strategy judges differ); runs not made for every seed are listed in ``left_out``.
     """
     if len(reports) < 2:
         raise ValueError("--combine needs the results of at least two seeds")
@@ -549,6 +550,19 @@ def combine_seeds(reports: list[dict[str, Any]], sources: list[str]) -> dict[str
         per_seed = {str(seed): report["results"][name]["ndcg@10"] for seed, report in zip(seeds, reports)}
         mean, std = shared.mean_std(list(per_seed.values()))
         results[name] = {"ndcg@10": round(mean, 5), "std": round(std, 5), "n": len(per_seed), "seeds": per_seed}
+        # a relabeling strategy's rows come from each seed's strategy judge, which need not be the same judge
+        judge_of = {str(seed): report["results"][name].get("judge") for seed, report in zip(seeds, reports)}
+        if any(judge is not None for judge in judge_of.values()):
+            if len(set(judge_of.values())) == 1:
+                results[name]["judge"] = next(iter(judge_of.values()))
+            else:
+                results[name]["judge_per_seed"] = judge_of
+    # runs some seeds lack (an unfinished run) are left out of the means: say which, and which seeds hold them
+    left_out = {
+        name: [str(seed) for seed, report in zip(seeds, reports) if name in report["results"]]
+        for name in dict.fromkeys(name for report in reports for name in report["results"])
+        if name not in names
+    }
     costs = {
         str(seed): report["results"]["infonce_clean"]["ndcg@10"] - report["results"]["infonce_injected"]["ndcg@10"]
         for seed, report in zip(seeds, reports)
@@ -563,6 +577,7 @@ def combine_seeds(reports: list[dict[str, Any]], sources: list[str]) -> dict[str
         "seeds": seeds,
         "settings": settings[0],
         "results": results,
+        "left_out": left_out,
         "zero_shot": reports[0].get("zero_shot"),
         "injection_cost": {
             "mean": round(cost_mean, 5),
@@ -627,7 +642,15 @@ def combined_markdown(combined: dict[str, Any], command: str) -> str:
         lines.append(f"| zero-shot (base model) | {combined['zero_shot']['ndcg@10']:.4f} | |")
     for name, result in combined["results"].items():
         seeds = ", ".join(f"{value:.4f}" for value in result["seeds"].values())
-        lines.append(f"| {name} | {result['ndcg@10']:.4f} ± {result['std']:.4f} | {seeds} |")
+        judged = ""
+        if "judge" in result:
+            judged = f" (judge `{result['judge']}`)"
+        elif "judge_per_seed" in result:
+            judged = " (judges " + ", ".join(f"`{judge}`" for judge in result["judge_per_seed"].values()) + ")"
+        lines.append(f"| {name}{judged} | {result['ndcg@10']:.4f} ± {result['std']:.4f} | {seeds} |")
+    if combined.get("left_out"):
+        held = "; ".join(f"`{name}` (seeds {', '.join(seeds)})" for name, seeds in combined["left_out"].items())
+        lines += ["", f"Left out, not run for every seed: {held}."]
     lines += [
         "",
         f"Injection cost (clean − injected, paired by seed): {cost['mean']:+.4f} ± {cost['std']:.4f}, per seed "

@@ -182,9 +182,15 @@ class Store:
             mean, std = mean_std(r["ndcg@10"] for r in seeds.values())
             results[name] = {"ndcg@10": round(mean, 5), "std": round(std, 5), "n": len(seeds)}
         self.report["results"] = results
-        ours, theirs = (results.get(name, {}).get("ndcg@10") for name in TARGET)
+        # paired by seed: the means over the seeds both runs hold (a resumed file may hold more seeds of one)
+        ours_runs, theirs_runs = (runs.get(name, {}) for name in TARGET)
+        seeds = sorted(ours_runs.keys() & theirs_runs.keys(), key=int)
+        ours = theirs = None
+        if seeds:
+            ours, theirs = (round(mean_std(r[s]["ndcg@10"] for s in seeds)[0], 5) for r in (ours_runs, theirs_runs))
         self.report["target"] = {
             "check": f"{TARGET[0]} > {TARGET[1]}",
+            "seeds": seeds,
             "values": [ours, theirs],
             "difference": None if ours is None or theirs is None else round(ours - theirs, 5),
             "passed": None if ours is None or theirs is None else ours > theirs,

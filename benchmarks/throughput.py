@@ -802,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"nDCG@10 {score:.4f}"
                 )
             report["encode"] = phase_result(runs, "docs_per_s", ndcg)
-            report["encode"]["order"] = "per repeat: " + ", ".join(order) + " (reversed on odd repeats)"
+            report["encode"]["order"] = order_note(list(sides))
             report["encode"]["compile"] = args.compile
             report["encode"]["warmup_s"] = warmup_s
             report["encode"].update(compile_cost(report["encode"], warmup_s, len(warm), len(task.queries)))
@@ -846,7 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"  train {repeat + 1}/{args.repeats} {side}: {rate['steps_per_s']:.4f} steps/s")
                 trained[side] = model
             report["train"] = phase_result(runs, "steps_per_s", {})
-            report["train"]["order"] = "per repeat: " + ", ".join(order) + " (reversed on odd repeats)"
+            report["train"]["order"] = order_note(list(arms))
             write(report, out)
         log("train: nDCG@10 of the trained models")
         ndcg = {}
@@ -879,6 +879,11 @@ def arm_order(sides: list[str], repeat: int) -> list[str]:
     rivals = [s for s in sides if s != OURS]
     order = [x for rival in rivals for x in (rival, OURS)]
     return order[::-1] if repeat % 2 else order
+
+
+def order_note(sides: list[str]) -> str:
+    """The run order the report states: that of the even repeats (whichever repeat was the last to run)."""
+    return "per repeat: " + ", ".join(arm_order(sides, 0)) + " (reversed on odd repeats)"
 
 
 def compile_cost(result: dict[str, Any], warmup_s: dict[str, float], warm_docs: int, n_queries: int) -> dict:

@@ -74,6 +74,35 @@ def test_an_injection_that_costs_nothing_on_the_means_leaves_nothing_to_recover(
     assert "nothing to recover" in false_negatives.combined_markdown(combined, "cmd")
 
 
+def test_combine_keeps_the_judge_each_seed_relabeled_with(false_negatives):
+    """Each seed relabels with the judge of its best F1: seeds 0 and 1 picked `embedding`, seed 2 `cross_encoder`, so
+    the pooled `rlhn` is not one judge's and says so; `remove` was judged by `embedding` in every seed."""
+    reports = three_seeds()
+    for report, judge in zip(reports, ("embedding", "embedding", "cross_encoder")):
+        report["results"]["rlhn"]["judge"] = judge
+        report["results"]["remove"] = {"ndcg@10": 0.3, "judge": "embedding"}
+    combined = false_negatives.combine_seeds(reports, ["a.json", "b.json", "c.json"])
+    rlhn = combined["results"]["rlhn"]
+    assert rlhn["judge_per_seed"] == {"0": "embedding", "1": "embedding", "2": "cross_encoder"}
+    assert "judge" not in rlhn and combined["results"]["remove"]["judge"] == "embedding"
+    assert "judge" not in combined["results"]["guide_masked"]
+    table = false_negatives.combined_markdown(combined, "cmd")
+    assert "| rlhn (judges `embedding`, `embedding`, `cross_encoder`) | 0.3150 ± " in table
+    assert "| remove (judge `embedding`) | 0.3000 ± 0.0000 |" in table
+
+
+def test_combine_lists_the_runs_some_seeds_lack(false_negatives):
+    """Seed 2 stopped before `rlhn` and only seed 0 ran `st_gist`: both are left out of the means, and said to be."""
+    reports = three_seeds()
+    del reports[2]["results"]["rlhn"]
+    reports[0]["results"]["st_gist"] = {"ndcg@10": 0.33}
+    combined = false_negatives.combine_seeds(reports, ["a.json", "b.json", "c.json"])
+    assert set(combined["results"]) == {"infonce_clean", "infonce_injected", "guide_masked"}
+    assert combined["left_out"] == {"rlhn": ["0", "1"], "st_gist": ["0"]}
+    table = false_negatives.combined_markdown(combined, "cmd")
+    assert "Left out, not run for every seed: `rlhn` (seeds 0, 1); `st_gist` (seeds 0)." in table
+
+
 def test_combine_refuses_runs_with_other_settings_or_a_repeated_seed(false_negatives):
     reports = three_seeds()
     reports[2]["settings"]["lr"] = 2e-5

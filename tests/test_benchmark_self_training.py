@@ -83,3 +83,16 @@ def test_the_noise_setting_trains_on_every_query_with_swapped_positives(tiny_mod
     assert noise["selected_queries"] == 4 and noise["changed_queries"] == 4
     # every query, not 30 % of them: MNRL's rows are the 10 noisy queries once per fine-tuning epoch (3)
     assert report["runs"]["st_mnrl_noise40"]["0"]["train"]["rows"] == 30
+
+
+def test_the_target_compares_the_seeds_both_runs_hold(tmp_path):
+    """An interrupted file holds the loop for seeds 0 and 1 but the reference for seed 0 only: the check pairs seed 0
+    (0.60 vs 0.65: not passed), not the mean of two seeds against one (0.70 vs 0.65)."""
+    with benchmark_module("self_training") as bench:
+        store = bench.Store(tmp_path / "r.json", {"profile": "quick"}, "cmd")
+        store.put("self_training_30pct", 0, {"ndcg@10": 0.60})
+        store.put("self_training_30pct", 1, {"ndcg@10": 0.80})
+        store.put("st_mnrl_100pct", 0, {"ndcg@10": 0.65})
+    target = json.loads((tmp_path / "r.json").read_text())["target"]
+    assert target["values"] == [0.6, 0.65] and target["passed"] is False
+    assert target["difference"] == -0.05 and target["seeds"] == ["0"]

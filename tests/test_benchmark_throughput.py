@@ -74,3 +74,53 @@ def test_every_forward_chunk_size_gets_an_untimed_warm_up_step(throughput, monke
     args = Namespace(seed=0, batch_size=4, max_length=16)
     result = throughput.measure_chunking("model", [f"doc {i}" for i in range(10)], args, torch.device("cpu"))
     assert result["speed_vs_one_pass"] == {"None": 1.0, "4": 1.0, "2": 1.0}
+
+
+def test_the_stated_run_order_is_the_one_the_sides_ran_in_on_even_repeats(throughput, monkeypatch, tmp_path):
+    """Two repeats: repeat 0 runs sentence-transformers then ours, repeat 1 the reverse. The report, written after
+    repeat 1, must still state repeat 0's order as the one reversed on odd repeats."""
+    import types
+
+    import sentence_transformers
+
+    import hf_robust_ir.data.beir
+    import hf_robust_ir.modeling
+
+    ran: list[str] = []
+
+    class FakeModel:
+        tokenizer = None
+
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            return cls()
+
+        def __init__(self, *args, **kwargs):
+            self.side = "sentence_transformers" if args else "hf_robust_ir"
+
+        def to(self, device):
+            return self
+
+        def encode(self, texts, **kwargs):
+            return ran.append(self.side)
+
+        encode_documents = encode_queries = encode
+
+    data = types.SimpleNamespace(corpus={"d1": "a", "d2": "b"}, queries={"q1": "x"}, qrels={"q1": {"d1": 1}})
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", FakeModel)
+    monkeypatch.setattr(hf_robust_ir.modeling, "BiEncoder", FakeModel)
+    monkeypatch.setattr(hf_robust_ir.data.beir, "load_beir", lambda *args, **kwargs: data)
+    monkeypatch.setattr(throughput, "encode_padding", lambda *args: {})
+
+    def run(task, encode_docs, encode_queries):
+        encode_docs(task.docs)
+        return {"docs_per_s": 2.0, "seconds": 1.0}, 0.5
+
+    monkeypatch.setattr(throughput.EncodeTask, "run", run)
+    out = tmp_path / "throughput.json"
+    args = ["--model", "m", "--data", "d", "--out", str(out), "--precision", "fp32", "--repeats", "2"]
+    assert throughput.main([*args, "--phases", "encode"]) == 0
+    # warm-up of each side, then repeat 0 and repeat 1
+    assert ran == ["sentence_transformers", "hf_robust_ir"] * 2 + ["hf_robust_ir", "sentence_transformers"]
+    order = json.loads(out.read_text())["encode"]["order"]
+    assert order == "per repeat: sentence_transformers, hf_robust_ir (reversed on odd repeats)"
