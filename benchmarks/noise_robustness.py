@@ -565,17 +565,6 @@ class ResultStore:
         entry["ndcg@10"] = _seed_mean(seeds)
         self.save()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """An exclusive lock on the results file's folder (POSIX ``flock``), held while merging and writing."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        folder = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            fcntl.flock(folder, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(folder)  # closing releases the lock
-
     def _merge_from_disk(self) -> None:
         """Take in what other processes wrote to the file since it was loaded: runs, noise records, zero-shot
         scores, method configurations and commands that this process does not hold. Several processes with the
@@ -597,9 +586,11 @@ class ResultStore:
                 )
         # this process's own command is its own to update; every other one is the file's (its process's latest)
         _take_in(self.report, disk, own_command=self.command, where=str(self.path))
+        if "merged_from" in disk:  # a --merge into this file since it was loaded
+            self.report["merged_from"] = disk["merged_from"]
 
     def save(self) -> None:
-        with self._locked():
+        with results_lock(self.path):
             self._merge_from_disk()
             self._write()
 
@@ -608,14 +599,27 @@ class ResultStore:
         write_report(self.report, self.path)
 
 
+@contextlib.contextmanager
+def results_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on a results file's folder (POSIX ``flock``), held by every process that writes the file
+    (a run's save, ``--merge``) from reading it back to writing it, so none writes over runs another just saved."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # closing releases the lock
+
+
 def write_report(report: dict[str, Any], path: Path) -> None:
     """Recompute the summary, noise costs and checks of ``report``, then write it (atomically) with its table and
     plot beside it."""
     report["summary"] = summarize(report["results"])
     report["zero_shot_summary"] = {name: m["ndcg@10"] for name, m in report["zero_shot"].items()}
     report["noise_cost"] = noise_costs(report["summary"])
-    report["targets"] = target_checks(report["summary"])
-    report["budget_checks"] = budget_checks(report["summary"])
+    report["targets"] = target_checks(report["summary"], report["results"])
+    report["budget_checks"] = budget_checks(report["summary"], report["results"])
     report["finished_runs"] = count_runs(report)
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(report, indent=2) + "\n")
@@ -694,55 +698,56 @@ def merge_results(out: Path, sources: list[Path], methods: list[str] | None = No
     ``sources`` (``out``'s own runs all stay), so a file can give one method's seeds without its other methods'
     configurations having to match. ``merged_from`` records each file's run count (of the runs taken from it), the
     methods taken where filtered, and its environment; ``environment`` stays the first file's."""
-    out_held = out.exists()  # out is taken in first, whole
-    paths = [out] if out_held else []
-    paths += [path for path in sources if not (out_held and path.resolve() == out.resolve())]
-    reports = []
-    for index, path in enumerate(dict.fromkeys(paths)):
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"{path}: not a readable results file ({exc})") from None
-        if not isinstance(report, dict) or "budget" not in report or "results" not in report:
-            raise SystemExit(f"{path}: not a noise_robustness results file (no budget or results)")
-        filtered = methods is not None and not (out_held and index == 0)
-        reports.append((path, _only_methods(report, methods) if filtered else report, filtered))
-    if not reports:
-        raise SystemExit("--merge: no results file to merge")
-    merged = reports[0][1]
-    merged_before = bool(merged.get("merged_from"))  # out was merged before: its own entries are there
-    merged.setdefault("merged_from", [])
-    for path, report, filtered in reports:
-        check_same_budget(path, report["budget"], merged["budget"])
-        for name, config in report.get("methods", {}).items():
-            if not same_config(merged.get("methods", {}).get(name, config), config):
-                raise SystemExit(f"{path}: {name} was run with {config}, not {merged['methods'][name]}")
-        left_out = 0
-        if report is not merged:
-            left_out = len(run_keys(merged) & run_keys(report))
-            if left_out:
-                log(f"{path}: {left_out} of its runs are held by an earlier file already, whose runs are kept")
-            _take_in(merged, report, where=str(path))
-            plan, theirs = merged.setdefault("plan", {}), report.get("plan", {})
-            for key in ("datasets", "rates", "methods", "seeds"):
-                plan[key] = list(dict.fromkeys([*plan.get(key, []), *theirs.get(key, [])]))
-            for dataset, kinds in theirs.get("kinds", {}).items():
-                known = plan.setdefault("kinds", {}).setdefault(dataset, [])
-                known.extend(kind for kind in kinds if kind not in known)
-        if report is merged and merged_before:
-            continue
-        entry = {
-            "file": path.name,
-            "finished_runs": count_runs(report),
-            "runs_left_out": left_out,
-            "environment": report.get("environment"),
-        }
-        if filtered:
-            entry["methods"] = list(methods)
-        merged["merged_from"] = [*(e for e in merged["merged_from"] if e["file"] != path.name), entry]
-    if "rates" in merged.get("plan", {}):
-        merged["plan"]["rates"] = sorted(merged["plan"]["rates"])
-    write_report(merged, out)
+    with results_lock(out):  # a process still running on out saves its runs before or after, not in between
+        out_held = out.exists()  # out is taken in first, whole
+        paths = [out] if out_held else []
+        paths += [path for path in sources if not (out_held and path.resolve() == out.resolve())]
+        reports = []
+        for index, path in enumerate(dict.fromkeys(paths)):
+            try:
+                report = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise SystemExit(f"{path}: not a readable results file ({exc})") from None
+            if not isinstance(report, dict) or "budget" not in report or "results" not in report:
+                raise SystemExit(f"{path}: not a noise_robustness results file (no budget or results)")
+            filtered = methods is not None and not (out_held and index == 0)
+            reports.append((path, _only_methods(report, methods) if filtered else report, filtered))
+        if not reports:
+            raise SystemExit("--merge: no results file to merge")
+        merged = reports[0][1]
+        merged_before = bool(merged.get("merged_from"))  # out was merged before: its own entries are there
+        merged.setdefault("merged_from", [])
+        for path, report, filtered in reports:
+            check_same_budget(path, report["budget"], merged["budget"])
+            for name, config in report.get("methods", {}).items():
+                if not same_config(merged.get("methods", {}).get(name, config), config):
+                    raise SystemExit(f"{path}: {name} was run with {config}, not {merged['methods'][name]}")
+            left_out = 0
+            if report is not merged:
+                left_out = len(run_keys(merged) & run_keys(report))
+                if left_out:
+                    log(f"{path}: {left_out} of its runs are held by an earlier file already, whose runs are kept")
+                _take_in(merged, report, where=str(path))
+                plan, theirs = merged.setdefault("plan", {}), report.get("plan", {})
+                for key in ("datasets", "rates", "methods", "seeds"):
+                    plan[key] = list(dict.fromkeys([*plan.get(key, []), *theirs.get(key, [])]))
+                for dataset, kinds in theirs.get("kinds", {}).items():
+                    known = plan.setdefault("kinds", {}).setdefault(dataset, [])
+                    known.extend(kind for kind in kinds if kind not in known)
+            if report is merged and merged_before:
+                continue
+            entry = {
+                "file": path.name,
+                "finished_runs": count_runs(report),
+                "runs_left_out": left_out,
+                "environment": report.get("environment"),
+            }
+            if filtered:
+                entry["methods"] = list(methods)
+            merged["merged_from"] = [*(e for e in merged["merged_from"] if e["file"] != path.name), entry]
+        if "rates" in merged.get("plan", {}):
+            merged["plan"]["rates"] = sorted(merged["plan"]["rates"])
+        write_report(merged, out)
     return merged
 
 
@@ -838,10 +843,19 @@ def noise_costs(summary: dict[str, Any]) -> dict[str, Any]:
     return costs
 
 
-def _check(dataset: str, kind: str, name: str, cells: tuple[dict, dict], value: float, passed: bool) -> dict[str, Any]:
-    """One check of two summary cells; ``seeds`` holds how many seeds each side's mean is over (they may differ when
-    runs were merged from several files: the markdown table shows both)."""
-    return {
+def _check(
+    dataset: str,
+    kind: str,
+    name: str,
+    cells: tuple[dict, dict],
+    value: float,
+    passed: bool,
+    seed_sets: tuple[set[str], set[str]] | None = None,
+) -> dict[str, Any]:
+    """One check of two summary cells; ``seeds`` holds how many seeds each side's mean is over and, given the seeds
+    of each side's runs, ``same_seeds`` whether both means are over the same seeds (they may not be when runs were
+    merged from several files: the markdown table flags it)."""
+    check = {
         "dataset": dataset,
         "kind": kind,
         "check": name,
@@ -849,11 +863,28 @@ def _check(dataset: str, kind: str, name: str, cells: tuple[dict, dict], value: 
         "passed": bool(passed),
         "seeds": [cell["n"] for cell in cells],
     }
+    if seed_sets is not None:
+        check["same_seeds"] = seed_sets[0] == seed_sets[1]
+    return check
 
 
-def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def _seed_sets(
+    results: dict[str, Any] | None, dataset: str, kind: str, first: tuple[str, float], second: tuple[str, float]
+) -> tuple[set[str], set[str]] | None:
+    """The seeds of the runs behind two (method, rate) cells of one setting; None without the results."""
+    if results is None:
+        return None
+
+    def seeds(method: str, rate: float) -> set[str]:
+        return set(results.get(method, {}).get(dataset, {}).get(kind, {}).get(rate_key(rate), {}).get("seeds", {}))
+
+    return seeds(*first), seeds(*second)
+
+
+def target_checks(summary: dict[str, Any], results: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The issue's targets, for each (dataset, kind) whose runs exist and each label-weakening method (the checks of
-    ``label_weakening_hybrid`` are named ``weakening_hybrid@...``); computed from the summary means."""
+    ``label_weakening_hybrid`` are named ``weakening_hybrid@...``); computed from the summary means. With the
+    ``results`` the summary was made from, each check says whether its two means are over the same seeds."""
     r = f"{TARGET_RATE:g}"
     checks = []
     for dataset, kind in _settings(summary):
@@ -863,27 +894,34 @@ def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
         for method in WEAKENING_METHODS:
             w = method.removeprefix("label_")
             w_noisy, w_clean = (_cell(summary, method, dataset, kind, rate) for rate in (TARGET_RATE, 0.0))
+            noisy, clean = (method, TARGET_RATE), (method, 0.0)
             if w_noisy is not None and m_clean is not None:
                 gap = w_noisy["mean"] - m_clean["mean"]
                 name = f"{w}@{r} >= multiplenegatives@0"
-                checks.append(_check(dataset, kind, name, (w_noisy, m_clean), gap, gap >= -1e-12))
+                seeds = _seed_sets(results, dataset, kind, noisy, (ST_MNRL, 0.0))
+                checks.append(_check(dataset, kind, name, (w_noisy, m_clean), gap, gap >= -1e-12, seeds))
             if w_noisy is not None and m_noisy is not None:
                 gain = w_noisy["mean"] - m_noisy["mean"]
                 name = f"{w}@{r} - multiplenegatives@{r} >= {MIN_GAIN_OVER_MNRL:+.3f}"
-                checks.append(_check(dataset, kind, name, (w_noisy, m_noisy), gain, gain >= MIN_GAIN_OVER_MNRL - 1e-12))
+                seeds = _seed_sets(results, dataset, kind, noisy, (ST_MNRL, TARGET_RATE))
+                passed = gain >= MIN_GAIN_OVER_MNRL - 1e-12
+                checks.append(_check(dataset, kind, name, (w_noisy, m_noisy), gain, passed, seeds))
             if w_noisy is not None and g_noisy is not None:
                 gain = w_noisy["mean"] - g_noisy["mean"]
-                checks.append(_check(dataset, kind, f"{w}@{r} > gist@{r}", (w_noisy, g_noisy), gain, gain > 0))
+                seeds = _seed_sets(results, dataset, kind, noisy, (ST_GIST, TARGET_RATE))
+                checks.append(_check(dataset, kind, f"{w}@{r} > gist@{r}", (w_noisy, g_noisy), gain, gain > 0, seeds))
             if w_clean is not None and i_clean is not None:
                 gap = abs(w_clean["mean"] - i_clean["mean"])
                 name = f"|{w}@0 - infonce@0| <= {MAX_CLEAN_GAP_TO_INFONCE:.3f}"
                 passed = gap <= MAX_CLEAN_GAP_TO_INFONCE + 1e-12
-                checks.append(_check(dataset, kind, name, (w_clean, i_clean), gap, passed))
+                seeds = _seed_sets(results, dataset, kind, clean, (INFONCE, 0.0))
+                checks.append(_check(dataset, kind, name, (w_clean, i_clean), gap, passed, seeds))
     return checks
 
 
-def budget_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Does the budget make noise hurt? Clean − noisy nDCG@10 at TARGET_RATE of InfoNCE and MNRL, >= MIN_NOISE_COST."""
+def budget_checks(summary: dict[str, Any], results: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Does the budget make noise hurt? Clean − noisy nDCG@10 at TARGET_RATE of InfoNCE and MNRL, >= MIN_NOISE_COST
+    (with ``results``, each check says whether its two means are over the same seeds)."""
     checks = []
     for dataset, kind in _settings(summary):
         for method in (INFONCE, ST_MNRL):
@@ -892,7 +930,8 @@ def budget_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             cost = clean["mean"] - noisy["mean"]
             name = f"{method}@0 - {method}@{TARGET_RATE:g} >= {MIN_NOISE_COST:.3f}"
-            checks.append(_check(dataset, kind, name, (clean, noisy), cost, cost >= MIN_NOISE_COST - 1e-12))
+            seeds = _seed_sets(results, dataset, kind, (method, 0.0), (method, TARGET_RATE))
+            checks.append(_check(dataset, kind, name, (clean, noisy), cost, cost >= MIN_NOISE_COST - 1e-12, seeds))
     return checks
 
 
@@ -941,8 +980,9 @@ def markdown_report(report: dict[str, Any]) -> str:
             for check in report[key]:
                 name = check["check"].replace("|", "\\|")  # a literal | would split the table cell
                 verdict = "pass" if check["passed"] else "FAIL"
-                seeds = " / ".join(str(n) for n in check.get("seeds", []))
-                if len(set(check.get("seeds", []))) > 1:
+                counts = check.get("seeds", [])
+                seeds = " / ".join(str(n) for n in counts)
+                if not check.get("same_seeds", len(set(counts)) <= 1):  # checks written before same_seeds: counts
                     seeds += " (means over different seeds)"
                 lines.append(
                     f"| {check['dataset']} | {check['kind']} | {name} | {check['value']:+.4f} | {verdict} | {seeds} |"

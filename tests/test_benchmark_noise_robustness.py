@@ -629,3 +629,70 @@ def test_runs_on_other_rows_or_with_other_settings_are_not_put_together(tmp_path
         first.put("label_weakening", "scifact", "semantic_swap", 0.4, 0, record)
         with pytest.raises(SystemExit, match="another process ran label_weakening with"):
             second.put("label_weakening", "scifact", "semantic_swap", 0.4, 1, record)
+
+
+def test_a_merge_into_the_file_of_a_running_process_keeps_the_runs_it_saves_meanwhile(tmp_path, monkeypatch):
+    """--merge into the --out a process is still writing: a save of that process while the merge is under way waits
+    for it, so the file ends with the process's seed-0 and seed-2 runs, the merged seed-1 run and the merge's record."""
+    import json
+    import threading
+
+    record = {"ndcg@10": 0.5, "train": {"steps": 1}}
+    common = ["--model", str(tmp_path), "--rates", "0.4", "--methods", "infonce"]
+    out, other = tmp_path / "live.json", tmp_path / "seed1.json"
+    with benchmark_module("noise_robustness") as bench:
+        running = bench.ResultStore(out, bench.parse_args([*common, "--out", str(out)]), "running")
+        running.put("infonce", "scifact", "semantic_swap", 0.4, 0, {**record, "ndcg@10": 0.60})
+        source = bench.ResultStore(other, bench.parse_args([*common, "--out", str(other)]), "source")
+        source.put("infonce", "scifact", "semantic_swap", 0.4, 1, {**record, "ndcg@10": 0.64})
+
+        saving = threading.Thread(
+            target=running.put, args=("infonce", "scifact", "semantic_swap", 0.4, 2, {**record, "ndcg@10": 0.62})
+        )
+        take_in = bench._take_in
+
+        def save_meanwhile(ours, theirs, own_command=None, where=""):
+            if where == str(other) and saving.ident is None:  # the merge taking in the other file
+                saving.start()  # the running process saves a run after the merge has read --out
+                saving.join(timeout=1.0)
+            take_in(ours, theirs, own_command=own_command, where=where)
+
+        monkeypatch.setattr(bench, "_take_in", save_meanwhile)
+        bench.merge_results(out, [other])
+        saving.join(timeout=10.0)
+        assert not saving.is_alive()
+        report = json.loads(out.read_text())
+    entry = report["results"]["infonce"]["scifact"]["semantic_swap"]["0.4"]
+    assert sorted(entry["seeds"]) == ["0", "1", "2"] and entry["ndcg@10"] == pytest.approx(0.62)
+    assert [m["file"] for m in report["merged_from"]] == ["live.json", "seed1.json"]
+
+
+def test_checks_flag_means_over_different_seeds_even_when_their_counts_agree(tmp_path):
+    """Label weakening at 0.4 ran on seed 1 only, MNRL on seed 0 only (one seed each side, different noisy rows):
+    the checks pairing them are over different seeds; the clean pair, both on seed 0, is not."""
+    import json
+
+    out = tmp_path / "seeds.json"
+    argv = ["--model", str(tmp_path), "--rates", "0", "0.4", "--methods", "infonce", "st_mnrl", "label_weakening",
+            "--out", str(out)]  # fmt: skip
+    record = {"train": {"steps": 1}}
+    with benchmark_module("noise_robustness") as bench:
+        store = bench.ResultStore(out, bench.parse_args(argv), "runs")
+        for method, rate, seed, ndcg in [
+            ("infonce", 0.0, 0, 0.68),
+            ("st_multiplenegatives", 0.0, 0, 0.68),
+            ("st_multiplenegatives", 0.4, 0, 0.60),
+            ("label_weakening", 0.0, 0, 0.678),
+            ("label_weakening", 0.4, 1, 0.70),
+        ]:
+            store.put(method, "scifact", "semantic_swap", rate, seed, {**record, "ndcg@10": ndcg})
+    report = json.loads(out.read_text())
+    checks = {c["check"]: c for c in report["targets"] + report["budget_checks"]}
+    assert checks["weakening@0.4 >= multiplenegatives@0"]["value"] == pytest.approx(0.02)
+    assert checks["weakening@0.4 >= multiplenegatives@0"]["same_seeds"] is False
+    assert checks["weakening@0.4 - multiplenegatives@0.4 >= +0.010"]["same_seeds"] is False
+    assert checks["|weakening@0 - infonce@0| <= 0.005"]["same_seeds"] is True
+    assert checks["st_multiplenegatives@0 - st_multiplenegatives@0.4 >= 0.010"]["same_seeds"] is True
+    table = out.with_suffix(".md").read_text()
+    assert "| weakening@0.4 >= multiplenegatives@0 | +0.0200 | pass | 1 / 1 (means over different seeds) |" in table
+    assert "| \\|weakening@0 - infonce@0\\| <= 0.005 | +0.0020 | pass | 1 / 1 |" in table
