@@ -25,6 +25,11 @@ def read_json_file(path: str | os.PathLike, expected: type = dict) -> Any:
         raise DataFormatError(
             str(path), error.lineno, None, f"not valid JSON (column {error.colno}: {error.msg})"
         ) from None
+    except UnicodeDecodeError as error:
+        problem = f"not UTF-8 text (byte {error.start} is 0x{error.object[error.start]:02x})"
+        raise DataFormatError(str(path), None, None, problem) from None
+    except IsADirectoryError:
+        raise DataFormatError(str(path), None, None, "is a folder, not a JSON file") from None
     if not isinstance(content, expected):
         raise DataFormatError(str(path), None, None, f"expected {_KIND_NAMES[expected]}, got {type(content).__name__}")
     if expected is list:

@@ -422,3 +422,33 @@ def test_a_folder_without_a_model_is_named_before_any_tokenizer_loads(tmp_path, 
     assert main(["eval", "--model", str(tmp_path / "empty"), "--data", str(beir), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "is not a model folder" in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_a_config_file_that_is_not_utf8_or_is_a_folder_is_named(tiny_model_path, tmp_path, capsys):
+    """A Latin-1 config file raised a bare UnicodeDecodeError and a folder in a file's place an IsADirectoryError, both
+    as a traceback on the command line."""
+    from hf_robust_ir.cli import main
+    from hf_robust_ir.json_files import read_json_file
+
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('{"name": "Müller"}'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.json: not UTF-8 text \(byte 11 is 0xfc\)"):
+        read_json_file(latin1)
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(ValueError, match="folder.json: is a folder, not a JSON file"):
+        read_json_file(tmp_path / "folder.json")
+
+    model = tmp_path / "model"
+    BiEncoder.from_pretrained(tiny_model_path).save_pretrained(model)
+    (model / "hf_robust_ir_config.json").write_bytes('{"pooling": "mean", "query_prefix": "Frage: ä"}'.encode("cp1252"))
+    with pytest.raises(ValueError, match="hf_robust_ir_config.json: not UTF-8 text"):
+        BiEncoder.from_pretrained(model)
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "a passage"}\n')
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    capsys.readouterr()
+    assert main(["eval", "--model", str(model), "--data", str(beir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.splitlines()[-1].startswith(f"error: {model / 'hf_robust_ir_config.json'}")
