@@ -30,17 +30,23 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _progress_bars(shown: bool) -> Iterator[None]:
     """With ``shown`` False (a command's ``--quiet``), also silence the bars ``datasets`` draws while saving or
-    mapping rows; the previous setting is restored afterwards."""
+    mapping rows and those ``transformers`` draws while loading or saving weights; the previous settings are restored
+    afterwards."""
     import datasets
+    from transformers.utils import logging as transformers_logging
 
-    was_shown = datasets.is_progress_bar_enabled()
+    were_shown = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
     if not shown:
         datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
-        if was_shown and not shown:
-            datasets.enable_progress_bars()
+        if not shown:
+            if were_shown[0]:
+                datasets.enable_progress_bars()
+            if were_shown[1]:
+                transformers_logging.enable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -434,3 +434,21 @@ def test_eval_command_refuses_a_cross_encoder_and_a_split_without_relevant_docum
     assert main([*base, "--model", tiny_model_path, "--split", "dev"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error:") and "dev.tsv" in captured.err
+
+
+def test_quiet_eval_draws_no_bar_of_transformers_and_the_loud_one_counts_queries(tiny_model_path, tmp_path, capsys):
+    """--quiet left the "Loading weights" bar transformers draws when it loads the model; the query bar read
+    "encode querys"."""
+    import transformers
+
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir")
+    argv = ["eval", "--model", tiny_model_path, "--data", str(tmp_path / "beir")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "Loading weights" in err and "encode queries" in err and "encode documents" in err
+    assert main([*argv, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "encode" not in err
+    assert transformers.utils.logging.is_progress_bar_enabled()  # restored for whatever runs next in the process

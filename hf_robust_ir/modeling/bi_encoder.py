@@ -37,6 +37,8 @@ from .pooling import POOLING_MODES, SENTENCE_TRANSFORMERS_POOLING_FLAGS, pool, p
 CONFIG_NAME = "hf_robust_ir_config.json"
 QUERY_TOWER, DOCUMENT_TOWER = "query_encoder", "document_encoder"
 KINDS = ("query", "document")
+PLURALS = {"query": "queries", "document": "documents"}
+"""The word each kind is counted in (progress bars)."""
 # the sentence-transformers modules a BiEncoder reproduces; any other (Dense, LayerNorm, ...) changes the vectors
 SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Normalize")
 
@@ -526,7 +528,7 @@ class BiEncoder(nn.Module):
         tower = self.compiled_tower(kind) if should_compile(compile, len(texts), bf16, device.type) else None
         starts = range(0, len(texts), batch_size)
         with torch.inference_mode(), autocast:
-            for start in tqdm(starts, desc=f"encode {kind}s", disable=not show_progress_bar, unit="batch"):
+            for start in tqdm(starts, desc=f"encode {PLURALS[kind]}", disable=not show_progress_bar, unit="batch"):
                 index = order[start : start + batch_size]
                 batch = self.tokenizer.pad({k: [encoded[k][i] for i in index] for k in keys}, return_tensors="pt")
                 batch = {k: v.to(device) for k, v in batch.items()}
