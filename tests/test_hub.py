@@ -40,6 +40,11 @@ def local_hub(tmp_path, monkeypatch):
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
         monkeypatch.setenv("HF_TOKEN", f"hf_test{uuid.uuid4().hex}")
         monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # transformers' Trainer pushes through one HfApi it keeps for the process, made with the endpoint of its first
+        # use: a server of an earlier test is gone, so each test starts without it
+        import transformers.utils.hub
+
+        monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
         yield server
 
 
