@@ -12,6 +12,7 @@ interruption loses at most one chunk.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -109,7 +110,16 @@ def _progress_header(teacher: Any, bf16: bool) -> dict[str, Any]:
     return {"teacher": weights_digest(teacher) or type(teacher).__name__, "bf16": bool(bf16), "settings": settings}
 
 
-def _read_progress(path: Path, rows: datasets.Dataset, header: dict[str, Any]) -> dict[int, list[float]]:
+def _texts_digest(query: str, doc_ids: list[str], corpus: Mapping[str, str]) -> str:
+    """A short digest of the texts a row's scores were computed from (its query and candidates), so that a resume
+    over edited texts with the same ids is refused rather than given stale scores."""
+    texts = [query, *(corpus.get(doc_id) for doc_id in doc_ids)]
+    return hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+def _read_progress(
+    path: Path, rows: datasets.Dataset, header: dict[str, Any], corpus: Mapping[str, str]
+) -> dict[int, list[float]]:
     done: dict[int, list[float]] = {}
     if not path.exists():
         return done
@@ -140,6 +150,12 @@ def _read_progress(path: Path, rows: datasets.Dataset, header: dict[str, Any]) -
                 raise ValueError(f"{path} line {line_number}: field 'doc_ids' does not match row {index}'s candidates")
             if len(record["scores"]) != len(rows[index]["doc_ids"]):
                 raise ValueError(f"{path} line {line_number}: field 'scores' does not match row {index}'s candidates")
+            # files written before the digest have none: their ids alone are checked
+            if "texts" in record and record["texts"] != _texts_digest(rows[index]["query"], record["doc_ids"], corpus):
+                raise ValueError(
+                    f"{path} line {line_number}: field 'texts' does not match row {index}: its query or candidate "
+                    "texts changed since it was scored; delete the file or use another output folder"
+                )
             done[index] = record["scores"]
     return done
 
@@ -158,14 +174,14 @@ def score_rows(
 
     Rows are scored ``chunk_size`` at a time; with ``progress_file`` each finished chunk is appended there and a
     later call with the same file resumes after the last finished chunk. The file names the teacher (a digest of its
-    weights, its token limits) and each row's candidates: a file of another teacher, precision, settings or rows is
-    refused, not mixed in.
+    weights, its token limits) and each row's candidates and texts: a file of another teacher, precision, settings, rows
+    or texts is refused, not mixed in.
     """
     if chunk_size < 1 or batch_size < 1:
         raise ValueError("batch_size and chunk_size must be >= 1")
     path = Path(progress_file) if progress_file is not None else None
     header = _progress_header(teacher, bf16) if path is not None else {}
-    done = _read_progress(path, rows, header) if path is not None else {}
+    done = _read_progress(path, rows, header, corpus) if path is not None else {}
     if done:
         logger.info("resuming: %d of %d rows already scored in %s", len(done), len(rows), path)
     todo = [i for i in range(len(rows)) if i not in done]
@@ -193,10 +209,14 @@ def score_rows(
                     batch_size=batch_size,
                     bf16=bf16,
                 )
-                for index, query_id, doc_ids, row_scores in zip(chunk, batch["query_id"], batch["doc_ids"], scores):
+                for index, query, query_id, doc_ids, row_scores in zip(
+                    chunk, batch["query"], batch["query_id"], batch["doc_ids"], scores
+                ):
                     done[index] = row_scores
                     if handle is not None:
-                        record = {"index": index, "query_id": query_id, "doc_ids": doc_ids, "scores": row_scores}
+                        texts = _texts_digest(query, doc_ids, corpus)
+                        record = {"index": index, "query_id": query_id, "doc_ids": doc_ids, "texts": texts}
+                        record["scores"] = row_scores
                         handle.write(json.dumps(record) + "\n")
                 if handle is not None:
                     handle.flush()

@@ -102,6 +102,12 @@ def test_interrupted_scoring_resumes_without_scoring_a_row_twice(tiny_model_path
     other_candidates = _rows().map(lambda row: {"doc_ids": row["doc_ids"][::-1]})
     with pytest.raises(ValueError, match="line 2: field 'doc_ids' does not match row 0"):
         score_rows(other_candidates, CORPUS, teacher, progress_file=progress, show_progress=False)
+    edited = {**CORPUS, "n0": "paris is the largest city of france"}  # same ids, another text
+    with pytest.raises(ValueError, match="line 2: field 'texts' does not match row 0: its query or candidate texts"):
+        score_rows(_rows(), edited, teacher, progress_file=progress, show_progress=False)
+    other_query = _rows().map(lambda row: {"query": row["query"].upper()})
+    with pytest.raises(ValueError, match="line 2: field 'texts' does not match row 0"):
+        score_rows(other_query, CORPUS, teacher, progress_file=progress, show_progress=False)
     with pytest.raises(ValueError, match="line 1: these scores come from another teacher, precision or settings"):
         score_rows(_rows(), CORPUS, teacher, progress_file=progress, bf16=True, show_progress=False)
     other_teacher = load_teacher(tiny_model_path)
