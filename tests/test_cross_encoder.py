@@ -225,3 +225,19 @@ def test_a_batch_size_below_one_is_refused(reranker_path, batch_size):
         model.predict(PAIRS[:2], batch_size=batch_size)
     with pytest.raises(ValueError, match=f"batch_size must be >= 1, got {batch_size}"):
         model.rank(QUERY, DOCUMENTS, batch_size=batch_size)
+
+
+def test_positions_after_the_padding_index_bound_a_rerankers_max_length(tiny_model_path, tmp_path):
+    """RoBERTa-style embeddings number positions from padding_idx + 1: 130 positions with padding_idx 1 read at most
+    128 tokens. An explicit max_length of 1000 was capped at 130, and a 130-token pair failed inside the model."""
+    from conftest import tiny_bert_config
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    settings = tiny_bert_config(max_position_embeddings=130, num_labels=1).to_dict()
+    settings.pop("model_type", None)
+    RobertaForSequenceClassification(RobertaConfig(**{**settings, "pad_token_id": 1})).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(tmp_path)
+    model = CrossEncoder.from_pretrained(tmp_path, max_length=1000)
+    assert model.max_length == 128
+    scores = model.predict([("noise " * 40, "label " * 200)])
+    assert scores.shape == (1,) and np.isfinite(scores).all()

@@ -107,7 +107,7 @@ def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_mo
     return PeftModel.from_pretrained(base_encoder, str(folder), is_trainable=True)
 
 
-def _position_limit(encoder: nn.Module) -> int | None:
+def position_limit(encoder: nn.Module) -> int | None:
     """The positions the model's embeddings hold, less the offset of those (RoBERTa, MPNet) that number positions
     from ``padding_idx + 1``; None for a model without ``max_position_embeddings``."""
     positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
@@ -130,13 +130,13 @@ def input_length_limit(encoder: nn.Module, tokenizer: PreTrainedTokenizerBase) -
     """The most tokens the model can read: its position embeddings, or the tokenizer's limit for a model without
     them; None if unbounded. Where the model has positions the tokenizer's limit is a default, not a bound: a
     sentence-transformers 6 folder keeps its ``max_seq_length`` there, and ``st.max_seq_length`` may go past it."""
-    return _position_limit(encoder) or _tokenizer_limit(tokenizer)
+    return position_limit(encoder) or _tokenizer_limit(tokenizer)
 
 
 def _default_read_length(encoder: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
     """How far sentence-transformers reads a folder without ``max_seq_length``: the tokenizer's limit, capped at the
     model's positions."""
-    return min((x for x in (_position_limit(encoder), _tokenizer_limit(tokenizer)) if x), default=None)
+    return min((x for x in (position_limit(encoder), _tokenizer_limit(tokenizer)) if x), default=None)
 
 
 def _fit_max_lengths(config: BiEncoderConfig, encoder: nn.Module, tokenizer: PreTrainedTokenizerBase):

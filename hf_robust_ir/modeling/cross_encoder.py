@@ -61,7 +61,9 @@ class CrossEncoderConfig:
 def _fit_max_length(max_length: int, model: nn.Module, tokenizer: PreTrainedTokenizerBase, explicit: bool) -> int:
     """Cap ``max_length`` at the model's position embeddings and, unless it was asked for explicitly, at the
     tokenizer's limit (a saved reranker's tokenizer carries its max length for sentence-transformers)."""
-    limits = [getattr(model.config, "max_position_embeddings", None)]
+    from .bi_encoder import position_limit
+
+    limits = [position_limit(model)]  # RoBERTa-style embeddings: positions less their padding offset
     if not explicit and tokenizer.model_max_length < 1_000_000:
         limits.append(tokenizer.model_max_length)
     return min([max_length] + [x for x in limits if x and x > 0])
