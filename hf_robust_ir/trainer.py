@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -348,6 +349,11 @@ class RetrievalTrainer(Trainer):
             self.eval_dataset = None
         elif evaluator is not None:
             logger.warning("eval_dataset is not used: with an evaluator, evaluate() reports the evaluator's metrics")
+        if hasattr(data_collator, "set_query_candidates") and train_dataset is not None:
+            # rows of one query (one per positive, say) pool their labels: a row's positive is never another row's
+            # in-batch negative; a stream cannot be read ahead, so its rows keep their own lists
+            if isinstance(train_dataset, (datasets.Dataset, Sequence)):
+                data_collator.set_query_candidates(train_dataset)
         if hasattr(data_collator, "set_epoch"):
             if args.dataloader_num_workers > 0 and args.dataloader_persistent_workers:
                 raise ValueError(

@@ -213,3 +213,81 @@ def test_rows_whose_lists_do_not_match_their_doc_ids_are_a_clear_error(tokenizer
 
     batch = collator([{**ROWS[1], "teacher_scores": np.array([0.9, 0.5, 0.1], dtype=np.float32)}])
     assert torch.equal(batch["teacher"], collator([ROWS[1]])["teacher"])
+
+
+# Rows of one query, one per positive (as a triples file gives them): q1 has d1 and d3 relevant, on separate rows;
+# q2's negative d3 is q1's second positive; q1's second row also lists d2 relevant, which its first calls negative.
+TRIPLE_ROWS = [
+    _row("q1", ["d1", "d2"], [1, 0], teacher=[0.8, 0.2]),
+    _row("q1", ["d3", "d4", "d2"], [1, 0, 2]),
+    _row("q2", ["d5", "d3"], [1, 0], teacher=[0.7, 0.6]),
+]
+
+
+def _triples_collator(tokenizer, rows=TRIPLE_ROWS):
+    collator = RetrievalCollator(tokenizer, CORPUS, group_size=2, positives_per_query=1)
+    assert collator.set_query_candidates(rows) == 1  # q1 alone has several rows
+    return collator
+
+
+def document_key_tensor(batch):
+    return torch.tensor([document_key(d) for d in batch["doc_ids"]])
+
+
+def _labels_by_doc(batch):
+    return [dict(zip(batch["doc_ids"], row)) for row in batch["labels"].tolist()]
+
+
+def test_rows_of_one_query_in_one_batch_are_never_each_others_negatives(tokenizer):
+    plain = RetrievalCollator(tokenizer, CORPUS, group_size=2, positives_per_query=1)
+    before = _labels_by_doc(plain(TRIPLE_ROWS[:2]))
+    assert before[0]["d3"] == 0  # without the pooled lists, row 2's positive is row 1's in-batch negative
+    batch = _triples_collator(tokenizer)(TRIPLE_ROWS[:2])
+    # row 1 samples d1 + d2, row 2 d3 (its positive) + d2 (labeled 2 there) or d4: both rows read q1's pooled list
+    expected = {"d1": 1, "d2": 2, "d3": 1, "d4": 0}
+    assert _labels_by_doc(batch) == [{d: expected[d] for d in batch["doc_ids"]}] * 2
+    assert set(batch["doc_ids"]) >= {"d1", "d3"}
+    assert batch["mask"].all()
+
+
+def test_a_querys_other_row_labels_its_documents_even_when_that_row_is_not_in_the_batch(tokenizer):
+    batch = _triples_collator(tokenizer)([TRIPLE_ROWS[0], TRIPLE_ROWS[2]])
+    assert batch["doc_ids"] == ["d1", "d2", "d5", "d3"]
+    # d3 arrives as q2's negative: it is q1's positive from q1's other row, and q2's negative
+    torch.testing.assert_close(batch["labels"], torch.tensor([[1.0, 2.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]]))
+    torch.testing.assert_close(
+        batch["teacher"], torch.tensor([[0.8, 0.2, NAN, NAN], [NAN, NAN, 0.7, 0.6]]), equal_nan=True
+    )
+    _, own_mask, _ = build_targets(
+        batch["candidate_keys"],
+        batch["candidate_labels"],
+        batch["candidate_teacher"],
+        document_key_tensor(batch),
+        False,
+    )
+    # without in-batch negatives q1 sees what any of its rows lists, q2 only its own list
+    assert own_mask.tolist() == [[True, True, False, True], [False, False, True, True]]
+
+
+def test_a_refreshed_query_reads_its_refreshed_list_not_the_pooled_rows(tokenizer):
+    collator = _triples_collator(tokenizer)
+    collator.set_row_overrides({"q1": {"doc_ids": ["d1", "d6"], "labels": [1, 0]}})
+    batch = collator([TRIPLE_ROWS[0], TRIPLE_ROWS[2]])
+    assert batch["doc_ids"] == ["d1", "d6", "d5", "d3"]
+    torch.testing.assert_close(batch["labels"], torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]))
+
+
+def test_queries_with_one_row_are_not_pooled_and_a_dataset_works_as_rows(tokenizer):
+    import datasets
+
+    from hf_robust_ir.data.schema import ROW_FEATURES
+
+    collator = RetrievalCollator(tokenizer, CORPUS, group_size=2)
+    assert collator.set_query_candidates(ROWS) == 0
+    assert collator.query_candidates == {}
+    dataset = datasets.Dataset.from_list(TRIPLE_ROWS, features=ROW_FEATURES)
+    assert collator.set_query_candidates(dataset) == 1
+    assert collator.query_candidates["q1"]["doc_ids"] == ["d1", "d2", "d3", "d4", "d2"]
+    assert collator.query_candidates["q1"]["labels"] == [1, 0, 1, 0, 2]
+    teacher = collator.query_candidates["q1"]["teacher_scores"]
+    assert teacher[:2] == pytest.approx([0.8, 0.2]) and all(math.isnan(t) for t in teacher[2:])

@@ -354,3 +354,17 @@ def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path, model_path,
         trained[checkpointing] = model.state_dict()
     for name, value in trained[False].items():
         torch.testing.assert_close(trained[True][name], value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_rows_of_one_query_pool_their_labels_in_the_trainers_batches(tmp_path, model_path):
+    model = BiEncoder.from_pretrained(model_path)
+    rows = _rows(4).to_list()
+    second = {**rows[0], "doc_ids": ["d5", "d7"], "labels": [1.0, 0.0], "label_source": ["qrels"] * 2}
+    dataset = datasets.Dataset.from_list([*rows, second], features=ROW_FEATURES)
+    trainer = RetrievalTrainer(model, _args(tmp_path), train_dataset=dataset, corpus=CORPUS)
+    # d5 reaches the batch as q1's negative; q0's other row (not in the batch) labels it relevant for q0
+    other = {**rows[1], "doc_ids": ["d1", "d5"], "labels": [1.0, 0.0], "label_source": ["qrels"] * 2}
+    batch = trainer.data_collator([rows[0], other])
+    labels = {doc_id: column for doc_id, column in zip(batch["doc_ids"], batch["labels"].T.tolist())}
+    assert labels["d5"] == [1.0, 0.0]
+    assert labels["d0"] == [1.0, 0.0] and labels["d1"] == [0.0, 1.0]

@@ -4,7 +4,10 @@ For a batch of ``B`` queries the collator samples, per query, positives and nega
 every sampled document once into the batch (``C`` unique documents, in-batch documents included) and emits
 
 - ``labels[B, C]``: the relevance of document ``c`` for query ``i`` *from query i's full candidate list*, so a document
-  that is a positive for query ``i`` is a positive for it even when it arrived as another query's positive or negative;
+  that is a positive for query ``i`` is a positive for it even when it arrived as another query's positive or negative.
+  When a query has several training rows (one per positive, say, as triples files have), its full list pools the
+  lists of all of them (:meth:`RetrievalCollator.set_query_candidates`, which ``RetrievalTrainer`` calls with its
+  training rows), so one row's positive is never another row's in-batch negative;
 - ``mask[B, C]``: which documents take part in query ``i``'s softmax (repeated document ids are kept once);
 - ``teacher[B, C]``: teacher scores, ``NaN`` where query ``i`` has none for document ``c``.
 
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,6 +47,11 @@ PAD_KEY = -1
 def document_key(doc_id: str) -> int:
     """A stable non-negative 63-bit integer for a document id, comparable across processes."""
     return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def _listed(values: Any) -> list:
+    """A row's optional list column (a list, an array, or None) as a list."""
+    return [] if values is None else list(values)
 
 
 def _stable_seed(*parts: Any) -> int:
@@ -132,6 +142,7 @@ class RetrievalCollator:
             self.student_noise.validate_tokenizer(tokenizer)
         self.epoch = 0
         self.row_overrides: dict[str, Mapping[str, Any]] = {}
+        self.query_candidates: dict[str, dict[str, list]] = {}  # pooled lists of queries with several rows
         self.overrides_version = 0  # how many times the overrides were set; a batch records the version it used
 
     @classmethod
@@ -171,6 +182,50 @@ class RetrievalCollator:
             query_id: {"teacher_scores": [], "label_source": [], **override} for query_id, override in overrides.items()
         }
         self.overrides_version += 1
+
+    def set_query_candidates(self, rows: Any) -> int:
+        """Pool the candidate lists of every query that has several ``rows`` (a ``datasets.Dataset`` or a list of
+        row dicts); returns how many queries that is.
+
+        Each row still samples its documents from its own list, but its target matrix reads the pooled list, so a
+        document that another row of the same query labels relevant is relevant for this row too: it is a positive,
+        not an in-batch negative, when it reaches the batch (as that row's positive, or as any other query's
+        candidate). A document listed with several labels takes the highest. Queries with one row need nothing and
+        are not kept. A query whose candidates a refresh replaced (:meth:`set_row_overrides`) uses the refreshed list.
+        """
+        query_ids = list(rows["query_id"]) if hasattr(rows, "column_names") else [row["query_id"] for row in rows]
+        repeated = {query_id for query_id, count in Counter(query_ids).items() if count > 1}
+        pooled: dict[str, dict[str, list]] = {}
+        if repeated:
+            positions = [i for i, query_id in enumerate(query_ids) if query_id in repeated]
+            selected = rows.select(positions) if hasattr(rows, "select") else [rows[i] for i in positions]
+            for row in selected:
+                entry = pooled.setdefault(row["query_id"], {"doc_ids": [], "labels": [], "teacher_scores": []})
+                doc_ids = list(row["doc_ids"])
+                teacher = _listed(row.get("teacher_scores"))
+                entry["doc_ids"] += doc_ids
+                entry["labels"] += list(row["labels"])
+                entry["teacher_scores"] += teacher if len(teacher) == len(doc_ids) else [math.nan] * len(doc_ids)
+            logger.info(
+                "%d queries have several training rows: each row's targets read the candidates of all its query's rows",
+                len(pooled),
+            )
+        self.query_candidates = pooled
+        return len(pooled)
+
+    def _target_candidates(self, row: Mapping[str, Any], overridden: bool) -> tuple[list, list, list]:
+        """The candidate list a row's targets read: its own, followed by its query's other rows' (see
+        :meth:`set_query_candidates`) unless a refresh replaced the query's list."""
+        doc_ids, labels = list(row["doc_ids"]), list(row["labels"])
+        teacher = _listed(row.get("teacher_scores"))
+        if len(teacher) != len(doc_ids):
+            teacher = [math.nan] * len(doc_ids)
+        pooled = None if overridden else self.query_candidates.get(row["query_id"])
+        if pooled is not None:
+            doc_ids += pooled["doc_ids"]
+            labels += pooled["labels"]
+            teacher += pooled["teacher_scores"]
+        return doc_ids, labels, teacher
 
     def current(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``batch`` without its bookkeeping keys, built again from its rows when the overrides changed after it was
@@ -256,23 +311,23 @@ class RetrievalCollator:
             rows = [{**row, **overrides[row["query_id"]]} if row["query_id"] in overrides else row for row in rows]
         doc_ids: list[str] = []
         seen: set[str] = set()
-        longest = max(len(row["doc_ids"]) for row in rows)
+        for row in rows:
+            check_candidate_lists(row, f"training row of query {row.get('query_id')!r}", None)
+        targets = [self._target_candidates(row, bool(overrides) and row["query_id"] in overrides) for row in rows]
+        longest = max(len(ids) for ids, _, _ in targets)
         candidate_keys = torch.full((len(rows), longest), PAD_KEY, dtype=torch.long)
         candidate_labels = torch.zeros((len(rows), longest))
         candidate_teacher = torch.full((len(rows), longest), float("nan"))
-        for i, row in enumerate(rows):
-            check_candidate_lists(row, f"training row of query {row.get('query_id')!r}", None)
+        for i, (row, (target_ids, target_labels, target_teacher)) in enumerate(zip(rows, targets)):
             for j in self.sample(row):
                 doc_id = row["doc_ids"][j]
                 if doc_id not in seen:
                     seen.add(doc_id)
                     doc_ids.append(doc_id)
-            n = len(row["doc_ids"])
-            candidate_keys[i, :n] = torch.tensor([document_key(d) for d in row["doc_ids"]], dtype=torch.long)
-            candidate_labels[i, :n] = torch.tensor(row["labels"], dtype=torch.float)
-            teacher_scores = row.get("teacher_scores")
-            if teacher_scores is not None and len(teacher_scores):
-                candidate_teacher[i, :n] = torch.tensor(teacher_scores, dtype=torch.float)
+            n = len(target_ids)
+            candidate_keys[i, :n] = torch.tensor([document_key(d) for d in target_ids], dtype=torch.long)
+            candidate_labels[i, :n] = torch.tensor(target_labels, dtype=torch.float)
+            candidate_teacher[i, :n] = torch.tensor(target_teacher, dtype=torch.float)
         doc_keys = torch.tensor([document_key(d) for d in doc_ids], dtype=torch.long)
         labels, mask, teacher = build_targets(
             candidate_keys, candidate_labels, candidate_teacher, doc_keys, self.in_batch_negatives
