@@ -395,6 +395,34 @@ def test_weighted_sum_config_round_trip():
     assert "2503.23239" in loss.citation and "oord" in loss.citation
 
 
+def test_a_term_of_weight_zero_adds_nothing_even_when_it_is_infinite():
+    from hf_robust_ir.losses import RetrievalLoss
+
+    class Calls(RetrievalLoss):
+        def __init__(self, value):
+            super().__init__()
+            self.value, self.calls = value, 0
+
+        def forward(self, scores, labels, mask, teacher=None):
+            self.calls += 1
+            return scores.sum() * 0.0 + self.value
+
+    for value in (float("inf"), float("nan")):
+        silent = Calls(value)
+        scores = t(SCORES).requires_grad_()
+        total = WeightedSumLoss([(InfoNCELoss(), 1.0), (silent, 0.0)])(scores, t(LABELS), full_mask(scores))
+        reference = t(SCORES).requires_grad_()
+        alone = InfoNCELoss()(reference, t(LABELS), full_mask(reference))
+        assert silent.calls == 1  # still computed
+        assert total.item() == pytest.approx(alone.item(), abs=1e-6)
+        total.backward(), alone.backward()
+        torch.testing.assert_close(scores.grad, reference.grad)
+    scores = t(SCORES).requires_grad_()
+    nothing = WeightedSumLoss([(Calls(float("inf")), 0.0)])(scores, t(LABELS), full_mask(scores))
+    nothing.backward()
+    assert nothing.item() == 0.0 and not scores.grad.any()
+
+
 def test_weighted_sum_errors():
     with pytest.raises(KeyError, match="registered losses"):
         WeightedSumLoss([{"name": "no-such-loss"}])

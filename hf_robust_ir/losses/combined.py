@@ -60,8 +60,8 @@ class WeightedSumLoss(RetrievalLoss):
     (other keys of the dict are taken as keyword arguments too, so the entries of :meth:`config` build the same loss
     again), a ``(loss, weight)`` pair with a :class:`RetrievalLoss` or a registered name, or a :class:`RetrievalLoss`
     (weight 1.0). Weights must be finite and ``>= 0``; a term of weight 0 is still computed and stays in the config,
-    but adds nothing to the value or the gradient. The citation joins those of the inner losses. A recipe mixing
-    InfoNCE with teacher distillation::
+    but adds nothing to the value or the gradient, even when its value is infinite or NaN. The citation joins those of
+    the inner losses. A recipe mixing InfoNCE with teacher distillation::
 
         loss: weighted_sum
         loss_kwargs:
@@ -129,8 +129,10 @@ class WeightedSumLoss(RetrievalLoss):
                 value = loss(scores, labels, mask, teacher, guide_scores=guide_scores)
             else:
                 value = loss(scores, labels, mask, teacher)
+            if weight == 0.0:  # computed (its statistics, and the same collectives on every process), not added:
+                continue  # 0 · inf would be NaN
             total = weight * value if total is None else total + weight * value
-        return total
+        return total if total is not None else scores.sum() * 0.0
 
     def reset_stats(self) -> None:
         for loss in self.losses:
