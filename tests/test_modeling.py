@@ -12,6 +12,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
 from hf_robust_ir.modeling import BiEncoder, BiEncoderConfig, pool
+from hf_robust_ir.modeling.pooling import POOLING_MODES
 
 TEXTS = [
     "what causes label noise in retrieval datasets",
@@ -201,6 +202,30 @@ def test_pooling_saved_for_sentence_transformers(tiny_model_path, tmp_path, pool
     st = SentenceTransformer(str(tmp_path), device="cpu")
     np.testing.assert_allclose(st.encode(TEXTS, batch_size=2), embeddings, atol=1e-5)
     assert BiEncoder.from_pretrained(tmp_path).retrieval_config.pooling == pooling
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, "cls"),
+        ({"pooling_mode": ["lasttoken"]}, "lasttoken"),
+        ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True}, "several modes concatenated"),
+        ({"pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": True}, "does not pool with"),
+        ({"pooling_mode": ["mean", "max"]}, "unsupported sentence-transformers pooling mode"),
+        ({"pooling_mode": "weightedmean"}, "unsupported sentence-transformers pooling mode"),
+    ],
+)
+def test_a_sentence_transformers_pooling_config_is_read_or_refused(tiny_model_path, tmp_path, settings, expected):
+    BiEncoder.from_pretrained(tiny_model_path).save_pretrained(tmp_path)
+    (tmp_path / "hf_robust_ir_config.json").unlink()  # the folder as sentence-transformers would have it
+    pooling_config = tmp_path / "1_Pooling" / "config.json"
+    pooling_config.write_text(json.dumps({"word_embedding_dimension": 32, **settings}))
+    if expected in POOLING_MODES:
+        assert BiEncoder.from_pretrained(tmp_path).retrieval_config.pooling == expected
+    else:  # before, the first supported flag won: mean pooling, other embeddings than sentence-transformers'
+        with pytest.raises(ValueError, match=expected) as caught:
+            BiEncoder.from_pretrained(tmp_path)
+        assert str(pooling_config) in str(caught.value)
 
 
 def test_unnormalized_dot_product_and_temperature(tiny_model_path, tmp_path):

@@ -201,7 +201,10 @@ def _config_from_sentence_transformers(path: Path) -> dict[str, Any]:
                         f"{path}: pooling setting include_prompt=false (prompt tokens left out of the pooling) is "
                         "not supported; loading would give other embeddings"
                     )
-                found["pooling"] = pooling_mode_from_sentence_transformers(pooling_settings)
+                try:
+                    found["pooling"] = pooling_mode_from_sentence_transformers(pooling_settings)
+                except ValueError as err:
+                    raise ValueError(f"{pooling_config}: {err}") from None
     bert_config = path / "sentence_bert_config.json"
     if bert_config.exists():
         max_length = read_json_file(bert_config).get("max_seq_length")

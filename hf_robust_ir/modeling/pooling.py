@@ -42,10 +42,25 @@ SENTENCE_TRANSFORMERS_POOLING_FLAGS = {
 
 
 def pooling_mode_from_sentence_transformers(config: dict) -> str:
-    """Read the pooling mode from a sentence-transformers ``1_Pooling/config.json``."""
-    if "pooling_mode" in config and config["pooling_mode"] in POOLING_MODES:
-        return config["pooling_mode"]
-    for mode, flag in SENTENCE_TRANSFORMERS_POOLING_FLAGS.items():
-        if config.get(flag):
+    """Read the pooling mode from a sentence-transformers ``1_Pooling/config.json``: ``pooling_mode`` (a mode, or a
+    list of one), or the older ``pooling_mode_*`` flags. Several modes (their embeddings concatenated) or a mode this
+    library does not pool with (max, weighted mean, mean over the square root of the length) are refused: loading
+    them as one of ``POOLING_MODES`` would give other embeddings."""
+    mode = config.get("pooling_mode")
+    if isinstance(mode, (list, tuple)) and len(mode) == 1:
+        mode = mode[0]
+    if mode is not None:
+        if isinstance(mode, str) and mode in POOLING_MODES:
             return mode
-    raise ValueError(f"unsupported sentence-transformers pooling config: {config}")
+        raise ValueError(f"unsupported sentence-transformers pooling mode {mode!r}; supported: {POOLING_MODES}")
+    flagged = sorted(key for key, value in config.items() if key.startswith("pooling_mode_") and value is True)
+    supported = {flag: name for name, flag in SENTENCE_TRANSFORMERS_POOLING_FLAGS.items()}
+    if len(flagged) == 1 and flagged[0] in supported:
+        return supported[flagged[0]]
+    if not flagged:
+        raise ValueError(f"unsupported sentence-transformers pooling config (no pooling mode set): {config}")
+    raise ValueError(
+        f"unsupported sentence-transformers pooling config: {', '.join(flagged)} "
+        f"({'several modes concatenated' if len(flagged) > 1 else 'a mode this library does not pool with'}); "
+        f"supported: one of {', '.join(supported)}"
+    )
