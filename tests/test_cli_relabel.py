@@ -230,3 +230,25 @@ def test_a_mining_range_that_holds_no_rank_is_refused_with_its_line(tmp_path, te
         parse_recipe(str(_recipe(tmp_path, "output_dir: out\nmining_range_max: 5\n")), ["--mining_range_max", "0"])
     assert (err.value.line, err.value.field) == (None, "mining_range_max")
     assert parse_recipe(str(_recipe(tmp_path, "output_dir: out\nmining_range_max: 1\n")), []).mining_range_max == 1
+
+
+@pytest.mark.parametrize("override", [False, True])
+def test_a_negative_max_retries_is_refused_with_the_judge_line(tmp_path, capsys, override):
+    """It sent no request at all: the run wrote datasets in which no negative was ever judged."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"query_id": "q0", "query": "x", "doc_ids": ["p0", "n0"], "labels": [1, 0]}) + "\n")
+    out = tmp_path / "out"
+    recipe = _recipe(
+        tmp_path,
+        f"output_dir: {out}\nrows: {rows}\ndata_dir: {_beir(tmp_path)}\n"
+        f"judge:\n  type: openai\n  base_url: http://127.0.0.1:9/v1\n  model: m\n  max_retries: -1\n"
+        f"show_progress_bar: false\n",
+    )
+    overrides = ["--judge", "{type: openai, base_url: 'http://127.0.0.1:9/v1', model: m, max_retries: -1}"]
+    assert main(["relabel", "--config", str(recipe), *(overrides if override else [])]) == 2
+    captured = capsys.readouterr()
+    where = str(recipe) if override else f"{recipe}, line 4"  # an override has no line in the file
+    assert captured.err.strip().splitlines()[-1] == (
+        f"error: {where}, field 'judge': max_retries must be an integer >= 0, got -1"
+    )
+    assert captured.out == "" and "Traceback" not in captured.err and not out.exists()

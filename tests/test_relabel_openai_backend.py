@@ -297,6 +297,27 @@ def test_connection_refused_gives_none():
     assert client.complete([MESSAGES], 8) == [None] and client.requests_sent == 2
 
 
+@pytest.mark.parametrize("value", [-1, -5, 1.5, "3", True])
+def test_a_max_retries_that_is_not_a_count_is_refused(value):
+    """A negative count sent no request at all: every item got no answer, silently."""
+    from hf_robust_ir.relabel.factory import build_judge
+
+    problem = f"max_retries must be an integer >= 0, got {value!r}"
+    with ChatServer(ok("yes")) as server:
+        with pytest.raises(ValueError) as err:
+            backend(server.base_url, max_retries=value)
+        assert str(err.value) == problem
+        with pytest.raises(ValueError) as err:
+            OpenAICompatibleJudge(server.base_url, "m", max_retries=value)
+        assert str(err.value) == problem
+        with pytest.raises(ValueError) as err:
+            build_judge({"type": "openai", "base_url": server.base_url, "model": "m", "max_retries": value})
+        assert str(err.value) == problem
+        client = backend(server.base_url, max_retries=0)  # 0: each request sent once, not retried
+        assert client.complete([MESSAGES], 8) == ["yes"] and client.requests_sent == 1
+    assert len(server.requests) == 1
+
+
 @pytest.mark.parametrize(
     "payload",
     [b"not json", b"{}", json.dumps({"choices": []}).encode(), json.dumps(chat_response(None)).encode()],

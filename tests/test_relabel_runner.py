@@ -449,6 +449,32 @@ def test_a_document_listed_twice_is_judged_once_and_counted_per_candidate(tmp_pa
     assert again.datasets["rlhn"].to_list() == first.datasets["rlhn"].to_list()
 
 
+def test_a_positive_listed_again_as_a_negative_is_not_judged_against_itself(tmp_path):
+    """Row [p, n0, p, n1]: p is listed as a positive and again as a negative. It is a positive of the row (the highest
+    label wins, as in the collator): only n0 and n1 are judged, and no strategy touches the copy of p, even a judge
+    that would call p relevant."""
+    rows, corpus = _one_row(["fn", "neg"])
+    rows = datasets.Dataset.from_list(
+        [{**rows[0], "doc_ids": ["p", "n0", "p", "n1"], "labels": [1.0, 0.0, 0.0, 0.0]}], features=ROW_FEATURES
+    )
+    table = {"fn": Verdict.RELEVANT, ARHN_POSITIVE: Verdict.RELEVANT}
+    strategies = ["rlhn", "hn_remove", "remove", "arhn_rf"]
+    judge = _ListMarkJudge("t", table)  # marks: "R" for fn (listed next to neg), None for the others
+    with JudgmentCache(tmp_path / "c.sqlite") as cache:
+        result = relabel(rows, corpus, judge, strategies, cache, show_progress_bar=False)
+    assert judge.requests == [["fn", "neg"], ["fn", "neg"]]  # the verdicts, then the ARHN marks: p in neither
+    assert result.judgments == [[None, "relevant", None, "not_relevant"]]
+    assert result.marks == [[None, "R", None, None]]
+    assert result.summary["candidates_judged"] == 2 and result.summary["verdicts"] == {"not_relevant": 1, "relevant": 1}
+    expected = {"doc_ids": ["p", "n0", "p", "n1"], "labels": [1.0, 1.0, 0.0, 0.0],
+                "label_source": ["qrels", "relabeled:t", "mined", "mined"]}  # fmt: skip
+    for name in ("rlhn", "arhn_rf"):
+        assert {k: result.datasets[name][0][k] for k in expected} == expected, name
+    assert result.datasets["hn_remove"][0]["doc_ids"] == ["p", "p", "n1"]
+    assert len(result.datasets["remove"]) == 0  # dropped for n0, not for p
+    assert result.summary["strategies"]["rlhn"]["flagged"] == 1
+
+
 def _two_lists_of_one_query():
     """Two rows of one query sharing the candidate "fn": one lists it next to "neg", the other next to "other"."""
     corpus = {"p": ARHN_POSITIVE, "n0": "fn", "n1": "neg", "n2": "other"}

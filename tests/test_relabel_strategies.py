@@ -79,6 +79,23 @@ def test_positives_are_never_changed_even_when_marked():
     assert arhn_rf(_row(["F", N, N, N, N]))["doc_ids"][0] == "p1"
 
 
+def test_a_positive_listed_again_as_a_negative_is_never_flagged():
+    """Row [p1 (2), n0, p1 (0), n2, n3]: p1 is a positive (the highest label wins, as in the collator), so its 0 copy
+    is no negative: whatever its mark, no strategy flags, promotes, removes or drops the query for it."""
+    row = _row([None, N, R, N, N])
+    row["doc_ids"] = ["p1", "n0", "p1", "n2", "n3"]
+    unchanged = {k: row[k] for k in ("doc_ids", "labels", "teacher_scores", "label_source")}
+    for strategy, mark in [(rlhn, R), (hn_remove, R), (remove, R), (threshold, R), (arhn_r, "R"), (arhn_f, "F"),
+                           (arhn_rf, "R"), (arhn_rf, "F")]:  # fmt: skip
+        row["judgments"] = [None, N, mark, N, N]
+        assert strategy.flagged(row) == [], strategy.name
+        assert strategy(row, judge="ce", max_flagged=0) == {**unchanged, "keep": True}, strategy.name
+    row["judgments"] = [None, R, R, N, N]  # n0 is still a negative: flagged and relabeled, the copy of p1 is not
+    assert rlhn.flagged(row) == [1]
+    assert rlhn(row, judge="ce")["labels"] == [2.0, 1.0, 0.0, 0.0, 0.0]
+    assert hn_remove(row, judge="ce")["doc_ids"] == ["p1", "p1", "n2", "n3"]
+
+
 def test_threshold_alone_and_composed():
     row = _row([None, R, R, R, N])
     assert threshold(row, max_flagged=3)["keep"] is True

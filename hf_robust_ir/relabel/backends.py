@@ -296,13 +296,13 @@ class OpenAICompatibleBackend:
 
     Each conversation is one ``POST {base_url}/chat/completions`` with ``temperature=0``. Requests run on a pool of
     ``max_concurrency`` threads, at most ``requests_per_second`` started per second. A timeout, a connection error,
-    or a 408/409/425/429/5xx answer is retried up to ``max_retries`` times after
-    ``min(backoff_max, backoff_base * 2**attempt)`` seconds, jittered to a uniform draw in ``[d/2, d]`` (a
-    ``Retry-After`` header raises the wait, up to ``backoff_max``); a 401/403/404 answer (a wrong key, URL or model
-    name, which every request would get) raises :class:`EndpointRefusedError`; any other failure, or the last
-    retry's, gives ``None`` for that item and a warning that names the endpoint and quotes the server's reason (the
-    start of the answer's body). ``yes_no_logprobs`` asks for ``logprobs`` with ``top_logprobs``; if the server
-    returns none, it parses the text answer strictly (``yes`` → ``(0, -inf)``).
+    or a 408/409/425/429/5xx answer is retried up to ``max_retries`` times (an integer >= 0, else ``ValueError``; 0
+    sends each request once) after ``min(backoff_max, backoff_base * 2**attempt)`` seconds, jittered to a uniform
+    draw in ``[d/2, d]`` (a ``Retry-After`` header raises the wait, up to ``backoff_max``); a 401/403/404 answer (a
+    wrong key, URL or model name, which every request would get) raises :class:`EndpointRefusedError`; any other
+    failure, or the last retry's, gives ``None`` for that item and a warning that names the endpoint and quotes the
+    server's reason (the start of the answer's body). ``yes_no_logprobs`` asks for ``logprobs`` with
+    ``top_logprobs``; if the server returns none, it parses the text answer strictly (``yes`` → ``(0, -inf)``).
 
     The API key comes from ``api_key`` or the environment variable ``api_key_env``; it is sent only in the
     ``Authorization`` header and appears in no log, repr or :meth:`config`.
@@ -329,6 +329,9 @@ class OpenAICompatibleBackend:
     ):
         import requests
 
+        # a negative count would send no request at all: every item would silently get no answer
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         self._requests = requests
         self.base_url = base_url.rstrip("/")
         self.model = model

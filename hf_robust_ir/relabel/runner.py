@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..data.schema import DataFormatError
 from .base import Judge, Judgment, Verdict
 from .cache import JudgmentCache, PairKey, doc_key, list_key, query_key
-from .strategies import RELEVANT, Mark, apply_strategy, default_sources, get_strategy
+from .strategies import RELEVANT, Mark, apply_strategy, default_sources, get_strategy, negative_indices
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def _prepare(index: int, row: Mapping[str, Any], corpus: Mapping[str, str], max_
     if missing:
         raise DataFormatError("rows", index + 1, "doc_ids", f"ids not in the corpus: {missing[:5]}")
     positives = [(d, corpus[d]) for d, y in zip(doc_ids, labels) if y > 0]
-    candidates = [j for j, y in enumerate(labels) if y <= 0][:max_candidates]
+    candidates = negative_indices(doc_ids, labels)[:max_candidates]  # not a positive's copy listed as a negative
     texts = [corpus[doc_ids[j]] for j in candidates]
     key = query_key(row["query"], positives)
     doc_keys = [doc_key(doc_ids[j], text) for j, text in zip(candidates, texts)]
@@ -348,8 +348,9 @@ def _strategy_summary(
     result: datasets.Dataset,
 ) -> dict[str, int]:
     flagged = queries_flagged = labels_changed = removed = dropped = 0
-    for labels, row_marks in zip(rows.with_format(None)["labels"], judged):
-        hits = strategy.flagged({"labels": labels, "judgments": row_marks})
+    table = rows.with_format(None)
+    for doc_ids, labels, row_marks in zip(table["doc_ids"], table["labels"], judged):
+        hits = strategy.flagged({"doc_ids": doc_ids, "labels": labels, "judgments": row_marks})
         flagged += len(hits)
         queries_flagged += bool(hits)
         if (strategy.drop_query and hits) or (max_flagged is not None and len(hits) > max_flagged):

@@ -4,8 +4,8 @@ arXiv 2604.11092).
 Every strategy is a ``datasets.map`` transform (``batched=False``) over canonical rows that carry one mark per
 candidate in a column (``judgments`` by default): a :class:`~hf_robust_ir.relabel.base.Verdict` value
 (``"relevant"``, ``"not_relevant"``, ``"no_verdict"``) for the judge strategies, ``"R"`` / ``"F"`` for ARHN, ``None``
-where the candidate was not judged. A candidate is *flagged* when it is not a labeled positive and its mark is one the
-strategy acts on:
+where the candidate was not judged. A candidate is *flagged* when it is one of the row's negatives and its mark is one
+the strategy acts on:
 
 - ``rlhn``: flagged negatives become positives (label 1, source ``"relabeled:<judge>"``);
 - ``hn_remove``: flagged negatives are dropped from the row;
@@ -17,10 +17,13 @@ strategy acts on:
 - ``arhn_rf``: both.
 
 ``max_flagged`` composes the threshold with any strategy (RLHN drops queries with more than 8 flagged negatives).
-Labeled positives are never judged or changed, ``no_verdict`` and ``None`` never change anything, and candidates
-that are not relabeled keep their ``label_source`` (``"qrels"`` for positives and ``"mined"`` for negatives when the
-row has none, as :func:`~hf_robust_ir.mining.mine_hard_negatives` writes). A transform returns the new row plus a
-``keep`` column; :func:`apply_strategy` attaches the marks, maps, and filters on ``keep``.
+Labeled positives are never judged or changed. A document listed in one row both as a positive and as a negative is
+a positive of the row (the highest label wins, as in the training collator): its negative copy is no negative, never
+judged or flagged, and stays in the row as it is (:func:`negative_indices`). ``no_verdict`` and ``None`` never change
+anything, and candidates that are not relabeled keep their ``label_source`` (``"qrels"`` for positives and
+``"mined"`` for negatives when the row has none, as :func:`~hf_robust_ir.mining.mine_hard_negatives` writes). A
+transform returns the new row plus a ``keep`` column; :func:`apply_strategy` attaches the marks, maps, and filters on
+``keep``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ def relabeled_source(judge: str) -> str:
 def default_sources(labels: Sequence[float]) -> list[str]:
     """Provenance for a row without ``label_source``: ``"qrels"`` for positives, ``"mined"`` for negatives."""
     return ["qrels" if label > 0 else "mined" for label in labels]
+
+
+def negative_indices(doc_ids: Sequence[str], labels: Sequence[float]) -> list[int]:
+    """Positions of a row's negatives: label ``<= 0`` and the document not listed as a positive elsewhere in the row.
+
+    A document listed with several labels takes the highest, as the training collator does: one listed both with a
+    label > 0 and with 0 is a positive, and its 0 copy is no negative to judge (against itself) or to relabel."""
+    positives = {doc_id for doc_id, label in zip(doc_ids, labels) if label > 0}
+    return [j for j, (doc_id, label) in enumerate(zip(doc_ids, labels)) if label <= 0 and doc_id not in positives]
 
 
 def as_mark(value: Judgment | Verdict | Mapping[str, Any] | str | None) -> Mark:
@@ -98,12 +110,12 @@ class Strategy:
             )
 
     def flagged(self, row: Mapping[str, Any], column: str = JUDGMENTS_COLUMN) -> list[int]:
-        """Indices of the row's non-positive candidates whose mark this strategy acts on."""
+        """Indices of the row's negatives (:func:`negative_indices`) whose mark this strategy acts on."""
         marks = row.get(column) or []
         return [
             j
-            for j, (label, mark) in enumerate(zip(row["labels"], marks))
-            if label <= 0 and mark is not None and mark in self.flagging
+            for j in negative_indices(row["doc_ids"], row["labels"])
+            if j < len(marks) and marks[j] is not None and marks[j] in self.flagging
         ]
 
     def __call__(
@@ -127,13 +139,14 @@ class Strategy:
             raise ValueError(f"query {row['query_id']!r}: {len(marks)} marks for {len(doc_ids)} candidates")
         sources = given_sources or default_sources(labels)
         flagged = self.flagged(row, column)
+        negatives = set(negative_indices(doc_ids, labels))
         unchanged = {"doc_ids": doc_ids, "labels": labels, "teacher_scores": teacher, "label_source": sources}
         if (self.drop_query and flagged) or (max_flagged is not None and len(flagged) > max_flagged):
             return {**unchanged, KEEP_COLUMN: False}
         out: dict[str, list] = {"doc_ids": [], "labels": [], "teacher_scores": [], "label_source": []}
         for j, doc_id in enumerate(doc_ids):
             mark = marks[j] if marks else None
-            is_flagged = labels[j] <= 0 and mark is not None
+            is_flagged = j in negatives and mark is not None
             if is_flagged and mark in self.drop:
                 continue
             if is_flagged and mark in self.promote:
