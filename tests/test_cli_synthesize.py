@@ -1,6 +1,7 @@
 """`hf-robust-ir synthesize`: the BEIR folder it writes, resuming after an interruption, recipe errors."""
 
 import json
+import logging
 
 import pytest
 from test_cli_relabel import _beir
@@ -11,10 +12,14 @@ from hf_robust_ir.data.schema import DataFormatError
 
 
 class GradeEcho:
-    """A chat backend test double: answers "grade G passage for <query>"; fails on call number ``fail_on``."""
+    """A chat backend test double: answers "grade G passage for <query>"; fails on call number ``fail_on``.
 
-    def __init__(self, fail_on=None):
+    ``no_answer`` maps a query, or a ``(query, grade)`` pair, to the failed reply it gets instead: ``None`` (a failed
+    request, as the OpenAI backend gives after its retries) or an empty answer."""
+
+    def __init__(self, fail_on=None, no_answer=None):
         self.calls, self.fail_on, self.queries = 0, fail_on, []
+        self.no_answer = no_answer or {}
 
     def complete(self, batch, max_new_tokens):
         self.calls += 1
@@ -23,10 +28,11 @@ class GradeEcho:
         out = []
         for messages in batch:
             text = messages[-1]["content"]
-            grade = text.split("relevance grade ")[1][0]
+            grade = int(text.split("relevance grade ")[1][0])
             query = text.split("<question>")[1].split("</question>")[0].strip()
             self.queries.append(query)
-            out.append(f"grade {grade} passage for {query}")
+            failed = next((k for k in ((query, grade), query) if k in self.no_answer), None)
+            out.append(self.no_answer[failed] if failed is not None else f"grade {grade} passage for {query}")
         return out
 
     def config(self):
@@ -149,3 +155,85 @@ def test_a_resume_over_other_queries_is_refused(tmp_path):
     partial.write_text("\n".join([json.dumps(older), *records]) + "\n")
     again = GradeEcho()
     assert synthesize(args, beir, backend=again)["rows"] == 2 and again.queries == []
+
+
+FRANCE, WATER = "what is the capital of france", "at what temperature does water boil"
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+
+
+def test_a_query_whose_passages_all_failed_is_asked_again_by_the_next_run(tmp_path, caplog):
+    """Every request of q1 fails (no answer for grade 0, an empty one for grade 3): q1 is not recorded as done, and the
+    next run, with a working backend, writes it. q0 lost only its grade-0 passage: it is done with its grade-3 one."""
+    beir = _beir(tmp_path)
+    out = tmp_path / "out"
+    args = SynthesizeArguments(
+        output_dir=str(out), grades=[0, 3], chunk_queries=1, batch_size=4, show_progress_bar=False
+    )
+    down = GradeEcho(no_answer={(FRANCE, 0): None, (WATER, 0): None, (WATER, 3): "  "})
+    with caplog.at_level(logging.WARNING, logger="hf_robust_ir.synthesize"):
+        first = synthesize(args, beir, backend=down)
+    assert down.queries == [FRANCE, FRANCE, WATER, WATER]
+    assert (first["queries"], first["rows"], first["queries_to_retry"], first["failed_passages"]) == (2, 1, 1, 1)
+    assert first["synthetic_documents"] == 1 and first["synthetic_documents_per_grade"] == {"3": 1}
+    assert "1 of 2 queries got no passage" in caplog.text and "asks for them again" in caplog.text
+    q0 = {
+        "query_id": "q0",
+        "query": FRANCE,
+        "doc_ids": ["synthetic:q0:g3:0", "p0"],
+        "labels": [3.0, 3.0],
+        "teacher_scores": [],
+        "label_source": ["synthetic", "qrels"],
+    }
+    assert _rows(out) == [q0]
+    assert (out / "qrels" / "train.tsv").read_text().splitlines()[1:] == ["q0\tsynthetic:q0:g3:0\t3", "q0\tp0\t3"]
+    header, *records = [json.loads(line) for line in (out / "generated.partial.jsonl").read_text().splitlines()]
+    assert records == [
+        {"query_id": "q0", "row": q0, "documents": {"synthetic:q0:g3:0": f"grade 3 passage for {FRANCE}"}}
+    ]
+
+    up = GradeEcho()
+    second = synthesize(args, beir, backend=up)
+    assert up.queries == [WATER, WATER]  # q1 alone is asked again; q0's failed passage is not
+    assert (second["rows"], second["queries_to_retry"], second["failed_passages"]) == (2, 0, 1)
+    assert second["synthetic_documents_per_grade"] == {"0": 1, "3": 2}
+    assert _rows(out) == [
+        q0,
+        {
+            "query_id": "q1",
+            "query": WATER,
+            "doc_ids": ["synthetic:q1:g0:0", "synthetic:q1:g3:0", "p1"],
+            "labels": [0.0, 3.0, 3.0],
+            "teacher_scores": [],
+            "label_source": ["synthetic", "synthetic", "qrels"],
+        },
+    ]
+    assert (out / "qrels" / "train.tsv").read_text().splitlines()[1:] == [
+        "q0\tsynthetic:q0:g3:0\t3",
+        "q0\tp0\t3",
+        "q1\tsynthetic:q1:g0:0\t0",
+        "q1\tsynthetic:q1:g3:0\t3",
+        "q1\tp1\t3",
+    ]
+    assert load_beir(out, split="train").corpus["synthetic:q1:g0:0"] == f"grade 0 passage for {WATER}"
+    again = GradeEcho()
+    assert synthesize(args, beir, backend=again)["rows"] == 2 and again.queries == []
+
+
+def test_a_query_recorded_without_passages_by_an_earlier_version_is_asked_again(tmp_path):
+    """Earlier versions wrote ``"row": null`` for a query whose requests all failed, and skipped it on every rerun."""
+    beir = _beir(tmp_path)
+    out = tmp_path / "out"
+    args = SynthesizeArguments(output_dir=str(out), grades=[3], chunk_queries=1, batch_size=4, show_progress_bar=False)
+    synthesize(args, beir, backend=GradeEcho(no_answer={WATER: None}))
+    partial = out / "generated.partial.jsonl"
+    partial.write_text(partial.read_text() + json.dumps({"query_id": "q1", "row": None, "documents": {}}) + "\n")
+    backend = GradeEcho()
+    summary = synthesize(args, beir, backend=backend)
+    assert backend.queries == [WATER] and (summary["rows"], summary["queries_to_retry"]) == (2, 0)
+    assert [(row["query_id"], row["doc_ids"]) for row in _rows(out)] == [
+        ("q0", ["synthetic:q0:g3:0", "p0"]),
+        ("q1", ["synthetic:q1:g3:0", "p1"]),
+    ]

@@ -10,6 +10,14 @@ test set over the source corpus, as published numbers are), plus ``rows.jsonl`` 
 ``label_source = synthetic``) and ``summary.json``. Generation is resumable: finished queries are appended to
 ``generated.partial.jsonl`` and skipped by a restarted run; the file names the generator's settings, the split and a
 digest of the split's queries and their positives, and a restart with other ones (another data folder, say) is refused.
+
+A query is finished when at least one of its passages was written. A query none of whose passages came (the server
+went down, requests timed out, every answer was empty) is not recorded: it is left out of this run's folder, counted
+in the summary's ``queries_to_retry`` and logged, and the next run with the same ``output_dir`` asks for it again. A
+query with some failed passages is finished with the passages it got and is not asked again (their count is the
+summary's ``failed_passages``): retrying only the failed ones would ask again, on every run, for a passage that a model
+never writes for that query, and a run could never be told to be complete; delete the query's lines from
+``generated.partial.jsonl`` to have it written again.
 """
 
 from __future__ import annotations
@@ -93,7 +101,9 @@ def _queries_digest(data: Any) -> str:
 
 def _read_partial(path: Path, header: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The finished queries of an earlier run. The file opens with ``header`` (the generator's settings, the split
-    and the queries' digest); a file written with other settings or for other queries is refused, not mixed in."""
+    and the queries' digest); a file written with other settings or for other queries is refused, not mixed in. A
+    record without any passage (``"row": null``, which earlier versions wrote for a query whose requests all failed)
+    is not a finished query: that query is asked again."""
     done: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return done
@@ -118,7 +128,8 @@ def _read_partial(path: Path, header: dict[str, Any]) -> dict[str, dict[str, Any
                 )
             seen_header = True
             continue
-        done[record["query_id"]] = record
+        if record.get("row"):
+            done[record["query_id"]] = record
     return done
 
 
@@ -160,16 +171,29 @@ def synthesize(args: SynthesizeArguments, data_dir: Path, backend: Any = None) -
                 batch_size=args.batch_size,
                 show_progress=args.show_progress_bar,
             )
-            by_query = {row["query_id"]: row for row in rows}
-            for q in chunk:  # a query without any passage is recorded too, so a restart does not ask again
-                row = by_query.get(q)
-                texts = {d: documents[d] for d in row["doc_ids"] if d in documents} if row else {}
+            for row in rows:  # a query without any passage has no row: it is not recorded, and a rerun asks again
+                q = row["query_id"]
+                texts = {d: documents[d] for d in row["doc_ids"] if d in documents}
                 done[q] = {"query_id": q, "row": row, "documents": texts}
                 handle.write(json.dumps(done[q]) + "\n")
             handle.flush()
 
-    rows = [done[q]["row"] for q in query_ids if done[q]["row"]]
-    synthetic = {d: t for q in query_ids for d, t in done[q]["documents"].items()}
+    finished = [q for q in query_ids if q in done]
+    retry = len(query_ids) - len(finished)
+    if retry:
+        logger.warning(
+            "%d of %d queries got no passage (every request failed or gave an empty answer) and are left out; the next"
+            " run with output_dir %s asks for them again",
+            retry,
+            len(query_ids),
+            out,
+        )
+    per_query = len(generator.grades) * generator.documents_per_grade
+    failed = sum(per_query - len(done[q]["documents"]) for q in finished)
+    if failed:
+        logger.info("%d passage(s) failed in queries that got others; those queries are kept without them", failed)
+    rows = [done[q]["row"] for q in finished]
+    synthetic = {d: t for q in finished for d, t in done[q]["documents"].items()}
     shutil.copyfile(data_dir / "corpus.jsonl", out / "corpus.jsonl")
     split_file = split_corpus_path(out, args.split)
     for other in data_dir.glob("corpus.*.jsonl"):  # the source's passages of other splits stay theirs
@@ -201,6 +225,8 @@ def synthesize(args: SynthesizeArguments, data_dir: Path, backend: Any = None) -
         "split": args.split,
         "queries": len(query_ids),
         "rows": len(rows),
+        "queries_to_retry": retry,
+        "failed_passages": failed,
         "synthetic_documents": len(synthetic),
         "synthetic_documents_per_grade": dict(sorted(grades.items())),
         "generator": generator.config(),

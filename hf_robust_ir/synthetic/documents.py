@@ -143,9 +143,10 @@ class GradedDocumentGenerator:
     ) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, Any]]:
         """Generate the passages and return ``(rows, documents, summary)``.
 
-        - ``rows``: one canonical row per query with at least one generated passage (others are dropped): the
-          generated ids ``synthetic:<query_id>:g<grade>:<k>`` in the order of ``grades`` then ``k``, labelled with
-          their grade as a float (grade 0 passages are negatives, label 0.0), provenance ``"synthetic"``; then, with
+        - ``rows``: one canonical row per query with at least one generated passage (others are dropped, and
+          ``hf-robust-ir synthesize`` asks for them again on its next run): the generated ids
+          ``synthetic:<query_id>:g<grade>:<k>`` in the order of ``grades`` then ``k``, labelled with their grade as a
+          float (grade 0 passages are negatives, label 0.0), provenance ``"synthetic"``; then, with
           ``include_real_positives``, the query's ids in ``positives`` with label 3.0 and provenance ``"qrels"``
           (when ``corpus`` is given, ids not in it are left out and counted as ``missing_positives``);
           ``teacher_scores`` is empty.
