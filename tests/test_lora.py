@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from safetensors import safe_open
 from sentence_transformers import SentenceTransformer
+from transformers import AutoModel
 
 from hf_robust_ir.modeling import BiEncoder
 
@@ -121,6 +123,14 @@ def test_adapter_loads_back(trained):
     # sentence-transformers reads the adapter folder too (base model + adapter)
     st = SentenceTransformer(str(trained.folder), device="cpu")
     np.testing.assert_allclose(st.encode(DOCUMENTS), trained.trained_outputs[1], atol=1e-5)
+    # so does transformers (peft's integration): mean-pooled, normalized hidden states give the same vectors
+    encoder = AutoModel.from_pretrained(str(trained.folder)).eval()
+    batch = loaded.tokenize(DOCUMENTS, "document")
+    with torch.no_grad():
+        hidden = encoder(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    vectors = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    np.testing.assert_allclose(vectors.numpy(), trained.trained_outputs[1], atol=1e-5)
 
 
 def test_a_loaded_adapter_trains_on(trained):
@@ -167,3 +177,67 @@ def test_separate_towers_with_adapters_round_trip(tiny_model_path, tmp_path):
     np.testing.assert_allclose(loaded_documents, documents, atol=1e-6)
     base_documents = BiEncoder.from_pretrained(tiny_model_path).encode_documents(DOCUMENTS)
     assert not np.allclose(loaded_documents, base_documents, atol=1e-3)
+
+
+def test_a_second_adapter_is_refused_until_the_first_is_merged(trained):
+    """A loaded adapter trains on as it is; wrapping it in a second adapter would save only the new one, under
+    nested names, with no base model: the reloaded model would silently lose the first adapter."""
+    loaded = BiEncoder.from_pretrained(trained.folder)
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["query"], lora_dropout=0.0)
+    with pytest.raises(ValueError, match=r"already holds a LoRA adapter.*merge_lora\(\)"):
+        loaded.add_lora(config)
+    assert isinstance(loaded.query_encoder, PeftModel)
+    assert not isinstance(loaded.query_encoder.base_model.model, PeftModel)
+    loaded.merge_lora().add_lora(config)  # a fresh adapter on the merged weights adds nothing yet
+    _assert_outputs_close(_encode(loaded), trained.trained_outputs, atol=1e-5)
+
+
+def test_merging_a_model_without_adapter_is_a_clear_error(tiny_model_path):
+    with pytest.raises(ValueError, match="no LoRA adapter to merge"):
+        BiEncoder.from_pretrained(tiny_model_path).merge_lora()
+
+
+def test_an_adapter_whose_base_model_is_gone_says_how_to_load_it(trained, tiny_model_path, tmp_path):
+    base = shutil.copytree(tiny_model_path, tmp_path / "base")
+    model = BiEncoder.from_pretrained(base).add_lora(LoraConfig(r=2, target_modules=["query"], lora_dropout=0.0))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.05)
+    expected = _encode(model)
+    model.save_pretrained(tmp_path / "adapter")
+    shutil.rmtree(base)
+    with pytest.raises(FileNotFoundError, match=r"is not a local folder; pass its local copy as base_model="):
+        BiEncoder.from_pretrained(tmp_path / "adapter")
+    _assert_outputs_close(
+        _encode(BiEncoder.from_pretrained(tmp_path / "adapter", base_model=tiny_model_path)), expected, 1e-6
+    )
+
+
+def test_separate_towers_of_their_own_weights_keep_each_towers_base_model(tiny_model_path, tmp_path):
+    """Towers trained apart have their own base weights: each adapter must name its own tower as its base model
+    (peft writes the base into the config it is given, so one config shared by both towers named the document
+    tower for both, and the reloaded query tower ran on the document tower's weights)."""
+    torch.manual_seed(0)
+    towers = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True)
+    with torch.no_grad():
+        for param in towers.document_encoder.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    towers.save_pretrained(tmp_path / "towers")
+
+    model = BiEncoder.from_pretrained(tmp_path / "towers")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0)
+    model.add_lora(config)
+    assert config.base_model_name_or_path is None  # the caller's config is left as it was
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.05)
+    queries, documents = _encode(model)
+    model.save_pretrained(tmp_path / "lora")
+    for tower in ("query_encoder", "document_encoder"):
+        adapter_config = json.loads((tmp_path / "lora" / tower / "adapter_config.json").read_text())
+        assert adapter_config["base_model_name_or_path"] == str(tmp_path / "towers" / tower)
+    loaded_queries, loaded_documents = _encode(BiEncoder.from_pretrained(tmp_path / "lora"))
+    np.testing.assert_allclose(loaded_queries, queries, atol=1e-6)
+    np.testing.assert_allclose(loaded_documents, documents, atol=1e-6)

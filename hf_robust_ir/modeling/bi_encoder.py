@@ -15,6 +15,7 @@ With a LoRA adapter (peft) only the adapter is saved, next to the name of its ba
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -102,7 +103,10 @@ def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_mo
     if (not base or not Path(base).exists()) and base_model and Path(base_model).exists():
         base = base_model  # the adapter names a Hub id; its local copy was given (hf_robust_ir.hub.from_pretrained)
     if not base or not Path(base).exists():
-        raise FileNotFoundError(f"{folder}: the adapter's base model {base!r} is not a local folder")
+        raise FileNotFoundError(
+            f"{folder}: the adapter's base model {base!r} is not a local folder; pass its local copy as "
+            "base_model=<folder> (or load a merged model: merge_lora() before save_pretrained)"
+        )
     base_encoder = _load_transformer(base, trust_remote_code, torch_dtype)
     return PeftModel.from_pretrained(base_encoder, str(folder), is_trainable=True)
 
@@ -383,16 +387,30 @@ class BiEncoder(nn.Module):
 
     # ---------------------------------------------------------------- LoRA (peft)
     def add_lora(self, lora_config: Any) -> BiEncoder:
-        """Wrap the tower(s) with a peft adapter (e.g. ``peft.LoraConfig(r=8, target_modules=["query", "value"])``)."""
-        from peft import get_peft_model
+        """Wrap the tower(s) with a peft adapter (e.g. ``peft.LoraConfig(r=8, target_modules=["query", "value"])``).
 
-        self.query_encoder = get_peft_model(self.query_encoder, lora_config)
+        Each tower gets its own copy of ``lora_config`` (peft writes the tower's base model into it). A model that
+        already holds an adapter (a loaded adapter folder trains on as it is) is refused: ``merge_lora()`` it first.
+        """
+        from peft import PeftModel, get_peft_model
+
+        if isinstance(self.query_encoder, PeftModel):
+            raise ValueError(
+                "the model already holds a LoRA adapter, which trains on as it is; to start a new adapter on top of "
+                "it, call merge_lora() first"
+            )
+        self.query_encoder = get_peft_model(self.query_encoder, copy.deepcopy(lora_config))
         if self.retrieval_config.separate_towers:
-            self.document_encoder = get_peft_model(self.document_encoder, lora_config)
+            self.document_encoder = get_peft_model(self.document_encoder, copy.deepcopy(lora_config))
         return self
 
     def merge_lora(self) -> BiEncoder:
-        """Fold the adapter into the base weights (``merge_and_unload``); the result saves as a full model."""
+        """Fold the adapter into the base weights (``merge_and_unload``); the result saves as a full model, which
+        loads in ``transformers`` and ``sentence-transformers`` without ``peft``."""
+        from peft import PeftModel
+
+        if not isinstance(self.query_encoder, PeftModel):
+            raise ValueError("the model holds no LoRA adapter to merge")
         self.query_encoder = self.query_encoder.merge_and_unload()
         if self.retrieval_config.separate_towers:
             self.document_encoder = self.document_encoder.merge_and_unload()
