@@ -221,6 +221,19 @@ def test_missing_split_lists_available_splits(tmp_path):
         load_beir(folder, split="test")
 
 
+def test_corpus_or_queries_file_without_lines_is_named(tmp_path):
+    """Before, an empty corpus.jsonl was reported as the first qrels line's document missing from it."""
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl: no documents: the file is empty") as exc:
+        load_beir(write_beir(tmp_path, corpus="\n\r\n"))
+    assert exc.value.line is None and exc.value.field is None
+    with pytest.raises(DataFormatError, match=r"queries\.jsonl: no queries: the file is empty"):
+        folder = write_beir(tmp_path, corpus=jsonl(CORPUS), queries="")
+        load_beir(folder)
+    (folder / "queries.jsonl").write_text(jsonl(QUERIES))
+    (folder / "corpus.test.jsonl").write_text("")  # a split's own passages may be none
+    assert len(load_beir(folder).corpus) == 4
+
+
 def test_missing_corpus_file(tmp_path):
     folder = write_beir(tmp_path)
     (folder / "corpus.jsonl").unlink()

@@ -57,8 +57,9 @@ def _optional_str(obj: dict[str, Any], key: str, path: Path, line: int) -> str:
     return value
 
 
-def _read_id_text_file(path: Path, with_title: bool) -> dict[str, str]:
-    """Read ``corpus.jsonl`` (``with_title``: text = title + " " + text) or ``queries.jsonl`` into ``{_id: text}``."""
+def _read_id_text_file(path: Path, with_title: bool, allow_empty: bool = False) -> dict[str, str]:
+    """Read ``corpus.jsonl`` (``with_title``: text = title + " " + text) or ``queries.jsonl`` into ``{_id: text}``; a
+    file without a line of data is refused unless ``allow_empty``."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     texts: dict[str, str] = {}
@@ -74,6 +75,9 @@ def _read_id_text_file(path: Path, with_title: bool) -> dict[str, str]:
             raise DataFormatError(str(path), n, "text", what)
         texts[key] = text
         first_line[key] = n
+    if not texts and not allow_empty:  # a failed download, say: named here rather than at the first qrels line
+        what = "documents" if with_title else "queries"
+        raise DataFormatError(str(path), None, None, f"no {what}: the file is empty or holds only blank lines")
     return texts
 
 
@@ -157,11 +161,11 @@ def split_corpus_path(folder: str | Path, split: str) -> Path:
 
 def load_corpus(folder: str | Path, split: str | None = None) -> dict[str, str]:
     """``corpus.jsonl`` of a BEIR folder, plus ``corpus.<split>.jsonl`` when ``split`` is given and the file exists;
-    an id in both is refused (named by file, line and field)."""
+    an id in both is refused (named by file, line and field), and so is a ``corpus.jsonl`` without documents."""
     corpus = _read_id_text_file(Path(folder) / "corpus.jsonl", with_title=True)
     extra = split_corpus_path(folder, split) if split else None
     if extra is not None and extra.is_file():
-        added = _read_id_text_file(extra, with_title=True)
+        added = _read_id_text_file(extra, with_title=True, allow_empty=True)
         clash = next((doc_id for doc_id in added if doc_id in corpus), None)
         if clash is not None:
             line = next(n for n, obj in _json_objects(extra) if _doc_id(obj.get("_id"), extra, n) == clash)
