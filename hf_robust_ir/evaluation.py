@@ -135,6 +135,20 @@ def _faiss_reason(exc: Exception) -> str:
     return re.sub(r"^Error in .*? at \S+:\d+: ", "", str(exc).strip().splitlines()[-1])
 
 
+def _check_finite(embeddings: np.ndarray, ids: Sequence[str] | None, what: str) -> None:
+    """Refuse NaN or infinite embeddings (a model that overflows under half precision, a broken checkpoint): faiss
+    leaves such a document out of every result list and returns nothing for such a query, without a word."""
+    finite = np.isfinite(embeddings).all(axis=1)
+    if finite.all():
+        return
+    row = int(np.argmin(finite))
+    name = repr(ids[row]) if ids is not None else f"of row {row}"
+    raise ValueError(
+        f"{what} {name} has a NaN or infinite embedding ({int((~finite).sum())} of {len(finite)} in this chunk): "
+        "the model's output is broken (an overflow under half precision, say)"
+    )
+
+
 def _process_group() -> tuple[int, int]:
     """``(rank, world_size)`` of the initialized default process group, else ``(0, 1)``."""
     if dist.is_available() and dist.is_initialized():
@@ -194,6 +208,7 @@ class DocumentIndex:
         embeddings = as_faiss_array(embeddings)
         if len(doc_ids) != len(embeddings):
             raise ValueError(f"{len(doc_ids)} ids for {len(embeddings)} embeddings")
+        _check_finite(embeddings, doc_ids, "document")
         repeated = next((doc_id for doc_id in doc_ids if doc_id in self._seen_ids), None)
         if repeated is None and len(set(doc_ids)) < len(doc_ids):
             repeated = next(doc_id for i, doc_id in enumerate(doc_ids) if doc_id in doc_ids[:i])
@@ -300,6 +315,8 @@ class DocumentIndex:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if self._pending:  # documents waiting for the index's training are not searchable yet
             raise ValueError("the index is not finished: call finish() before searching")
+        query_embeddings = as_faiss_array(query_embeddings)
+        _check_finite(query_embeddings, query_ids, "query")
         if self.index is None:
             return [[] for _ in range(len(query_embeddings))]
         extra = 1 if query_ids is not None else 0
@@ -348,12 +365,16 @@ def per_query_scores(
     """pytrec_eval metrics of every query with a relevant judgment: ``{query_id: {"ndcg@10": ..., ...}}``.
 
     A document is relevant when its grade is > 0; nDCG uses the grades as gains (trec_eval's ``ndcg_cut``). ``map`` is
-    trec_eval's MAP over everything the run retrieved (the top ``top_k``).
+    trec_eval's MAP over everything the run retrieved (the top ``top_k``). A NaN run score is refused.
     """
     queries = relevant_queries(qrels)
     qrels_int = {qid: {doc_id: _integer_grade(qid, doc_id, grade) for doc_id, grade in qrels[qid].items()}
                  for qid in queries}  # fmt: skip
     run_float = {qid: {doc_id: float(score) for doc_id, score in run.get(qid, {}).items()} for qid in queries}
+    for qid, docs in run_float.items():  # trec_eval would sort a NaN score anywhere, and rank the others around it
+        unranked = next((doc_id for doc_id, score in docs.items() if math.isnan(score)), None)
+        if unranked is not None:
+            raise ValueError(f"run score of query {qid!r}, document {unranked!r} is NaN: it cannot be ranked")
 
     measures = {"map"} | {f"ndcg_cut.{k}" for k in ndcg_at} | {f"recall.{k}" for k in recall_at}
     results = pytrec_eval.RelevanceEvaluator(qrels_int, measures).evaluate(run_float)
@@ -409,6 +430,9 @@ class RetrievalEvaluator:
     retrieves the ``top_k`` documents of every query that has a relevant judgment, and returns
     ``{"ndcg@10", "recall@100", "mrr@10", "map"}`` (see :func:`score_run`). The run of the last call is kept in
     :attr:`last_run` (``{query_id: {doc_id: score}}``).
+
+    Judged queries without a relevant document are left out (their number is logged); a relevant judgment whose query
+    has no text or whose document is not in the corpus is refused with a :class:`DataFormatError`.
     """
 
     def __init__(
@@ -445,6 +469,25 @@ class RetrievalEvaluator:
                 None,
                 "qrels",
                 f"{len(missing)} judged queries have no text, e.g. {missing[:3]}",
+            )
+        # a relevant document the corpus lacks can never be retrieved: it would lower every metric of every model
+        unknown = [(qid, doc_id) for qid in self.query_ids for doc_id, grade in data.qrels[qid].items()
+                   if grade > 0 and doc_id not in data.corpus]  # fmt: skip
+        if unknown:
+            raise DataFormatError(
+                data.name or "RetrievalCorpus",
+                None,
+                "qrels",
+                f"{len(unknown)} relevant judgments name documents that are not in the corpus, which no model can "
+                f"retrieve: (query, document) {unknown[:3]}",
+            )
+        left_out = len(data.qrels) - len(self.query_ids)
+        if left_out:
+            logger.info(
+                "%d of %d judged queries%s have no relevant document (grade > 0) and are left out of the mean",
+                left_out,
+                len(data.qrels),
+                f" ({self.name})" if self.name else "",
             )
         self.last_run: Run = {}
 

@@ -113,6 +113,15 @@ def test_fractional_grades_are_refused_rather_than_cut():
             score_run({"q": {"a": grade, "b": 1}}, {"q": {"a": 1.0}})
 
 
+def test_a_nan_run_score_is_refused_rather_than_ranked_anywhere():
+    # trec_eval put the NaN-scored "a" at rank 3 here, below "b" and "c": MRR@10 read 1/3
+    with pytest.raises(ValueError, match=r"run score of query 'q', document 'a' is NaN"):
+        score_run({"q": {"a": 1}}, {"q": {"a": float("nan"), "b": 0.5, "c": 0.2}})
+    with pytest.raises(ValueError, match=r"run score of query 'q', document 'b' is NaN"):
+        score_run({"q": {"a": 1}}, {"q": {"b": float("nan"), "a": 0.5}})
+    assert score_run({"q": {"a": 1}}, {"q": {"b": 0.9, "a": 0.5, "c": -math.inf}})["mrr@10"] == 0.5  # inf ranks
+
+
 def test_an_index_refuses_sizes_below_one_before_encoding(tiny_model_path):
     from hf_robust_ir.evaluation import DocumentIndex
     from hf_robust_ir.modeling import BiEncoder
@@ -273,6 +282,68 @@ def test_evaluator_drops_documents_whose_id_is_the_query_id(tiny_corpus):
     # the identical document now ranks first (cosine 1), pushing d2 to rank 2
     assert max(keep.last_run["q1"], key=keep.last_run["q1"].get) == "q1"
     assert metrics["mrr@10"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_evaluator_refuses_relevant_documents_missing_from_the_corpus(tiny_corpus):
+    """Before, such a judgment was silently counted: recall@100 read 0.75 here for a model that found everything."""
+    from hf_robust_ir.data.schema import DataFormatError
+
+    qrels = {**tiny_corpus.qrels, "q2": {"d1": 1, "d3": 0, "d9": 1, "d8": 0}}  # d8, judged 0, changes no metric
+    data = RetrievalCorpus(tiny_corpus.corpus, tiny_corpus.queries, qrels, "tiny")
+    message = "tiny, field 'qrels': 1 relevant judgments name documents that are not in the corpus, which no model "
+    message += "can retrieve: (query, document) [('q2', 'd9')]"
+    with pytest.raises(DataFormatError) as exc:
+        RetrievalEvaluator(data, show_progress_bar=False)
+    assert str(exc.value) == message
+    del qrels["q2"]["d9"]
+    assert RetrievalEvaluator(data, show_progress_bar=False)(HashingEncoder())["recall@100"] == 1.0
+
+
+def test_evaluator_logs_how_many_judged_queries_it_leaves_out(tiny_corpus, caplog):
+    with caplog.at_level("INFO", logger="hf_robust_ir.evaluation"):
+        evaluator = RetrievalEvaluator(tiny_corpus, show_progress_bar=False)
+    assert evaluator.query_ids == ["q1", "q2"]
+    assert caplog.messages == [
+        "1 of 3 judged queries (tiny) have no relevant document (grade > 0) and are left out of the mean"
+    ]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hf_robust_ir.evaluation"):
+        RetrievalEvaluator(RetrievalCorpus(tiny_corpus.corpus, tiny_corpus.queries, {"q1": {"d2": 1}}))
+    assert caplog.messages == []
+
+
+class BrokenEncoder(HashingEncoder):
+    """A model whose output overflowed: row ``nan_row`` of every document (or query) batch is NaN (or infinite)."""
+
+    def __init__(self, nan_row: int, queries: bool = False):
+        super().__init__()
+        self.nan_row, self.queries = nan_row, queries
+
+    def encode_queries(self, texts, batch_size=32, bf16=False, show_progress_bar=False):
+        out = self._encode(texts)
+        if self.queries:
+            out[self.nan_row, 3] = np.inf
+        return out
+
+    def encode_documents(self, texts, batch_size=32, bf16=False, show_progress_bar=False):
+        out = self._encode(texts)
+        if not self.queries:
+            out[self.nan_row] = np.nan
+        return out
+
+
+def test_nan_or_infinite_embeddings_are_refused(tiny_corpus):
+    """Before, faiss left a NaN document out of every result list and returned nothing for a NaN query: the metrics
+    read like those of a model that could not find the document (or anything)."""
+    evaluator = RetrievalEvaluator(tiny_corpus, show_progress_bar=False)
+    with pytest.raises(ValueError, match=r"^document 'd2' has a NaN or infinite embedding \(1 of 4 in this chunk\)"):
+        evaluator(BrokenEncoder(nan_row=1))
+    with pytest.raises(ValueError, match=r"^query 'q2' has a NaN or infinite embedding \(1 of 2 in this chunk\)"):
+        evaluator(BrokenEncoder(nan_row=1, queries=True))
+    index = DocumentIndex()
+    index.add(["a", "b"], np.eye(2, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"^query of row 0 has a NaN"):
+        index.finish().search(np.array([[np.nan, 1.0]], np.float32), top_k=1)
 
 
 # ------------------------------------------------------------------------------------------------------------ CLI

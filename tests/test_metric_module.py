@@ -97,3 +97,11 @@ def test_a_document_given_twice_with_different_values_is_refused(metric):
     # the same row twice (a distributed sampler repeats rows to even out its shards) is the row once: d1 at rank 1
     result = metric.compute(predictions=predictions[:1] * 2, references=references * 2)
     assert result == pytest.approx({"ndcg@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0, "map": 1.0})
+
+
+def test_a_nan_score_is_refused_rather_than_ranked_anywhere(metric):
+    """trec_eval ranked d2, scored NaN, above d1: MRR@10 read 0.5."""
+    references = [{"query_id": "q", "doc_ids": ["d1"], "relevance": [1]}]
+    predictions = [{"query_id": "q", "doc_ids": ["d1", "d2"], "scores": [0.5, math.nan]}]
+    with pytest.raises(ValueError, match=r"run score of query 'q', document 'd2' is NaN: it cannot be ranked"):
+        metric.compute(predictions=predictions, references=references)
