@@ -420,14 +420,27 @@ def usage_snippets(info: ModelCardInfo) -> str:
     repo = info.repo_id or info.model_name
     settings = info.model_settings
     if info.model_type == "cross-encoder":
+        sentence_transformers_usage = (
+            (
+                "The repository holds a LoRA adapter, which `sentence_transformers.CrossEncoder` does not load; "
+                "`transformers` loads it on top of its base model when `peft` is installed. For "
+                "`sentence-transformers`, save the merged model: "
+                f'`hf_robust_ir.from_pretrained("{repo}").merge_lora().save_pretrained("merged")`.\n\n'
+            )
+            if info.adapter
+            else (
+                "With `sentence-transformers`:\n\n```python\nfrom sentence_transformers import CrossEncoder\n\n"
+                f'model = CrossEncoder("{repo}")\n'
+                'scores = model.predict([("what is label noise?", "Label noise is ...")])\n```\n\n'
+            )
+        )
+        # an adapter's base may be an encoder, whose config asks for transformers' default two-label head
+        head = ", num_labels=1" if info.adapter else ""
         return (
-            "With `sentence-transformers`:\n\n```python\nfrom sentence_transformers import CrossEncoder\n\n"
-            f'model = CrossEncoder("{repo}")\n'
-            'scores = model.predict([("what is label noise?", "Label noise is ...")])\n```\n\n'
-            "With `transformers`:\n\n```python\nimport torch\n"
+            sentence_transformers_usage + "With `transformers`:\n\n```python\nimport torch\n"
             "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
             f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
-            f'model = AutoModelForSequenceClassification.from_pretrained("{repo}")\n'
+            f'model = AutoModelForSequenceClassification.from_pretrained("{repo}"{head})\n'
             'pairs = tokenizer(["what is label noise?"], ["Label noise is ..."], padding=True, truncation=True, '
             'return_tensors="pt")\nwith torch.no_grad():\n    scores = model(**pairs).logits.squeeze(-1)\n```\n\n'
             "With `hf_robust_ir`:\n\n```python\nimport hf_robust_ir\n\n"
@@ -910,15 +923,15 @@ def from_pretrained(
             True,
         )
     model_class = _model_class(folder)
-    if model_class.__name__ == "BiEncoder":
-        base = _adapter_base(folder)
-        if base and from_hub and not Path(base).exists():
-            local_base = download(base, cache_dir=cache_dir, token=token, endpoint=endpoint)
-            model = model_class.from_pretrained(
-                folder, trust_remote_code=trust_remote_code, base_model=str(local_base), **overrides
-            )
+    base = _adapter_base(folder)
+    if base and from_hub and not Path(base).exists():
+        local_base = download(base, cache_dir=cache_dir, token=token, endpoint=endpoint)
+        model = model_class.from_pretrained(
+            folder, trust_remote_code=trust_remote_code, base_model=str(local_base), **overrides
+        )
+        if model_class.__name__ == "BiEncoder":
             model.retrieval_config.base_model = base
-            return model
+        return model
     return model_class.from_pretrained(folder, trust_remote_code=trust_remote_code, **overrides)
 
 

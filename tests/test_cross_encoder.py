@@ -241,3 +241,111 @@ def test_positions_after_the_padding_index_bound_a_rerankers_max_length(tiny_mod
     assert model.max_length == 128
     scores = model.predict([("noise " * 40, "label " * 200)])
     assert scores.shape == (1,) and np.isfinite(scores).all()
+
+
+# ---------------------------------------------------------------------------------------------- LoRA (peft)
+def _lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def lora_reranker(tiny_model_path, tmp_path_factory):
+    """A reranker started on an encoder folder (a new head) with a LoRA adapter, trained a few steps, then saved."""
+    torch.manual_seed(0)
+    model = CrossEncoder.from_pretrained(tiny_model_path, max_length=64).add_lora(_lora_config())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    batch = model.tokenize([p[0] for p in PAIRS[:6]], [p[1] for p in PAIRS[:6]])
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model.group_scores(model(**batch), 3), torch.zeros(2, dtype=int))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    folder = tmp_path_factory.mktemp("lora-reranker")
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def test_lora_trains_the_adapter_and_the_new_head(lora_reranker):
+    """A head new on an encoder is random: it trains with the adapter and is saved with it, else the adapter would
+    reload onto another random head."""
+    model, _ = lora_reranker
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name or ".modules_to_save." in name for name in trainable)
+    assert {name for name in trainable if "classifier" in name}
+
+
+def test_a_lora_reranker_folder_loads_back_with_the_same_scores(lora_reranker):
+    model, folder = lora_reranker
+    files = {p.name for p in folder.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "hf_robust_ir_config.json", "tokenizer.json"} <= files
+    assert not files & {"model.safetensors", "config.json"}
+    expected = model.predict(PAIRS)
+
+    loaded = CrossEncoder.from_pretrained(folder)
+    assert loaded.max_length == 64
+    np.testing.assert_allclose(loaded.predict(PAIRS), expected, atol=1e-6)
+    trainable = {name for name, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, p in model.named_parameters() if p.requires_grad}  # it trains on
+
+    # transformers loads the adapter on its base, an encoder whose config would give a two-label head
+    hf_model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1).eval()
+    batch = model.tokenize([p[0] for p in PAIRS], [p[1] for p in PAIRS])
+    with torch.no_grad():
+        np.testing.assert_allclose(hf_model(**batch).logits.squeeze(-1).numpy(), expected, atol=1e-5)
+
+
+def test_a_merged_lora_reranker_saves_a_full_model_for_sentence_transformers(lora_reranker, tmp_path):
+    model, folder = lora_reranker
+    expected = model.predict(PAIRS)
+    merged = CrossEncoder.from_pretrained(folder).merge_lora()
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    merged.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not (tmp_path / "adapter_config.json").exists()
+    np.testing.assert_allclose(CrossEncoder.from_pretrained(tmp_path).predict(PAIRS), expected, atol=1e-5)
+    loaded = SentenceTransformersCrossEncoder(str(tmp_path), device="cpu")
+    np.testing.assert_allclose(loaded.predict(PAIRS), expected, atol=1e-5)
+
+
+def test_lora_on_a_reranker_that_has_one_or_none(lora_reranker, reranker_path):
+    _, folder = lora_reranker
+    with pytest.raises(ValueError, match=r"already holds a LoRA adapter.*merge_lora\(\)"):
+        CrossEncoder.from_pretrained(folder).add_lora(_lora_config())
+    with pytest.raises(ValueError, match="merged in memory only"):
+        CrossEncoder.from_pretrained(folder).merge_lora().add_lora(_lora_config())
+    with pytest.raises(ValueError, match="no LoRA adapter to merge"):
+        CrossEncoder.from_pretrained(reranker_path).merge_lora()
+
+
+def test_a_lora_reranker_checkpoint_resumes_to_the_uninterrupted_weights(no_dropout_model_path, tmp_path):
+    import datasets
+    from conftest import canonical_row
+
+    from hf_robust_ir.data.schema import ROW_FEATURES
+    from hf_robust_ir.trainer import RetrievalTrainer, RetrievalTrainingArguments
+
+    corpus = {f"d{i}": f"passage {i} about topic {i % 3}" for i in range(12)}
+    rows = [canonical_row(f"q{i}", [f"d{i}", f"d{(i + 4) % 12}", f"d{(i + 8) % 12}"], [1, 0, 0]) for i in range(8)]
+    dataset = datasets.Dataset.from_list(rows, features=ROW_FEATURES)
+
+    def run(save_strategy, resume=None):
+        torch.manual_seed(0)
+        model = CrossEncoder.from_pretrained(no_dropout_model_path, max_length=32).add_lora(_lora_config())
+        args = RetrievalTrainingArguments(
+            output_dir=str(tmp_path), group_size=3, per_device_train_batch_size=4, learning_rate=1e-2, max_steps=6,
+            save_strategy=save_strategy, save_steps=3, report_to=[], use_cpu=True, seed=3, disable_tqdm=True,
+        )  # fmt: skip
+        RetrievalTrainer(model, args, train_dataset=dataset, corpus=corpus).train(resume_from_checkpoint=resume)
+        return model
+
+    full = run("steps")
+    assert (tmp_path / "checkpoint-3" / "adapter_config.json").exists()
+    resumed = run("no", resume=str(tmp_path / "checkpoint-3"))
+    trained = {name: p for name, p in full.named_parameters() if p.requires_grad}
+    assert trained.keys() == {name for name, p in resumed.named_parameters() if p.requires_grad}
+    for name, value in resumed.named_parameters():
+        if name in trained:
+            torch.testing.assert_close(value, trained[name], atol=1e-6, rtol=0, msg=name)
+    np.testing.assert_allclose(resumed.predict(PAIRS), full.predict(PAIRS), atol=1e-6)

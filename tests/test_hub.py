@@ -224,6 +224,41 @@ def test_lora_pushes_only_the_adapter_with_its_base_model_named(tmp_path, tiny_m
     assert not np.allclose(base.encode_queries(QUERIES), loaded.encode_queries(QUERIES), atol=1e-3)
 
 
+def test_a_lora_reranker_pushes_its_adapter_and_downloads_with_its_base_model(tiny_model_path, local_hub):
+    """A reranker's adapter (and its new head) is pushed alone; from_pretrained fetches the base model it names. The
+    card says that sentence-transformers' CrossEncoder does not load it (it reads config.json) and how to merge."""
+    from huggingface_hub import ModelCard
+    from peft import LoraConfig
+
+    from hf_robust_ir.modeling import CrossEncoder
+
+    hub.push_to_hub(_retriever(tiny_model_path), "org/tiny-base")
+    torch.manual_seed(0)
+    model = CrossEncoder.from_pretrained(tiny_model_path, max_length=64)
+    model.add_lora(LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], lora_dropout=0.0))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    hub.push_to_hub(model, "org/tiny-reranker-lora", base_model="org/tiny-base")
+
+    stored = local_hub.state.storage / "org" / "tiny-reranker-lora"
+    names = {p.name for p in stored.rglob("*") if p.is_file()}
+    assert "adapter_model.safetensors" in names and not names & {"model.safetensors", "config.json"}
+    card = str(ModelCard.load(stored / "README.md"))
+    assert "`sentence_transformers.CrossEncoder` does not load" in card and ".merge_lora().save_pretrained(" in card
+    assert 'model = CrossEncoder("org/tiny-reranker-lora")' not in card
+
+    pairs = [(QUERIES[0], d) for d in DOCUMENTS]
+    loaded = hf_robust_ir.from_pretrained("org/tiny-reranker-lora")
+    assert isinstance(loaded, CrossEncoder)
+    np.testing.assert_allclose(loaded.predict(pairs), model.predict(pairs), atol=1e-6)
+
+    # the card's transformers snippet asks for one label: the base is an encoder, whose config would give two (the
+    # snippet's load of the adapter folder is checked in test_cross_encoder)
+    assert 'AutoModelForSequenceClassification.from_pretrained("org/tiny-reranker-lora", num_labels=1)' in card
+
+
 def test_downloaded_configs_that_point_outside_are_rejected(tmp_path, tiny_model_path, local_hub):
     from huggingface_hub import HfApi
 

@@ -179,17 +179,31 @@ def test_separate_towers_with_adapters_round_trip(tiny_model_path, tmp_path):
     assert not np.allclose(loaded_documents, base_documents, atol=1e-3)
 
 
-def test_a_second_adapter_is_refused_until_the_first_is_merged(trained):
-    """A loaded adapter trains on as it is; wrapping it in a second adapter would save only the new one, under
-    nested names, with no base model: the reloaded model would silently lose the first adapter."""
+def test_a_second_adapter_goes_on_the_saved_merged_model_only(trained, tmp_path):
+    """A loaded adapter trains on as it is. Wrapping it in a second adapter saved only the new one, under nested names,
+    with no base model; adding one to a model merged in memory saved an adapter naming the first adapter's base
+    folder, which lacks the merged weights: either way the reloaded model silently lost the first adapter."""
     loaded = BiEncoder.from_pretrained(trained.folder)
     config = LoraConfig(r=2, lora_alpha=4, target_modules=["query"], lora_dropout=0.0)
-    with pytest.raises(ValueError, match=r"already holds a LoRA adapter.*merge_lora\(\)"):
+    with pytest.raises(ValueError, match=r"already holds a LoRA adapter.*merge_lora\(\), save_pretrained"):
         loaded.add_lora(config)
     assert isinstance(loaded.query_encoder, PeftModel)
     assert not isinstance(loaded.query_encoder.base_model.model, PeftModel)
-    loaded.merge_lora().add_lora(config)  # a fresh adapter on the merged weights adds nothing yet
-    _assert_outputs_close(_encode(loaded), trained.trained_outputs, atol=1e-5)
+    loaded.merge_lora()
+    with pytest.raises(ValueError, match=r"merged in memory only.*save_pretrained\(folder\) first"):
+        loaded.add_lora(config)
+    assert not isinstance(loaded.query_encoder, PeftModel)
+
+    loaded.save_pretrained(tmp_path / "merged")
+    model = BiEncoder.from_pretrained(tmp_path / "merged").add_lora(config)
+    _assert_outputs_close(_encode(model), trained.trained_outputs, atol=1e-5)  # the new adapter adds nothing yet
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.05)
+    expected = _encode(model)
+    model.save_pretrained(tmp_path / "second")
+    _assert_outputs_close(_encode(BiEncoder.from_pretrained(tmp_path / "second")), expected, atol=1e-6)
 
 
 def test_merging_a_model_without_adapter_is_a_clear_error(tiny_model_path):

@@ -92,13 +92,9 @@ def _load_transformer(path: str, trust_remote_code: bool, torch_dtype: Any = Non
         return AutoModel.from_pretrained(path, **kwargs)
 
 
-def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_model: str | None) -> nn.Module:
-    """A transformer folder, or a peft adapter folder on top of its (local) base model (the adapter trainable, as it
-    was saved, so training can go on from it)."""
-    if not (folder / "adapter_config.json").exists():
-        return _load_transformer(str(folder), trust_remote_code, torch_dtype)
-    from peft import PeftModel
-
+def adapter_base_folder(folder: Path, base_model: str | None) -> str:
+    """The local folder of the base model under the peft adapter in ``folder``: the one its ``adapter_config.json``
+    names, else ``base_model`` (a local copy of it); a ``FileNotFoundError`` saying so when neither is a folder."""
     base = read_json_file(folder / "adapter_config.json").get("base_model_name_or_path") or base_model
     if (not base or not Path(base).exists()) and base_model and Path(base_model).exists():
         base = base_model  # the adapter names a Hub id; its local copy was given (hf_robust_ir.hub.from_pretrained)
@@ -107,8 +103,34 @@ def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_mo
             f"{folder}: the adapter's base model {base!r} is not a local folder; pass its local copy as "
             "base_model=<folder> (or load a merged model: merge_lora() before save_pretrained)"
         )
-    base_encoder = _load_transformer(base, trust_remote_code, torch_dtype)
+    return base
+
+
+def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_model: str | None) -> nn.Module:
+    """A transformer folder, or a peft adapter folder on top of its (local) base model (the adapter trainable, as it
+    was saved, so training can go on from it)."""
+    if not (folder / "adapter_config.json").exists():
+        return _load_transformer(str(folder), trust_remote_code, torch_dtype)
+    from peft import PeftModel
+
+    base_encoder = _load_transformer(adapter_base_folder(folder, base_model), trust_remote_code, torch_dtype)
     return PeftModel.from_pretrained(base_encoder, str(folder), is_trainable=True)
+
+
+def check_lora_can_be_added(holds_adapter: bool, merged_in_memory: bool) -> None:
+    """A ``ValueError`` for adding a LoRA adapter to a model that holds one, or whose adapter was merged in memory
+    only: an adapter is saved without its base weights, naming the folder they were loaded from, which lacks the
+    merged ones (the reloaded model would silently lose them)."""
+    if holds_adapter:
+        raise ValueError(
+            "the model already holds a LoRA adapter, which trains on as it is; to start a new adapter on top of "
+            "it, call merge_lora(), save_pretrained(folder) and add the new adapter to the model loaded from folder"
+        )
+    if merged_in_memory:
+        raise ValueError(
+            "the model's adapter was merged in memory only, and a new adapter is saved naming the folder of its base "
+            "weights: save_pretrained(folder) first and add the new adapter to the model loaded from folder"
+        )
 
 
 def position_limit(encoder: nn.Module) -> int | None:
@@ -266,6 +288,7 @@ class BiEncoder(nn.Module):
         self.forward_chunk_size: int | None = None  # see embed()
         self._compiled_towers: dict[str, CompiledTower] = {}  # see encode(compile=...)
         self._warned_one_max_seq_length = False  # see save_pretrained (once, not at every checkpoint)
+        self._merged_in_memory = False  # see add_lora
 
     # ---------------------------------------------------------------- loading and saving
     @classmethod
@@ -390,15 +413,12 @@ class BiEncoder(nn.Module):
         """Wrap the tower(s) with a peft adapter (e.g. ``peft.LoraConfig(r=8, target_modules=["query", "value"])``).
 
         Each tower gets its own copy of ``lora_config`` (peft writes the tower's base model into it). A model that
-        already holds an adapter (a loaded adapter folder trains on as it is) is refused: ``merge_lora()`` it first.
+        already holds an adapter (a loaded adapter folder trains on as it is) is refused, and so is one merged in
+        memory: ``merge_lora()``, save and load the merged model first (see :func:`check_lora_can_be_added`).
         """
         from peft import PeftModel, get_peft_model
 
-        if isinstance(self.query_encoder, PeftModel):
-            raise ValueError(
-                "the model already holds a LoRA adapter, which trains on as it is; to start a new adapter on top of "
-                "it, call merge_lora() first"
-            )
+        check_lora_can_be_added(isinstance(self.query_encoder, PeftModel), self._merged_in_memory)
         self.query_encoder = get_peft_model(self.query_encoder, copy.deepcopy(lora_config))
         if self.retrieval_config.separate_towers:
             self.document_encoder = get_peft_model(self.document_encoder, copy.deepcopy(lora_config))
@@ -414,6 +434,7 @@ class BiEncoder(nn.Module):
         self.query_encoder = self.query_encoder.merge_and_unload()
         if self.retrieval_config.separate_towers:
             self.document_encoder = self.document_encoder.merge_and_unload()
+        self._merged_in_memory = True
         return self
 
     # ---------------------------------------------------------------- forward

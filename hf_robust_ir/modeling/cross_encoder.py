@@ -10,11 +10,17 @@ tokenizer) that loads in ``AutoModelForSequenceClassification`` and in ``sentenc
 when the folder already has one) names the identity as the sentence-transformers activation, so
 ``sentence_transformers.CrossEncoder(folder).predict`` returns the same raw logits as :meth:`CrossEncoder.predict`
 (without it, sentence-transformers applies a sigmoid to one-label models).
+
+With a LoRA adapter (peft, :meth:`CrossEncoder.add_lora`) only the adapter and the trained head are saved, next to the
+name of the base model; ``AutoModelForSequenceClassification`` and :meth:`CrossEncoder.from_pretrained` load such a
+folder, ``sentence_transformers.CrossEncoder`` does not (it reads ``config.json``, which an adapter folder must not
+hold): save :meth:`CrossEncoder.merge_lora`'s full model for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -29,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..json_files import read_json_file
+from .bi_encoder import adapter_base_folder, check_lora_can_be_added
 
 CONFIG_NAME = "hf_robust_ir_config.json"
 # sentence-transformers 6's own settings file, read before config.json (a folder it saved has one)
@@ -93,6 +100,9 @@ class CrossEncoder(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.retrieval_config = config or CrossEncoderConfig()
+        # modules the loaded folder had no weights for (a head, BERT's pooler, new on an encoder): see add_lora
+        self.new_modules: list[str] = []
+        self._merged_in_memory = False  # see add_lora
 
     # ---------------------------------------------------------------- loading and saving
     @classmethod
@@ -103,9 +113,12 @@ class CrossEncoder(nn.Module):
         trust_remote_code: bool = False,
         *,
         torch_dtype: Any = None,
+        base_model: str | None = None,
         **overrides: Any,
     ) -> CrossEncoder:
-        """Load a reranker folder, or start one from an encoder folder (a new one-label head is initialized).
+        """Load a reranker folder, or start one from an encoder folder (a new one-label head is initialized), or
+        load a LoRA adapter folder on top of the base model it names (``base_model``: a local copy of that model),
+        the adapter trainable, as it was saved.
 
         ``max_length`` defaults to the saved value, else 512; it is capped at the model's position embeddings
         (and, when not given, at the tokenizer's limit).
@@ -116,8 +129,11 @@ class CrossEncoder(nn.Module):
             raise FileNotFoundError(
                 f"model folder {str(path)!r} does not exist (Hub names need network access; pass a local folder)"
             )
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{str(path)!r} is not a model folder: it holds no config.json")
+        adapter = (folder / "adapter_config.json").is_file()
+        if not adapter and not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{str(path)!r} is not a model folder: it holds neither config.json nor adapter_config.json"
+            )
         unknown = set(overrides) - {f.name for f in dataclasses.fields(CrossEncoderConfig)}
         if unknown:
             raise TypeError(f"unknown CrossEncoder option(s): {sorted(unknown)}")
@@ -130,7 +146,8 @@ class CrossEncoder(nn.Module):
         if max_length is not None:
             settings["max_length"] = max_length
 
-        model_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        model_folder = adapter_base_folder(folder, base_model) if adapter else str(folder)
+        model_config = AutoConfig.from_pretrained(model_folder, trust_remote_code=trust_remote_code)
         has_head = any(a.endswith("ForSequenceClassification") for a in (model_config.architectures or []))
         if has_head and model_config.num_labels != 1:
             raise ValueError(
@@ -140,10 +157,19 @@ class CrossEncoder(nn.Module):
         kwargs: dict[str, Any] = {"config": model_config, "trust_remote_code": trust_remote_code}
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
+            model_folder, output_loading_info=True, **kwargs
+        )
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         settings["max_length"] = _fit_max_length(settings["max_length"], model, tokenizer, max_length is not None)
-        return cls(model, tokenizer, CrossEncoderConfig(**settings))
+        reranker = cls(model, tokenizer, CrossEncoderConfig(**settings))
+        if not adapter:
+            reranker.new_modules = sorted({key.rsplit(".", 1)[0] for key in loading["missing_keys"]})
+        return reranker
 
     def save_pretrained(self, path: str | os.PathLike, safe_serialization: bool = True) -> None:
         """Write a folder that loads in ``transformers``, ``sentence_transformers.CrossEncoder`` and
@@ -163,6 +189,39 @@ class CrossEncoder(nn.Module):
             st_config["activation_fn"] = SENTENCE_TRANSFORMERS_ACTIVATION
             st_config_file.write_text(json.dumps(st_config, indent=2) + "\n")
         (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.retrieval_config), indent=2) + "\n")
+
+    # ---------------------------------------------------------------- LoRA (peft)
+    def add_lora(self, lora_config: Any) -> CrossEncoder:
+        """Wrap the model with a peft adapter (e.g. ``peft.LoraConfig(r=8, target_modules=["query", "value"])``).
+
+        A config without ``task_type`` gets a copy with ``"SEQ_CLS"``: the one-logit head then trains and is saved
+        with the adapter. So do the :attr:`new_modules` (random weights that the loaded folder lacked, such as the head
+        and BERT's pooler of a reranker started on an encoder), which are added to ``modules_to_save``: saved
+        without them, the adapter would reload onto other random weights. A model that already holds an adapter is
+        refused, and so is one merged in memory: ``merge_lora()``, save and load the merged model first.
+        """
+        from peft import PeftModel, get_peft_model
+
+        check_lora_can_be_added(isinstance(self.model, PeftModel), self._merged_in_memory)
+        lora_config = copy.deepcopy(lora_config)
+        if getattr(lora_config, "task_type", None) is None:
+            lora_config.task_type = "SEQ_CLS"
+        saved = list(lora_config.modules_to_save or [])
+        if any(name not in saved for name in self.new_modules):
+            lora_config.modules_to_save = saved + [name for name in self.new_modules if name not in saved]
+        self.model = get_peft_model(self.model, lora_config)
+        return self
+
+    def merge_lora(self) -> CrossEncoder:
+        """Fold the adapter into the base weights (``merge_and_unload``); the result saves as a full model, which
+        loads in ``sentence_transformers.CrossEncoder`` too."""
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            raise ValueError("the model holds no LoRA adapter to merge")
+        self.model = self.model.merge_and_unload()
+        self._merged_in_memory = True
+        return self
 
     # ---------------------------------------------------------------- forward and scores
     @property
