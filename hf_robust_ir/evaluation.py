@@ -135,15 +135,20 @@ def _faiss_reason(exc: Exception) -> str:
     return re.sub(r"^Error in .*? at \S+:\d+: ", "", str(exc).strip().splitlines()[-1])
 
 
+class NonFiniteEmbeddingError(ValueError):
+    """A model gave a NaN or infinite embedding: its output is broken, whatever the data."""
+
+
 def _check_finite(embeddings: np.ndarray, ids: Sequence[str] | None, what: str) -> None:
-    """Refuse NaN or infinite embeddings (a model that overflows under half precision, a broken checkpoint): faiss
-    leaves such a document out of every result list and returns nothing for such a query, without a word."""
+    """Refuse NaN or infinite embeddings (a model that overflows under half precision, a broken checkpoint) with a
+    :class:`NonFiniteEmbeddingError`: faiss leaves such a document out of every result list and returns nothing for
+    such a query, without a word."""
     finite = np.isfinite(embeddings).all(axis=1)
     if finite.all():
         return
     row = int(np.argmin(finite))
     name = repr(ids[row]) if ids is not None else f"of row {row}"
-    raise ValueError(
+    raise NonFiniteEmbeddingError(
         f"{what} {name} has a NaN or infinite embedding ({int((~finite).sum())} of {len(finite)} in this chunk): "
         "the model's output is broken (an overflow under half precision, say)"
     )

@@ -507,6 +507,32 @@ def test_eval_command_refuses_a_cross_encoder_and_a_split_without_relevant_docum
     assert captured.out == "" and captured.err.startswith("error:") and "dev.tsv" in captured.err
 
 
+def test_eval_command_names_a_nan_embedding_in_one_line(tmp_path, tiny_model_path, capsys):
+    """A model whose output is NaN (here a checkpoint with a NaN layer-norm weight) stopped the command with a
+    traceback."""
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir")
+    broken = tmp_path / "broken"
+    model = BertModel.from_pretrained(tiny_model_path)
+    with torch.no_grad():
+        model.embeddings.LayerNorm.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(broken)
+    capsys.readouterr()  # the save's progress bar
+    argv = ["eval", "--model", str(broken), "--data", str(tmp_path / "beir"), "--quiet", "--max_length", "32"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.splitlines()[-1] == (
+        f"error: --model {str(broken)!r}: document 'd1' has a NaN or infinite embedding (6 of 6 in this chunk): "
+        "the model's output is broken (an overflow under half precision, say)"
+    )
+
+
 def test_quiet_eval_draws_no_bar_of_transformers_and_the_loud_one_counts_queries(tiny_model_path, tmp_path, capsys):
     """--quiet left the "Loading weights" bar transformers draws when it loads the model; the query bar read
     "encode querys"."""

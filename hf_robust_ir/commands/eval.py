@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from hf_robust_ir.data.beir import load_beir
-    from hf_robust_ir.evaluation import RetrievalEvaluator
+    from hf_robust_ir.evaluation import NonFiniteEmbeddingError, RetrievalEvaluator
 
     start = time.perf_counter()
     data = load_beir(data_dir, split=args.split)
@@ -98,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     model = load_bi_encoder(args.model, args.max_length)
-    metrics = evaluator(model)
+    try:
+        metrics = evaluator(model)
+    except NonFiniteEmbeddingError as exc:  # a broken model, not a bug here: one line, no traceback
+        print(f"error: --model {args.model!r}: {exc}", file=sys.stderr)
+        return 2
     logger.info("Evaluated %d queries in %.1f s", len(evaluator.last_run), time.perf_counter() - start)
     if args.run_output:
         write_trec_run(evaluator.last_run, args.run_output)
