@@ -13,6 +13,7 @@ returning ``float32`` arrays of shape ``(n, d)`` can be evaluated; :class:`hf_ro
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -342,6 +343,59 @@ class DocumentIndex:
 # metrics
 
 
+def _id_text(value: Any, source: str, field: str | None) -> str:
+    """An id as a string: a string as it is, an integer (``10``, ``numpy.int64(10)``) as its digits; anything else
+    (a float, None) is refused."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    raise DataFormatError(
+        source, None, field, f"id {value!r} is a {type(value).__name__}: ids are strings (integers are read as strings)"
+    )
+
+
+def _string_keys(mapping: Mapping[Any, Any], source: str, field: str | None, where: str = "") -> Mapping[str, Any]:
+    """``mapping`` itself when its keys are all strings, else a dict with integer keys as strings; two keys that are
+    one string (``1`` and ``"1"``) are refused, as either could be meant."""
+    if all(isinstance(key, str) for key in mapping):
+        return mapping
+    out: dict[str, Any] = {}
+    original: dict[str, Any] = {}
+    for key, value in mapping.items():
+        text = _id_text(key, source, field)
+        if text in out:
+            raise DataFormatError(
+                source,
+                None,
+                field,
+                f"ids {original[text]!r} and {key!r}{where} are one id as strings; keep one of them",
+            )
+        out[text], original[text] = value, key
+    return out
+
+
+def _string_ids(nested: Mapping[Any, Mapping[Any, Any]], source: str, field: str | None) -> Mapping[str, Any]:
+    """Qrels or a run (``{query_id: {doc_id: value}}``) with integer query and document ids as strings (pytrec_eval
+    takes strings only, and fails with an obscure TypeError on anything else)."""
+    outer = _string_keys(nested, source, field)
+    inner = {qid: _string_keys(docs, source, field, f" (documents of query {qid!r})") for qid, docs in outer.items()}
+    if outer is nested and all(inner[qid] is docs for qid, docs in outer.items()):
+        return nested
+    return inner
+
+
+def _string_id_corpus(data: RetrievalCorpus, source: str) -> RetrievalCorpus:
+    """``data`` itself when its ids are all strings, else a copy with integer document and query ids (corpus, queries
+    and qrels alike, so that they still match) as strings; errors name ``source``."""
+    corpus = _string_keys(data.corpus, source, "corpus")
+    queries = _string_keys(data.queries, source, "queries")
+    qrels = _string_ids(data.qrels, source, "qrels")
+    if corpus is data.corpus and queries is data.queries and qrels is data.qrels:
+        return data
+    return dataclasses.replace(data, corpus=dict(corpus), queries=dict(queries), qrels=qrels)
+
+
 def relevant_queries(qrels: Qrels) -> list[str]:
     """Ids of the queries with at least one relevant (grade > 0) judgment: the ones a retrieval metric averages over."""
     return [qid for qid, judged in qrels.items() if any(grade > 0 for grade in judged.values())]
@@ -370,8 +424,12 @@ def per_query_scores(
     """pytrec_eval metrics of every query with a relevant judgment: ``{query_id: {"ndcg@10": ..., ...}}``.
 
     A document is relevant when its grade is > 0; nDCG uses the grades as gains (trec_eval's ``ndcg_cut``). ``map`` is
-    trec_eval's MAP over everything the run retrieved (the top ``top_k``). A NaN run score is refused.
+    trec_eval's MAP over everything the run retrieved (the top ``top_k``). A NaN run score is refused. Integer query and
+    document ids are read as strings, in ``qrels`` and ``run`` alike (two ids that are one string, ``1`` and ``"1"``,
+    are refused).
     """
+    qrels = _string_ids(qrels, "qrels", None)
+    run = _string_ids(run, "run", None)
     queries = relevant_queries(qrels)
     qrels_int = {qid: {doc_id: _integer_grade(qid, doc_id, grade) for doc_id, grade in qrels[qid].items()}
                  for qid in queries}  # fmt: skip
@@ -437,7 +495,9 @@ class RetrievalEvaluator:
     :attr:`last_run` (``{query_id: {doc_id: score}}``).
 
     Judged queries without a relevant document are left out (their number is logged); a relevant judgment whose query
-    has no text or whose document is not in the corpus is refused with a :class:`DataFormatError`.
+    has no text or whose document is not in the corpus is refused with a :class:`DataFormatError`. Integer document
+    and query ids (a corpus built by hand, ``qrels={1: {10: 1}}``) are read as strings in the corpus, queries and qrels
+    alike, so the run's ids are strings; two ids that are one string (``1`` and ``"1"``) are refused.
     """
 
     def __init__(
@@ -456,7 +516,7 @@ class RetrievalEvaluator:
         for setting, value in (("top_k", top_k), ("batch_size", batch_size), ("chunk_size", chunk_size)):
             if value < 1:
                 raise ValueError(f"{setting} must be >= 1, got {value}")
-        self.data = data
+        self.data = data = _string_id_corpus(data, name or data.name or "RetrievalCorpus")
         self.top_k = top_k
         self.batch_size = batch_size
         self.bf16 = bf16

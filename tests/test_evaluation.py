@@ -312,6 +312,36 @@ def test_evaluator_logs_how_many_judged_queries_it_leaves_out(tiny_corpus, caplo
     assert caplog.messages == []
 
 
+def test_integer_ids_are_read_as_strings_in_corpus_queries_qrels_and_run(tiny_corpus):
+    """pytrec_eval failed with an obscure TypeError on the integer ids of a corpus built by hand."""
+    from hf_robust_ir.data.schema import DataFormatError
+
+    data = RetrievalCorpus(
+        corpus={10: "apples grow on trees", 11: "bananas are yellow fruit", np.int64(12): "cars drive on roads"},
+        queries={1: "where do apples grow", "2": "what color are bananas"},
+        qrels={1: {10: 1}, 2: {"11": 1, 12: 0}},  # strings and integers mixed: they still match
+        name="ints",
+    )
+    evaluator = RetrievalEvaluator(data, top_k=3, show_progress_bar=False)
+    metrics = evaluator(HashingEncoder())
+    assert metrics == pytest.approx({"ndcg@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0, "map": 1.0})
+    assert set(evaluator.last_run) == {"1", "2"} and set(evaluator.last_run["1"]) == {"10", "11", "12"}
+    assert data.qrels == {1: {10: 1}, 2: {"11": 1, 12: 0}}  # the caller's corpus is left as it was
+    assert RetrievalEvaluator(tiny_corpus, show_progress_bar=False).data is tiny_corpus  # string ids: no copy
+    assert score_run({1: {10: 1}}, {"1": {10: 0.5, 11: 0.9}})["mrr@10"] == 0.5
+
+    # two ids that are one string: either could be meant
+    with pytest.raises(DataFormatError, match=r"^ints, field 'corpus': ids 10 and '10' are one id as strings"):
+        RetrievalEvaluator(RetrievalCorpus({10: "a", "10": "b"}, data.queries, data.qrels, "ints"))
+    with pytest.raises(DataFormatError, match=r"^qrels: ids 1 and '1' are one id as strings"):
+        score_run({1: {"a": 1}, "1": {"b": 1}}, {})
+    with pytest.raises(DataFormatError, match=r"^run: ids 10 and '10' \(documents of query '1'\) are one id"):
+        score_run({"1": {"10": 1}}, {"1": {10: 0.5, "10": 0.4}})
+    # a float id (a qrels column read with a missing value, say) is no id
+    with pytest.raises(DataFormatError, match=r"^ints, field 'qrels': id 1.0 is a float: ids are strings"):
+        RetrievalEvaluator(RetrievalCorpus(data.corpus, data.queries, {1.0: {10: 1}}, "ints"))
+
+
 class BrokenEncoder(HashingEncoder):
     """A model whose output overflowed: row ``nan_row`` of every document (or query) batch is NaN (or infinite)."""
 
