@@ -494,10 +494,11 @@ class RetrievalEvaluator:
     ``{"ndcg@10", "recall@100", "mrr@10", "map"}`` (see :func:`score_run`). The run of the last call is kept in
     :attr:`last_run` (``{query_id: {doc_id: score}}``).
 
-    Judged queries without a relevant document are left out (their number is logged); a relevant judgment whose query
-    has no text or whose document is not in the corpus is refused with a :class:`DataFormatError`. Integer document
-    and query ids (a corpus built by hand, ``qrels={1: {10: 1}}``) are read as strings in the corpus, queries and qrels
-    alike, so the run's ids are strings; two ids that are one string (``1`` and ``"1"``) are refused.
+    Judged queries without a relevant document are left out (their number is logged); qrels without any relevant
+    judgment (an empty split, grade-0 judgments only), and a relevant judgment whose query has no text or whose
+    document is not in the corpus, are refused with a :class:`DataFormatError`. Integer document and query ids (a
+    corpus built by hand, ``qrels={1: {10: 1}}``) are read as strings in the corpus, queries and qrels alike, so the
+    run's ids are strings; two ids that are one string (``1`` and ``"1"``) are refused.
     """
 
     def __init__(
@@ -527,10 +528,19 @@ class RetrievalEvaluator:
         self.show_progress_bar = show_progress_bar
         self.name = name or data.name
         self.query_ids = relevant_queries(data.qrels)
+        source = self.name or "RetrievalCorpus"
+        if not self.query_ids:  # every metric would read 0.0, like a model that finds nothing
+            raise DataFormatError(
+                source,
+                None,
+                "qrels",
+                f"no judged query has a relevant document (grade > 0) among {len(data.qrels)} judged queries: "
+                "there is nothing to evaluate",
+            )
         missing = [qid for qid in self.query_ids if qid not in data.queries]
         if missing:
             raise DataFormatError(
-                data.name or "RetrievalCorpus",
+                source,
                 None,
                 "qrels",
                 f"{len(missing)} judged queries have no text, e.g. {missing[:3]}",
@@ -540,7 +550,7 @@ class RetrievalEvaluator:
                    if grade > 0 and doc_id not in data.corpus]  # fmt: skip
         if unknown:
             raise DataFormatError(
-                data.name or "RetrievalCorpus",
+                source,
                 None,
                 "qrels",
                 f"{len(unknown)} relevant judgments name documents that are not in the corpus, which no model can "

@@ -312,6 +312,21 @@ def test_evaluator_logs_how_many_judged_queries_it_leaves_out(tiny_corpus, caplo
     assert caplog.messages == []
 
 
+def test_evaluator_refuses_qrels_without_a_relevant_document(tiny_corpus):
+    """Every metric read 0.0, like a model that finds nothing (a training run whose eval split has only grade-0
+    judgments reported eval_ndcg@10 = 0 at every evaluation and chose its best checkpoint on that)."""
+    from hf_robust_ir.data.schema import DataFormatError
+
+    for qrels, judged in (({}, 0), ({"q3": {"d3": 0}}, 1)):
+        data = RetrievalCorpus(tiny_corpus.corpus, tiny_corpus.queries, qrels, "tiny")
+        with pytest.raises(DataFormatError) as exc:
+            RetrievalEvaluator(data, name="tiny/dev")
+        assert str(exc.value) == (
+            f"tiny/dev, field 'qrels': no judged query has a relevant document (grade > 0) among {judged} judged "
+            "queries: there is nothing to evaluate"
+        )
+
+
 def test_integer_ids_are_read_as_strings_in_corpus_queries_qrels_and_run(tiny_corpus):
     """pytrec_eval failed with an obscure TypeError on the integer ids of a corpus built by hand."""
     from hf_robust_ir.data.schema import DataFormatError
