@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,17 @@ def _read_progress(
     return done
 
 
+def _check_finite_scores(query_id: str, doc_ids: list[str], scores: list[float]) -> None:
+    """Refuse a NaN or infinite teacher score (a teacher that overflows under half precision, a broken checkpoint): the
+    collator reads such a score as "no teacher score", so distillation would leave the candidate out without a word."""
+    broken = next((doc_id for doc_id, score in zip(doc_ids, scores) if not math.isfinite(score)), None)
+    if broken is not None:
+        raise ValueError(
+            f"teacher score of query {query_id!r}, document {broken!r} is NaN or infinite: the teacher's output is "
+            "broken (an overflow under half precision, say)"
+        )
+
+
 def score_rows(
     rows: datasets.Dataset,
     corpus: Mapping[str, str],
@@ -212,6 +224,7 @@ def score_rows(
                 for index, query, query_id, doc_ids, row_scores in zip(
                     chunk, batch["query"], batch["query_id"], batch["doc_ids"], scores
                 ):
+                    _check_finite_scores(query_id, doc_ids, row_scores)
                     done[index] = row_scores
                     if handle is not None:
                         texts = _texts_digest(query, doc_ids, corpus)

@@ -123,6 +123,29 @@ def test_missing_document_is_named(tiny_model_path):
         score_rows(rows, CORPUS, load_teacher(tiny_model_path), show_progress=False)
 
 
+class BrokenReranker:
+    """A cross-encoder whose output overflowed: the logit of the second pair it is given is infinite (or NaN)."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def predict(self, pairs, batch_size=32, bf16=False):
+        scores = np.zeros(len(pairs), np.float32)
+        scores[1] = self.value
+        return scores
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_nan_or_infinite_teacher_score_is_refused_naming_the_candidate(tmp_path, value):
+    """The collator reads a NaN (or infinite) teacher score as "no score": a broken teacher's rows were written as
+    scored and distillation quietly left those candidates out."""
+    progress = tmp_path / "progress.jsonl"
+    message = r"^teacher score of query 'q0', document 'n0' is NaN or infinite: the teacher's output is broken"
+    with pytest.raises(ValueError, match=message):
+        score_rows(_rows(), CORPUS, BrokenReranker(value), chunk_size=1, progress_file=progress, show_progress=False)
+    assert len(progress.read_text().splitlines()) == 1  # the header only: the broken row is not kept for a resume
+
+
 def _beir(tmp_path):
     folder = tmp_path / "beir"
     (folder / "qrels").mkdir(parents=True)
@@ -204,6 +227,17 @@ def test_cli_scores_rows_over_a_folder_without_the_split_and_refuses_no_rows(tin
     assert main([*base, "--split", "dev", "--output", str(tmp_path / "b")]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error:") and "no rows" in captured.err
+
+
+def test_cli_names_a_nan_teacher_score_in_one_line(tiny_model_path, tmp_path, capsys, monkeypatch):
+    beir = _beir(tmp_path)
+    monkeypatch.setattr(scoring, "load_teacher", lambda *args: BrokenReranker(float("nan")))
+    argv = ["score", "--data", str(beir), "--teacher", tiny_model_path, "--output", str(tmp_path / "out"), "--quiet"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.splitlines()[-1].startswith("error: teacher score of query 'q0', document 'n1' is NaN")
+    assert not (tmp_path / "out" / "rows.jsonl").exists()
 
 
 def test_a_resume_with_another_max_length_is_refused(tiny_model_path, tmp_path):
