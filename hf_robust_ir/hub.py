@@ -725,7 +725,9 @@ def push_to_hub(
 
     ``card``: a ``ModelCard``, a :class:`ModelCardInfo`, a path to a ``README.md``, or None for a card built from
     the model; its usage snippets are written for ``model`` in ``repo_id``. ``base_model``: the Hub id of the base
-    model (required for a LoRA model whose base is a local folder; written into the adapter config and the card).
+    model (required for a LoRA model whose base is a local folder; written into the adapter config and the card); for
+    separate towers each on its own tower of a base model, the id of that model (pushed with its towers), on whose
+    ``query_encoder/`` and ``document_encoder/`` each tower's adapter loads again.
     ``repo_id``: ``namespace/name``, or a bare name for a repository in the token owner's namespace.
     ``token``: default ``HF_TOKEN`` or ``huggingface_hub``'s login; a folder holding the token is never uploaded.
     ``revision``: the branch to commit to, made from main if it does not exist yet (a ``refs/pr/N`` pull request must
@@ -792,10 +794,14 @@ def push_to_hub(
 
 
 def _name_adapter_base(folder: Path, base_model: str | None) -> str:
-    """Write ``base_model`` into every saved ``adapter_config.json`` (or check the one there is a Hub id)."""
-    for adapter_file in [folder / "adapter_config.json", *folder.glob("*/adapter_config.json")]:
-        if not adapter_file.is_file():
-            continue
+    """Write ``base_model`` into every saved ``adapter_config.json`` (or check the one there is a Hub id).
+
+    Separate towers whose adapters name different local base folders must be on the ``query_encoder/`` and
+    ``document_encoder/`` towers of one model: ``base_model`` then names that model's repository, and each tower's
+    adapter loads on its own tower there (see :func:`hf_robust_ir.modeling.bi_encoder.adapter_base_folder`)."""
+    adapter_files = [f for f in [folder / "adapter_config.json", *folder.glob("*/adapter_config.json")] if f.is_file()]
+    _check_tower_bases(folder, adapter_files)
+    for adapter_file in adapter_files:
         config = json.loads(adapter_file.read_text())
         named = base_model or config.get("base_model_name_or_path")
         if not _is_hub_id(named):
@@ -813,6 +819,24 @@ def _name_adapter_base(folder: Path, base_model: str | None) -> str:
         robust_config.write_text(json.dumps(settings, indent=2) + "\n")
     assert base_model is not None
     return base_model
+
+
+def _check_tower_bases(folder: Path, adapter_files: list[Path]) -> None:
+    """A ``ValueError`` for tower adapters whose local base folders are not the same-named towers of one model: one
+    repository id could not name the base of each."""
+    bases = {
+        f.parent.name: read_json_file(f).get("base_model_name_or_path") for f in adapter_files if f.parent != folder
+    }
+    local = {tower: base for tower, base in bases.items() if base and not _is_hub_id(base)}
+    if len(set(local.values())) < 2:
+        return  # one base for both towers (or Hub ids already)
+    parents = {Path(base).parent for base in local.values()}
+    if len(parents) == 1 and all(Path(base).name == tower for tower, base in local.items()):
+        return  # the towers of one model, which base_model names
+    raise ValueError(
+        f"the towers' adapters are on different base models ({', '.join(f'{t}: {b}' for t, b in local.items())}), "
+        "not the towers of one model that one Hub id could name; merge_lora() and push the full weights"
+    )
 
 
 def _hide_local_base_model(folder: Path, base_model: str | None) -> list[str]:

@@ -637,3 +637,50 @@ def test_the_train_command_pushes_the_card_with_the_scores_after_training(
         card = ModelCard.load(card_path)
         reported = {result.metric_type: result.metric_value for result in card.data.eval_results or []}
         assert reported.get("ndcg_at_10") == pytest.approx(after), card_path
+
+
+def test_separate_towers_of_their_own_weights_push_adapters_that_load_on_their_own_towers(
+    tmp_path, tiny_model_path, local_hub
+):
+    """Towers trained apart, pushed with their towers, then given LoRA adapters: each pushed adapter names the base
+    repository, and loads again on that repository's tower of its own name (the query adapter on the query tower's
+    weights, not on the document tower's nor on a folder without weights)."""
+    from peft import LoraConfig
+
+    torch.manual_seed(0)
+    towers = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True)
+    with torch.no_grad():
+        for parameter in towers.document_encoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    towers.save_pretrained(tmp_path / "towers")
+    hub.push_to_hub(BiEncoder.from_pretrained(tmp_path / "towers"), "org/towers-base")
+    model = BiEncoder.from_pretrained(tmp_path / "towers")
+    model.add_lora(LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], lora_dropout=0.0))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    hub.push_to_hub(model, "org/towers-lora", base_model="org/towers-base")
+
+    stored = local_hub.state.storage / "org" / "towers-lora"
+    for tower in ("query_encoder", "document_encoder"):
+        adapter_config = json.loads((stored / tower / "adapter_config.json").read_text())
+        assert adapter_config["base_model_name_or_path"] == "org/towers-base"
+    loaded = hf_robust_ir.from_pretrained("org/towers-lora")
+    assert loaded.retrieval_config.separate_towers
+    _same_embeddings(model, loaded)
+
+
+def test_separate_tower_adapters_on_two_unrelated_base_models_are_refused_at_push(tmp_path, tiny_model_path, local_hub):
+    """One Hub id names the base of both towers: towers on two unrelated models are refused before any upload."""
+    from conftest import save_tiny_bert
+    from peft import LoraConfig
+    from transformers import AutoModel
+
+    towers = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True)
+    other = AutoModel.from_pretrained(save_tiny_bert(tmp_path / "other", seed=3), add_pooling_layer=False)
+    model = BiEncoder(towers.query_encoder, towers.tokenizer, towers.retrieval_config, other)
+    model.add_lora(LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
+    with pytest.raises(ValueError, match="different base models .*merge_lora"):
+        hub.push_to_hub(model, "org/mixed-lora", base_model="org/tiny-base")
+    assert "org/mixed-lora" not in local_hub.state.repos

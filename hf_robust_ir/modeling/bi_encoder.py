@@ -92,12 +92,18 @@ def _load_transformer(path: str, trust_remote_code: bool, torch_dtype: Any = Non
         return AutoModel.from_pretrained(path, **kwargs)
 
 
-def adapter_base_folder(folder: Path, base_model: str | None) -> str:
+def adapter_base_folder(folder: Path, base_model: str | None, tower: str | None = None) -> str:
     """The local folder of the base model under the peft adapter in ``folder``: the one its ``adapter_config.json``
-    names, else ``base_model`` (a local copy of it); a ``FileNotFoundError`` saying so when neither is a folder."""
+    names, else ``base_model`` (a local copy of it); a ``FileNotFoundError`` saying so when neither is a folder.
+
+    ``tower``: the tower the adapter is of (``query_encoder`` or ``document_encoder``); when ``base_model`` is a
+    BiEncoder saved with separate towers, the adapter's base is that model's tower of the same name (an adapter pushed
+    to the Hub names its base by the repository's id, which holds both towers)."""
     base = read_json_file(folder / "adapter_config.json").get("base_model_name_or_path") or base_model
     if (not base or not Path(base).exists()) and base_model and Path(base_model).exists():
         base = base_model  # the adapter names a Hub id; its local copy was given (hf_robust_ir.hub.from_pretrained)
+        if tower and _holds_model(Path(base_model) / tower):
+            base = str(Path(base_model) / tower)
     if not base or not Path(base).exists():
         raise FileNotFoundError(
             f"{folder}: the adapter's base model {base!r} is not a local folder; pass its local copy as "
@@ -106,14 +112,17 @@ def adapter_base_folder(folder: Path, base_model: str | None) -> str:
     return base
 
 
-def _load_tower(folder: Path, trust_remote_code: bool, torch_dtype: Any, base_model: str | None) -> nn.Module:
+def _load_tower(
+    folder: Path, trust_remote_code: bool, torch_dtype: Any, base_model: str | None, tower: str | None = None
+) -> nn.Module:
     """A transformer folder, or a peft adapter folder on top of its (local) base model (the adapter trainable, as it
-    was saved, so training can go on from it)."""
+    was saved, so training can go on from it); ``tower``: see :func:`adapter_base_folder`."""
     if not (folder / "adapter_config.json").exists():
         return _load_transformer(str(folder), trust_remote_code, torch_dtype)
     from peft import PeftModel
 
-    base_encoder = _load_transformer(adapter_base_folder(folder, base_model), trust_remote_code, torch_dtype)
+    base_folder = adapter_base_folder(folder, base_model, tower)
+    base_encoder = _load_transformer(base_folder, trust_remote_code, torch_dtype)
     return PeftModel.from_pretrained(base_encoder, str(folder), is_trainable=True)
 
 
@@ -342,10 +351,13 @@ class BiEncoder(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(str(query_folder), trust_remote_code=trust_remote_code)
         if not (folder / CONFIG_NAME).exists():
             _check_lower_case(folder, tokenizer)
-        query_encoder = _load_tower(query_folder, trust_remote_code, torch_dtype, config.base_model)
+        towers = (QUERY_TOWER, DOCUMENT_TOWER) if saved_towers else (None, None)
+        query_encoder = _load_tower(query_folder, trust_remote_code, torch_dtype, config.base_model, towers[0])
         document_encoder = None
         if config.separate_towers:
-            document_encoder = _load_tower(document_folder, trust_remote_code, torch_dtype, config.base_model)
+            document_encoder = _load_tower(
+                document_folder, trust_remote_code, torch_dtype, config.base_model, towers[1]
+            )
         limit = _default_read_length(query_encoder, tokenizer) if lengths_from_model else None
         if limit is not None:
             config = dataclasses.replace(config, **dict.fromkeys(lengths_from_model, limit))
