@@ -255,3 +255,63 @@ def test_separate_towers_of_their_own_weights_keep_each_towers_base_model(tiny_m
     loaded_queries, loaded_documents = _encode(BiEncoder.from_pretrained(tmp_path / "lora"))
     np.testing.assert_allclose(loaded_queries, queries, atol=1e-6)
     np.testing.assert_allclose(loaded_documents, documents, atol=1e-6)
+
+
+def _fill_lora_b(model, value: float = 0.05) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.fill_(value)
+
+
+def test_an_adapter_of_a_model_loaded_from_a_relative_path_loads_from_any_working_directory(
+    tiny_model_path, tmp_path, monkeypatch
+):
+    """The base model is recorded by its absolute path, not by the relative one it was loaded from."""
+    from hf_robust_ir.modeling import CrossEncoder
+
+    shutil.copytree(tiny_model_path, tmp_path / "work" / "models" / "base")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], lora_dropout=0.0)
+    model = BiEncoder.from_pretrained("models/base").add_lora(config)
+    _fill_lora_b(model)
+    expected = _encode(model)
+    model.save_pretrained("adapter")
+    torch.manual_seed(0)
+    reranker = CrossEncoder.from_pretrained("models/base", max_length=64).add_lora(config)
+    _fill_lora_b(reranker)
+    pairs = [(QUERIES[0], document) for document in DOCUMENTS]
+    expected_scores = reranker.predict(pairs)
+    reranker.save_pretrained("reranker-adapter")
+
+    base = str(tmp_path / "work" / "models" / "base")
+    for adapter in ("adapter", "reranker-adapter"):
+        assert (
+            json.loads((tmp_path / "work" / adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+            == base
+        )
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    loaded = BiEncoder.from_pretrained(tmp_path / "work" / "adapter")
+    _assert_outputs_close(_encode(loaded), expected, 1e-6)
+    assert loaded.retrieval_config.base_model == base
+    loaded_reranker = CrossEncoder.from_pretrained(tmp_path / "work" / "reranker-adapter")
+    np.testing.assert_allclose(loaded_reranker.predict(pairs), expected_scores, atol=1e-6)
+
+
+def test_an_adapter_that_names_a_relative_base_is_saved_again_naming_it_absolutely(
+    tiny_model_path, tmp_path, monkeypatch
+):
+    """An adapter saved by an earlier version with a relative base still loads from its working directory; saved
+    again, it names its base by the absolute path."""
+    shutil.copytree(tiny_model_path, tmp_path / "models" / "base")
+    model = BiEncoder.from_pretrained(tmp_path / "models" / "base")
+    model.add_lora(LoraConfig(r=2, target_modules=["query"], lora_dropout=0.0))
+    model.save_pretrained(tmp_path / "old")
+    adapter_file = tmp_path / "old" / "adapter_config.json"
+    adapter_config = json.loads(adapter_file.read_text())
+    adapter_file.write_text(json.dumps({**adapter_config, "base_model_name_or_path": "models/base"}))
+    monkeypatch.chdir(tmp_path)
+    BiEncoder.from_pretrained("old").save_pretrained("new")
+    saved = json.loads((tmp_path / "new" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(tmp_path / "models" / "base")

@@ -81,7 +81,22 @@ def _check_max_length(value: Any, name: str = "max_length") -> None:
         raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
+def absolute_if_local(name: str) -> str:
+    """``name`` as an absolute path when it is a local folder (a Hub id as it is): a model keeps the path it was
+    loaded from, and a LoRA adapter saved from it names that path as its base model, which must not depend on the
+    working directory."""
+    return os.path.abspath(name) if Path(name).is_dir() else name
+
+
+def absolute_adapter_bases(model: nn.Module) -> None:
+    """Name each adapter's base model by its absolute path where an adapter saved earlier names a relative folder."""
+    for config in getattr(model, "peft_config", {}).values():
+        if config.base_model_name_or_path:
+            config.base_model_name_or_path = absolute_if_local(config.base_model_name_or_path)
+
+
 def _load_transformer(path: str, trust_remote_code: bool, torch_dtype: Any = None) -> nn.Module:
+    path = absolute_if_local(path)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
@@ -123,7 +138,9 @@ def _load_tower(
 
     base_folder = adapter_base_folder(folder, base_model, tower)
     base_encoder = _load_transformer(base_folder, trust_remote_code, torch_dtype)
-    return PeftModel.from_pretrained(base_encoder, str(folder), is_trainable=True)
+    encoder = PeftModel.from_pretrained(base_encoder, str(folder), is_trainable=True)
+    absolute_adapter_bases(encoder)
+    return encoder
 
 
 def check_lora_can_be_added(holds_adapter: bool, merged_in_memory: bool) -> None:
@@ -335,7 +352,7 @@ class BiEncoder(nn.Module):
         lengths_from_model = (
             {"query_max_length", "document_max_length"} - set(settings) if (folder / "modules.json").exists() else set()
         )
-        settings.setdefault("base_model", str(path))
+        settings.setdefault("base_model", absolute_if_local(str(path)))
         config = BiEncoderConfig(**settings)
 
         if saved_towers:

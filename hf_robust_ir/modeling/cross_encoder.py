@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..json_files import read_json_file
-from .bi_encoder import adapter_base_folder, check_lora_can_be_added
+from .bi_encoder import absolute_adapter_bases, absolute_if_local, adapter_base_folder, check_lora_can_be_added
 
 CONFIG_NAME = "hf_robust_ir_config.json"
 # sentence-transformers 6's own settings file, read before config.json (a folder it saved has one)
@@ -146,7 +146,7 @@ class CrossEncoder(nn.Module):
         if max_length is not None:
             settings["max_length"] = max_length
 
-        model_folder = adapter_base_folder(folder, base_model) if adapter else str(folder)
+        model_folder = absolute_if_local(adapter_base_folder(folder, base_model) if adapter else str(folder))
         model_config = AutoConfig.from_pretrained(model_folder, trust_remote_code=trust_remote_code)
         has_head = any(a.endswith("ForSequenceClassification") for a in (model_config.architectures or []))
         if has_head and model_config.num_labels != 1:
@@ -164,6 +164,7 @@ class CrossEncoder(nn.Module):
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+            absolute_adapter_bases(model)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         settings["max_length"] = _fit_max_length(settings["max_length"], model, tokenizer, max_length is not None)
         reranker = cls(model, tokenizer, CrossEncoderConfig(**settings))
