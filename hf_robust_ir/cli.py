@@ -13,7 +13,9 @@ import importlib
 import sys
 from collections.abc import Iterator
 
-COMMANDS = ("train", "eval", "mine", "noise", "score", "relabel", "synthesize", "self-train", "download")
+COMMANDS = (
+    "train", "eval", "mine", "noise", "score", "relabel", "synthesize", "self-train", "download", "merge-lora",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

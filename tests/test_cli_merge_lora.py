@@ -1,0 +1,122 @@
+"""`hf-robust-ir merge-lora`: a LoRA run's adapter folder becomes a full model that loads without peft."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from peft import LoraConfig
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel
+
+from hf_robust_ir.cli import main
+from hf_robust_ir.modeling import BiEncoder, CrossEncoder
+
+QUERIES = ["what is label noise", "how are hard negatives mined"]
+DOCUMENTS = ["label noise means some training labels are wrong", "hard negatives are mined with a retriever"]
+
+
+def _fill_lora_b(model) -> None:
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(0.05)
+
+
+def test_the_adapter_of_a_lora_training_run_merges_into_a_model_that_loads_without_peft(
+    tmp_path, tiny_model_path, small_beir, capsys
+):
+    recipe = {
+        "model_name_or_path": tiny_model_path,
+        "data_dir": str(small_beir),
+        "eval_split": None,
+        "num_negatives": 2,
+        "mining_range_max": 10,
+        "group_size": 2,
+        "per_device_train_batch_size": 4,
+        "max_steps": 1,
+        "learning_rate": 1e-3,
+        "lora_r": 2,
+        "lora_target_modules": ["query", "value"],
+        "output_dir": str(tmp_path / "run"),
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 0
+    assert (tmp_path / "run" / "adapter_config.json").is_file()
+    capsys.readouterr()
+    adapter = BiEncoder.from_pretrained(tmp_path / "run")
+    _fill_lora_b(adapter)  # an adapter that changes the vectors, whatever one step learned
+    adapter.save_pretrained(tmp_path / "run")
+    expected = adapter.encode_documents(DOCUMENTS)
+
+    assert main(["merge-lora", str(tmp_path / "run"), "--out", str(tmp_path / "merged")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == {"adapter_dir": str(tmp_path / "run"), "out": str(tmp_path / "merged"), "model": "BiEncoder"}
+    merged = tmp_path / "merged"
+    assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
+    assert not np.allclose(BiEncoder.from_pretrained(tiny_model_path).encode_documents(DOCUMENTS), expected, atol=1e-3)
+    np.testing.assert_allclose(BiEncoder.from_pretrained(merged).encode_documents(DOCUMENTS), expected, atol=1e-5)
+    np.testing.assert_allclose(SentenceTransformer(str(merged), device="cpu").encode(DOCUMENTS), expected, atol=1e-5)
+    encoder = AutoModel.from_pretrained(str(merged))
+    assert not hasattr(encoder, "peft_config")
+
+
+def test_separate_towers_and_a_reranker_merge_too(tmp_path, tiny_model_path, capsys):
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], lora_dropout=0.0)
+    towers = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True).add_lora(config)
+    _fill_lora_b(towers)
+    towers.save_pretrained(tmp_path / "towers")
+    assert main(["merge-lora", str(tmp_path / "towers"), "--out", str(tmp_path / "towers-merged")]) == 0
+    merged = BiEncoder.from_pretrained(tmp_path / "towers-merged")
+    assert not (tmp_path / "towers-merged" / "query_encoder" / "adapter_config.json").exists()
+    np.testing.assert_allclose(merged.encode_queries(QUERIES), towers.encode_queries(QUERIES), atol=1e-5)
+
+    torch.manual_seed(0)
+    reranker = CrossEncoder.from_pretrained(tiny_model_path, max_length=64).add_lora(config)
+    _fill_lora_b(reranker)
+    reranker.save_pretrained(tmp_path / "reranker")
+    assert main(["merge-lora", str(tmp_path / "reranker"), "--out", str(tmp_path / "reranker-merged")]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["model"] == "CrossEncoder"
+    pairs = [(QUERIES[0], document) for document in DOCUMENTS]
+    from sentence_transformers import CrossEncoder as SentenceTransformersCrossEncoder
+
+    scores = SentenceTransformersCrossEncoder(str(tmp_path / "reranker-merged"), device="cpu").predict(pairs)
+    np.testing.assert_allclose(scores, reranker.predict(pairs), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["full model", "empty folder", "missing folder"])
+def test_a_folder_without_an_adapter_is_one_error_line_naming_it(kind, tmp_path, tiny_model_path, capsys):
+    folder = tmp_path / "model"
+    if kind == "full model":
+        BiEncoder.from_pretrained(tiny_model_path).save_pretrained(folder)
+    elif kind == "empty folder":
+        folder.mkdir()
+    capsys.readouterr()
+    assert main(["merge-lora", str(folder), "--out", str(tmp_path / "merged")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(folder) in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "merged").exists()
+
+
+def test_merging_into_the_adapter_folder_or_with_a_base_model_gone_is_one_error_line(tmp_path, tiny_model_path, capsys):
+    import shutil
+
+    base = shutil.copytree(tiny_model_path, tmp_path / "base")
+    model = BiEncoder.from_pretrained(base).add_lora(LoraConfig(r=2, target_modules=["query"], lora_dropout=0.0))
+    model.save_pretrained(tmp_path / "adapter")
+    capsys.readouterr()
+    assert main(["merge-lora", str(tmp_path / "adapter"), "--out", str(tmp_path / "adapter")]) == 2
+    assert "is the adapter folder" in capsys.readouterr().err
+    shutil.rmtree(base)
+    assert main(["merge-lora", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'adapter'}") and "not a local folder" in err and "\n" not in err
+    assert main(["merge-lora", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged"), "--base_model",
+                 tiny_model_path]) == 0  # fmt: skip
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
