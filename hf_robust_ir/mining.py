@@ -2,7 +2,8 @@
 
 For every query with a relevant judgment, the model retrieves its top ``range_max`` (+ number of positives) documents.
 Judged positives are skipped, and so are their copies (other documents with a positive's exact text, which tie with it:
-unlabeled positives, which sentence-transformers' text-deduplicated corpus skips too); the remaining candidates keep
+unlabeled positives, which sentence-transformers' text-deduplicated corpus skips too), and so are the documents a query
+excludes (``excluded``: judged relevant elsewhere, e.g. dropped by relabeling); the remaining candidates keep
 their rank (0 = the most similar non-positive) and only ranks in ``[range_min, range_max)`` are eligible. Eligible
 candidates then pass the positive-aware filters (as in sentence-transformers' ``mine_hard_negatives`` and
 NV-Retriever, Moreira et al. 2024, arXiv:2407.15831):
@@ -51,6 +52,7 @@ class MiningStats:
     negatives: int = 0
     short_queries: int = 0  # queries that got fewer than num_negatives negatives
     copies_of_positives: int = 0  # retrieved documents skipped for holding a positive's exact text
+    excluded: int = 0  # retrieved documents skipped because their query excludes them
 
     def as_dict(self) -> dict:
         return {
@@ -60,6 +62,7 @@ class MiningStats:
             "negatives": self.negatives,
             "queries_short_of_negatives": self.short_queries,
             "copies_of_positives_skipped": self.copies_of_positives,
+            "excluded_skipped": self.excluded,
         }
 
 
@@ -75,19 +78,21 @@ def select_negatives(
     min_score: float | None = None,
     stats: MiningStats | None = None,
     copies_of_positives: Collection[str] = (),
+    excluded: Collection[str] = (),
 ) -> list[tuple[str, float]]:
     """Pick the negatives of one query from its retrieved ``(doc_id, score)`` list (best first).
 
     ``positive_scores`` maps each judged positive to its score; positives are never negatives, nor are
-    ``copies_of_positives`` (skipped like positives, before ranks are counted). See the module docstring for the rank
-    window and the filters.
+    ``copies_of_positives`` and ``excluded`` documents (skipped like positives, before ranks are counted). See the
+    module docstring for the rank window and the filters.
     """
     non_positive = [(doc_id, score) for doc_id, score in ranked if doc_id not in positive_scores]
-    if copies_of_positives:
-        kept = [(doc_id, score) for doc_id, score in non_positive if doc_id not in copies_of_positives]
-        if stats is not None:
-            stats.copies_of_positives += len(non_positive) - len(kept)
-        non_positive = kept
+    for skipped, counter in ((copies_of_positives, "copies_of_positives"), (excluded, "excluded")):
+        if skipped:
+            kept = [(doc_id, score) for doc_id, score in non_positive if doc_id not in skipped]
+            if stats is not None:
+                setattr(stats, counter, getattr(stats, counter) + len(non_positive) - len(kept))
+            non_positive = kept
     window = non_positive[range_min:range_max]
     reference = min(positive_scores.values()) if positive_scores else None
     thresholds: list[tuple[str, float]] = []  # (filter name, highest score it keeps)
@@ -159,6 +164,7 @@ def mine_hard_negatives(
     show_progress_bar: bool = True,
     stats: MiningStats | None = None,
     index: DocumentIndex | None = None,
+    excluded: Mapping[str, Collection[str]] | None = None,
 ) -> datasets.Dataset:
     """Canonical training rows of ``data``'s judged queries, with hard negatives mined by ``model``.
 
@@ -168,7 +174,8 @@ def mine_hard_negatives(
     and searched in chunks of the same size. A document whose id equals the query id is never a candidate unless
     ``ignore_identical_ids`` is False. Pass a :class:`MiningStats` to receive filter counts. Pass an already built
     ``index`` of ``data.corpus`` made with the same ``model`` to skip encoding the corpus (it is shared with an
-    evaluation of the same corpus, for instance).
+    evaluation of the same corpus, for instance). ``excluded`` maps a query id to documents never to mine as its
+    negatives (a row's :data:`~hf_robust_ir.data.schema.EXCLUDED_COLUMN`).
     """
     check_mining_arguments(num_negatives, range_min, range_max, batch_size, chunk_size, min_score, max_score)
     positives = {qid: [doc_id for doc_id, grade in judged.items() if grade > 0] for qid, judged in data.qrels.items()}
@@ -186,6 +193,7 @@ def mine_hard_negatives(
 
     positive_ids = {doc_id for docs in positives.values() for doc_id in docs}
     copies = _copies_of_positives(data.corpus, positives)
+    excluded = {qid: set(docs) for qid, docs in (excluded or {}).items() if docs}
     if index is None:
         index = DocumentIndex.from_corpus(
             model,
@@ -220,7 +228,9 @@ def mine_hard_negatives(
         embeddings = np.asarray(embeddings, dtype=np.float32)
         # enough hits that range_max non-positive candidates remain after skipping the positives and their copies
         # (at most range_max copies are made up for: a text repeated thousands of times must not blow up top_k)
-        top_k = range_max + max(len(positives[qid]) + min(len(copies.get(qid, ())), range_max) for qid in qids)
+        top_k = range_max + max(
+            len(positives[qid]) + min(len(copies.get(qid, ())) + len(excluded.get(qid, ())), range_max) for qid in qids
+        )
         hits = index.search(embeddings, top_k, query_ids=qids if ignore_identical_ids else None)
         for row, qid in enumerate(qids):
             positive_scores = {
@@ -238,6 +248,7 @@ def mine_hard_negatives(
                 min_score=min_score,
                 stats=stats,
                 copies_of_positives=copies.get(qid, ()),
+                excluded=excluded.get(qid, ()),
             )
             candidates[qid] = list(positive_scores.items()) + negatives
 
@@ -252,6 +263,8 @@ def mine_hard_negatives(
             )
     if stats.copies_of_positives:
         logger.info("Skipped %d candidates holding the exact text of a positive", stats.copies_of_positives)
+    if stats.excluded:
+        logger.info("Skipped %d candidates their query excludes", stats.excluded)
     if stats.short_queries:
         logger.info(
             "%d of %d queries got fewer than %d negatives; widen range_max or loosen the filters for more",

@@ -197,7 +197,11 @@ def test_relabeled_rows_apply_the_strategy_and_count_flag_precision(tiny_model_p
         assert record == {"flagged": 4, "flagged_relevant": 1, "precision": 0.25, "rows_flagged": 2, "rows": rows_left}
         args.relabel_margin = 10.0  # nothing scores 10 above its label: the rows stay as they are
         same, record = bench.relabeled_rows(args, strategy, rows, prepared, str(tmp_path / "none"))
-        assert same.to_list() == rows.to_list() and record["flagged"] == 0 and record["precision"] is None
+        unchanged = [{k: v for k, v in r.items() if k != "excluded_doc_ids"} for r in same.to_list()]
+        assert unchanged == rows.to_list() and record["flagged"] == 0 and record["precision"] is None
+        if strategy == "hn_remove":  # the dropped negatives are excluded from the rows' negatives for good
+            assert [r["excluded_doc_ids"] for r in new_rows] == [["x", "y"], ["b", "z"]]
+            assert same["excluded_doc_ids"] == [[], []]
 
 
 def test_replace_keeps_the_relabeled_candidates_and_the_negatives_and_leaves_other_rows_alone():

@@ -98,6 +98,10 @@ def test_relabel_with_the_embedding_judge(tmp_path, capsys, tiny_model_path, emb
     from hf_robust_ir.data import load_training_data
 
     assert len(load_training_data(out / "rlhn.jsonl", corpus=CORPUS).rows) == summary["strategies"]["rlhn"]["rows"]
+    # hn_remove's rows keep what it dropped as excluded documents, through the file and into training
+    dropped = summary["strategies"]["hn_remove"]["candidates_removed"]
+    removed = load_training_data(out / "hn_remove.jsonl", corpus=CORPUS).rows
+    assert dropped > 0 and sum(len(ids) for ids in removed["excluded_doc_ids"]) == dropped
 
     # rerun: everything from the cache; push_to_hub goes through datasets / huggingface_hub (mocked here)
     pushed, uploaded = [], []

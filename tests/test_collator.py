@@ -291,3 +291,75 @@ def test_queries_with_one_row_are_not_pooled_and_a_dataset_works_as_rows(tokeniz
     assert collator.query_candidates["q1"]["labels"] == [1, 0, 1, 0, 2]
     teacher = collator.query_candidates["q1"]["teacher_scores"]
     assert teacher[:2] == pytest.approx([0.8, 0.2]) and all(math.isnan(t) for t in teacher[2:])
+
+
+# q1 excludes d4 (a false negative relabeling dropped from its list), which reaches the batch as q2's negative, and
+# lists d5 as a negative that it also excludes; q2 excludes d1, which reaches the batch as q1's positive.
+EXCLUDING_ROWS = [
+    {**_row("q1", ["d1", "d2", "d5"], [1, 0, 0]), "excluded_doc_ids": ["d4", "d5"]},
+    {**_row("q2", ["d3", "d4"], [1, 0]), "excluded_doc_ids": ["d1"]},
+]
+
+
+def test_a_document_its_row_excludes_is_never_sampled_nor_in_its_querys_softmax(tokenizer):
+    collator = RetrievalCollator(tokenizer, CORPUS, group_size=3, positives_per_query=1)
+    for epoch in range(5):  # d5 is listed as q1's negative but excluded: never drawn, whatever the sample
+        collator.set_epoch(epoch)
+        assert [EXCLUDING_ROWS[0]["doc_ids"][j] for j in collator.sample(EXCLUDING_ROWS[0])] == ["d1", "d2"]
+    batch = collator(EXCLUDING_ROWS)
+    assert batch["doc_ids"] == ["d1", "d2", "d3", "d4"]
+    torch.testing.assert_close(batch["labels"], torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]))
+    # d4 is no negative of q1, d1 none of q2; every other document is
+    assert batch["mask"].tolist() == [[True, True, True, False], [False, True, True, True]]
+    plain = collator([{k: v for k, v in row.items() if k != "excluded_doc_ids"} for row in EXCLUDING_ROWS])
+    assert plain["mask"].all()  # without the column d4 would be one of q1's in-batch negatives
+
+
+def test_exclusions_survive_the_target_matrix_rebuilt_over_gathered_documents(tokenizer):
+    # as under DDP: the matrix built again from the candidate lists over another process's columns too
+    batch = RetrievalCollator(tokenizer, CORPUS, group_size=3, positives_per_query=1)(EXCLUDING_ROWS)
+    order = ["d4", "d6", "d1", "d5"]
+    labels, mask, _ = build_targets(
+        batch["candidate_keys"],
+        batch["candidate_labels"],
+        batch["candidate_teacher"],
+        torch.tensor([document_key(d) for d in order]),
+    )
+    torch.testing.assert_close(labels, torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    assert mask.tolist() == [[False, True, True, False], [True, True, False, True]]
+
+
+def test_a_document_a_query_labels_relevant_stays_a_positive_though_excluded(tokenizer):
+    rows = [{**_row("q1", ["d1", "d2"], [1, 0]), "excluded_doc_ids": ["d1", "d3"]}, _row("q2", ["d3"], [1])]
+    batch = RetrievalCollator(tokenizer, CORPUS, group_size=2, positives_per_query=1)(rows)
+    assert batch["doc_ids"] == ["d1", "d2", "d3"]
+    torch.testing.assert_close(batch["labels"], torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    assert batch["mask"].tolist() == [[True, True, False], [True, True, True]]
+
+
+def test_one_rows_exclusion_holds_for_every_row_of_its_query_unless_one_labels_it_relevant(tokenizer):
+    rows = [
+        {**_row("q1", ["d1", "d2"], [1, 0]), "excluded_doc_ids": ["d4", "d6"]},
+        _row("q1", ["d3", "d6"], [1, 1]),
+        _row("q2", ["d5", "d4"], [1, 0]),
+    ]
+    collator = RetrievalCollator(tokenizer, CORPUS, group_size=2, positives_per_query=1)
+    assert collator.set_query_candidates(rows) == 1
+    assert collator.query_candidates["q1"]["doc_ids"] == ["d1", "d2", "d4", "d6", "d3", "d6"]
+    batch = collator(rows[1:])  # the excluding row is not in the batch; q1's other row samples d3 or d6
+    assert batch["doc_ids"][0] in ("d3", "d6") and batch["doc_ids"][1:] == ["d5", "d4"]
+    # d4 is excluded by q1's first row; d6, excluded there too, is relevant by the second row and stays a positive
+    torch.testing.assert_close(batch["labels"], torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert batch["mask"].tolist() == [[True, True, False], [True, True, True]]
+    batch = collator(rows[:1] + rows[2:])
+    assert batch["doc_ids"] == ["d1", "d2", "d5", "d4"]
+    torch.testing.assert_close(batch["labels"], torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]))
+    assert batch["mask"].tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_a_refresh_override_carries_its_own_exclusions(tokenizer):
+    collator = RetrievalCollator(tokenizer, CORPUS, group_size=2, positives_per_query=1)
+    collator.set_row_overrides({"q1": {"doc_ids": ["d1", "d6"], "labels": [1, 0], "excluded_doc_ids": ["d4"]}})
+    batch = collator([_row("q1", ["d1", "d2"], [1, 0]), _row("q2", ["d3", "d4"], [1, 0])])
+    assert batch["doc_ids"] == ["d1", "d6", "d3", "d4"]
+    assert batch["mask"].tolist() == [[True, True, True, False], [True, True, True, True]]

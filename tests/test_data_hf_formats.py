@@ -531,3 +531,21 @@ def test_a_byte_order_mark_alone_on_the_first_line_is_a_blank_line_when_a_file_i
     with pytest.raises(DataFormatError, match=r"bad\.jsonl: the file holds no rows$") as exc:
         load_training_data(path)
     assert_error(exc, str(path), None, None)
+
+
+def test_canonical_excluded_doc_ids_load_when_present_and_are_checked(tmp_path):
+    from hf_robust_ir.data.schema import EXCLUDED_COLUMN, EXCLUDED_FEATURE
+
+    first = {"query_id": "q1", "query": "q", "doc_ids": ["d"], "labels": [1], "excluded_doc_ids": ["e"]}
+    second = {"query_id": "q2", "query": "r", "doc_ids": ["e"], "labels": [1]}  # null in the column: none
+    path = write_jsonl(tmp_path / "rows.jsonl", [first, second])
+    rows = load_training_data(path, corpus={"d": "a", "e": "b"}).rows
+    assert rows.features == ROW_FEATURES | {EXCLUDED_COLUMN: EXCLUDED_FEATURE}
+    assert rows[EXCLUDED_COLUMN] == [["e"], []]
+    for excluded, message in ((["x"], r"ids not in the corpus: \['x'\]"), ([3], "doc ids must be strings, got 3")):
+        path = write_jsonl(tmp_path / "rows.jsonl", [second, {**first, "excluded_doc_ids": excluded}])
+        with pytest.raises(DataFormatError, match=message) as exc:
+            load_training_data(path, corpus={"d": "a", "e": "b", "3": "c"})
+        assert_error(exc, str(path), 2, EXCLUDED_COLUMN)
+    # rows without the column load as before, without it
+    assert load_training_data(datasets.Dataset.from_list([second]), corpus={"e": "b"}).rows.features == ROW_FEATURES

@@ -266,6 +266,17 @@ def test_copies_of_a_positive_are_never_negatives():
     assert negatives_of(mine(data, num_negatives=1, range_min=1, range_max=3), "q1") == ["n2"]
 
 
+def test_documents_a_query_excludes_are_skipped_before_ranks_are_counted(data):
+    # q1's non-positive ranks without n1 and n3: n2 0, n4 1, n5 2, n6 3 (range_max=2 still finds two of them)
+    stats = MiningStats()
+    rows = mine(data, num_negatives=2, range_max=2, excluded={"q1": ["n1", "n3"], "q2": []}, stats=stats)
+    assert negatives_of(rows, "q1") == ["n2", "n4"]
+    assert "n1" not in rows[0]["doc_ids"] and "n3" not in rows[0]["doc_ids"]
+    assert negatives_of(rows, "q2")[0] == "n8"  # q2 excludes nothing (its other candidates all tie at 0)
+    assert stats.excluded == 2 and stats.as_dict()["excluded_skipped"] == 2
+    assert negatives_of(mine(data, num_negatives=1, range_min=1, excluded={"q1": {"n1"}}), "q1") == ["n3"]
+
+
 def test_mine_command_names_faiss_settings_it_cannot_use_in_one_line(tmp_path, tiny_model_path, capsys):
     """Bad faiss settings are refused before the corpus is encoded, without a traceback."""
     from test_evaluation import write_beir_folder

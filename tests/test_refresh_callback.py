@@ -118,6 +118,34 @@ def test_rows_of_the_same_query_keep_all_their_positives(tiny_model_path):
     assert sum(label > 0 for label in q0["labels"]) == 2 and len(q0["doc_ids"]) == 6  # 2 positives + 4 negatives
 
 
+def test_documents_the_rows_exclude_are_never_mined_again_and_stay_excluded(tiny_model_path):
+    model = _model(tiny_model_path)
+    collator = RetrievalCollator.for_model(model, CORPUS, group_size=3)
+    second = {**ROWS[0], "doc_ids": ["d4"], "labels": [1.0]}  # q0's second row: positive d4
+    plain = HardNegativeRefreshCallback(
+        datasets.Dataset.from_list([ROWS[0], second, *ROWS[1:]]), CORPUS, collator, 1, 4
+    )
+    mined = plain.refresh(model)["q0"]["doc_ids"][2:4]  # the current model's two hardest negatives of q0
+    # each of q0's rows excludes one of them (relabeling dropped them as false negatives); the second row also
+    # excludes its own positive d4, which stays a positive
+    rows = [
+        {**ROWS[0], "excluded_doc_ids": [mined[0]]},
+        {**second, "excluded_doc_ids": [mined[1], "d4"]},
+        *ROWS[1:],
+    ]
+    callback = HardNegativeRefreshCallback(datasets.Dataset.from_list(rows), CORPUS, collator, 1, 4)
+    overrides = callback.refresh(model)
+    q0 = overrides["q0"]
+    assert q0["doc_ids"][:2] == ["d0", "d4"] and len(q0["doc_ids"]) == 6  # two positives, four new negatives
+    assert not set(mined) & set(q0["doc_ids"])
+    assert q0["excluded_doc_ids"] == mined
+    assert overrides["q1"]["excluded_doc_ids"] == []
+    # the refreshed list keeps them out of q0's softmax when another query brings them into the batch
+    batch = collator([rows[0], {"query_id": "q9", "query": "other", "doc_ids": [mined[0]], "labels": [1.0]}])
+    assert mined[0] in batch["doc_ids"]
+    assert not batch["mask"][0][batch["doc_ids"].index(mined[0])] and batch["mask"][1].all()
+
+
 def test_every_process_that_saves_checkpoints_writes_the_refreshed_candidates(tiny_model_path, tmp_path):
     """With ``save_on_each_node`` the first process of every node writes its node's checkpoint: the candidates must be
     in it too, or that node resumes on the stale ones."""

@@ -44,15 +44,23 @@ def test_rlhn_promotes_flagged_negatives_only():
     }
 
 
-def test_hn_remove_drops_flagged_negatives_with_their_teacher_scores():
+def test_hn_remove_drops_flagged_negatives_with_their_teacher_scores_and_excludes_them():
     out = hn_remove(_row([None, R, X, N, R]), judge="ce")
     assert out == {
         "doc_ids": ["p1", "n1", "n2"],
         "labels": [2.0, 0.0, 0.0],
         "teacher_scores": [0.9, 0.8, 0.7],
         "label_source": ["qrels", "mined", "mined"],
+        "excluded_doc_ids": ["n0", "n3"],
         "keep": True,
     }
+
+
+def test_a_second_relabeling_adds_to_the_rows_exclusions_once():
+    row = {**_row([None, R, N, N, R]), "excluded_doc_ids": ["n9", "n3"]}
+    assert hn_remove(row, judge="ce")["excluded_doc_ids"] == ["n9", "n3", "n0"]
+    # a strategy that drops nothing leaves the column alone (apply_strategy passes it through)
+    assert "excluded_doc_ids" not in rlhn(row, judge="ce") and "excluded_doc_ids" not in remove(row)
 
 
 def test_remove_drops_the_query_when_anything_is_flagged():
@@ -89,7 +97,8 @@ def test_a_positive_listed_again_as_a_negative_is_never_flagged():
                            (arhn_rf, "R"), (arhn_rf, "F")]:  # fmt: skip
         row["judgments"] = [None, N, mark, N, N]
         assert strategy.flagged(row) == [], strategy.name
-        assert strategy(row, judge="ce", max_flagged=0) == {**unchanged, "keep": True}, strategy.name
+        excluded = {"excluded_doc_ids": []} if strategy.drop else {}  # nothing dropped: nothing excluded
+        assert strategy(row, judge="ce", max_flagged=0) == {**unchanged, **excluded, "keep": True}, strategy.name
     row["judgments"] = [None, R, R, N, N]  # n0 is still a negative: flagged and relabeled, the copy of p1 is not
     assert rlhn.flagged(row) == [1]
     assert rlhn(row, judge="ce")["labels"] == [2.0, 1.0, 0.0, 0.0, 0.0]
@@ -124,10 +133,12 @@ def test_arhn_strategies():
         "labels": [2.0, 0.0, 0.0],
         "teacher_scores": [],
         "label_source": ["qrels", "qrels", "mined"],
+        "excluded_doc_ids": ["n1", "n3"],
         "keep": True,
     }
     rf = arhn_rf(row, judge="llm")
     assert rf["doc_ids"] == ["p1", "n0", "n2"] and rf["labels"] == [2.0, 1.0, 0.0]
+    assert rf["excluded_doc_ids"] == ["n1", "n3"]
     assert rf["label_source"] == ["qrels", "relabeled:llm", "mined"]
     assert arhn_rf(row, max_flagged=2)["keep"] is False
 
@@ -167,7 +178,10 @@ def test_apply_strategy_over_a_dataset():
     assert len(apply_strategy(ds, judgments, "rlhn", max_flagged=1)) == 1
     removed = apply_strategy(ds, judgments, "remove")
     assert len(removed) == 0
-    assert apply_strategy(ds, judgments, "hn_remove")["doc_ids"] == [["p1", "n1", "n2", "n3"], ["p2"]]
+    dropped = apply_strategy(ds, judgments, "hn_remove")
+    assert dropped["doc_ids"] == [["p1", "n1", "n2", "n3"], ["p2"]]
+    assert dropped["excluded_doc_ids"] == [["n0"], ["m0", "m1"]]
+    assert dropped.column_names == ds.column_names + ["excluded_doc_ids"]
 
 
 def test_judgments_as_dicts_with_verdict_members_are_read_by_value():
@@ -204,4 +218,5 @@ def test_no_rows_give_no_rows_with_the_canonical_columns():
     for name in ("rlhn", "hn_remove", "remove", "arhn_rf"):
         out = apply_strategy(empty, [], name, max_flagged=8)
         assert len(out) == 0, name
-        assert out.column_names == ["query_id", "query", "doc_ids", "labels", "teacher_scores", "label_source"], name
+        columns = ["query_id", "query", "doc_ids", "labels", "teacher_scores", "label_source"]
+        assert out.column_names == columns + (["excluded_doc_ids"] if name in ("hn_remove", "arhn_rf") else []), name

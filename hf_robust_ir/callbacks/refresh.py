@@ -3,7 +3,8 @@
 Negatives mined once with the starting model grow stale as the model learns: they stop being hard. ANCE re-encodes
 the corpus with the current model at intervals and mines new negatives from it. :class:`HardNegativeRefreshCallback`
 does this inside ordinary training, without touching the dataset: it keeps each query's labeled positives, mines
-``num_negatives`` new negatives from the current model's top ``range_max`` (skipping the first ``range_min``), scores
+``num_negatives`` new negatives from the current model's top ``range_max`` (skipping the first ``range_min``, and the
+documents the query's rows exclude, :data:`~hf_robust_ir.data.schema.EXCLUDED_COLUMN`, which stay excluded), scores
 every candidate with the current model (or a separate ``teacher``) as ``teacher_scores``, and hands the new
 candidate lists to the collator (:meth:`~hf_robust_ir.data.collator.RetrievalCollator.set_row_overrides`); they train
 from the next optimizer step on (the trainer builds a batch the data loader prepared ahead again with them). Under
@@ -104,17 +105,20 @@ class HardNegativeRefreshCallback(TrainerCallback):
 
     def refresh(self, model: Any) -> dict[str, dict[str, list]]:
         """Mine and score new candidates with ``model`` and give them to the collator; returns the overrides."""
-        from ..data.schema import RetrievalCorpus
+        from ..data.schema import EXCLUDED_COLUMN, RetrievalCorpus, excluded_doc_ids
         from ..mining import mine_hard_negatives
         from ..scoring import score_candidates
 
         queries = dict(zip(self.rows["query_id"], self.rows["query"]))
         qrels: dict[str, dict[str, float]] = {}
-        for row in self.rows:  # rows of the same query pool their positives: none may be mined as a negative
+        excluded: dict[str, list[str]] = {}
+        for row in self.rows:  # rows of the same query pool their positives and exclusions: none may be mined
             judged = qrels.setdefault(row["query_id"], {})
             for doc_id, label in zip(row["doc_ids"], row["labels"]):
                 if label > 0:
                     judged[doc_id] = max(label, judged.get(doc_id, label))
+            known = excluded.setdefault(row["query_id"], [])
+            known += [doc_id for doc_id in excluded_doc_ids(row) if doc_id not in known]
         qrels = {qid: judged for qid, judged in qrels.items() if judged}
         mined = mine_hard_negatives(
             model,
@@ -124,6 +128,7 @@ class HardNegativeRefreshCallback(TrainerCallback):
             range_max=self.range_max,
             batch_size=self.batch_size,
             show_progress_bar=False,
+            excluded=excluded,
         )
         teacher_scores = mined["teacher_scores"]
         if self.teacher is not None:
@@ -139,6 +144,9 @@ class HardNegativeRefreshCallback(TrainerCallback):
                 "labels": row["labels"],
                 "teacher_scores": scores,
                 "label_source": row.get("label_source") or [],
+                EXCLUDED_COLUMN: [
+                    doc_id for doc_id in excluded[row["query_id"]] if doc_id not in qrels[row["query_id"]]
+                ],
             }
             for row, scores in zip(mined, teacher_scores)
         }

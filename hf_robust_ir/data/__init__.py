@@ -9,10 +9,11 @@ from .hf_formats import (
     from_tevatron,
     load_training_data,
 )
-from .schema import ROW_FEATURES, DataFormatError, RetrievalCorpus, TrainingData, document_text
+from .schema import EXCLUDED_COLUMN, ROW_FEATURES, DataFormatError, RetrievalCorpus, TrainingData, document_text
 from .token_noise import TokenNoise
 
 __all__ = [
+    "EXCLUDED_COLUMN",
     "ROW_FEATURES",
     "DataFormatError",
     "RetrievalCorpus",

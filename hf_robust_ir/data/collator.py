@@ -8,7 +8,8 @@ every sampled document once into the batch (``C`` unique documents, in-batch doc
   When a query has several training rows (one per positive, say, as triples files have), its full list pools the
   lists of all of them (:meth:`RetrievalCollator.set_query_candidates`, which ``RetrievalTrainer`` calls with its
   training rows), so one row's positive is never another row's in-batch negative;
-- ``mask[B, C]``: which documents take part in query ``i``'s softmax (repeated document ids are kept once);
+- ``mask[B, C]``: which documents take part in query ``i``'s softmax (repeated document ids are kept once; a
+  document query ``i`` excludes, :data:`~hf_robust_ir.data.schema.EXCLUDED_COLUMN`, takes no part in it);
 - ``teacher[B, C]``: teacher scores, ``NaN`` where query ``i`` has none for document ``c``.
 
 It also emits what is needed to rebuild the matrix over documents gathered from several processes
@@ -36,12 +37,15 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .schema import check_candidate_lists
+from .schema import check_candidate_lists, excluded_doc_ids
 from .token_noise import TokenNoise
 
 logger = logging.getLogger(__name__)
 
 PAD_KEY = -1
+EXCLUDED_LABEL = float("-inf")
+"""The candidate label that marks a document its query excludes (:data:`~hf_robust_ir.data.schema.EXCLUDED_COLUMN`):
+not a negative of the query, masked out of its softmax; a label of the same document elsewhere in the list wins."""
 
 
 def document_key(doc_id: str) -> int:
@@ -69,15 +73,18 @@ def build_targets(
 
     ``candidate_keys[B, K]`` / ``candidate_labels[B, K]`` / ``candidate_teacher[B, K]`` list each query's candidates
     (padded with ``PAD_KEY``); ``doc_keys[C]`` are the documents in the batch (``PAD_KEY`` for padding). Returns
-    ``labels[B, C]``, ``mask[B, C]`` and ``teacher[B, C]``. A key repeated in ``doc_keys`` is masked after its first
-    occurrence. Without in-batch negatives, a query only sees documents from its own candidate list.
+    ``labels[B, C]``, ``mask[B, C]`` and ``teacher[B, C]``. A document listed several times takes its highest label.
+    A key repeated in ``doc_keys`` is masked after its first occurrence. A document whose only label for query ``i``
+    is :data:`EXCLUDED_LABEL` is masked for that query (label 0). Without in-batch negatives, a query only sees
+    documents from its own candidate list.
     """
     match = candidate_keys.unsqueeze(-1) == doc_keys.view(1, 1, -1)  # [B, K, C]
     match &= (candidate_keys != PAD_KEY).unsqueeze(-1)
     listed = match.any(1)
     neg_inf = torch.full_like(candidate_labels, float("-inf"))
     labels = torch.where(match, candidate_labels.unsqueeze(-1), neg_inf.unsqueeze(-1)).amax(1)
-    labels = torch.where(listed, labels, torch.zeros_like(labels))
+    excluded = listed & torch.isneginf(labels)
+    labels = torch.where(listed & ~excluded, labels, torch.zeros_like(labels))
     teacher_known = torch.where(torch.isnan(candidate_teacher), neg_inf, candidate_teacher)
     teacher = torch.where(match, teacher_known.unsqueeze(-1), neg_inf.unsqueeze(-1)).amax(1)
     teacher = torch.where(torch.isinf(teacher), torch.full_like(teacher, float("nan")), teacher)
@@ -86,6 +93,7 @@ def build_targets(
     earlier_copy = torch.tril(same, diagonal=-1).any(1)
     valid_doc = (doc_keys != PAD_KEY) & ~earlier_copy
     mask = valid_doc.unsqueeze(0).expand_as(labels)
+    mask = mask & ~excluded
     if not in_batch_negatives:
         mask = mask & listed
     return labels, mask.clone(), teacher
@@ -190,8 +198,10 @@ class RetrievalCollator:
         Each row still samples its documents from its own list, but its target matrix reads the pooled list, so a
         document that another row of the same query labels relevant is relevant for this row too: it is a positive,
         not an in-batch negative, when it reaches the batch (as that row's positive, or as any other query's
-        candidate). A document listed with several labels takes the highest. Queries with one row need nothing and
-        are not kept. A query whose candidates a refresh replaced (:meth:`set_row_overrides`) uses the refreshed list.
+        candidate). A document listed with several labels takes the highest. A document any row of the query
+        excludes (:data:`~hf_robust_ir.data.schema.EXCLUDED_COLUMN`) is excluded for all of them unless one labels it
+        relevant. Queries with one row need nothing and are not kept. A query whose candidates a refresh replaced
+        (:meth:`set_row_overrides`) uses the refreshed list.
         """
         query_ids = list(rows["query_id"]) if hasattr(rows, "column_names") else [row["query_id"] for row in rows]
         repeated = {query_id for query_id, count in Counter(query_ids).items() if count > 1}
@@ -203,9 +213,12 @@ class RetrievalCollator:
                 entry = pooled.setdefault(row["query_id"], {"doc_ids": [], "labels": [], "teacher_scores": []})
                 doc_ids = list(row["doc_ids"])
                 teacher = _listed(row.get("teacher_scores"))
-                entry["doc_ids"] += doc_ids
-                entry["labels"] += list(row["labels"])
-                entry["teacher_scores"] += teacher if len(teacher) == len(doc_ids) else [math.nan] * len(doc_ids)
+                if len(teacher) != len(doc_ids):
+                    teacher = [math.nan] * len(doc_ids)
+                excluded = excluded_doc_ids(row)
+                entry["doc_ids"] += doc_ids + excluded
+                entry["labels"] += list(row["labels"]) + [EXCLUDED_LABEL] * len(excluded)
+                entry["teacher_scores"] += teacher + [math.nan] * len(excluded)
             logger.info(
                 "%d queries have several training rows: each row's targets read the candidates of all its query's rows",
                 len(pooled),
@@ -214,17 +227,26 @@ class RetrievalCollator:
         return len(pooled)
 
     def _target_candidates(self, row: Mapping[str, Any], overridden: bool) -> tuple[list, list, list]:
-        """The candidate list a row's targets read: its own, followed by its query's other rows' (see
-        :meth:`set_query_candidates`) unless a refresh replaced the query's list."""
+        """The candidate list a row's targets read: its own and the documents it excludes, followed by its query's
+        other rows' (see :meth:`set_query_candidates`) unless a refresh replaced the query's list. Every listing of
+        an excluded document that is not relevant reads :data:`EXCLUDED_LABEL`, so that a negative listing of it
+        (label 0 wins over the sentinel in :func:`build_targets`) does not undo the exclusion."""
         doc_ids, labels = list(row["doc_ids"]), list(row["labels"])
         teacher = _listed(row.get("teacher_scores"))
         if len(teacher) != len(doc_ids):
             teacher = [math.nan] * len(doc_ids)
+        excluded = excluded_doc_ids(row)
+        doc_ids += excluded
+        labels += [EXCLUDED_LABEL] * len(excluded)
+        teacher += [math.nan] * len(excluded)
         pooled = None if overridden else self.query_candidates.get(row["query_id"])
         if pooled is not None:
             doc_ids += pooled["doc_ids"]
             labels += pooled["labels"]
             teacher += pooled["teacher_scores"]
+        excluded = {doc_id for doc_id, label in zip(doc_ids, labels) if label == EXCLUDED_LABEL}
+        if excluded:
+            labels = [EXCLUDED_LABEL if d in excluded and not y > 0 else y for d, y in zip(doc_ids, labels)]
         return doc_ids, labels, teacher
 
     def current(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -241,15 +263,19 @@ class RetrievalCollator:
         """Indices into the row's candidate list: positives first, then negatives, without repeats.
 
         A document listed more than once takes one slot (its first position); one listed as a positive anywhere
-        in the row is a positive (as in the target matrix), never drawn as a negative."""
+        in the row is a positive (as in the target matrix), never drawn as a negative; one the row excludes
+        (:data:`~hf_robust_ir.data.schema.EXCLUDED_COLUMN`) and does not label relevant is never drawn."""
         labels = np.asarray(row["labels"], dtype=np.float32)
         rng = np.random.default_rng(_stable_seed(self.seed, self.epoch, row["query_id"]))
         first: dict[str, int] = {}
         for position, doc_id in enumerate(row["doc_ids"]):
             first.setdefault(doc_id, position)
         positive_docs = {doc_id for doc_id, label in zip(row["doc_ids"], labels) if label > 0}
+        excluded = set(excluded_doc_ids(row))
         positives = np.array([i for d, i in first.items() if d in positive_docs], dtype=np.int64)
-        negatives = np.array([i for d, i in first.items() if d not in positive_docs], dtype=np.int64)
+        negatives = np.array(
+            [i for d, i in first.items() if d not in positive_docs and d not in excluded], dtype=np.int64
+        )
         n_pos = min(self.positives_per_query, len(positives))
         chosen_pos = rng.choice(positives, size=n_pos, replace=False) if n_pos else positives[:0]
         n_neg = min(self.group_size - n_pos, len(negatives))

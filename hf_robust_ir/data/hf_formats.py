@@ -34,7 +34,15 @@ from typing import Any
 import datasets
 
 from .beir import load_beir, rows_from_qrels
-from .schema import ROW_FEATURES, DataFormatError, TrainingData, check_candidate_lists, document_text
+from .schema import (
+    EXCLUDED_COLUMN,
+    EXCLUDED_FEATURE,
+    ROW_FEATURES,
+    DataFormatError,
+    TrainingData,
+    check_candidate_lists,
+    document_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -306,10 +314,14 @@ def from_flagembedding(
 def _from_canonical(
     ds: datasets.Dataset, corpus: dict[str, str], source: str, blank_lines: Sequence[int] = ()
 ) -> TrainingData:
-    """Check canonical rows against their corpus and cast them to :data:`ROW_FEATURES`."""
+    """Check canonical rows against their corpus and cast them to :data:`ROW_FEATURES` (plus
+    :data:`EXCLUDED_COLUMN` when the rows have it)."""
     _require(ds, source, "query_id", "query", "doc_ids", "labels")
-    columns = [name for name in ROW_FEATURES if name in ds.column_names]
-    fixed: dict[str, list] = {name: [] for name in ROW_FEATURES}
+    features = ROW_FEATURES.copy()
+    if EXCLUDED_COLUMN in ds.column_names:
+        features[EXCLUDED_COLUMN] = EXCLUDED_FEATURE
+    columns = [name for name in features if name in ds.column_names]
+    fixed: dict[str, list] = {name: [] for name in features}
     query_texts: dict[str, tuple[str, int]] = {}  # query_id -> (text, first row)
     for row, values in _iter_rows(ds, columns, blank_lines):
         qid = _text(values["query_id"], source, row, "query_id", "query id")
@@ -339,13 +351,23 @@ def _from_canonical(
         missing = [d for d in doc_ids if d not in corpus]
         if missing:
             raise DataFormatError(source, row + 1, "doc_ids", f"ids not in the corpus: {missing[:5]}")
+        if EXCLUDED_COLUMN in features:
+            excluded = _list(values.get(EXCLUDED_COLUMN) or [], source, row, EXCLUDED_COLUMN)
+            for position, doc_id in enumerate(excluded):
+                if not isinstance(doc_id, str):
+                    problem = f"doc ids must be strings, got {doc_id!r} at position {position}"
+                    raise DataFormatError(source, row + 1, EXCLUDED_COLUMN, problem)
+            missing = [d for d in excluded if d not in corpus]
+            if missing:
+                raise DataFormatError(source, row + 1, EXCLUDED_COLUMN, f"ids not in the corpus: {missing[:5]}")
+            fixed[EXCLUDED_COLUMN].append(excluded)
         fixed["query_id"].append(qid)
         fixed["query"].append(query)
         fixed["doc_ids"].append(doc_ids)
         fixed["labels"].append(checks["labels"])
         fixed["teacher_scores"].append(checks["teacher_scores"])
         fixed["label_source"].append(checks["label_source"] or [LABEL_SOURCE] * len(doc_ids))
-    return TrainingData(rows=datasets.Dataset.from_dict(fixed, features=ROW_FEATURES), corpus=dict(corpus))
+    return TrainingData(rows=datasets.Dataset.from_dict(fixed, features=features), corpus=dict(corpus))
 
 
 def detect_format(ds: datasets.Dataset) -> str:

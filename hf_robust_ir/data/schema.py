@@ -8,6 +8,13 @@ teacher_scores: list[float]  soft supervision per candidate; empty list when the
 label_source: list[str]      provenance per candidate: "qrels", "relabeled:<judge>", "synthetic", "noise", ...
 ```
 
+One optional column, :data:`EXCLUDED_COLUMN` (``excluded_doc_ids: list[str]``), lists documents that must never be a
+negative of the row's query although they are not among its labels (relabeling's ``hn_remove`` writes there the
+negatives its judge found relevant): the collators never sample them as the query's negatives, the target matrix
+masks them out of the query's softmax when they reach the batch as another query's candidate, and hard-negative
+mining (:func:`hf_robust_ir.mining.mine_hard_negatives`, the refresh callback) skips them. A document the query
+labels relevant stays a positive.
+
 The corpus is a plain ``dict[str, str]`` from document id to the text a model reads (``title + " " + text``).
 """
 
@@ -29,6 +36,15 @@ ROW_FEATURES = datasets.Features(
         "label_source": datasets.Sequence(datasets.Value("string")),
     }
 )
+
+EXCLUDED_COLUMN = "excluded_doc_ids"
+EXCLUDED_FEATURE = datasets.Sequence(datasets.Value("string"))
+
+
+def excluded_doc_ids(row: Mapping[str, Any]) -> list[str]:
+    """The documents a row excludes from its query's negatives (:data:`EXCLUDED_COLUMN`; none when absent)."""
+    values = row.get(EXCLUDED_COLUMN)
+    return [] if values is None else list(values)
 
 
 class DataFormatError(ValueError):

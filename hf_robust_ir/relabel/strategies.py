@@ -8,12 +8,15 @@ where the candidate was not judged. A candidate is *flagged* when it is one of t
 the strategy acts on:
 
 - ``rlhn``: flagged negatives become positives (label 1, source ``"relabeled:<judge>"``);
-- ``hn_remove``: flagged negatives are dropped from the row;
+- ``hn_remove``: flagged negatives are dropped from the row and listed in its ``excluded_doc_ids``
+  (:data:`~hf_robust_ir.data.schema.EXCLUDED_COLUMN`), so that no later step uses them as the query's negatives
+  again: not the collator's in-batch negatives, nor a hard-negative refresh or re-mining;
 - ``remove``: a query with any flagged negative is dropped;
 - ``threshold``: a query with more than ``max_flagged`` flagged negatives is dropped, the others are unchanged (it
   needs ``max_flagged``);
 - ``arhn_r``: candidates the list-wise ranking put above the original positive (``"R"``) become positives;
-- ``arhn_f``: candidates below it that hold an answer span (``"F"``) leave the negatives;
+- ``arhn_f``: candidates below it that hold an answer span (``"F"``) leave the negatives (dropped and excluded, as
+  in ``hn_remove``);
 - ``arhn_rf``: both.
 
 ``max_flagged`` composes the threshold with any strategy (RLHN drops queries with more than 8 flagged negatives).
@@ -36,6 +39,7 @@ from typing import Any
 
 import datasets
 
+from ..data.schema import EXCLUDED_COLUMN, EXCLUDED_FEATURE, excluded_doc_ids
 from .base import Judgment, Verdict
 
 JUDGMENTS_COLUMN = "judgments"
@@ -125,7 +129,8 @@ class Strategy:
         column: str = JUDGMENTS_COLUMN,
         max_flagged: int | None = None,
     ) -> dict[str, Any]:
-        """The new row (canonical columns + ``keep``) for one row carrying its marks in ``column``."""
+        """The new row (canonical columns + ``keep``) for one row carrying its marks in ``column``; a strategy that
+        drops candidates also returns the row's :data:`~hf_robust_ir.data.schema.EXCLUDED_COLUMN` with them added."""
         doc_ids, labels = list(row["doc_ids"]), [float(x) for x in row["labels"]]
         teacher = list(row.get("teacher_scores") or [])
         given_sources = list(row.get("label_source") or [])
@@ -140,14 +145,19 @@ class Strategy:
         sources = given_sources or default_sources(labels)
         flagged = self.flagged(row, column)
         negatives = set(negative_indices(doc_ids, labels))
+        excluded = excluded_doc_ids(row)
         unchanged = {"doc_ids": doc_ids, "labels": labels, "teacher_scores": teacher, "label_source": sources}
+        if self.drop:
+            unchanged[EXCLUDED_COLUMN] = excluded
         if (self.drop_query and flagged) or (max_flagged is not None and len(flagged) > max_flagged):
             return {**unchanged, KEEP_COLUMN: False}
         out: dict[str, list] = {"doc_ids": [], "labels": [], "teacher_scores": [], "label_source": []}
+        dropped: list[str] = []
         for j, doc_id in enumerate(doc_ids):
             mark = marks[j] if marks else None
             is_flagged = j in negatives and mark is not None
             if is_flagged and mark in self.drop:
+                dropped.append(doc_id)
                 continue
             if is_flagged and mark in self.promote:
                 label, source = 1.0, relabeled_source(judge)
@@ -158,6 +168,8 @@ class Strategy:
             out["label_source"].append(source)
             if teacher:
                 out["teacher_scores"].append(teacher[j])
+        if self.drop:
+            out[EXCLUDED_COLUMN] = excluded + [d for d in dict.fromkeys(dropped) if d not in excluded]
         return {**out, KEEP_COLUMN: True}
 
 
@@ -208,7 +220,8 @@ def apply_strategy(
 ) -> datasets.Dataset:
     """Apply a strategy to every row: attach ``judgments`` (one list per row, one entry per candidate; ``None``
     when ``dataset`` already has the ``column``), ``map`` the transform, drop the rows it does not keep and the
-    helper columns. Other columns pass through unchanged."""
+    helper columns. Other columns pass through unchanged, except :data:`~hf_robust_ir.data.schema.EXCLUDED_COLUMN`,
+    which a strategy that drops candidates adds them to (and creates when the rows have none)."""
     strategy = get_strategy(strategy)
     strategy.check_max_flagged(max_flagged)
     if judgments is not None:
@@ -223,6 +236,8 @@ def apply_strategy(
         ("label_source", datasets.Sequence(datasets.Value("string"))),
     ):
         features[name] = features.get(name, feature)
+    if strategy.drop:
+        features[EXCLUDED_COLUMN] = features.get(EXCLUDED_COLUMN, EXCLUDED_FEATURE)
     if len(dataset) == 0:  # ``map`` does not call the transform on no rows: give the columns it would have added
         kept_features = datasets.Features({k: v for k, v in features.items() if k not in (KEEP_COLUMN, column)})
         return datasets.Dataset.from_dict({name: [] for name in kept_features}, features=kept_features)
