@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DataFormatError, FileNotFoundError, EndpointRefusedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:  # a model whose embeddings are NaN or infinite (mining, training's evaluation, ...)
+        evaluation = sys.modules.get("hf_robust_ir.evaluation")  # only loaded by the commands that can raise it
+        if evaluation is None or not isinstance(exc, evaluation.NonFiniteEmbeddingError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except SystemExit as exc:  # a command's own stop with a message (bad input too): one "error:" line, status 2
         if not isinstance(exc.code, str):
             raise

@@ -171,6 +171,28 @@ def test_mine_command_writes_rows_and_corpus_pointer(tmp_path, tiny_model_path, 
         assert sum(1 for label in row["labels"] if label == 0) >= 2  # q3 may add its judged negative d3
 
 
+def test_mine_command_names_a_model_with_nan_embeddings_in_one_line(tmp_path, tiny_model_path, capsys):
+    import torch
+    from test_evaluation import write_beir_folder
+    from transformers import AutoTokenizer, BertModel
+
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir", split="train")
+    broken = tmp_path / "broken"
+    model = BertModel.from_pretrained(tiny_model_path)
+    with torch.no_grad():
+        model.embeddings.LayerNorm.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(broken)
+    capsys.readouterr()
+    argv = ["mine", "--model", str(broken), "--data", str(tmp_path / "beir"), "--output", str(tmp_path / "out")]
+    assert main(argv + ["--quiet", "--num_negatives", "2", "--range_max", "4", "--max_length", "32"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.splitlines()[-1].startswith("error: document 'd1' has a NaN or infinite embedding")
+
+
 def test_a_shared_index_gives_the_same_rows_without_encoding_the_corpus_again(data):
     from hf_robust_ir.evaluation import DocumentIndex
 
