@@ -374,6 +374,12 @@ def _relabel_text(summary: dict[str, Any]) -> str:
         lines += ["", markdown_table([{"strategy": f"`{k}`", **v} for k, v in strategies.items()])]
         changed = sum(int(v.get("labels_changed", 0)) for v in strategies.values())
         lines += ["", f"Labels changed: **{changed}**."]
+        removed = sum(int(v.get("candidates_removed", 0)) for v in strategies.values())
+        if removed:
+            lines[-1] += (
+                f" Candidates removed: **{removed}**, kept in the rows' `excluded_doc_ids`: never sampled, mined or"
+                " counted as in-batch negatives of their query."
+            )
     extra = {k: v for k, v in summary.items() if k in ("queries", "candidates_judged", "judged_pairs", "verdicts")}
     if extra:
         lines += ["", _key_value_table(extra, "relabeling run")]

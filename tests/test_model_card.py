@@ -122,6 +122,11 @@ def test_noise_handling_hyperparameters_and_citations(tmp_path):
     assert "| `learning_rate` | 0.0001 |" in text and "| `max_steps` | 2 |" in text
     citations = text[text.index("## Citation") :]
     assert "Generalized Cross Entropy" in citations  # the loss
+    assert "Candidates removed" not in noise  # rlhn removes none
+    hn_remove = {"hn_remove": {"flagged": 7, "candidates_removed": 7}}
+    removing = {**RELABEL, "strategy": "hn_remove", "strategies": hn_remove}
+    noise = str(hub.build_model_card(_info(relabel_summary=removing)))
+    assert "Labels changed: **0**. Candidates removed: **7**, kept in the rows' `excluded_doc_ids`" in noise
     assert "arXiv:2505.16967" in citations  # the relabeling method (RLHN)
     assert citations.count("```bibtex") == 2
 
