@@ -471,6 +471,28 @@ def test_eval_command_creates_the_folders_of_its_run_output(tmp_path, tiny_model
     assert [(qid, rank) for qid, _, _, rank, _, _ in lines] == [(q, r) for q in ("q1", "q2", "q3") for r in "12"]
 
 
+def test_eval_command_refuses_output_paths_it_cannot_write_before_loading_anything(tmp_path, capsys, monkeypatch):
+    """--output naming a folder failed with IsADirectoryError after the whole evaluation."""
+    from hf_robust_ir.cli import main
+    from hf_robust_ir.commands import eval as eval_command
+
+    monkeypatch.setattr(eval_command, "load_bi_encoder", lambda *a: pytest.fail("the model was loaded"))
+    write_beir_folder(tmp_path / "beir")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "plain").write_text("x")
+    argv = ["eval", "--model", str(tmp_path / "beir"), "--data", str(tmp_path / "beir"), "--quiet"]
+    cases = [
+        (["--output", str(tmp_path / "results")], f"error: --output {str(tmp_path / 'results')!r} is a folder"),
+        (
+            ["--run_output", str(tmp_path / "plain" / "run.trec")],
+            f"error: --run_output {str(tmp_path / 'plain' / 'run.trec')!r}: {str(tmp_path / 'plain')!r} is a file",
+        ),
+    ]
+    for extra, message in cases:
+        assert main([*argv, *extra]) == 2
+        assert capsys.readouterr().err.strip().startswith(message)
+
+
 def test_evaluator_and_eval_command_refuse_nonpositive_sizes_before_encoding(tiny_corpus, tmp_path, capsys):
     from hf_robust_ir.cli import main
 

@@ -41,6 +41,20 @@ def close_process_group() -> None:
         dist.destroy_process_group()
 
 
+def output_file_error(path: str | None, flag: str) -> str | None:
+    """An error line when a file a command will write cannot be written there: the path is a folder, or a parent
+    of it is a file. Checked before the work starts, so that a long run does not end in the error."""
+    if path is None:
+        return None
+    target = Path(path)
+    if target.is_dir():
+        return f"error: {flag} {path!r} is a folder; give a file name"
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"error: {flag} {path!r}: {str(parent)!r} is a file, not a folder"
+    return None
+
+
 def cross_encoder_error(model: str, flag: str = "--model") -> str | None:
     """A message when ``model`` is a cross-encoder (reranker) folder: it scores pairs and cannot encode texts (read as
     a bi-encoder, its classification head would be dropped and its encoder used untrained for the task)."""

@@ -9,7 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-from .common import cross_encoder_error, input_error, load_bi_encoder, no_relevant_error, setup_logging
+from .common import (
+    cross_encoder_error,
+    input_error,
+    load_bi_encoder,
+    no_relevant_error,
+    output_file_error,
+    setup_logging,
+)
 
 HELP = "Evaluate a retriever on a BEIR folder: nDCG@10, Recall@100, MRR@10, MAP as one JSON object on stdout."
 
@@ -63,7 +70,12 @@ def write_trec_run(run: dict[str, dict[str, float]], path: str | Path, tag: str 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
     data_dir = Path(args.data)
-    error = input_error(data_dir, args.model) or cross_encoder_error(args.model)
+    error = (
+        input_error(data_dir, args.model)
+        or cross_encoder_error(args.model)
+        or output_file_error(args.output, "--output")
+        or output_file_error(args.run_output, "--run_output")
+    )
     if error:
         print(error, file=sys.stderr)
         return 2
