@@ -574,21 +574,26 @@ def test_eval_command_refuses_a_cross_encoder_and_a_split_without_relevant_docum
     assert captured.out == "" and captured.err.startswith("error:") and "dev.tsv" in captured.err
 
 
-def test_eval_command_names_a_nan_embedding_in_one_line(tmp_path, tiny_model_path, capsys):
-    """A model whose output is NaN (here a checkpoint with a NaN layer-norm weight) stopped the command with a
-    traceback."""
+def nan_model_folder(tiny_model_path, folder):
+    """A copy of the tiny model whose output is NaN (a NaN layer-norm weight): a broken checkpoint."""
     import torch
     from transformers import AutoTokenizer, BertModel
 
-    from hf_robust_ir.cli import main
-
-    write_beir_folder(tmp_path / "beir")
-    broken = tmp_path / "broken"
     model = BertModel.from_pretrained(tiny_model_path)
     with torch.no_grad():
         model.embeddings.LayerNorm.weight.fill_(float("nan"))
-    model.save_pretrained(broken)
-    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(broken)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(folder)
+    return folder
+
+
+def test_eval_command_names_a_nan_embedding_in_one_line(tmp_path, tiny_model_path, capsys):
+    """A model whose output is NaN (here a checkpoint with a NaN layer-norm weight) stopped the command with a
+    traceback."""
+    from hf_robust_ir.cli import main
+
+    write_beir_folder(tmp_path / "beir")
+    broken = nan_model_folder(tiny_model_path, tmp_path / "broken")
     capsys.readouterr()  # the save's progress bar
     argv = ["eval", "--model", str(broken), "--data", str(tmp_path / "beir"), "--quiet", "--max_length", "32"]
     assert main(argv) == 2

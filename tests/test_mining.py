@@ -172,19 +172,12 @@ def test_mine_command_writes_rows_and_corpus_pointer(tmp_path, tiny_model_path, 
 
 
 def test_mine_command_names_a_model_with_nan_embeddings_in_one_line(tmp_path, tiny_model_path, capsys):
-    import torch
-    from test_evaluation import write_beir_folder
-    from transformers import AutoTokenizer, BertModel
+    from test_evaluation import nan_model_folder, write_beir_folder
 
     from hf_robust_ir.cli import main
 
     write_beir_folder(tmp_path / "beir", split="train")
-    broken = tmp_path / "broken"
-    model = BertModel.from_pretrained(tiny_model_path)
-    with torch.no_grad():
-        model.embeddings.LayerNorm.weight.fill_(float("nan"))
-    model.save_pretrained(broken)
-    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(broken)
+    broken = nan_model_folder(tiny_model_path, tmp_path / "broken")
     capsys.readouterr()
     argv = ["mine", "--model", str(broken), "--data", str(tmp_path / "beir"), "--output", str(tmp_path / "out")]
     assert main(argv + ["--quiet", "--num_negatives", "2", "--range_max", "4", "--max_length", "32"]) == 2
