@@ -42,13 +42,24 @@ def test_the_adapter_of_a_lora_training_run_merges_into_a_model_that_loads_witho
         "lora_r": 2,
         "lora_target_modules": ["query", "value"],
         "output_dir": str(tmp_path / "run"),
-        "save_strategy": "no",
+        "save_strategy": "steps",
+        "save_steps": 1,
         "report_to": "none",
         "use_cpu": True,
     }
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 0
     assert (tmp_path / "run" / "adapter_config.json").is_file()
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    assert (checkpoint / "adapter_config.json").is_file()  # a trainer checkpoint is an adapter folder too
+    capsys.readouterr()
+    assert main(["merge-lora", str(checkpoint), "--out", str(tmp_path / "merged-checkpoint")]) == 0
+    np.testing.assert_allclose(
+        BiEncoder.from_pretrained(tmp_path / "merged-checkpoint").encode_documents(DOCUMENTS),
+        BiEncoder.from_pretrained(checkpoint).encode_documents(DOCUMENTS),
+        atol=1e-5,
+    )
+    assert not (tmp_path / "merged-checkpoint" / "adapter_config.json").exists()
     capsys.readouterr()
     adapter = BiEncoder.from_pretrained(tmp_path / "run")
     _fill_lora_b(adapter)  # an adapter that changes the vectors, whatever one step learned
