@@ -111,14 +111,13 @@ class HardNegativeRefreshCallback(TrainerCallback):
 
         queries = dict(zip(self.rows["query_id"], self.rows["query"]))
         qrels: dict[str, dict[str, float]] = {}
-        excluded: dict[str, list[str]] = {}
+        excluded: dict[str, dict[str, None]] = {}  # ordered sets
         for row in self.rows:  # rows of the same query pool their positives and exclusions: none may be mined
             judged = qrels.setdefault(row["query_id"], {})
             for doc_id, label in zip(row["doc_ids"], row["labels"]):
                 if label > 0:
                     judged[doc_id] = max(label, judged.get(doc_id, label))
-            known = excluded.setdefault(row["query_id"], [])
-            known += [doc_id for doc_id in excluded_doc_ids(row) if doc_id not in known]
+            excluded.setdefault(row["query_id"], {}).update(dict.fromkeys(excluded_doc_ids(row)))
         qrels = {qid: judged for qid, judged in qrels.items() if judged}
         mined = mine_hard_negatives(
             model,

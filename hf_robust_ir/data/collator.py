@@ -58,6 +58,17 @@ def _listed(values: Any) -> list:
     return [] if values is None else list(values)
 
 
+def _candidate_lists(row: Mapping[str, Any]) -> tuple[list, list, list]:
+    """A row's ``doc_ids``, ``labels`` and teacher scores (NaN where it has none), followed by the documents it
+    excludes with label :data:`EXCLUDED_LABEL` and no teacher score."""
+    doc_ids, labels = list(row["doc_ids"]), list(row["labels"])
+    teacher = _listed(row.get("teacher_scores"))
+    if len(teacher) != len(doc_ids):
+        teacher = [math.nan] * len(doc_ids)
+    excluded = excluded_doc_ids(row)
+    return doc_ids + excluded, labels + [EXCLUDED_LABEL] * len(excluded), teacher + [math.nan] * len(excluded)
+
+
 def _stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=8).digest(), "little")
 
@@ -211,14 +222,10 @@ class RetrievalCollator:
             selected = rows.select(positions) if hasattr(rows, "select") else [rows[i] for i in positions]
             for row in selected:
                 entry = pooled.setdefault(row["query_id"], {"doc_ids": [], "labels": [], "teacher_scores": []})
-                doc_ids = list(row["doc_ids"])
-                teacher = _listed(row.get("teacher_scores"))
-                if len(teacher) != len(doc_ids):
-                    teacher = [math.nan] * len(doc_ids)
-                excluded = excluded_doc_ids(row)
-                entry["doc_ids"] += doc_ids + excluded
-                entry["labels"] += list(row["labels"]) + [EXCLUDED_LABEL] * len(excluded)
-                entry["teacher_scores"] += teacher + [math.nan] * len(excluded)
+                doc_ids, labels, teacher = _candidate_lists(row)
+                entry["doc_ids"] += doc_ids
+                entry["labels"] += labels
+                entry["teacher_scores"] += teacher
             logger.info(
                 "%d queries have several training rows: each row's targets read the candidates of all its query's rows",
                 len(pooled),
@@ -231,14 +238,7 @@ class RetrievalCollator:
         other rows' (see :meth:`set_query_candidates`) unless a refresh replaced the query's list. Every listing of
         an excluded document that is not relevant reads :data:`EXCLUDED_LABEL`, so that a negative listing of it
         (label 0 wins over the sentinel in :func:`build_targets`) does not undo the exclusion."""
-        doc_ids, labels = list(row["doc_ids"]), list(row["labels"])
-        teacher = _listed(row.get("teacher_scores"))
-        if len(teacher) != len(doc_ids):
-            teacher = [math.nan] * len(doc_ids)
-        excluded = excluded_doc_ids(row)
-        doc_ids += excluded
-        labels += [EXCLUDED_LABEL] * len(excluded)
-        teacher += [math.nan] * len(excluded)
+        doc_ids, labels, teacher = _candidate_lists(row)
         pooled = None if overridden else self.query_candidates.get(row["query_id"])
         if pooled is not None:
             doc_ids += pooled["doc_ids"]

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +311,22 @@ def from_flagembedding(
     return builder.build()
 
 
+def _doc_id_list(value: Any, source: str, row: int, field: str) -> list[str]:
+    """A list of document ids, each a string (an integer id would never match the corpus's string keys)."""
+    doc_ids = _list(value, source, row, field)
+    for position, doc_id in enumerate(doc_ids):
+        if not isinstance(doc_id, str):
+            problem = f"doc ids must be strings, got {doc_id!r} at position {position}"
+            raise DataFormatError(source, row + 1, field, problem)
+    return doc_ids
+
+
+def _check_in_corpus(doc_ids: list[str], corpus: Mapping[str, str], source: str, row: int, field: str) -> None:
+    missing = [d for d in doc_ids if d not in corpus]
+    if missing:
+        raise DataFormatError(source, row + 1, field, f"ids not in the corpus: {missing[:5]}")
+
+
 def _from_canonical(
     ds: datasets.Dataset, corpus: dict[str, str], source: str, blank_lines: Sequence[int] = ()
 ) -> TrainingData:
@@ -330,11 +346,7 @@ def _from_canonical(
         if known_text != query:
             problem = f"query {qid!r} has a different text than on line {first_row + 1}"
             raise DataFormatError(source, row + 1, "query", problem)
-        doc_ids = _list(values["doc_ids"], source, row, "doc_ids")
-        for position, doc_id in enumerate(doc_ids):
-            if not isinstance(doc_id, str):
-                problem = f"doc ids must be strings, got {doc_id!r} at position {position}"
-                raise DataFormatError(source, row + 1, "doc_ids", problem)
+        doc_ids = _doc_id_list(values["doc_ids"], source, row, "doc_ids")
         checks = {name: _list(values.get(name) or [], source, row, name) for name in ROW_FEATURES if name[0] in "lt"}
         check_candidate_lists({"doc_ids": doc_ids, **checks}, source, row + 1, fields=tuple(checks))
         # a missing teacher score (NaN) is written to JSON as null: read it back as NaN
@@ -348,18 +360,10 @@ def _from_canonical(
                     allowed = "finite" if name == "labels" else "finite or NaN (none)"
                     problem = f"{name} must be {allowed}, got {value!r} at position {position}"
                     raise DataFormatError(source, row + 1, name, problem)
-        missing = [d for d in doc_ids if d not in corpus]
-        if missing:
-            raise DataFormatError(source, row + 1, "doc_ids", f"ids not in the corpus: {missing[:5]}")
+        _check_in_corpus(doc_ids, corpus, source, row, "doc_ids")
         if EXCLUDED_COLUMN in features:
-            excluded = _list(values.get(EXCLUDED_COLUMN) or [], source, row, EXCLUDED_COLUMN)
-            for position, doc_id in enumerate(excluded):
-                if not isinstance(doc_id, str):
-                    problem = f"doc ids must be strings, got {doc_id!r} at position {position}"
-                    raise DataFormatError(source, row + 1, EXCLUDED_COLUMN, problem)
-            missing = [d for d in excluded if d not in corpus]
-            if missing:
-                raise DataFormatError(source, row + 1, EXCLUDED_COLUMN, f"ids not in the corpus: {missing[:5]}")
+            excluded = _doc_id_list(values.get(EXCLUDED_COLUMN) or [], source, row, EXCLUDED_COLUMN)
+            _check_in_corpus(excluded, corpus, source, row, EXCLUDED_COLUMN)
             fixed[EXCLUDED_COLUMN].append(excluded)
         fixed["query_id"].append(qid)
         fixed["query"].append(query)
