@@ -170,3 +170,34 @@ def small_beir(tmp_path_factory, scifact_dir):
     (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in chosen))
     (folder / "queries.jsonl").write_text((scifact_dir / "queries.jsonl").read_text())
     return folder
+
+
+def fill_lora_b(model, value: float = 0.05) -> None:
+    """Set every LoRA ``B`` matrix of ``model`` to ``value``: an adapter that changes the outputs (a new one adds
+    nothing, its ``B`` being zero)."""
+    import torch
+
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(value)
+
+
+def randomize_lora_b(model, std: float = 0.5) -> None:
+    """Draw every LoRA ``B`` matrix of ``model`` from N(0, std²) (torch's global generator): a trained-like adapter."""
+    import torch
+
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=std)
+
+
+def perturb_document_tower(model, scale: float = 0.05) -> None:
+    """Add N(0, scale²) noise (torch's global generator) to the document tower of a BiEncoder with separate towers:
+    towers trained apart, whose weights differ."""
+    import torch
+
+    with torch.no_grad():
+        for parameter in model.document_encoder.parameters():
+            parameter.add_(scale * torch.randn_like(parameter))

@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import perturb_document_tower
 from sentence_transformers import SentenceTransformer, models
 
 from hf_robust_ir import hub
@@ -126,12 +127,9 @@ def test_card_usage_snippets_of_separate_towers_load_each_tower(tiny_model_path,
     """With separate towers the repository root holds no modules.json: the snippets load query_encoder/ and
     document_encoder/ and give the model's own scores."""
     import huggingface_hub
-    import torch
 
     model = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True, query_prefix="query: ")
-    with torch.no_grad():
-        for parameter in model.document_encoder.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))  # the towers differ
+    perturb_document_tower(model)  # the towers differ
     folder = tmp_path / "towers"
     model.save_pretrained(folder)
     assert not (folder / "modules.json").exists()

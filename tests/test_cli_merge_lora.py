@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import fill_lora_b
 from peft import LoraConfig
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
@@ -17,13 +18,6 @@ from hf_robust_ir.modeling import BiEncoder, CrossEncoder
 
 QUERIES = ["what is label noise", "how are hard negatives mined"]
 DOCUMENTS = ["label noise means some training labels are wrong", "hard negatives are mined with a retriever"]
-
-
-def _fill_lora_b(model) -> None:
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.fill_(0.05)
 
 
 def test_the_adapter_of_a_lora_training_run_merges_into_a_model_that_loads_without_peft(
@@ -62,7 +56,7 @@ def test_the_adapter_of_a_lora_training_run_merges_into_a_model_that_loads_witho
     assert not (tmp_path / "merged-checkpoint" / "adapter_config.json").exists()
     capsys.readouterr()
     adapter = BiEncoder.from_pretrained(tmp_path / "run")
-    _fill_lora_b(adapter)  # an adapter that changes the vectors, whatever one step learned
+    fill_lora_b(adapter)  # an adapter that changes the vectors, whatever one step learned
     adapter.save_pretrained(tmp_path / "run")
     expected = adapter.encode_documents(DOCUMENTS)
 
@@ -81,7 +75,7 @@ def test_the_adapter_of_a_lora_training_run_merges_into_a_model_that_loads_witho
 def test_separate_towers_and_a_reranker_merge_too(tmp_path, tiny_model_path, capsys):
     config = LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], lora_dropout=0.0)
     towers = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True).add_lora(config)
-    _fill_lora_b(towers)
+    fill_lora_b(towers)
     towers.save_pretrained(tmp_path / "towers")
     assert main(["merge-lora", str(tmp_path / "towers"), "--out", str(tmp_path / "towers-merged")]) == 0
     merged = BiEncoder.from_pretrained(tmp_path / "towers-merged")
@@ -90,7 +84,7 @@ def test_separate_towers_and_a_reranker_merge_too(tmp_path, tiny_model_path, cap
 
     torch.manual_seed(0)
     reranker = CrossEncoder.from_pretrained(tiny_model_path, max_length=64).add_lora(config)
-    _fill_lora_b(reranker)
+    fill_lora_b(reranker)
     reranker.save_pretrained(tmp_path / "reranker")
     assert main(["merge-lora", str(tmp_path / "reranker"), "--out", str(tmp_path / "reranker-merged")]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["model"] == "CrossEncoder"

@@ -16,6 +16,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import perturb_document_tower, randomize_lora_b
 from hub_server import LocalHub
 
 import hf_robust_ir
@@ -201,10 +202,7 @@ def test_lora_pushes_only_the_adapter_with_its_base_model_named(tmp_path, tiny_m
     hub.push_to_hub(base, "org/tiny-base")
     model = _retriever(tiny_model_path).add_lora(LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
     torch.manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(std=0.5)  # a trained adapter, not the identity
+    randomize_lora_b(model)  # a trained adapter, not the identity
 
     with pytest.raises(ValueError, match="Hub id of its base model"):
         hub.push_to_hub(model, "org/tiny-lora")  # the base is a local folder: name it
@@ -236,10 +234,7 @@ def test_a_lora_reranker_pushes_its_adapter_and_downloads_with_its_base_model(ti
     torch.manual_seed(0)
     model = CrossEncoder.from_pretrained(tiny_model_path, max_length=64)
     model.add_lora(LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], lora_dropout=0.0))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(std=0.5)
+    randomize_lora_b(model)
     hub.push_to_hub(model, "org/tiny-reranker-lora", base_model="org/tiny-base")
 
     stored = local_hub.state.storage / "org" / "tiny-reranker-lora"
@@ -649,17 +644,12 @@ def test_separate_towers_of_their_own_weights_push_adapters_that_load_on_their_o
 
     torch.manual_seed(0)
     towers = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True)
-    with torch.no_grad():
-        for parameter in towers.document_encoder.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    perturb_document_tower(towers)
     towers.save_pretrained(tmp_path / "towers")
     hub.push_to_hub(BiEncoder.from_pretrained(tmp_path / "towers"), "org/towers-base")
     model = BiEncoder.from_pretrained(tmp_path / "towers")
     model.add_lora(LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], lora_dropout=0.0))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(std=0.5)
+    randomize_lora_b(model)
     hub.push_to_hub(model, "org/towers-lora", base_model="org/towers-base")
 
     stored = local_hub.state.storage / "org" / "towers-lora"

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import fill_lora_b, perturb_document_tower
 from peft import LoraConfig, PeftModel
 from safetensors import safe_open
 from sentence_transformers import SentenceTransformer
@@ -160,11 +161,8 @@ def test_separate_towers_with_adapters_round_trip(tiny_model_path, tmp_path):
     torch.manual_seed(0)
     model = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True)
     model.add_lora(LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0))
-    with torch.no_grad():  # make the two adapters differ from zero and from each other
-        for tower, value in ((model.query_encoder, 0.05), (model.document_encoder, -0.05)):
-            for name, param in tower.named_parameters():
-                if "lora_B" in name:
-                    param.fill_(value)
+    fill_lora_b(model.query_encoder, 0.05)  # the two adapters differ from zero and from each other
+    fill_lora_b(model.document_encoder, -0.05)
     queries, documents = _encode(model)
     model.save_pretrained(tmp_path)
     for tower in ("query_encoder", "document_encoder"):
@@ -197,10 +195,7 @@ def test_a_second_adapter_goes_on_the_saved_merged_model_only(trained, tmp_path)
     loaded.save_pretrained(tmp_path / "merged")
     model = BiEncoder.from_pretrained(tmp_path / "merged").add_lora(config)
     _assert_outputs_close(_encode(model), trained.trained_outputs, atol=1e-5)  # the new adapter adds nothing yet
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.fill_(0.05)
+    fill_lora_b(model)
     expected = _encode(model)
     model.save_pretrained(tmp_path / "second")
     _assert_outputs_close(_encode(BiEncoder.from_pretrained(tmp_path / "second")), expected, atol=1e-6)
@@ -214,10 +209,7 @@ def test_merging_a_model_without_adapter_is_a_clear_error(tiny_model_path):
 def test_an_adapter_whose_base_model_is_gone_says_how_to_load_it(trained, tiny_model_path, tmp_path):
     base = shutil.copytree(tiny_model_path, tmp_path / "base")
     model = BiEncoder.from_pretrained(base).add_lora(LoraConfig(r=2, target_modules=["query"], lora_dropout=0.0))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.fill_(0.05)
+    fill_lora_b(model)
     expected = _encode(model)
     model.save_pretrained(tmp_path / "adapter")
     shutil.rmtree(base)
@@ -234,19 +226,14 @@ def test_separate_towers_of_their_own_weights_keep_each_towers_base_model(tiny_m
     tower for both, and the reloaded query tower ran on the document tower's weights)."""
     torch.manual_seed(0)
     towers = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True)
-    with torch.no_grad():
-        for param in towers.document_encoder.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+    perturb_document_tower(towers)
     towers.save_pretrained(tmp_path / "towers")
 
     model = BiEncoder.from_pretrained(tmp_path / "towers")
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0)
     model.add_lora(config)
     assert config.base_model_name_or_path is None  # the caller's config is left as it was
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.fill_(0.05)
+    fill_lora_b(model)
     queries, documents = _encode(model)
     model.save_pretrained(tmp_path / "lora")
     for tower in ("query_encoder", "document_encoder"):
@@ -255,13 +242,6 @@ def test_separate_towers_of_their_own_weights_keep_each_towers_base_model(tiny_m
     loaded_queries, loaded_documents = _encode(BiEncoder.from_pretrained(tmp_path / "lora"))
     np.testing.assert_allclose(loaded_queries, queries, atol=1e-6)
     np.testing.assert_allclose(loaded_documents, documents, atol=1e-6)
-
-
-def _fill_lora_b(model, value: float = 0.05) -> None:
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.fill_(value)
 
 
 def test_an_adapter_of_a_model_loaded_from_a_relative_path_loads_from_any_working_directory(
@@ -275,12 +255,12 @@ def test_an_adapter_of_a_model_loaded_from_a_relative_path_loads_from_any_workin
     monkeypatch.chdir(tmp_path / "work")
     config = LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], lora_dropout=0.0)
     model = BiEncoder.from_pretrained("models/base").add_lora(config)
-    _fill_lora_b(model)
+    fill_lora_b(model)
     expected = _encode(model)
     model.save_pretrained("adapter")
     torch.manual_seed(0)
     reranker = CrossEncoder.from_pretrained("models/base", max_length=64).add_lora(config)
-    _fill_lora_b(reranker)
+    fill_lora_b(reranker)
     pairs = [(QUERIES[0], document) for document in DOCUMENTS]
     expected_scores = reranker.predict(pairs)
     reranker.save_pretrained("reranker-adapter")

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import datasets
 import numpy as np
 import pytest
+from conftest import randomize_lora_b
 
 from hf_robust_ir import hub
 from hf_robust_ir.callbacks import ModelCardCallback
@@ -358,10 +359,7 @@ def test_usage_snippets_of_separate_lora_towers_give_the_models_embeddings(tmp_p
     model = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True, query_prefix="query: ")
     model.add_lora(LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
     torch.manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(std=0.5)  # trained adapters, different in each tower
+    randomize_lora_b(model)  # trained adapters, different in each tower
     folder = tmp_path / "towers"
     model.save_pretrained(folder)
     text = hub.usage_snippets(hub.model_card_info_from_model(model, repo_id=str(folder)))
