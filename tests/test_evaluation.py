@@ -485,7 +485,8 @@ def test_eval_command_refuses_output_paths_it_cannot_write_before_loading_anythi
         (["--output", str(tmp_path / "results")], f"error: --output {str(tmp_path / 'results')!r} is a folder"),
         (
             ["--run_output", str(tmp_path / "plain" / "run.trec")],
-            f"error: --run_output {str(tmp_path / 'plain' / 'run.trec')!r}: {str(tmp_path / 'plain')!r} is a file",
+            f"error: --run_output {str(tmp_path / 'plain' / 'run.trec')!r} cannot be made: {str(tmp_path / 'plain')!r}"
+            " is a file",
         ),
     ]
     for extra, message in cases:

@@ -142,3 +142,17 @@ def test_recipe_float_written_with_an_exponent_reads_as_a_number(tmp_path):
     recipe.write_text("name: x\nlearning_rate: fast\n")
     with pytest.raises(DataFormatError, match="line 2, field 'learning_rate': expected float, got str"):
         load_recipe(_Recipe, str(recipe), [])
+
+
+def test_train_override_null_sets_a_field_to_none_as_the_recipe_null_does(tmp_path, capsys):
+    """``--eval_split null`` was read as the split name "null" and failed after the model loaded."""
+    from hf_robust_ir.commands.train import parse_recipe
+
+    recipe = _write(tmp_path, f"output_dir: {tmp_path / 'run'}\neval_split: dev\nmax_steps: 5\n")
+    for overrides in (["--eval_split", "null"], ["--eval-split=~"], ["--eval_split", "NULL"]):
+        _, data_args, training_args = parse_recipe(str(recipe), [*overrides, "--max_steps", "7"])
+        assert (data_args.eval_split, training_args.max_steps) == (None, 7)
+    assert main(["train", "--config", str(recipe), "--max_steps", "null"]) == 2
+    assert _error_line(capsys) == "error: command line, field 'max_steps': null is not a value of this field"
+    assert main(["train", "--config", str(recipe), "--eval_splt", "null"]) == 2
+    assert _error_line(capsys) == "error: command line, field 'eval_splt': unknown field (did you mean 'eval_split'?)"

@@ -44,14 +44,30 @@ def close_process_group() -> None:
 def output_file_error(path: str | None, flag: str) -> str | None:
     """An error line when a file a command will write cannot be written there: the path is a folder, or a parent
     of it is a file. Checked before the work starts, so that a long run does not end in the error."""
+    problem = output_path_problem(path, folder=False)
+    return None if problem is None else f"error: {flag} {path!r} {problem}"
+
+
+def output_folder_error(path: str | None, flag: str) -> str | None:
+    """An error line when a folder a command will write cannot be made there: the path is a file, or a parent of it
+    is. Checked before the work starts (mining, scoring, training), so that a long run does not end in the error."""
+    problem = output_path_problem(path, folder=True)
+    return None if problem is None else f"error: {flag} {path!r} {problem}"
+
+
+def output_path_problem(path: str | None, folder: bool) -> str | None:
+    """Why a command cannot write the file (``folder`` False) or the folder (True) ``path``, or None: the path is of
+    the other kind, or one of its parents is a file."""
     if path is None:
         return None
     target = Path(path)
-    if target.is_dir():
-        return f"error: {flag} {path!r} is a folder; give a file name"
+    if folder and target.exists() and not target.is_dir():
+        return "is a file; give a folder"
+    if not folder and target.is_dir():
+        return "is a folder; give a file name"
     parent = next((p for p in target.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        return f"error: {flag} {path!r}: {str(parent)!r} is a file, not a folder"
+        return f"cannot be made: {str(parent)!r} is a file, not a folder"
     return None
 
 
@@ -200,11 +216,16 @@ def below_least(values: Mapping[str, Any], least: Mapping[str, int]) -> tuple[st
 
 
 def load_recipe(
-    arguments: type, config_path: str | None, overrides: list[str], least: Mapping[str, int] | None = None
+    arguments: type,
+    config_path: str | None,
+    overrides: list[str],
+    least: Mapping[str, int] | None = None,
+    outputs: Mapping[str, bool] | None = None,
 ) -> tuple[dict[str, Any], dict[str, int], str]:
     """A YAML recipe plus ``--key value`` overrides (values read as YAML), checked against the fields of the
-    dataclass ``arguments`` (and, for the fields of ``least``, against their least value): ``(config, line of each
-    key in the file, source name)``. Errors name the file, the line and the field
+    dataclass ``arguments`` (for the fields of ``least``, against their least value; for the fields of ``outputs``,
+    paths the command writes, that a folder (True) or a file (False) can be made there): ``(config, line of each key
+    in the file, source name)``. Errors name the file, the line and the field
     (:class:`~hf_robust_ir.data.schema.DataFormatError`)."""
     from ..data.schema import DataFormatError
 
@@ -238,4 +259,8 @@ def load_recipe(
     found = below_least(config, least or {})
     if found:
         raise DataFormatError(source, lines.get(found[0]), *found)
+    for name, folder in (outputs or {}).items():
+        problem = output_path_problem(config.get(name), folder)
+        if problem:
+            raise DataFormatError(source, lines.get(name), name, f"{config[name]!r} {problem}")
     return config, lines, source

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import one_line, setup_logging
+from .common import one_line, output_folder_error, setup_logging
 
 HELP = "merge a saved LoRA adapter into its base model and save the full model (loads without peft)"
 ADAPTER_FILE = "adapter_config.json"
@@ -39,6 +39,9 @@ def adapter_error(folder: Path, out: Path) -> str | None:
     towers = [folder / "query_encoder", folder / "document_encoder"]
     if not (folder / ADAPTER_FILE).is_file() and not any((tower / ADAPTER_FILE).is_file() for tower in towers):
         return f"{folder} holds no LoRA adapter ({ADAPTER_FILE}): nothing to merge"
+    problem = output_folder_error(str(out), "--out")
+    if problem:
+        return problem.removeprefix("error: ")
     if out.exists() and os.path.samefile(out, folder):
         return f"--out {out} is the adapter folder: save the merged model into another folder"
     if (out / ADAPTER_FILE).exists():

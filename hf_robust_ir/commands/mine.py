@@ -10,7 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from .common import cross_encoder_error, input_error, load_bi_encoder, no_relevant_error, setup_logging
+from .common import (
+    cross_encoder_error,
+    input_error,
+    load_bi_encoder,
+    no_relevant_error,
+    output_folder_error,
+    setup_logging,
+)
 
 HELP = "Mine hard negatives with a retriever: canonical training rows (qrels positives + filtered top-k negatives)."
 
@@ -56,7 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     setup_logging()
     data_dir = Path(args.data)
-    error = input_error(data_dir, args.model) or cross_encoder_error(args.model)
+    error = (
+        input_error(data_dir, args.model)
+        or cross_encoder_error(args.model)
+        or output_folder_error(args.output, "--output")
+    )
     if error:
         print(error, file=sys.stderr)
         return 2

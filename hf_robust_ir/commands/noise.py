@@ -9,7 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-from .common import below_least, cross_encoder_error, input_error, load_bi_encoder, setup_logging
+from .common import (
+    below_least,
+    cross_encoder_error,
+    input_error,
+    load_bi_encoder,
+    output_folder_error,
+    setup_logging,
+)
 
 HELP = "Inject label noise into training rows: noisy rows plus changes.jsonl, the record of every change."
 
@@ -72,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "semantic_swap" and args.model is None:
         print("error: --kind semantic_swap needs --model (the model whose top-k is swapped in)", file=sys.stderr)
         return 2
-    error = input_error(data_dir, args.model if args.kind == "semantic_swap" else None)
+    error = input_error(data_dir, args.model if args.kind == "semantic_swap" else None) or output_folder_error(
+        args.output, "--output"
+    )
     if error is None and args.kind == "semantic_swap":
         error = cross_encoder_error(args.model)
     if error:

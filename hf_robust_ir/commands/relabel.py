@@ -82,7 +82,9 @@ def parse_recipe(config_path: str | None, overrides: list[str]) -> RelabelArgume
 
 def read_relabel_recipe(config_path: str | None, overrides: list[str]) -> tuple[RelabelArguments, dict[str, int], str]:
     """:func:`parse_recipe` plus the line of each key in the file and the source name, for later errors."""
-    config, lines, source = load_recipe(RelabelArguments, config_path, overrides, least=LEAST_VALUES)
+    config, lines, source = load_recipe(
+        RelabelArguments, config_path, overrides, least=LEAST_VALUES, outputs={"output_dir": True, "cache_path": False}
+    )
     if "output_dir" not in config:
         raise DataFormatError(source, None, "output_dir", "missing (the folder the relabeled datasets go to)")
     if config.get("push_to_hub") and not config.get("hub_repo_id"):

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import below_least, input_error, setup_logging
+from .common import below_least, input_error, output_folder_error, setup_logging
 
 HELP = "Score every candidate of training rows with a teacher (bi-encoder or cross-encoder): teacher_scores."
 
@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     error = input_error(data_dir, args.teacher)
     if error:
         print(error.replace("--model", "--teacher"), file=sys.stderr)
+        return 2
+    error = output_folder_error(args.output, "--output")
+    if error:
+        print(error, file=sys.stderr)
         return 2
 
     from hf_robust_ir.commands.mine import DATA_INFO_NAME

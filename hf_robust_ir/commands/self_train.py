@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_recipe(config_path: str | None, overrides: list[str]):
     from ..self_training import SelfTrainingArguments
 
-    config, lines, source = load_recipe(SelfTrainingArguments, config_path, overrides)
+    config, lines, source = load_recipe(SelfTrainingArguments, config_path, overrides, outputs={"output_dir": True})
     if "output_dir" not in config:
         raise DataFormatError(source, None, "output_dir", "missing (the folder the rounds are saved to)")
     generator = config.get("query_generator", {})

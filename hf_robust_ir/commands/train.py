@@ -94,7 +94,7 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
 
     from ..data.schema import DataFormatError
     from ..trainer import RetrievalTrainingArguments
-    from .common import one_line, read_recipe
+    from .common import one_line, output_path_problem, read_recipe
 
     config, lines = read_recipe(config_path) if config_path else ({}, {})
     overridden = {_override_name(key) for key in overrides if key.startswith("--")}
@@ -103,6 +103,13 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
         (ModelArguments, DataArguments, RetrievalTrainingArguments), exit_on_error=False, allow_abbrev=False
     )
     actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+    overrides, null_overrides = _split_null_overrides(list(overrides))
+    for name in null_overrides:
+        if name not in actions:
+            raise DataFormatError("command line", None, name, _unknown_field(name, actions))
+        if not _accepts_none(name):
+            raise DataFormatError("command line", None, name, "null is not a value of this field")
+        config[name] = None
     for name, value in config.items():
         if name not in actions:
             raise DataFormatError(config_path, lines.get(name), name, _unknown_field(name, actions))
@@ -127,7 +134,35 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
         problem = _unknown_field(name, actions) if name else f"unexpected argument(s) {unknown}"
         raise DataFormatError("command line", None, name, problem)
     _check_loss(training_args, config_path, lines, overridden)
+    problem = output_path_problem(training_args.output_dir, folder=True)
+    if problem:  # before the model loads and the data is mined, not when the trainer makes the folder
+        source, line = ("command line", None) if "output_dir" in overridden else (config_path, lines.get("output_dir"))
+        raise DataFormatError(source or "command line", line, "output_dir", f"{training_args.output_dir!r} {problem}")
     return model_args, data_args, training_args
+
+
+NULL_VALUES = ("null", "Null", "NULL", "~")
+"""Override values that set a field to None (what YAML reads as null), as ``null`` does in a recipe
+(``--eval_split null``: no evaluation)."""
+
+
+def _split_null_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """``(the overrides without those that set a field to null, the names of those fields)``; ``--key null`` and
+    ``--key=null`` both set ``key`` to None (argparse would take the text ``"null"``)."""
+    kept: list[str] = []
+    nulls: list[str] = []
+    i = 0
+    while i < len(overrides):
+        option = overrides[i]
+        if option.startswith("--") and "=" in option and option.split("=", 1)[1] in NULL_VALUES:
+            nulls.append(_override_name(option))
+        elif option.startswith("--") and i + 1 < len(overrides) and overrides[i + 1] in NULL_VALUES:
+            nulls.append(_override_name(option))
+            i += 1
+        else:
+            kept.append(option)
+        i += 1
+    return kept, nulls
 
 
 def _override_name(option: str) -> str:
