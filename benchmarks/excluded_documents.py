@@ -51,6 +51,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from hf_robust_ir.commands.common import output_file_error
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=list(PROFILES), default="quick")
     parser.add_argument("--seed", type=int, default=0, help="draws the queries, the moved positives, the batches")
@@ -98,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out = args.out or str(REPO_ROOT / "benchmarks" / "results" / f"excluded_documents_{args.profile}.json")
     # fields the shared mining helper reads
     args.mining_relative_margin, args.verbose = None, not args.no_progress
+    problem = output_file_error(args.out, "--out")  # before the work, not when the results are written
+    if problem:
+        parser.error(problem.removeprefix("error: "))
     return args
 
 

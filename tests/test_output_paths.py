@@ -88,3 +88,31 @@ def test_relabel_refuses_a_folder_as_its_judgment_cache_file(paths, tmp_path, ca
     assert _last_error_line(capsys) == (
         f"error: {path}, line 2, field 'cache_path': {str(tmp_path)!r} is a folder; give a file name"
     )
+
+
+BENCHMARKS = [
+    "noise_robustness",
+    "excluded_documents",
+    "false_negatives",
+    "hybrid_guide_retrieval",
+    "mining_copies_of_positives",
+    "mteb_reproduction",
+    "self_training",
+    "throughput",
+    "weakening_rule_analysis",
+]
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmarks_refuse_a_folder_as_their_results_file_before_any_work(tmp_path, capsys, name):
+    """Most benchmarks write --out when their runs end: a folder there lost the whole run to IsADirectoryError."""
+    from conftest import benchmark_module
+
+    with benchmark_module(name) as module:
+        entry = module.main if name == "weakening_rule_analysis" else module.parse_args
+        with pytest.raises(SystemExit) as stopped:
+            entry(["--out", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"error: --out {str(tmp_path)!r} is a folder; give a file name"
+    )
