@@ -113,6 +113,5 @@ def test_benchmarks_refuse_a_folder_as_their_results_file_before_any_work(tmp_pa
         with pytest.raises(SystemExit) as stopped:
             entry(["--out", str(tmp_path)])
     assert stopped.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        f"error: --out {str(tmp_path)!r} is a folder; give a file name"
-    )
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.endswith(f"error: --out {str(tmp_path)!r} is a folder; give a file name")
