@@ -368,3 +368,41 @@ def test_rows_of_one_query_pool_their_labels_in_the_trainers_batches(tmp_path, m
     labels = {doc_id: column for doc_id, column in zip(batch["doc_ids"], batch["labels"].T.tolist())}
     assert labels["d5"] == [1.0, 0.0]
     assert labels["d0"] == [1.0, 0.0] and labels["d1"] == [0.0, 1.0]
+
+
+def test_resuming_a_scheduled_guided_label_weakening_run_gives_the_uninterrupted_weights_and_logs(tmp_path, model_path):
+    """The α schedule, the confidence warm-up and the frozen guide carry over a resume: the resumed run ends with the
+    uninterrupted run's weights and logs the same α, rule state and plausible-set statistics at every later step."""
+    from hf_robust_ir.losses import get_loss
+
+    def run(output_dir, resume=None, **overrides):
+        args = _args(
+            output_dir,
+            max_steps=8,
+            loss_schedule="linear",
+            loss_schedule_start=0.3,
+            loss_schedule_end=0.0,
+            confidence_warmup_steps=4,
+            guide_model=model_path,
+            **overrides,
+        )
+        loss = get_loss("label_weakening", margin=0.0, guide_margin=0.0, replace_margin=0.05, max_added=2)
+        model = BiEncoder.from_pretrained(model_path)
+        trainer = RetrievalTrainer(model, args, _rows(), CORPUS, loss=loss)
+        trainer.train(resume_from_checkpoint=resume)
+        logs = {entry["step"]: entry for entry in trainer.state.log_history if "loss" in entry}
+        return _state(model), logs
+
+    full, full_logs = run(tmp_path / "full", save_strategy="steps", save_steps=3)
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+    resumed, resumed_logs = run(tmp_path / "full", resume=str(checkpoint), save_strategy="no")
+    _assert_same_weights(full, resumed)
+    assert sorted(resumed_logs) == list(range(1, 9))  # steps 1-3 from the checkpoint's trainer state
+    keys = ("loss", "loss_alpha", "confidence_rule", "plausible_set_size", "added_per_query", "replaced_fraction")
+    for step in resumed_logs:
+        for key in keys:
+            assert resumed_logs[step][key] == pytest.approx(full_logs[step][key], abs=1e-5), (step, key)
+    assert full_logs[8]["loss_alpha"] == pytest.approx(0.0) and full_logs[4]["confidence_rule"] == 0.0
+    assert full_logs[5]["confidence_rule"] == 1.0  # the rule adds and replaces labels in the resumed steps
+    assert max(full_logs[s]["added_per_query"] for s in range(5, 9)) > 0
+    assert max(full_logs[s]["replaced_fraction"] for s in range(5, 9)) > 0
