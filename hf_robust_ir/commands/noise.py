@@ -79,11 +79,10 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "semantic_swap" and args.model is None:
         print("error: --kind semantic_swap needs --model (the model whose top-k is swapped in)", file=sys.stderr)
         return 2
-    error = input_error(data_dir, args.model if args.kind == "semantic_swap" else None) or output_folder_error(
-        args.output, "--output"
-    )
-    if error is None and args.kind == "semantic_swap":
-        error = cross_encoder_error(args.model)
+    model_path = args.model if args.kind == "semantic_swap" else None  # other kinds load no model
+    error = input_error(data_dir, model_path) or output_folder_error(args.output, "--output")
+    if error is None and model_path is not None:
+        error = cross_encoder_error(model_path)
     if error:
         print(error, file=sys.stderr)
         return 2

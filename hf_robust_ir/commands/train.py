@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,19 +105,21 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
     )
     actions = {action.dest: action for action in parser._actions if action.dest != "help"}
     overrides, null_overrides = _split_null_overrides(list(overrides))
-    for name in null_overrides:
-        if name not in actions:
-            raise DataFormatError("command line", None, name, _unknown_field(name, actions))
-        if not _accepts_none(name):
-            raise DataFormatError("command line", None, name, "null is not a value of this field")
-        config[name] = None
+    config.update(dict.fromkeys(null_overrides))  # checked below as the recipe's nulls, named as the command line's
+
+    def where(name: str | None) -> tuple[str, int | None]:
+        """The source and line that set the field ``name``: the command line for an override, else the recipe."""
+        if name in overridden or not config_path:
+            return "command line", None
+        return config_path, lines.get(name)
+
     for name, value in config.items():
         if name not in actions:
-            raise DataFormatError(config_path, lines.get(name), name, _unknown_field(name, actions))
+            raise DataFormatError(*where(name), name, _unknown_field(name, actions))
         if isinstance(value, list | tuple) and actions[name].nargs is None:
-            raise DataFormatError(config_path, lines.get(name), name, f"expected one value, got a list: {value}")
+            raise DataFormatError(*where(name), name, f"expected one value, got a list: {value}")
         if value is None and not _accepts_none(name):
-            raise DataFormatError(config_path, lines.get(name), name, "null is not a value of this field")
+            raise DataFormatError(*where(name), name, "null is not a value of this field")
     nulls = {name for name, value in config.items() if value is None}
     try:
         model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
@@ -125,19 +128,17 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
         model_args, data_args, training_args = (_with_nulls(a, nulls) for a in (model_args, data_args, training_args))
     except argparse.ArgumentError as exc:
         name = (exc.argument_name or "").split("/")[0].removeprefix("--")
-        source, line = ("command line", None) if name in overridden else (config_path, lines.get(name))
-        raise DataFormatError(source or "command line", line, name or None, exc.message) from None
+        raise DataFormatError(*where(name), name or None, exc.message) from None
     except ValueError as exc:  # values TrainingArguments refuses together (its __post_init__ checks)
         raise DataFormatError(config_path or "command line", None, None, one_line(exc)) from None
     if unknown:
         name = next((_override_name(s) for s in unknown if s.startswith("--")), None)
         problem = _unknown_field(name, actions) if name else f"unexpected argument(s) {unknown}"
         raise DataFormatError("command line", None, name, problem)
-    _check_loss(training_args, config_path, lines, overridden)
+    _check_loss(training_args, where)
     problem = output_path_problem(training_args.output_dir, folder=True)
     if problem:  # before the model loads and the data is mined, not when the trainer makes the folder
-        source, line = ("command line", None) if "output_dir" in overridden else (config_path, lines.get("output_dir"))
-        raise DataFormatError(source or "command line", line, "output_dir", f"{training_args.output_dir!r} {problem}")
+        raise DataFormatError(*where("output_dir"), "output_dir", f"{training_args.output_dir!r} {problem}")
     return model_args, data_args, training_args
 
 
@@ -206,9 +207,9 @@ def _with_nulls(arguments: Any, nulls: set[str]) -> Any:
     return dataclasses.replace(arguments, **changes) if changes else arguments
 
 
-def _check_loss(training_args, config_path: str | None, lines: dict[str, int], overridden: set[str]) -> None:
+def _check_loss(training_args, where: Callable[[str], tuple[str, int | None]]) -> None:
     """Build the recipe's loss once, so that bad loss settings stop before the model and the data load; the error
-    names the line of ``loss_kwargs`` (of ``loss`` for an unknown name)."""
+    names the line of ``loss_kwargs`` (of ``loss`` for an unknown name), as ``where`` finds it."""
     from ..data.schema import DataFormatError
     from ..losses import get_loss
     from .common import one_line
@@ -219,10 +220,7 @@ def _check_loss(training_args, config_path: str | None, lines: dict[str, int], o
         unknown_name = isinstance(exc, KeyError)
         message = exc.args[0] if unknown_name and exc.args else one_line(exc)  # str(KeyError) adds quotes
         field = "loss" if unknown_name or not training_args.loss_kwargs else "loss_kwargs"
-        source, line = ("command line", None) if field in overridden else (config_path, lines.get(field))
-        raise DataFormatError(
-            source or "command line", line, field, f"loss {training_args.loss!r}: {message}"
-        ) from None
+        raise DataFormatError(*where(field), field, f"loss {training_args.loss!r}: {message}") from None
 
 
 # names other trainers' recipes use for a field of this one, which spelling distance alone would not find
