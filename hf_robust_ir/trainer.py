@@ -271,6 +271,14 @@ def default_collator(model: torch.nn.Module, corpus: dict[str, str], args: Retri
     )
 
 
+def unread_guide_setting(loss: Any, guide_model: Any, guide_lexical_weight: float | None) -> str | None:
+    """The guide setting (``guide_model`` or ``guide_lexical_weight``) given for a loss that reads no guide, or None."""
+    if getattr(loss, "needs_guide_scores", False):
+        return None
+    given = (("guide_model", guide_model), ("guide_lexical_weight", guide_lexical_weight))
+    return next((name for name, value in given if value is not None), None)
+
+
 class RetrievalTrainer(Trainer):
     """Train a :class:`~hf_robust_ir.modeling.BiEncoder` (in-batch + hard negatives) or a
     :class:`~hf_robust_ir.modeling.CrossEncoder` (per-query candidate groups) on canonical rows.
@@ -497,9 +505,9 @@ class RetrievalTrainer(Trainer):
         self, guide: Any, model: torch.nn.Module, args: Any, corpus: Any, train_dataset: Any
     ) -> torch.nn.Module | None:
         if not getattr(self.loss, "needs_guide_scores", False):
-            for name, value in (("guide_model", guide), ("guide_lexical_weight", args.guide_lexical_weight)):
-                if value is not None:
-                    raise ValueError(f"{name} is set but loss {self.loss.config()['name']!r} reads no guide")
+            unread = unread_guide_setting(self.loss, guide, args.guide_lexical_weight)
+            if unread:
+                raise ValueError(f"{unread} is set but loss {self.loss.config()['name']!r} reads no guide")
             return None
         from .modeling import CrossEncoder
 

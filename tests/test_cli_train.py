@@ -133,10 +133,18 @@ def test_settings_that_do_not_go_together_are_a_one_line_error(recipe, capsys):
         capsys.readouterr().err
     )
     recipe.write_text(yaml.safe_dump({**config, "loss": "infonce", "guide_lexical_weight": 0.6}))
+    line = 1 + next(i for i, text in enumerate(recipe.read_text().splitlines()) if text.startswith("guide_lexical"))
+    assert main(["train", "--config", str(recipe)]) == 2  # a guide setting the loss does not read: before loading
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {recipe}, line {line}, field 'guide_lexical_weight': loss 'infonce' reads no guide"
+    )
+    recipe.write_text(yaml.safe_dump({**config, "metric_for_best_model": "loss"}))  # refused by the trainer
     assert main(["train", "--config", str(recipe), "--evaluate_before", "false"]) == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith(f"error: {recipe}: guide_lexical_weight is set but loss 'infonce' reads no guide")
-    assert "Traceback" not in last
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        f"error: {recipe}: metric_for_best_model is 'loss', but the evaluator reports retrieval metrics"
+    )
 
 
 def test_a_null_in_the_recipe_sets_the_field_to_none_or_is_refused(recipe, capsys):

@@ -156,3 +156,30 @@ def test_train_override_null_sets_a_field_to_none_as_the_recipe_null_does(tmp_pa
     assert _error_line(capsys) == "error: command line, field 'max_steps': null is not a value of this field"
     assert main(["train", "--config", str(recipe), "--eval_splt", "null"]) == 2
     assert _error_line(capsys) == "error: command line, field 'eval_splt': unknown field (did you mean 'eval_split'?)"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("loss: label_weakening\nloss_schedule: cosin\n", "line 3, field 'loss_schedule': loss 'label_weakening': "
+         "alpha_schedule must be one of ('constant', 'linear', 'cosine'), got 'cosin'"),
+        ("loss: label_weakening\nloss_schedule: linear\nloss_schedule_end: 1.5\n", "line 4, field "
+         "'loss_schedule_end': loss 'label_weakening': loss schedule: end alpha=1.5 is refused by LabelWeakeningLoss: "
+         "alpha must be in [0, 1), got 1.5"),
+        ("loss: infonce\nloss_schedule: linear\n", "line 3, field 'loss_schedule': loss 'infonce': InfoNCELoss has "
+         "no single attribute 'alpha' to schedule (it has none)"),
+        ("loss: infonce\nconfidence_warmup_steps: 3\n", "line 3, field 'confidence_warmup_steps': loss 'infonce': "
+         "InfoNCELoss has no confidence rule to warm up (warmup_steps=3)"),
+        ("loss: infonce\nguide_model: MODEL\n", "line 3, field 'guide_model': loss 'infonce' reads no guide"),
+        ("loss: guide_masked\nguide_model: MISSING\n", "line 3, field 'guide_model': 'MISSING' is not a model folder "
+         "(a local copy is needed; Hub names are not downloaded)"),
+    ],
+)  # fmt: skip
+def test_train_loss_schedule_and_guide_errors_stop_before_the_model_loads(tmp_path, capsys, text, expected):
+    """The trainer refused these only after the model had loaded, the rows were mined and the first evaluation ran."""
+    missing = str(tmp_path / "no_such_model")
+    text = text.replace("MISSING", missing).replace("MODEL", str(tmp_path))
+    # the model folder does not exist either: an error about the loss proves the check comes before the model loads
+    recipe = _write(tmp_path, f"output_dir: {tmp_path / 'run'}\n{text}model_name_or_path: {missing}\n")
+    assert main(["train", "--config", str(recipe)]) == 2
+    assert _error_line(capsys) == f"error: {recipe}, {expected.replace('MISSING', missing)}"

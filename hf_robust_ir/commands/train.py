@@ -208,19 +208,47 @@ def _with_nulls(arguments: Any, nulls: set[str]) -> Any:
 
 
 def _check_loss(training_args, where: Callable[[str], tuple[str, int | None]]) -> None:
-    """Build the recipe's loss once, so that bad loss settings stop before the model and the data load; the error
-    names the line of ``loss_kwargs`` (of ``loss`` for an unknown name), as ``where`` finds it."""
+    """Build the recipe's loss and its schedule once, so that bad loss settings stop before the model and the data
+    load (the trainer builds them only after the mining and the first evaluation); the error names the line of the
+    field at fault, as ``where`` finds it: ``loss`` for an unknown name, ``loss_kwargs``, a schedule field, or a guide
+    field the loss does not read or whose model folder is missing."""
+    from ..callbacks.loss_schedule import LossScheduleCallback
     from ..data.schema import DataFormatError
     from ..losses import get_loss
+    from ..trainer import unread_guide_setting
     from .common import one_line
 
     try:
-        get_loss(training_args.loss, **(training_args.loss_kwargs or {}))
+        loss = get_loss(training_args.loss, **(training_args.loss_kwargs or {}))
     except (KeyError, TypeError, ValueError) as exc:
         unknown_name = isinstance(exc, KeyError)
         message = exc.args[0] if unknown_name and exc.args else one_line(exc)  # str(KeyError) adds quotes
         field = "loss" if unknown_name or not training_args.loss_kwargs else "loss_kwargs"
         raise DataFormatError(*where(field), field, f"loss {training_args.loss!r}: {message}") from None
+    schedule: dict[str, Any] = {}
+    for field, keyword in SCHEDULE_FIELDS.items():  # one field more each time: the first refused is the culprit
+        schedule[keyword] = getattr(training_args, field)
+        try:
+            LossScheduleCallback(loss, **schedule)
+        except ValueError as exc:
+            raise DataFormatError(*where(field), field, f"loss {training_args.loss!r}: {one_line(exc)}") from None
+    unread = unread_guide_setting(loss, training_args.guide_model, training_args.guide_lexical_weight)
+    if unread:
+        raise DataFormatError(*where(unread), unread, f"loss {training_args.loss!r} reads no guide")
+    guide = training_args.guide_model
+    if guide is not None and not Path(guide).is_dir():
+        problem = f"{guide!r} is not a model folder (a local copy is needed; Hub names are not downloaded)"
+        raise DataFormatError(*where("guide_model"), "guide_model", problem)
+
+
+SCHEDULE_FIELDS = {
+    "loss_schedule": "alpha_schedule",
+    "loss_schedule_start": "alpha_start",
+    "loss_schedule_end": "alpha_end",
+    "confidence_warmup_steps": "warmup_steps",
+}
+"""Recipe fields of the loss schedule and the :class:`~hf_robust_ir.callbacks.LossScheduleCallback` keyword each
+sets."""
 
 
 # names other trainers' recipes use for a field of this one, which spelling distance alone would not find
