@@ -271,6 +271,18 @@ def default_collator(model: torch.nn.Module, corpus: dict[str, str], args: Retri
     )
 
 
+def best_model_metric_error(metric: str | None) -> str | None:
+    """Why ``metric_for_best_model`` cannot pick the best checkpoint of a run evaluated by a retrieval evaluator, or
+    None: the evaluator reports retrieval metrics, no loss."""
+    if metric not in ("loss", "eval_loss"):
+        return None
+    return (
+        f"metric_for_best_model is {metric!r}, but the evaluator reports retrieval metrics (eval_ndcg@10, "
+        "eval_recall@100, eval_mrr@10, eval_map), no loss: set metric_for_best_model, e.g. 'ndcg@10' (transformers "
+        "picks 'loss' for load_best_model_at_end when none is set)"
+    )
+
+
 def unread_guide_setting(loss: Any, guide_model: Any, guide_lexical_weight: float | None) -> str | None:
     """The guide setting (``guide_model`` or ``guide_lexical_weight``) given for a loss that reads no guide, or None."""
     if getattr(loss, "needs_guide_scores", False):
@@ -331,12 +343,9 @@ class RetrievalTrainer(Trainer):
             guide_model if guide_model is not None else args.guide_model, model, args, corpus, train_dataset
         )
         self.evaluator = evaluator
-        if evaluator is not None and args.metric_for_best_model in ("loss", "eval_loss"):
-            raise ValueError(
-                f"metric_for_best_model is {args.metric_for_best_model!r}, but the evaluator reports retrieval metrics "
-                "(eval_ndcg@10, eval_recall@100, eval_mrr@10, eval_map), no loss: set metric_for_best_model, e.g. "
-                "'ndcg@10' (transformers picks 'loss' for load_best_model_at_end when none is set)"
-            )
+        problem = best_model_metric_error(args.metric_for_best_model)
+        if evaluator is not None and problem:
+            raise ValueError(problem)
         # a streamed dataset under several processes: accelerate would build each batch on the main process and
         # slice its tensors along the first dimension, which a batch of [B, C] targets and D documents does not
         # allow; each process collates its own share of the stream instead

@@ -138,12 +138,27 @@ def test_settings_that_do_not_go_together_are_a_one_line_error(recipe, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: {recipe}, line {line}, field 'guide_lexical_weight': loss 'infonce' reads no guide"
     )
-    recipe.write_text(yaml.safe_dump({**config, "metric_for_best_model": "loss"}))  # refused by the trainer
+    recipe.write_text(yaml.safe_dump({**config, "metric_for_best_model": "loss"}))  # no loss to pick the best by
+    line = 1 + next(i for i, text in enumerate(recipe.read_text().splitlines()) if text.startswith("metric_for"))
+    assert main(["train", "--config", str(recipe)]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: {recipe}, line {line}, field 'metric_for_best_model': metric_for_best_model is 'loss', but the "
+            "evaluator reports retrieval metrics"
+        )
+    )
+    workers = {"dataloader_num_workers": 1, "dataloader_persistent_workers": True}  # refused by the trainer
+    recipe.write_text(yaml.safe_dump({**config, **workers}))
     assert main(["train", "--config", str(recipe), "--evaluate_before", "false"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith(
-        f"error: {recipe}: metric_for_best_model is 'loss', but the evaluator reports retrieval metrics"
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {recipe}: dataloader_persistent_workers keeps each worker's copy of the collator")
     )
 
 

@@ -183,3 +183,21 @@ def test_train_loss_schedule_and_guide_errors_stop_before_the_model_loads(tmp_pa
     recipe = _write(tmp_path, f"output_dir: {tmp_path / 'run'}\n{text}model_name_or_path: {missing}\n")
     assert main(["train", "--config", str(recipe)]) == 2
     assert _error_line(capsys) == f"error: {recipe}, {expected.replace('MISSING', missing)}"
+
+
+def test_train_refuses_a_loss_as_the_best_model_metric_of_an_evaluated_run_before_loading(tmp_path, capsys):
+    """transformers picks 'loss' when load_best_model_at_end has no metric; the evaluator reports none. The trainer
+    refused it after the mining and the first evaluation."""
+    missing = tmp_path / "no_such_model"  # an error about the metric proves the check comes before the model loads
+    head = f"output_dir: {tmp_path / 'run'}\nmodel_name_or_path: {missing}\n"
+    recipe = _write(tmp_path, head + "eval_strategy: steps\nsave_strategy: steps\nload_best_model_at_end: true\n")
+    assert main(["train", "--config", str(recipe)]) == 2
+    assert _error_line(capsys).startswith(
+        f"error: {recipe}, line 5, field 'load_best_model_at_end': metric_for_best_model is 'loss', but the evaluator"
+    )
+    assert main(["train", "--config", str(recipe), "--metric_for_best_model", "eval_loss"]) == 2
+    assert _error_line(capsys).startswith("error: command line, field 'metric_for_best_model': metric_for_best_model")
+    from hf_robust_ir.commands.train import parse_recipe
+
+    _, _, training_args = parse_recipe(str(recipe), ["--eval_split", "null"])  # no evaluator: the loss is reported
+    assert training_args.metric_for_best_model == "loss"

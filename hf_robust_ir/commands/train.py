@@ -94,7 +94,7 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
     from transformers import HfArgumentParser
 
     from ..data.schema import DataFormatError
-    from ..trainer import RetrievalTrainingArguments
+    from ..trainer import RetrievalTrainingArguments, best_model_metric_error
     from .common import one_line, output_path_problem, read_recipe
 
     config, lines = read_recipe(config_path) if config_path else ({}, {})
@@ -136,6 +136,11 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
         problem = _unknown_field(name, actions) if name else f"unexpected argument(s) {unknown}"
         raise DataFormatError("command line", None, name, problem)
     _check_loss(training_args, where)
+    problem = best_model_metric_error(training_args.metric_for_best_model) if data_args.eval_split else None
+    if problem:  # the evaluator of eval_split picks the best model: refused here, not after the mining
+        given = "metric_for_best_model" in {*config, *overridden}  # else transformers' default for the best model
+        field = "metric_for_best_model" if given else "load_best_model_at_end"
+        raise DataFormatError(*where(field), field, problem)
     problem = output_path_problem(training_args.output_dir, folder=True)
     if problem:  # before the model loads and the data is mined, not when the trainer makes the folder
         raise DataFormatError(*where("output_dir"), "output_dir", f"{training_args.output_dir!r} {problem}")
