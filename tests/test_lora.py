@@ -295,3 +295,22 @@ def test_an_adapter_that_names_a_relative_base_is_saved_again_naming_it_absolute
     BiEncoder.from_pretrained("old").save_pretrained("new")
     saved = json.loads((tmp_path / "new" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == str(tmp_path / "models" / "base")
+
+
+def test_saving_an_adapter_leaves_the_folders_card_as_it_was(tiny_model_path, tmp_path):
+    """peft's save_pretrained wrote a placeholder README.md ("[More Information Needed]") into an adapter folder, and
+    rewrote the metadata of the library's own card (``base_model`` as the local base path, peft's tags)."""
+    from hf_robust_ir.modeling import CrossEncoder
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0)
+    shared = BiEncoder.from_pretrained(tiny_model_path).add_lora(lora)
+    towers = BiEncoder.from_pretrained(tiny_model_path, separate_towers=True).add_lora(lora)
+    reranker = CrossEncoder.from_pretrained(tiny_model_path, max_length=32).add_lora(lora)
+    for name, model in (("shared", shared), ("towers", towers), ("reranker", reranker)):
+        model.save_pretrained(tmp_path / name)
+        assert not list((tmp_path / name).rglob("README.md")), name  # no placeholder, in the towers neither
+        card = "---\nbase_model: org/base\nlibrary_name: sentence-transformers\n---\n\n# my retriever\n"
+        (tmp_path / name / "README.md").write_text(card)
+        model.save_pretrained(tmp_path / name)
+        assert (tmp_path / name / "README.md").read_text() == card, name
+        assert (tmp_path / name / ("query_encoder" if name == "towers" else "") / "adapter_config.json").is_file()

@@ -21,6 +21,7 @@ import json
 import logging
 import numbers
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,23 @@ def absolute_adapter_bases(model: nn.Module) -> None:
     for config in getattr(model, "peft_config", {}).values():
         if config.base_model_name_or_path:
             config.base_model_name_or_path = absolute_if_local(config.base_model_name_or_path)
+
+
+@contextlib.contextmanager
+def model_card_kept(folder: Path) -> Iterator[None]:
+    """Leave ``folder/README.md`` as it was across a save. peft's ``save_pretrained`` of an adapter writes a
+    placeholder card where there is none, and rewrites the metadata of one that is there (``base_model`` as the
+    adapter's local base path, peft's tags), over the card the library writes (``ModelCardCallback``,
+    :func:`~hf_robust_ir.hub.push_to_hub`)."""
+    card = folder / "README.md"
+    before = card.read_bytes() if card.is_file() else None
+    try:
+        yield
+    finally:
+        if before is None:
+            card.unlink(missing_ok=True)
+        else:
+            card.write_bytes(before)
 
 
 def _load_transformer(path: str, trust_remote_code: bool, torch_dtype: Any = None) -> nn.Module:
@@ -408,7 +426,8 @@ class BiEncoder(nn.Module):
 
     def _save_tower(self, encoder: nn.Module, folder: Path, max_length: int, safe_serialization: bool) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        encoder.save_pretrained(str(folder), safe_serialization=safe_serialization)
+        with model_card_kept(folder):
+            encoder.save_pretrained(str(folder), safe_serialization=safe_serialization)
         self.tokenizer.save_pretrained(str(folder))
         config = self.retrieval_config
         modules = [

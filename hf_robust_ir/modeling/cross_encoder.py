@@ -35,7 +35,13 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..json_files import read_json_file
-from .bi_encoder import absolute_adapter_bases, absolute_if_local, adapter_base_folder, check_lora_can_be_added
+from .bi_encoder import (
+    absolute_adapter_bases,
+    absolute_if_local,
+    adapter_base_folder,
+    check_lora_can_be_added,
+    model_card_kept,
+)
 
 CONFIG_NAME = "hf_robust_ir_config.json"
 # sentence-transformers 6's own settings file, read before config.json (a folder it saved has one)
@@ -180,7 +186,8 @@ class CrossEncoder(nn.Module):
         st_settings = dict(getattr(self.model.config, "sentence_transformers", None) or {})
         st_settings["activation_fn"] = SENTENCE_TRANSFORMERS_ACTIVATION
         self.model.config.sentence_transformers = st_settings
-        self.model.save_pretrained(str(folder), safe_serialization=safe_serialization)
+        with model_card_kept(folder):
+            self.model.save_pretrained(str(folder), safe_serialization=safe_serialization)
         # sentence-transformers truncates pairs at the tokenizer's model_max_length
         self.tokenizer.model_max_length = self.max_length
         self.tokenizer.save_pretrained(str(folder))
