@@ -125,3 +125,67 @@ def test_merging_into_the_adapter_folder_or_with_a_base_model_gone_is_one_error_
     assert main(["merge-lora", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged"), "--base_model",
                  tiny_model_path]) == 0  # fmt: skip
     assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
+def test_train_with_merge_lora_saves_the_merged_model_and_its_card(tmp_path, tiny_model_path, small_beir, capsys):
+    """``merge_lora: true``: the output folder holds the full model with the trained adapter merged in (what the
+    checkpoint's adapter encodes), evaluated as merged, with a card of a full model; checkpoints keep the adapter."""
+    recipe = {
+        "model_name_or_path": tiny_model_path,
+        "data_dir": str(small_beir),
+        "num_negatives": 2,
+        "mining_range_max": 10,
+        "group_size": 2,
+        "per_device_train_batch_size": 4,
+        "max_steps": 2,
+        "learning_rate": 1e-2,
+        "lora_r": 2,
+        "lora_target_modules": ["query", "value"],
+        "merge_lora": True,
+        "output_dir": str(tmp_path / "run"),
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "report_to": "none",
+        "use_cpu": True,
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 0
+    results = json.loads(capsys.readouterr().out)
+    run, checkpoint = tmp_path / "run", tmp_path / "run" / "checkpoint-2"
+    assert (run / "model.safetensors").is_file() and not (run / "adapter_config.json").exists()
+    assert (checkpoint / "adapter_config.json").is_file()  # the checkpoint to resume from keeps the adapter
+    trained = BiEncoder.from_pretrained(checkpoint).encode_documents(DOCUMENTS)
+    assert not np.allclose(BiEncoder.from_pretrained(tiny_model_path).encode_documents(DOCUMENTS), trained, atol=1e-3)
+    np.testing.assert_allclose(BiEncoder.from_pretrained(run).encode_documents(DOCUMENTS), trained, atol=1e-5)
+    np.testing.assert_allclose(SentenceTransformer(str(run), device="cpu").encode(DOCUMENTS), trained, atol=1e-5)
+    assert not hasattr(AutoModel.from_pretrained(str(run)), "peft_config")
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run / "README.md")
+    assert "peft" not in card.data.tags and "LoRA adapter" not in card.text  # the card the training wrote said so
+    reported = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert reported["ndcg_at_10"] == pytest.approx(results["after"]["after_ndcg@10"])
+
+    no_eval = {**recipe, "eval_split": None, "output_dir": str(tmp_path / "no-eval"), "save_strategy": "no"}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(no_eval))
+    assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 0  # no evaluation: the card is written again
+    assert "LoRA adapter" not in ModelCard.load(tmp_path / "no-eval" / "README.md").text
+    capsys.readouterr()
+
+    # an output folder holding an earlier run's adapter: loaders would read it instead of the merged weights
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**recipe, "output_dir": str(checkpoint)}))
+    assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"field 'output_dir': {str(checkpoint)!r} holds the LoRA adapter of an earlier run, which loaders would read"
+            " instead of the merged weights"
+        )
+    )
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**recipe, "lora_r": 0, "output_dir": str(tmp_path / "b")}))
+    assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'recipe.yaml'}: merge_lora needs a LoRA adapter: set lora_r"
+    )

@@ -45,6 +45,13 @@ class ModelArguments:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | None = field(default=None, metadata={"help": "default: peft's for the model"})
+    merge_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "save the trained adapter merged into its base weights: output_dir gets the full model, which "
+            "loads without peft (checkpoints keep the adapter, to resume from)"
+        },
+    )
     trust_remote_code: bool = False
 
 
@@ -96,6 +103,7 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
     from ..data.schema import DataFormatError
     from ..trainer import RetrievalTrainingArguments, best_model_metric_error
     from .common import one_line, output_path_problem, read_recipe
+    from .merge_lora import ADAPTER_FILE
 
     config, lines = read_recipe(config_path) if config_path else ({}, {})
     overridden = {_override_name(key) for key in overrides if key.startswith("--")}
@@ -143,6 +151,9 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
         raise DataFormatError(*where(field), field, problem)
     problem = output_path_problem(training_args.output_dir, folder=True)
     if problem:  # before the model loads and the data is mined, not when the trainer makes the folder
+        raise DataFormatError(*where("output_dir"), "output_dir", f"{training_args.output_dir!r} {problem}")
+    if model_args.merge_lora and Path(training_args.output_dir, ADAPTER_FILE).exists():
+        problem = "holds the LoRA adapter of an earlier run, which loaders would read instead of the merged weights"
         raise DataFormatError(*where("output_dir"), "output_dir", f"{training_args.output_dir!r} {problem}")
     return model_args, data_args, training_args
 
@@ -440,6 +451,9 @@ def _run(args: argparse.Namespace, stdout: Any) -> int:
     logger.info("world_size=%d process_index=%d", training_args.world_size, training_args.process_index)
     data_dir = resolve_data_dir(data_args)
     model = load_model(model_args)
+    if model_args.merge_lora and not model.holds_lora:
+        print(f"error: {args.config or 'command line'}: merge_lora needs a LoRA adapter: set lora_r", file=sys.stderr)
+        return 2
     if training_args.guide_model is None and getattr(loss, "needs_guide_scores", False):
         # a guided loss without a guide: the starting model, frozen (GISTEmbed's usual choice)
         training_args.guide_model = model_args.model_name_or_path or default_model_path()
@@ -481,13 +495,18 @@ def _run(args: argparse.Namespace, stdout: Any) -> int:
             card.base_model = "sentence-transformers/all-MiniLM-L6-v2"
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     results["train"] = train_output.metrics
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if model_args.merge_lora:  # evaluated and saved as merged; the card the training wrote describes the adapter
+        model.merge_lora()
+    scored = None
     if evaluator is not None:
         results["after"] = trainer.evaluate(metric_key_prefix="after")
-        if trainer.model_card is not None:  # the card reports what the saved weights scored, here and on the Hub
-            scored = {f"eval_{name.removeprefix('after_')}": value for name, value in results["after"].items()}
+        scored = {f"eval_{name.removeprefix('after_')}": value for name, value in results["after"].items()}
+    if trainer.model_card is not None and (scored is not None or model_args.merge_lora):
+        # the card reports the saved weights and what they scored, here and on the Hub
+        if scored is not None:
             trainer.model_card.eval_metrics = scored
-            model = trainer.accelerator.unwrap_model(trainer.model)
-            trainer.model_card.write(training_args.output_dir, training_args, trainer.state, scored, model=model)
+        trainer.model_card.write(training_args.output_dir, training_args, trainer.state, scored, model=model)
     trainer.save_model(training_args.output_dir)  # with push_to_hub, the push writes the card again
     if is_main:
         Path(training_args.output_dir, "results.json").write_text(json.dumps(results, indent=2) + "\n")

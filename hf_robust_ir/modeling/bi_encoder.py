@@ -457,6 +457,13 @@ class BiEncoder(nn.Module):
         (folder / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2) + "\n")
 
     # ---------------------------------------------------------------- LoRA (peft)
+    @property
+    def holds_lora(self) -> bool:
+        """Whether the model holds a LoRA adapter (peft), added or loaded, and not merged."""
+        from peft import PeftModel
+
+        return isinstance(self.query_encoder, PeftModel)
+
     def add_lora(self, lora_config: Any) -> BiEncoder:
         """Wrap the tower(s) with a peft adapter (e.g. ``peft.LoraConfig(r=8, target_modules=["query", "value"])``).
 
@@ -464,9 +471,9 @@ class BiEncoder(nn.Module):
         already holds an adapter (a loaded adapter folder trains on as it is) is refused, and so is one merged in
         memory: ``merge_lora()``, save and load the merged model first (see :func:`check_lora_can_be_added`).
         """
-        from peft import PeftModel, get_peft_model
+        from peft import get_peft_model
 
-        check_lora_can_be_added(isinstance(self.query_encoder, PeftModel), self._merged_in_memory)
+        check_lora_can_be_added(self.holds_lora, self._merged_in_memory)
         self.query_encoder = get_peft_model(self.query_encoder, copy.deepcopy(lora_config))
         if self.retrieval_config.separate_towers:
             self.document_encoder = get_peft_model(self.document_encoder, copy.deepcopy(lora_config))
@@ -475,9 +482,7 @@ class BiEncoder(nn.Module):
     def merge_lora(self) -> BiEncoder:
         """Fold the adapter into the base weights (``merge_and_unload``); the result saves as a full model, which
         loads in ``transformers`` and ``sentence-transformers`` without ``peft``."""
-        from peft import PeftModel
-
-        if not isinstance(self.query_encoder, PeftModel):
+        if not self.holds_lora:
             raise ValueError("the model holds no LoRA adapter to merge")
         self.query_encoder = self.query_encoder.merge_and_unload()
         if self.retrieval_config.separate_towers:

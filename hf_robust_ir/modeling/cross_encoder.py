@@ -199,6 +199,13 @@ class CrossEncoder(nn.Module):
         (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.retrieval_config), indent=2) + "\n")
 
     # ---------------------------------------------------------------- LoRA (peft)
+    @property
+    def holds_lora(self) -> bool:
+        """Whether the model holds a LoRA adapter (peft), added or loaded, and not merged."""
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
     def add_lora(self, lora_config: Any) -> CrossEncoder:
         """Wrap the model with a peft adapter (e.g. ``peft.LoraConfig(r=8, target_modules=["query", "value"])``).
 
@@ -208,9 +215,9 @@ class CrossEncoder(nn.Module):
         without them, the adapter would reload onto other random weights. A model that already holds an adapter is
         refused, and so is one merged in memory: ``merge_lora()``, save and load the merged model first.
         """
-        from peft import PeftModel, get_peft_model
+        from peft import get_peft_model
 
-        check_lora_can_be_added(isinstance(self.model, PeftModel), self._merged_in_memory)
+        check_lora_can_be_added(self.holds_lora, self._merged_in_memory)
         lora_config = copy.deepcopy(lora_config)
         if getattr(lora_config, "task_type", None) is None:
             lora_config.task_type = "SEQ_CLS"
@@ -223,9 +230,7 @@ class CrossEncoder(nn.Module):
     def merge_lora(self) -> CrossEncoder:
         """Fold the adapter into the base weights (``merge_and_unload``); the result saves as a full model, which
         loads in ``sentence_transformers.CrossEncoder`` too."""
-        from peft import PeftModel
-
-        if not isinstance(self.model, PeftModel):
+        if not self.holds_lora:
             raise ValueError("the model holds no LoRA adapter to merge")
         self.model = self.model.merge_and_unload()
         self._merged_in_memory = True
