@@ -175,14 +175,10 @@ def test_train_with_merge_lora_saves_the_merged_model_and_its_card(tmp_path, tin
     # an output folder holding an earlier run's adapter: loaders would read it instead of the merged weights
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**recipe, "output_dir": str(checkpoint)}))
     assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 2
-    assert (
-        capsys.readouterr()
-        .err.strip()
-        .splitlines()[-1]
-        .endswith(
-            f"field 'output_dir': {str(checkpoint)!r} holds the LoRA adapter of an earlier run, which loaders would read"
-            " instead of the merged weights"
-        )
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.endswith(
+        f"field 'output_dir': {str(checkpoint)!r} holds the LoRA adapter of an earlier run, which loaders would"
+        " read instead of the merged weights"
     )
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**recipe, "lora_r": 0, "output_dir": str(tmp_path / "b")}))
     assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 2

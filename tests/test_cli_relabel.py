@@ -251,7 +251,7 @@ def test_a_negative_max_retries_is_refused_with_the_judge_line(tmp_path, capsys,
     overrides = ["--judge", "{type: openai, base_url: 'http://127.0.0.1:9/v1', model: m, max_retries: -1}"]
     assert main(["relabel", "--config", str(recipe), *(overrides if override else [])]) == 2
     captured = capsys.readouterr()
-    where = str(recipe) if override else f"{recipe}, line 4"  # an override has no line in the file
+    where = "command line" if override else f"{recipe}, line 4"  # an override is named as the command line
     assert captured.err.strip().splitlines()[-1] == (
         f"error: {where}, field 'judge': max_retries must be an integer >= 0, got -1"
     )

@@ -136,9 +136,9 @@ def test_recipe_float_written_with_an_exponent_reads_as_a_number(tmp_path):
     """The recipes of relabel, synthesize and self-train (read by ``load_recipe``) take ``1e-5`` as train's do."""
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("learning_rate: 1e-5\nmargin: -2.5E+1\nname: 1e5\n")  # YAML 1.1 reads these as strings
-    config, lines, _ = load_recipe(_Recipe, str(recipe), ["--learning_rate", "3e-4"])
+    config, where = load_recipe(_Recipe, str(recipe), ["--learning_rate", "3e-4"])
     assert config == {"learning_rate": 3e-4, "margin": -25.0, "name": "1e5"}
-    assert lines == {"margin": 2, "name": 3}
+    assert [where(name) for name in config] == [("command line", None), (str(recipe), 2), (str(recipe), 3)]
     recipe.write_text("name: x\nlearning_rate: fast\n")
     with pytest.raises(DataFormatError, match="line 2, field 'learning_rate': expected float, got str"):
         load_recipe(_Recipe, str(recipe), [])
@@ -201,3 +201,22 @@ def test_train_refuses_a_loss_as_the_best_model_metric_of_an_evaluated_run_befor
 
     _, _, training_args = parse_recipe(str(recipe), ["--eval_split", "null"])  # no evaluator: the loss is reported
     assert training_args.metric_for_best_model == "loss"
+
+
+def test_overrides_of_relabel_self_train_and_synthesize_are_named_as_the_command_line(tmp_path, capsys):
+    """An override's error named the recipe file, where the value is not."""
+    recipe = _write(tmp_path, f"output_dir: {tmp_path / 'out'}\nbatch_size: 4\n")
+    assert main(["relabel", "--config", str(recipe), "--batch_size", "0"]) == 2
+    assert _error_line(capsys) == "error: command line, field 'batch_size': must be >= 1, got 0"
+    assert main(["relabel", "--config", str(recipe), "--strategies", "[]"]) == 2
+    assert _error_line(capsys) == "error: command line, field 'strategies': no relabeling strategy given"
+    assert main(["relabel", "--config", str(recipe), "--batch_size", "2", "--strategies", "[]"]) == 2
+    assert _error_line(capsys) == "error: command line, field 'strategies': no relabeling strategy given"
+    recipe.write_text(f"output_dir: {tmp_path / 'out'}\nstrategies: []\n")  # the recipe's own line, as before
+    assert main(["relabel", "--config", str(recipe)]) == 2
+    assert _error_line(capsys) == f"error: {recipe}, line 2, field 'strategies': no relabeling strategy given"
+    recipe.write_text(f"output_dir: {tmp_path / 'out'}\n")
+    assert main(["self-train", "--config", str(recipe), "--labeled_fraction", "2"]) == 2
+    assert _error_line(capsys) == "error: command line, field 'labeled_fraction': must be in (0, 1]"
+    assert main(["synthesize", "--config", str(recipe), "--backend", "{type: nope}"]) == 2
+    assert _error_line(capsys) == "error: command line, field 'backend': type must be 'hf' or 'openai'"

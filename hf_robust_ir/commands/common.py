@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -215,25 +215,40 @@ def below_least(values: Mapping[str, Any], least: Mapping[str, int]) -> tuple[st
     return None
 
 
+@dataclass(frozen=True)
+class RecipeFields:
+    """Where each field of a recipe was set, for errors that name it: ``where(name)`` is ``("command line", None)``
+    for a field an override set (or with no recipe file), else ``(recipe file, line of the field)``."""
+
+    path: str | None
+    lines: Mapping[str, int]
+    overridden: frozenset[str] = frozenset()
+
+    def __call__(self, name: str | None) -> tuple[str, int | None]:
+        if name in self.overridden or not self.path:
+            return "command line", None
+        return self.path, self.lines.get(name) if name else None
+
+
 def load_recipe(
     arguments: type,
     config_path: str | None,
     overrides: list[str],
     least: Mapping[str, int] | None = None,
     outputs: Mapping[str, bool] | None = None,
-) -> tuple[dict[str, Any], dict[str, int], str]:
+) -> tuple[dict[str, Any], RecipeFields]:
     """A YAML recipe plus ``--key value`` overrides (values read as YAML), checked against the fields of the
     dataclass ``arguments`` (for the fields of ``least``, against their least value; for the fields of ``outputs``,
-    paths the command writes, that a folder (True) or a file (False) can be made there): ``(config, line of each key
-    in the file, source name)``. Errors name the file, the line and the field
+    paths the command writes, that a folder (True) or a file (False) can be made there): ``(config, where each field
+    was set)``. Errors name the file and the line, or the command line, and the field
     (:class:`~hf_robust_ir.data.schema.DataFormatError`)."""
     from ..data.schema import DataFormatError
 
-    source = config_path or "command line"
     config: dict[str, Any] = {}
     lines: dict[str, int] = {}
     if config_path:
         config, lines = read_recipe(config_path)
+    overridden: set[str] = set()
     i = 0
     while i < len(overrides):
         key = overrides[i]
@@ -241,26 +256,26 @@ def load_recipe(
             raise DataFormatError("command line", None, key, "expected --key value pairs")
         name = key[2:].replace("-", "_")
         config[name] = _override_value(name, overrides[i + 1])
-        lines.pop(name, None)
+        overridden.add(name)
         i += 2
+    where = RecipeFields(config_path, lines, frozenset(overridden))
     # annotations as written ("float | None"), whether or not the dataclass's module postpones their evaluation
     known = {
         f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         for f in fields(arguments)
     }
     for name, value in config.items():
-        line = lines.get(name)
         if name not in known:
-            raise DataFormatError(source, line, name, f"unknown field; fields: {sorted(known)}")
+            raise DataFormatError(*where(name), name, f"unknown field; fields: {sorted(known)}")
         config[name] = value = _exponent_float(value, known[name])
         problem = _check_type(name, value, known[name])
         if problem:
-            raise DataFormatError(source, line, name, problem)
+            raise DataFormatError(*where(name), name, problem)
     found = below_least(config, least or {})
     if found:
-        raise DataFormatError(source, lines.get(found[0]), *found)
+        raise DataFormatError(*where(found[0]), *found)
     for name, folder in (outputs or {}).items():
         problem = output_path_problem(config.get(name), folder)
         if problem:
-            raise DataFormatError(source, lines.get(name), name, f"{config[name]!r} {problem}")
-    return config, lines, source
+            raise DataFormatError(*where(name), name, f"{config[name]!r} {problem}")
+    return config, where

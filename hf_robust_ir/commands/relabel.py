@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..data.schema import DataFormatError
-from .common import load_recipe, one_line, setup_logging
+from .common import RecipeFields, load_recipe, one_line, setup_logging
 
 if TYPE_CHECKING:
     from ..relabel.base import Judge
@@ -80,33 +80,33 @@ def parse_recipe(config_path: str | None, overrides: list[str]) -> RelabelArgume
     return read_relabel_recipe(config_path, overrides)[0]
 
 
-def read_relabel_recipe(config_path: str | None, overrides: list[str]) -> tuple[RelabelArguments, dict[str, int], str]:
-    """:func:`parse_recipe` plus the line of each key in the file and the source name, for later errors."""
-    config, lines, source = load_recipe(
+def read_relabel_recipe(config_path: str | None, overrides: list[str]) -> tuple[RelabelArguments, RecipeFields]:
+    """:func:`parse_recipe` plus where each field was set, for later errors."""
+    config, where = load_recipe(
         RelabelArguments, config_path, overrides, least=LEAST_VALUES, outputs={"output_dir": True, "cache_path": False}
     )
     if "output_dir" not in config:
-        raise DataFormatError(source, None, "output_dir", "missing (the folder the relabeled datasets go to)")
+        raise DataFormatError(*where("output_dir"), "output_dir", "missing (the folder the relabeled datasets go to)")
     if config.get("push_to_hub") and not config.get("hub_repo_id"):
-        raise DataFormatError(source, lines.get("push_to_hub"), "hub_repo_id", "push_to_hub needs a hub_repo_id")
+        raise DataFormatError(*where("push_to_hub"), "hub_repo_id", "push_to_hub needs a hub_repo_id")
     args = RelabelArguments(**config)
     if args.mining_range_max <= args.mining_range_min:  # mining keeps ranks range_min <= rank < range_max
         problem = f"must be > mining_range_min ({args.mining_range_min}), got {args.mining_range_max}"
-        raise DataFormatError(source, lines.get("mining_range_max"), "mining_range_max", problem)
+        raise DataFormatError(*where("mining_range_max"), "mining_range_max", problem)
     from ..relabel.strategies import get_strategy
 
     if not args.strategies:
-        raise DataFormatError(source, lines.get("strategies"), "strategies", "no relabeling strategy given")
+        raise DataFormatError(*where("strategies"), "strategies", "no relabeling strategy given")
     for name in args.strategies:
         try:
             strategy = get_strategy(name)
         except ValueError as exc:
-            raise DataFormatError(source, lines.get("strategies"), "strategies", str(exc)) from None
+            raise DataFormatError(*where("strategies"), "strategies", str(exc)) from None
         try:
             strategy.check_max_flagged(args.max_flagged)
         except ValueError as exc:
-            raise DataFormatError(source, lines.get("max_flagged"), "max_flagged", str(exc)) from None
-    return args, lines, source
+            raise DataFormatError(*where("max_flagged"), "max_flagged", str(exc)) from None
+    return args, where
 
 
 def arhn_judge_error(strategies: list[str], judge: Judge, source: str, line: int | None) -> DataFormatError | None:
@@ -223,24 +223,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     setup_logging()
     try:
-        recipe, lines, source = read_relabel_recipe(args.config, args.overrides)
+        recipe, where = read_relabel_recipe(args.config, args.overrides)
     except (DataFormatError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from ..cli import _progress_bars
 
     with _progress_bars(recipe.show_progress_bar):  # datasets' own bars (loading, map, filter, saving) too
-        return _relabel(recipe, lines, source)
+        return _relabel(recipe, where)
 
 
-def _relabel(recipe: RelabelArguments, lines: dict[str, int], source: str) -> int:
+def _relabel(recipe: RelabelArguments, where: RecipeFields) -> int:
     from ..relabel.cache import JudgmentCache
     from ..relabel.runner import relabel
 
     start = time.perf_counter()
     try:
-        judge = build_recipe_judge(recipe.judge, source, lines.get("judge"))  # a bad judge stops before mining
-        error = arhn_judge_error(recipe.strategies, judge, source, lines.get("judge"))
+        judge = build_recipe_judge(recipe.judge, *where("judge"))  # a bad judge stops before mining
+        error = arhn_judge_error(recipe.strategies, judge, *where("judge"))
         if error is not None:
             raise error
         rows, corpus = load_rows(recipe)

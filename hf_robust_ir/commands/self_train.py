@@ -30,23 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_recipe(config_path: str | None, overrides: list[str]):
     from ..self_training import SelfTrainingArguments
 
-    config, lines, source = load_recipe(SelfTrainingArguments, config_path, overrides, outputs={"output_dir": True})
+    config, where = load_recipe(SelfTrainingArguments, config_path, overrides, outputs={"output_dir": True})
     if "output_dir" not in config:
-        raise DataFormatError(source, None, "output_dir", "missing (the folder the rounds are saved to)")
+        raise DataFormatError(*where("output_dir"), "output_dir", "missing (the folder the rounds are saved to)")
     generator = config.get("query_generator", {})
     if generator.get("type", "extractive") not in ("extractive", "hf"):
-        raise DataFormatError(
-            source, lines.get("query_generator"), "query_generator", "type must be 'extractive' or 'hf'"
-        )
+        raise DataFormatError(*where("query_generator"), "query_generator", "type must be 'extractive' or 'hf'")
     for name in ("pretrain_loss", "finetune_loss"):
         if name in config:
             from ..losses import LOSS_REGISTRY
 
             if config[name] not in LOSS_REGISTRY:
-                raise DataFormatError(source, lines.get(name), name, f"unknown loss; losses: {sorted(LOSS_REGISTRY)}")
+                raise DataFormatError(*where(name), name, f"unknown loss; losses: {sorted(LOSS_REGISTRY)}")
     fraction = config.get("labeled_fraction", 1.0)
     if not 0 < fraction <= 1:
-        raise DataFormatError(source, lines.get("labeled_fraction"), "labeled_fraction", "must be in (0, 1]")
+        raise DataFormatError(*where("labeled_fraction"), "labeled_fraction", "must be in (0, 1]")
     return SelfTrainingArguments(**config)
 
 

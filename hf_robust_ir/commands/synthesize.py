@@ -84,13 +84,13 @@ def build_backend(spec: dict[str, Any]) -> Any:
 
 
 def parse_recipe(config_path: str | None, overrides: list[str]) -> SynthesizeArguments:
-    config, lines, source = load_recipe(
+    config, where = load_recipe(
         SynthesizeArguments, config_path, overrides, least=LEAST_VALUES, outputs={"output_dir": True}
     )
     if "output_dir" not in config:
-        raise DataFormatError(source, None, "output_dir", "missing (the BEIR folder to write)")
+        raise DataFormatError(*where("output_dir"), "output_dir", "missing (the BEIR folder to write)")
     if config.get("backend", {}).get("type") not in ("hf", "openai"):
-        raise DataFormatError(source, lines.get("backend"), "backend", "type must be 'hf' or 'openai'")
+        raise DataFormatError(*where("backend"), "backend", "type must be 'hf' or 'openai'")
     return SynthesizeArguments(**config)
 
 

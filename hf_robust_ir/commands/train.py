@@ -18,10 +18,11 @@ import logging
 import os
 import sys
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .common import RecipeFields
 
 HELP = "fine-tune a retriever from a YAML recipe (HfArgumentParser fields; --key value overrides)"
 DATA_ENV = "HF_ROBUST_IR_DATA"
@@ -114,13 +115,7 @@ def parse_recipe(config_path: str | None, overrides: list[str]):
     actions = {action.dest: action for action in parser._actions if action.dest != "help"}
     overrides, null_overrides = _split_null_overrides(list(overrides))
     config.update(dict.fromkeys(null_overrides))  # checked below as the recipe's nulls, named as the command line's
-
-    def where(name: str | None) -> tuple[str, int | None]:
-        """The source and line that set the field ``name``: the command line for an override, else the recipe."""
-        if name in overridden or not config_path:
-            return "command line", None
-        return config_path, lines.get(name)
-
+    where = RecipeFields(config_path, lines, frozenset(overridden))
     for name, value in config.items():
         if name not in actions:
             raise DataFormatError(*where(name), name, _unknown_field(name, actions))
@@ -223,7 +218,7 @@ def _with_nulls(arguments: Any, nulls: set[str]) -> Any:
     return dataclasses.replace(arguments, **changes) if changes else arguments
 
 
-def _check_loss(training_args, where: Callable[[str], tuple[str, int | None]]) -> None:
+def _check_loss(training_args, where: RecipeFields) -> None:
     """Build the recipe's loss and its schedule once, so that bad loss settings stop before the model and the data
     load (the trainer builds them only after the mining and the first evaluation); the error names the line of the
     field at fault, as ``where`` finds it: ``loss`` for an unknown name, ``loss_kwargs``, a schedule field, or a guide
