@@ -220,3 +220,26 @@ def test_overrides_of_relabel_self_train_and_synthesize_are_named_as_the_command
     assert _error_line(capsys) == "error: command line, field 'labeled_fraction': must be in (0, 1]"
     assert main(["synthesize", "--config", str(recipe), "--backend", "{type: nope}"]) == 2
     assert _error_line(capsys) == "error: command line, field 'backend': type must be 'hf' or 'openai'"
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("train", ["merge_lora (bool, default False): save the trained adapter merged", "loss_schedule (str, default "
+                   "'constant')", "eval_split (str | None, default 'test')", "every field of transformers.Training"]),
+        ("relabel", ["output_dir (str, required)", "strategies (list, default ['rlhn', 'hn_remove', 'remove'])"]),
+        ("self-train", ["labeled_fraction (float, default"]),
+        ("synthesize", ["output_dir (str, required)"]),
+    ],
+)  # fmt: skip
+def test_recipe_commands_list_their_fields_in_help(capsys, monkeypatch, command, expected):
+    """--help of a recipe command showed --config alone: the recipe's fields were found only in the source."""
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per field
+    with pytest.raises(SystemExit) as stopped:
+        main([command, "--help"])
+    assert stopped.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for text in expected:
+        assert any(text in line for line in lines), text
+    if command == "train":  # transformers' own fields are named, not listed
+        assert not any(line.lstrip().startswith("learning_rate (") for line in lines)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
+import shutil
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+import textwrap
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +218,51 @@ def below_least(values: Mapping[str, Any], least: Mapping[str, int]) -> tuple[st
     return None
 
 
+def list_recipe_fields_in_help(parser: Any, groups: Callable[[], list[tuple[str, type, type | None]]]) -> None:
+    """Make ``--help`` of a recipe command end with the recipe's fields: for each ``(title, dataclass, base)`` of
+    ``groups()`` (called when help is asked for, so that no heavy module loads before), the fields of the dataclass
+    that ``base`` (None: none) does not already have, each with its type, default and help."""
+    format_help = parser.format_help
+
+    def with_fields() -> str:
+        width = max(shutil.get_terminal_size().columns - 2, 60)
+        wrap = functools.partial(textwrap.fill, width=width, initial_indent=" " * 4, subsequent_indent=" " * 8)
+        text = ["recipe fields (keys of the YAML recipe; --key value on the command line overrides one):"]
+        for title, arguments, base in groups():
+            inherited = {f.name for f in fields(base)} if base is not None else set()
+            text.append(f"  {title}:")
+            for item in fields(arguments):
+                if item.init and item.name not in inherited:
+                    text.append(wrap(_field_line(arguments, item)))
+        return format_help() + "\n" + "\n".join(text) + "\n"
+
+    parser.format_help = with_fields
+
+
+def _field_line(arguments: type, item: Any) -> str:
+    """``name (type, default value): help`` of a dataclass field; ``required`` where it has no default."""
+    if item.default is not MISSING:
+        default = f"default {item.default!r}"
+    elif item.default_factory is not MISSING:
+        default = f"default {item.default_factory()!r}"
+    else:
+        default = "required"
+    help_text = item.metadata.get("help")
+    return f"{item.name} ({_annotation(arguments, item.name)}, {default})" + (f": {help_text}" if help_text else "")
+
+
+def _annotation(arguments: type, name: str) -> str:
+    """The type of the field ``name`` of the dataclass ``arguments`` as written (``"float | None"``), whether or not
+    its module postpones annotations. Read from the class, not from the field: ``transformers.HfArgumentParser``
+    rewrites the fields' types in place (``str | None`` becomes ``str``)."""
+    for cls in arguments.__mro__:
+        annotations = cls.__dict__.get("__annotations__", {})
+        if name in annotations:
+            written = annotations[name]
+            return written if isinstance(written, str) else getattr(written, "__name__", str(written))
+    return "Any"
+
+
 @dataclass(frozen=True)
 class RecipeFields:
     """Where each field of a recipe was set, for errors that name it: ``where(name)`` is ``("command line", None)``
@@ -259,11 +307,7 @@ def load_recipe(
         overridden.add(name)
         i += 2
     where = RecipeFields(config_path, lines, frozenset(overridden))
-    # annotations as written ("float | None"), whether or not the dataclass's module postpones their evaluation
-    known = {
-        f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        for f in fields(arguments)
-    }
+    known = {f.name: _annotation(arguments, f.name) for f in fields(arguments)}
     for name, value in config.items():
         if name not in known:
             raise DataFormatError(*where(name), name, f"unknown field; fields: {sorted(known)}")

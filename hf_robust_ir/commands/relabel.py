@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..data.schema import DataFormatError
-from .common import RecipeFields, load_recipe, one_line, setup_logging
+from .common import RecipeFields, list_recipe_fields_in_help, load_recipe, one_line, setup_logging
 
 if TYPE_CHECKING:
     from ..relabel.base import Judge
@@ -218,6 +218,7 @@ def push(result, args: RelabelArguments) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe (see recipes/relabel_*.yaml); --key value overrides a field")
+    list_recipe_fields_in_help(parser, lambda: [("relabeling", RelabelArguments, None)])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import json
 import sys
 
 from ..data.schema import DataFormatError
-from .common import beir_folder, load_recipe, setup_logging
+from .common import beir_folder, list_recipe_fields_in_help, load_recipe, setup_logging
 
 HELP = "noisy self-training: teacher -> synthetic queries -> soft labels -> noisy student -> fine-tune, N rounds"
 ACCEPTS_OVERRIDES = True
@@ -25,6 +25,13 @@ ACCEPTS_OVERRIDES = True
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe (see recipes/self_training_*.yaml); --key value overrides one")
+    list_recipe_fields_in_help(parser, _recipe_field_groups)
+
+
+def _recipe_field_groups() -> list[tuple[str, type, type | None]]:
+    from ..self_training import SelfTrainingArguments
+
+    return [("self-training", SelfTrainingArguments, None)]
 
 
 def parse_recipe(config_path: str | None, overrides: list[str]):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.schema import DataFormatError
-from .common import beir_folder, below_least, load_recipe, setup_logging
+from .common import beir_folder, below_least, list_recipe_fields_in_help, load_recipe, setup_logging
 
 HELP = "write graded synthetic documents (grades 0-3) for the queries of a BEIR split with a chat model (SyCL)"
 ACCEPTS_OVERRIDES = True
@@ -240,6 +240,7 @@ def synthesize(args: SynthesizeArguments, data_dir: Path, backend: Any = None) -
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe (see recipes/synthesize_graded_scifact.yaml); --key value")
+    list_recipe_fields_in_help(parser, lambda: [("synthesis", SynthesizeArguments, None)])
 
 
 def run(args: argparse.Namespace) -> int:

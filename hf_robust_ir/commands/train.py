@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import RecipeFields
+from .common import RecipeFields, list_recipe_fields_in_help
 
 HELP = "fine-tune a retriever from a YAML recipe (HfArgumentParser fields; --key value overrides)"
 DATA_ENV = "HF_ROBUST_IR_DATA"
@@ -411,6 +411,20 @@ def relabel_summary_of(train_file: str) -> dict[str, Any] | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe (see recipes/)")
+    list_recipe_fields_in_help(parser, _recipe_field_groups)
+
+
+def _recipe_field_groups() -> list[tuple[str, type, type | None]]:
+    from transformers import TrainingArguments
+
+    from ..trainer import RetrievalTrainingArguments
+
+    training = "training (and every field of transformers.TrainingArguments: learning_rate, num_train_epochs, ...)"
+    return [
+        ("model", ModelArguments, None),
+        ("data", DataArguments, None),
+        (training, RetrievalTrainingArguments, TrainingArguments),
+    ]
 
 
 ACCEPTS_OVERRIDES = True  # unknown --key value pairs reach run() as args.overrides
