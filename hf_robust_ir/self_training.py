@@ -42,46 +42,77 @@ SYNTHETIC_NAME = "synthetic_queries.jsonl"
 class SelfTrainingArguments:
     """The loop's settings (the fields of a ``hf-robust-ir self-train`` recipe)."""
 
-    output_dir: str
-    model: str | None = None  # starting model folder: the first teacher and every round's fresh student
-    data_dir: str | None = None  # BEIR folder (default: $HF_ROBUST_IR_DATA, then ../shared/data/scifact)
-    train_split: str = "train"
-    eval_split: str | None = "test"  # null: no evaluation
-    # a labeled split (e.g. "dev") every round is also scored on, to choose the round to use; without it the last
-    # round is the one reported (choosing on eval_split would choose on the labels the result is measured with)
-    selection_split: str | None = None
-    labeled_fraction: float = 1.0  # share of the labeled training queries kept (seeded sample)
-    max_eval_queries: int | None = None
-    rounds: int = 2  # student rounds after the round-0 teacher
-    train_initial_teacher: bool = True  # round 0 fine-tunes the starting model on the labeled rows
-    seed: int = 0
+    output_dir: str = field(metadata={"help": "folder of the rounds (round_<r>/model) and the loop's state"})
+    model: str | None = field(
+        default=None, metadata={"help": "starting model folder: the first teacher and every round's fresh student"}
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "BEIR folder (default: $HF_ROBUST_IR_DATA, then ../shared/data/scifact)"}
+    )
+    train_split: str = field(default="train", metadata={"help": "qrels split of the labeled training queries"})
+    eval_split: str | None = field(default="test", metadata={"help": "split every round is evaluated on (null: none)"})
+    selection_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "a labeled split (e.g. dev) every round is also scored on, to choose the round to use; without "
+            "it the last round is reported (choosing on eval_split would choose on the labels the result is measured "
+            "with)"
+        },
+    )
+    labeled_fraction: float = field(
+        default=1.0, metadata={"help": "share of the labeled training queries kept (seeded sample)"}
+    )
+    max_eval_queries: int | None = field(default=None, metadata={"help": "evaluate on the first N judged queries"})
+    rounds: int = field(default=2, metadata={"help": "student rounds after the round-0 teacher"})
+    train_initial_teacher: bool = field(
+        default=True, metadata={"help": "round 0 fine-tunes the starting model on the labeled rows"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the labeled sample, the synthetic queries and training"})
     # synthetic queries
-    query_generator: dict = field(default_factory=lambda: {"type": "extractive", "mode": "sentence"})
-    synthetic_passages: int | None = 2000  # passages sampled from the corpus for synthetic queries (null: all)
-    queries_per_passage: int = 1
-    candidates_per_query: int = 15  # teacher top-k per synthetic query, scored as soft labels
+    query_generator: dict = field(
+        default_factory=lambda: {"type": "extractive", "mode": "sentence"},
+        metadata={"help": "{type: extractive, ...} (a sentence of a passage) or {type: hf, model_name_or_path: DIR}"},
+    )
+    synthetic_passages: int | None = field(
+        default=2000, metadata={"help": "passages sampled from the corpus for synthetic queries (null: all)"}
+    )
+    queries_per_passage: int = field(default=1, metadata={"help": "synthetic queries per sampled passage"})
+    candidates_per_query: int = field(
+        default=15, metadata={"help": "teacher top-k per synthetic query, scored as soft labels"}
+    )
     # student pre-training on synthetic rows
-    pretrain_loss: str = "kl_distillation"
-    pretrain_loss_kwargs: dict = field(default_factory=lambda: {"teacher_temperature": 0.05})
-    pretrain_epochs: float = 1.0
-    pretrain_group_size: int = 8
-    student_noise: dict | None = field(default_factory=lambda: {"kind": "shuffle", "p": 0.1})
-    pretrain_training_kwargs: dict = field(default_factory=dict)  # for pre-training only, e.g. {"bf16": true}
+    pretrain_loss: str = field(default="kl_distillation", metadata={"help": "loss of the pre-training on soft labels"})
+    pretrain_loss_kwargs: dict = field(
+        default_factory=lambda: {"teacher_temperature": 0.05}, metadata={"help": "keyword arguments of pretrain_loss"}
+    )
+    pretrain_epochs: float = field(default=1.0, metadata={"help": "epochs over the synthetic rows"})
+    pretrain_group_size: int = field(default=8, metadata={"help": "candidates per synthetic query in a batch"})
+    student_noise: dict | None = field(
+        default_factory=lambda: {"kind": "shuffle", "p": 0.1},
+        metadata={"help": "token noise on the student's inputs in pre-training (null: none)"},
+    )
+    pretrain_training_kwargs: dict = field(
+        default_factory=dict, metadata={"help": "more RetrievalTrainingArguments of pre-training, e.g. {bf16: true}"}
+    )
     # fine-tuning on labeled rows
-    finetune_loss: str = "infonce"
-    finetune_loss_kwargs: dict | None = None
-    finetune_epochs: float = 1.0
-    hard_negatives: int = 1  # mined by the round's teacher
-    mining_range_max: int = 30
+    finetune_loss: str = field(default="infonce", metadata={"help": "loss of the fine-tuning on the labeled rows"})
+    finetune_loss_kwargs: dict | None = field(default=None, metadata={"help": "keyword arguments of finetune_loss"})
+    finetune_epochs: float = field(default=1.0, metadata={"help": "epochs over the labeled rows"})
+    hard_negatives: int = field(default=1, metadata={"help": "hard negatives per labeled query, mined by the teacher"})
+    mining_range_max: int = field(default=30, metadata={"help": "mine among the teacher's top-k"})
     # shared by both stages
-    learning_rate: float = 2e-5
-    batch_size: int = 32
-    warmup_steps: float = 0.1
-    max_length: int = 256
-    encode_batch_size: int = 64
-    forward_chunk_size: int | None = None
-    training_kwargs: dict = field(default_factory=dict)  # more RetrievalTrainingArguments for both stages
-    show_progress_bar: bool = True
+    learning_rate: float = field(default=2e-5, metadata={"help": "learning rate of both stages"})
+    batch_size: int = field(default=32, metadata={"help": "queries per batch"})
+    warmup_steps: float = field(default=0.1, metadata={"help": "warm-up steps (a fraction below 1)"})
+    max_length: int = field(default=256, metadata={"help": "token limit of queries and passages"})
+    encode_batch_size: int = field(default=64, metadata={"help": "batch size of encoding (mining, evaluation)"})
+    forward_chunk_size: int | None = field(
+        default=None, metadata={"help": "encoder forward over at most this many texts at a time"}
+    )
+    training_kwargs: dict = field(
+        default_factory=dict, metadata={"help": "more RetrievalTrainingArguments for both stages"}
+    )
+    show_progress_bar: bool = field(default=True, metadata={"help": "progress bars on stderr"})
 
 
 def build_query_generator(

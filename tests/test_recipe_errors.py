@@ -243,3 +243,20 @@ def test_recipe_commands_list_their_fields_in_help(capsys, monkeypatch, command,
         assert any(text in line for line in lines), text
     if command == "train":  # transformers' own fields are named, not listed
         assert not any(line.lstrip().startswith("learning_rate (") for line in lines)
+
+
+def test_every_recipe_field_listed_in_help_says_what_it_does():
+    from transformers import TrainingArguments
+
+    from hf_robust_ir.commands.relabel import RelabelArguments
+    from hf_robust_ir.commands.synthesize import SynthesizeArguments
+    from hf_robust_ir.commands.train import DataArguments, ModelArguments
+    from hf_robust_ir.self_training import SelfTrainingArguments
+    from hf_robust_ir.trainer import RetrievalTrainingArguments
+
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}  # transformers' own: named, not listed
+    groups = [ModelArguments, DataArguments, RelabelArguments, SynthesizeArguments, SelfTrainingArguments]
+    listed = [(cls.__name__, f) for cls in groups for f in dataclasses.fields(cls)]
+    listed += [("RetrievalTrainingArguments", f) for f in dataclasses.fields(RetrievalTrainingArguments)]
+    listed = [(owner, f) for owner, f in listed if owner != "RetrievalTrainingArguments" or f.name not in inherited]
+    assert [f"{owner}.{f.name}" for owner, f in listed if not f.metadata.get("help")] == []

@@ -37,30 +37,55 @@ logger = logging.getLogger("hf_robust_ir.relabel")
 
 @dataclass
 class RelabelArguments:
-    output_dir: str
-    judge: dict = field(default_factory=lambda: {"type": "embedding"})
-    strategies: list = field(default_factory=lambda: ["rlhn", "hn_remove", "remove"])
-    max_flagged: int | None = 8  # the threshold: drop a query with more flagged negatives (null: never)
-    rows: str | None = None
-    rows_format: str = "auto"
-    data_dir: str | None = None
-    dataset_name: str | None = None
-    split: str = "train"
-    max_queries: int | None = None
-    mining_model: str | None = None
-    num_negatives: int = 15
-    mining_range_min: int = 0
-    mining_range_max: int = 100
-    mining_absolute_margin: float | None = None
-    mining_relative_margin: float | None = None
-    encode_batch_size: int = 64
-    max_candidates: int | None = None
-    batch_size: int = 32
-    cache_path: str | None = None
-    push_to_hub: bool = False
-    hub_repo_id: str | None = None
-    hub_private: bool = True
-    show_progress_bar: bool = True
+    output_dir: str = field(metadata={"help": "folder of the relabeled datasets, summary.json and the judgment cache"})
+    judge: dict = field(
+        default_factory=lambda: {"type": "embedding"},
+        metadata={"help": "the judge: {type: embedding|cross_encoder|generative|openai|cascade|arhn, ...its settings}"},
+    )
+    strategies: list = field(
+        default_factory=lambda: ["rlhn", "hn_remove", "remove"],
+        metadata={"help": "relabeling strategies, one dataset each: rlhn, hn_remove, remove, threshold, arhn_f|r|rf"},
+    )
+    max_flagged: int | None = field(
+        default=8, metadata={"help": "drop a query with more flagged negatives than this (null: never)"}
+    )
+    rows: str | None = field(
+        default=None, metadata={"help": "training rows to relabel (jsonl, parquet, save_to_disk folder); else mined"}
+    )
+    rows_format: str = field(
+        default="auto",
+        metadata={"help": "shape of rows: auto, canonical, sentence-transformers, tevatron, flagembedding, beir"},
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "BEIR folder whose corpus holds the rows' texts"})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "sub-folder of $HF_ROBUST_IR_DATA, when no data_dir"}
+    )
+    split: str = field(default="train", metadata={"help": "qrels split of the queries"})
+    max_queries: int | None = field(default=None, metadata={"help": "relabel the first N queries only"})
+    mining_model: str | None = field(
+        default=None, metadata={"help": "model folder that mines negatives when no rows are given (default: MiniLM)"}
+    )
+    num_negatives: int = field(default=15, metadata={"help": "negatives mined per query"})
+    mining_range_min: int = field(default=0, metadata={"help": "skip the first non-positive ranks"})
+    mining_range_max: int = field(default=100, metadata={"help": "mine among the non-positive ranks below this"})
+    mining_absolute_margin: float | None = field(
+        default=None, metadata={"help": "keep a mined negative if its score <= positive's - margin"}
+    )
+    mining_relative_margin: float | None = field(
+        default=None, metadata={"help": "keep a mined negative if its score <= positive's - |positive's| x margin"}
+    )
+    encode_batch_size: int = field(default=64, metadata={"help": "batch size of the mining encodes"})
+    max_candidates: int | None = field(
+        default=None, metadata={"help": "judge at most the first N negatives of each row (the rest keep their labels)"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "rows per judge call and per cache transaction"})
+    cache_path: str | None = field(
+        default=None, metadata={"help": "judgment cache file (default: <output_dir>/judgments.sqlite)"}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "push each strategy's dataset to hub_repo_id"})
+    hub_repo_id: str | None = field(default=None, metadata={"help": "Hub dataset repository, 'namespace/name'"})
+    hub_private: bool = field(default=True, metadata={"help": "make the pushed repository private"})
+    show_progress_bar: bool = field(default=True, metadata={"help": "progress bars on stderr"})
 
 
 LEAST_VALUES = {

@@ -44,19 +44,28 @@ logger = logging.getLogger("hf_robust_ir.synthesize")
 
 @dataclass
 class SynthesizeArguments:
-    output_dir: str
-    backend: dict = field(default_factory=lambda: {"type": "hf"})
-    data_dir: str | None = None
-    dataset_name: str = "scifact"
-    split: str = "train"
-    grades: list = field(default_factory=lambda: [0, 1, 2, 3])
-    documents_per_grade: int = 1
-    max_new_tokens: int = 256
-    include_real_positives: bool = True
-    max_queries: int | None = None
-    batch_size: int = 16
-    chunk_queries: int = 64  # queries generated between two progress saves
-    show_progress_bar: bool = True
+    output_dir: str = field(metadata={"help": "the BEIR folder to write (resumed when it holds a partial run)"})
+    backend: dict = field(
+        default_factory=lambda: {"type": "hf"},
+        metadata={"help": "the chat model: {type: hf, model: DIR} or {type: openai, base_url: URL, model: NAME}"},
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "BEIR folder of the queries and the corpus"})
+    dataset_name: str = field(
+        default="scifact", metadata={"help": "sub-folder of $HF_ROBUST_IR_DATA, when no data_dir"}
+    )
+    split: str = field(default="train", metadata={"help": "qrels split of the queries to write passages for"})
+    grades: list = field(
+        default_factory=lambda: [0, 1, 2, 3], metadata={"help": "relevance grades to write a passage of, per query"}
+    )
+    documents_per_grade: int = field(default=1, metadata={"help": "passages per query and grade"})
+    max_new_tokens: int = field(default=256, metadata={"help": "token limit of one generated passage"})
+    include_real_positives: bool = field(
+        default=True, metadata={"help": "the query's labeled positives join its rows at grade 3, beside the passages"}
+    )
+    max_queries: int | None = field(default=None, metadata={"help": "write passages for the first N queries only"})
+    batch_size: int = field(default=16, metadata={"help": "requests per generation batch"})
+    chunk_queries: int = field(default=64, metadata={"help": "queries generated between two progress saves"})
+    show_progress_bar: bool = field(default=True, metadata={"help": "progress bars on stderr"})
 
     def __post_init__(self):
         found = below_least(vars(self), LEAST_VALUES)

@@ -36,15 +36,23 @@ class ModelArguments:
     )
     pooling: str | None = field(default=None, metadata={"help": "mean, cls or lasttoken (default: the model's)"})
     normalize: bool | None = field(default=None, metadata={"help": "L2-normalize embeddings (default: the model's)"})
-    query_prefix: str | None = None
-    document_prefix: str | None = None
+    query_prefix: str | None = field(default=None, metadata={"help": "text put before every query (default: model's)"})
+    document_prefix: str | None = field(
+        default=None, metadata={"help": "text put before every document (default: the model's)"}
+    )
     temperature: float | None = field(default=None, metadata={"help": "score = q.d / temperature (default 0.05)"})
-    separate_towers: bool | None = None
-    model_query_max_length: int | None = None
-    model_document_max_length: int | None = None
+    separate_towers: bool | None = field(
+        default=None, metadata={"help": "train a query tower and a document tower apart (default: the model's)"}
+    )
+    model_query_max_length: int | None = field(
+        default=None, metadata={"help": "the model's query token limit, saved with it (default: the model's)"}
+    )
+    model_document_max_length: int | None = field(
+        default=None, metadata={"help": "the model's document token limit, saved with it (default: the model's)"}
+    )
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights"})
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling: the update is multiplied by alpha / r"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
     lora_target_modules: list[str] | None = field(default=None, metadata={"help": "default: peft's for the model"})
     merge_lora: bool = field(
         default=False,
@@ -53,29 +61,35 @@ class ModelArguments:
             "loads without peft (checkpoints keep the adapter, to resume from)"
         },
     )
-    trust_remote_code: bool = False
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the model folder's own code"})
 
 
 @dataclass
 class DataArguments:
     data_dir: str | None = field(default=None, metadata={"help": f"BEIR folder (default: ${DATA_ENV}/<dataset_name>)"})
     dataset_name: str = field(default="scifact", metadata={"help": f"sub-folder of ${DATA_ENV} when no data_dir"})
-    train_split: str = "train"
+    train_split: str = field(default="train", metadata={"help": "qrels split of the training queries"})
     eval_split: str | None = field(default="test", metadata={"help": "split evaluated before/after training"})
     train_file: str | None = field(
         default=None, metadata={"help": "prepared rows instead of qrels + mining (jsonl/parquet/save_to_disk)"}
     )
     num_negatives: int = field(default=15, metadata={"help": "hard negatives mined per query (0: none)"})
-    mining_range_min: int = 0
-    mining_range_max: int = 100
-    mining_absolute_margin: float | None = None
-    mining_relative_margin: float | None = None
-    mining_max_score: float | None = None
+    mining_range_min: int = field(default=0, metadata={"help": "skip the first non-positive ranks"})
+    mining_range_max: int = field(default=100, metadata={"help": "mine among the non-positive ranks below this"})
+    mining_absolute_margin: float | None = field(
+        default=None, metadata={"help": "keep a mined negative if its score <= positive's - margin"}
+    )
+    mining_relative_margin: float | None = field(
+        default=None, metadata={"help": "keep a mined negative if its score <= positive's - |positive's| x margin"}
+    )
+    mining_max_score: float | None = field(
+        default=None, metadata={"help": "keep a mined negative if its score <= this"}
+    )
     max_train_queries: int | None = field(default=None, metadata={"help": "keep the first N training queries"})
     max_eval_queries: int | None = field(default=None, metadata={"help": "evaluate on the first N judged queries"})
-    encode_batch_size: int = 64
+    encode_batch_size: int = field(default=64, metadata={"help": "batch size of the mining and evaluation encodes"})
     encode_bf16: bool = field(default=False, metadata={"help": "bf16 autocast for mining and evaluation encodes"})
-    evaluate_before: bool = True
+    evaluate_before: bool = field(default=True, metadata={"help": "evaluate the starting model before training"})
 
 
 def _yaml_to_argv(config: dict[str, Any]) -> list[str]:
