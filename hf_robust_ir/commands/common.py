@@ -14,6 +14,17 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+MINING_FILTER_HELP = {
+    "range_min": "skip the first non-positive ranks",
+    "range_max": "mine among the non-positive ranks below this",
+    "absolute_margin": "keep a mined negative if its score <= the positive's - margin",
+    "relative_margin": "keep a mined negative if its score <= the positive's - |positive's| x margin (e.g. 0.05)",
+    "max_score": "keep a mined negative if its score <= this",
+    "min_score": "keep a mined negative if its score >= this",
+}
+"""What each positive-aware filter of :func:`~hf_robust_ir.mining.mine_hard_negatives` keeps, for the help of every
+command and recipe field that sets one."""
+
 
 def setup_logging() -> None:
     """Library progress at INFO on stderr (stdout is kept for the command's JSON)."""

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from .common import (
+    MINING_FILTER_HELP,
     cross_encoder_error,
     input_error,
     load_bi_encoder,
@@ -34,19 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="qrels split to mine for (default: train)")
     parser.add_argument("--output", required=True, help="output folder (datasets save_to_disk + rows.jsonl)")
     parser.add_argument("--num_negatives", type=int, default=15, help="negatives per query (default: 15)")
-    parser.add_argument("--range_min", type=int, default=0, help="skip the first non-positive ranks (default: 0)")
-    parser.add_argument(
-        "--range_max", type=int, default=100, help="consider non-positive ranks below this (default: 100)"
-    )
-    parser.add_argument("--absolute_margin", type=float, default=None, help="keep a negative if score <= pos - margin")
-    parser.add_argument(
-        "--relative_margin",
-        type=float,
-        default=None,
-        help="keep a negative if score <= pos - |pos| * margin (e.g. 0.05)",
-    )
-    parser.add_argument("--max_score", type=float, default=None, help="keep a negative if score <= max_score")
-    parser.add_argument("--min_score", type=float, default=None, help="keep a negative if score >= min_score")
+    for name, kind, default in (
+        ("range_min", int, 0),
+        ("range_max", int, 100),
+        ("absolute_margin", float, None),
+        ("relative_margin", float, None),
+        ("max_score", float, None),
+        ("min_score", float, None),
+    ):
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument(f"--{name}", type=kind, default=default, help=MINING_FILTER_HELP[name] + shown)
     parser.add_argument("--batch_size", type=int, default=64, help="encoding batch size (default: 64)")
     parser.add_argument("--chunk_size", type=int, default=50_000, help="documents encoded per chunk (default: 50000)")
     parser.add_argument("--max_length", type=int, default=None, help="token limit (default: the model's own)")

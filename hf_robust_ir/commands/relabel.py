@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..data.schema import DataFormatError
-from .common import RecipeFields, list_recipe_fields_in_help, load_recipe, one_line, setup_logging
+from .common import MINING_FILTER_HELP, RecipeFields, list_recipe_fields_in_help, load_recipe, one_line, setup_logging
 
 if TYPE_CHECKING:
     from ..relabel.base import Judge
@@ -66,14 +66,10 @@ class RelabelArguments:
         default=None, metadata={"help": "model folder that mines negatives when no rows are given (default: MiniLM)"}
     )
     num_negatives: int = field(default=15, metadata={"help": "negatives mined per query"})
-    mining_range_min: int = field(default=0, metadata={"help": "skip the first non-positive ranks"})
-    mining_range_max: int = field(default=100, metadata={"help": "mine among the non-positive ranks below this"})
-    mining_absolute_margin: float | None = field(
-        default=None, metadata={"help": "keep a mined negative if its score <= positive's - margin"}
-    )
-    mining_relative_margin: float | None = field(
-        default=None, metadata={"help": "keep a mined negative if its score <= positive's - |positive's| x margin"}
-    )
+    mining_range_min: int = field(default=0, metadata={"help": MINING_FILTER_HELP["range_min"]})
+    mining_range_max: int = field(default=100, metadata={"help": MINING_FILTER_HELP["range_max"]})
+    mining_absolute_margin: float | None = field(default=None, metadata={"help": MINING_FILTER_HELP["absolute_margin"]})
+    mining_relative_margin: float | None = field(default=None, metadata={"help": MINING_FILTER_HELP["relative_margin"]})
     encode_batch_size: int = field(default=64, metadata={"help": "batch size of the mining encodes"})
     max_candidates: int | None = field(
         default=None, metadata={"help": "judge at most the first N negatives of each row (the rest keep their labels)"}

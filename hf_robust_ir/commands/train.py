@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import RecipeFields, list_recipe_fields_in_help
+from .common import MINING_FILTER_HELP, RecipeFields, list_recipe_fields_in_help
 
 HELP = "fine-tune a retriever from a YAML recipe (HfArgumentParser fields; --key value overrides)"
 DATA_ENV = "HF_ROBUST_IR_DATA"
@@ -74,17 +74,11 @@ class DataArguments:
         default=None, metadata={"help": "prepared rows instead of qrels + mining (jsonl/parquet/save_to_disk)"}
     )
     num_negatives: int = field(default=15, metadata={"help": "hard negatives mined per query (0: none)"})
-    mining_range_min: int = field(default=0, metadata={"help": "skip the first non-positive ranks"})
-    mining_range_max: int = field(default=100, metadata={"help": "mine among the non-positive ranks below this"})
-    mining_absolute_margin: float | None = field(
-        default=None, metadata={"help": "keep a mined negative if its score <= positive's - margin"}
-    )
-    mining_relative_margin: float | None = field(
-        default=None, metadata={"help": "keep a mined negative if its score <= positive's - |positive's| x margin"}
-    )
-    mining_max_score: float | None = field(
-        default=None, metadata={"help": "keep a mined negative if its score <= this"}
-    )
+    mining_range_min: int = field(default=0, metadata={"help": MINING_FILTER_HELP["range_min"]})
+    mining_range_max: int = field(default=100, metadata={"help": MINING_FILTER_HELP["range_max"]})
+    mining_absolute_margin: float | None = field(default=None, metadata={"help": MINING_FILTER_HELP["absolute_margin"]})
+    mining_relative_margin: float | None = field(default=None, metadata={"help": MINING_FILTER_HELP["relative_margin"]})
+    mining_max_score: float | None = field(default=None, metadata={"help": MINING_FILTER_HELP["max_score"]})
     max_train_queries: int | None = field(default=None, metadata={"help": "keep the first N training queries"})
     max_eval_queries: int | None = field(default=None, metadata={"help": "evaluate on the first N judged queries"})
     encode_batch_size: int = field(default=64, metadata={"help": "batch size of the mining and evaluation encodes"})
