@@ -51,7 +51,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from hf_robust_ir.commands.common import output_file_error
+    from hf_robust_ir.commands.common import refuse_unwritable_output_file
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=list(PROFILES), default="quick")
@@ -100,9 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out = args.out or str(REPO_ROOT / "benchmarks" / "results" / f"excluded_documents_{args.profile}.json")
     # fields the shared mining helper reads
     args.mining_relative_margin, args.verbose = None, not args.no_progress
-    problem = output_file_error(args.out, "--out")  # before the work, not when the results are written
-    if problem:
-        parser.error(problem.removeprefix("error: "))
+    refuse_unwritable_output_file(parser, args.out)  # before the work, not when the results are written
     return args
 
 

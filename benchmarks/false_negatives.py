@@ -72,7 +72,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from hf_robust_ir.commands.common import output_file_error
+    from hf_robust_ir.commands.common import refuse_unwritable_output_file
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=list(PROFILES), default="quick")
@@ -227,9 +227,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out = args.out or str(REPO_ROOT / "benchmarks" / "results" / f"false_negatives_{args.profile}.json")
     # fields the shared training helpers read
     args.bf16, args.loss_kwargs, args.st_rows, args.max_train_queries = False, {}, "per_query", None
-    problem = output_file_error(args.out, "--out")  # before the work, not when the results are written
-    if problem:
-        parser.error(problem.removeprefix("error: "))
+    refuse_unwritable_output_file(parser, args.out)  # before the work, not when the results are written
     return args
 
 

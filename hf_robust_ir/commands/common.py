@@ -62,6 +62,14 @@ def output_file_error(path: str | None, flag: str) -> str | None:
     return None if problem is None else f"error: {flag} {path!r} {problem}"
 
 
+def refuse_unwritable_output_file(parser: Any, path: str | None, flag: str = "--out") -> None:
+    """``parser.error`` (exit status 2) when :func:`output_file_error` finds a problem with ``path``: for scripts
+    that write their results file only when their runs end."""
+    problem = output_file_error(path, flag)
+    if problem:
+        parser.error(problem.removeprefix("error: "))
+
+
 def output_folder_error(path: str | None, flag: str) -> str | None:
     """An error line when a folder a command will write cannot be made there: the path is a file, or a parent of it
     is. Checked before the work starts (mining, scoring, training), so that a long run does not end in the error."""
